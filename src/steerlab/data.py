@@ -1,0 +1,158 @@
+"""Contrast pairs and the file formats they come in.
+
+Formats read by :func:`load_pairs` (JSON array, or JSON Lines with one object per line):
+
+* plain pairs: ``{"positive": "...", "negative": "..."}``, optionally with a shared ``"prompt"``; then
+  ``positive``/``negative`` are the two completions of that prompt (the prompt goes into the chat template's
+  user turn when the model has one);
+* CAA A/B (Rimsky et al.): ``{"question", "answer_matching_behavior", "answer_not_matching_behavior"}``;
+  the question is the prompt and the answers, e.g. ``"(A)"``, the completions. The closing parenthesis is
+  dropped so the last token read is the answer letter, as in the CAA reference code;
+* two lists: ``{"positive": [...], "negative": [...]}`` of equal length (a single JSON object).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from steerlab.errors import DataError
+
+__all__ = ["ContrastPair", "dataset_hash", "load_pairs", "pair_texts", "pairs_from_records", "sentiment_pairs"]
+
+
+@dataclass(frozen=True)
+class ContrastPair:
+    """Two texts that differ in the concept to extract; ``prompt`` (optional) is shared by both."""
+
+    positive: str
+    negative: str
+    prompt: str | None = None
+
+
+def _strip_answer(answer: str) -> str:
+    answer = answer.strip()
+    return answer[:-1] if answer.startswith("(") and answer.endswith(")") else answer
+
+
+def _pair_from_record(rec: Any, where: str) -> ContrastPair:
+    if not isinstance(rec, dict):
+        raise DataError(f"{where}: expected a JSON object, found {type(rec).__name__}.")
+    if "answer_matching_behavior" in rec or "answer_not_matching_behavior" in rec:
+        keys = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
+        missing = [k for k in keys if not isinstance(rec.get(k), str) or not rec.get(k).strip()]
+        if missing:
+            raise DataError(f"{where}: a CAA A/B record needs non-empty strings {list(keys)}; missing or "
+                            f"empty: {missing}.")
+        return ContrastPair(
+            positive=_strip_answer(rec["answer_matching_behavior"]),
+            negative=_strip_answer(rec["answer_not_matching_behavior"]),
+            prompt=rec["question"],
+        )
+    missing = [k for k in ("positive", "negative") if not isinstance(rec.get(k), str) or not rec.get(k).strip()]
+    if missing:
+        raise DataError(
+            f"{where}: expected keys 'positive' and 'negative' with non-empty strings (or the CAA keys "
+            f"'question', 'answer_matching_behavior', 'answer_not_matching_behavior'); found keys "
+            f"{sorted(rec)} with {missing} missing or empty."
+        )
+    prompt = rec.get("prompt")
+    if prompt is not None and not isinstance(prompt, str):
+        raise DataError(f"{where}: 'prompt' must be a string, found {type(prompt).__name__}.")
+    return ContrastPair(rec["positive"], rec["negative"], prompt)
+
+
+def pairs_from_records(records: Iterable[Any], *, source: str = "input") -> list[ContrastPair]:
+    """Validate parsed records into pairs: non-empty, no identical or duplicated pairs."""
+    pairs = [_pair_from_record(rec, f"{source}, record {i + 1}") for i, rec in enumerate(records)]
+    if not pairs:
+        raise DataError(f"{source} holds no contrast pairs; at least one is needed (two for PCA methods).")
+    seen: dict[ContrastPair, int] = {}
+    for i, pair in enumerate(pairs, start=1):
+        if pair.positive == pair.negative:
+            raise DataError(f"{source}, record {i}: positive and negative are identical ({pair.positive!r}); "
+                            "a pair must differ in the concept to extract.")
+        if pair in seen:
+            raise DataError(f"{source}: record {i} duplicates record {seen[pair]}; remove the duplicate "
+                            "(it would silently weigh that pair twice).")
+        seen[pair] = i
+    return pairs
+
+
+def load_pairs(path: str | Path) -> list[ContrastPair]:
+    """Read contrast pairs from a JSON or JSON Lines file (see the module doc for the formats).
+
+    Example:
+        >>> pairs = load_pairs("datasets/caa/generate/sycophancy/generate_dataset.json")
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"pair file '{path}' does not exist.")
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise DataError(f"pair file '{path}' is empty; expected JSON or JSON Lines contrast pairs.")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = None
+        records = []
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}, line {n}: not valid JSON ({err.msg}); expected one JSON object per "
+                                "line (JSON Lines) or a single JSON array.") from err
+        return pairs_from_records(records, source=str(path))
+    if isinstance(data, dict) and isinstance(data.get("positive"), list):
+        pos, neg = data["positive"], data.get("negative")
+        if not isinstance(neg, list):
+            raise DataError(f"{path}: has a 'positive' list but no 'negative' list.")
+        if len(pos) != len(neg):
+            raise DataError(f"{path}: unbalanced contrast set: {len(pos)} positives but {len(neg)} negatives; "
+                            "each positive needs exactly one negative.")
+        data = [{"positive": p, "negative": n} for p, n in zip(pos, neg, strict=True)]
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON array of pair objects, found {type(data).__name__}.")
+    return pairs_from_records(data, source=str(path))
+
+
+def pair_texts(pairs: Sequence[ContrastPair], tokenizer: Any = None, *, chat: bool | None = None
+               ) -> tuple[list[str], list[str]]:
+    """The positive and negative texts to record, with the prompt in the chat template when there is one."""
+    from steerlab.text import apply_chat
+
+    pos, neg = [], []
+    for pair in pairs:
+        if pair.prompt is None:
+            pos.append(pair.positive)
+            neg.append(pair.negative)
+            continue
+        head = apply_chat(tokenizer, pair.prompt, chat=chat) if tokenizer is not None else pair.prompt + "\n"
+        sep = "" if head.endswith(("\n", " ")) else " "
+        pos.append(head + sep + pair.positive)
+        neg.append(head + sep + pair.negative)
+    return pos, neg
+
+
+def dataset_hash(pairs: Sequence[ContrastPair]) -> str:
+    """A stable sha256 of the pairs (order matters), recorded in a vector's metadata."""
+    digest = hashlib.sha256()
+    for pair in pairs:
+        digest.update(json.dumps([pair.prompt, pair.positive, pair.negative]).encode())
+    return digest.hexdigest()
+
+
+def sentiment_pairs() -> list[ContrastPair]:
+    """The 32 sentiment contrast pairs shipped with steerlab (used by ``steerlab demo``)."""
+    path = resources.files("steerlab") / "data" / "sentiment_pairs.jsonl"
+    with resources.as_file(path) as real:
+        return load_pairs(real)

@@ -1,0 +1,172 @@
+"""Generation, steered and unsteered side by side, with a coherence figure for each text.
+
+The coherence figure is the mean negative log-likelihood of the generated tokens under the *unsteered*
+model: steering that keeps the text fluent keeps it near the unsteered value; steering that breaks the
+model sends it up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from steerlab.errors import SteeringError
+from steerlab.positions import PositionSpec
+from steerlab.steer import Scale, steer
+from steerlab.text import apply_chat, encode, forward_kwargs, pad_batch, pad_id
+from steerlab.vector import SteeringVector
+
+__all__ = ["Comparison", "Generation", "compare", "generate", "generated_nll"]
+
+
+@dataclass
+class Generation:
+    """One generated text: its strength, the text, and its coherence figure (mean NLL, nats/token)."""
+
+    alpha: float
+    text: str
+    nll: float
+    tokens: int
+
+
+@dataclass
+class Comparison:
+    """All generations for one prompt, the unsteered one at ``alpha == 0``."""
+
+    prompt: str
+    generations: list[Generation] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"prompt": self.prompt,
+                "generations": [{"alpha": g.alpha, "text": g.text, "nll": g.nll} for g in self.generations]}
+
+
+def _eos_ids(model: nn.Module, tokenizer: Any) -> set[int]:
+    ids = set()
+    for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return ids
+
+
+def generate(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 40,
+    chat: bool | None = None,
+    system: str | None = None,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> list[tuple[list[int], list[int]]]:
+    """Generate for each prompt; returns ``(prompt_ids, generated_ids)`` pairs, cut after the first EOS.
+
+    Prompts are put in the chat template when the tokenizer has one (``chat=None``), batched with left
+    padding. Sampling is seeded per batch, so a steered and an unsteered run draw the same random numbers.
+    Steering applies when called inside :func:`steerlab.steer`.
+    """
+    if max_new_tokens < 1:
+        raise SteeringError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+    texts = [apply_chat(tokenizer, p, chat=chat, system=system) for p in prompts]
+    ids = encode(tokenizer, texts)
+    device = next(model.parameters()).device
+    eos = _eos_ids(model, tokenizer)
+    pad = pad_id(tokenizer)
+    sampling: dict[str, Any] = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p}
+        if do_sample else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    )
+    results: list[tuple[list[int], list[int]]] = []
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start : start + batch_size]
+        input_ids, mask = pad_batch(chunk, pad, side="left")
+        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+            torch.manual_seed(seed + start)
+            out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                                 max_new_tokens=max_new_tokens, pad_token_id=pad, **sampling)
+        for row, prompt_ids in enumerate(chunk):
+            gen = out[row, input_ids.shape[1]:].tolist()
+            for i, tok in enumerate(gen):
+                if tok in eos:
+                    gen = gen[: i + 1]
+                    break
+            results.append((prompt_ids, gen))
+    return results
+
+
+def generated_nll(model: nn.Module, pairs: Sequence[tuple[list[int], list[int]]], *, batch_size: int = 8
+                  ) -> list[float]:
+    """Mean negative log-likelihood (nats/token) of each generated continuation under ``model`` as it is
+    now (call it outside any steering to score against the unsteered model)."""
+    device = next(model.parameters()).device
+    scores: list[float] = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        seqs = [p + g for p, g in chunk]
+        input_ids, mask = pad_batch(seqs, 0, side="right")
+        with torch.inference_mode():
+            logits = model(**forward_kwargs(model, input_ids.to(device), mask.to(device))).logits.float()
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+        targets = input_ids[:, 1:].to(device)
+        token_lp = logprobs.gather(-1, targets[..., None])[..., 0]
+        for row, (p, g) in enumerate(chunk):
+            if not g:
+                scores.append(float("nan"))
+                continue
+            span = token_lp[row, len(p) - 1 : len(p) - 1 + len(g)]
+            scores.append(float(-span.mean()))
+    return scores
+
+
+def compare(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    vector: SteeringVector,
+    *,
+    alphas: Sequence[float] = (-8.0, 0.0, 8.0),
+    layers: Sequence[int] | None = None,
+    positions: PositionSpec = "all",
+    scale: Scale = "absolute",
+    max_new_tokens: int = 40,
+    chat: bool | None = None,
+    system: str | None = None,
+    do_sample: bool = False,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> list[Comparison]:
+    """Generate every prompt unsteered (``alpha == 0``) and steered at each alpha, side by side.
+
+    Example:
+        >>> for row in compare(model, tokenizer, ["Tell me about your day."], vec, alphas=[-6, 0, 6]):
+        ...     for g in row.generations:
+        ...         print(g.alpha, round(g.nll, 2), g.text)
+    """
+    prompts = list(prompts)
+    if not prompts:
+        raise SteeringError("no prompts were given; pass at least one.")
+    vector.check_fits(model)
+    options = dict(max_new_tokens=max_new_tokens, chat=chat, system=system, do_sample=do_sample, seed=seed,
+                   batch_size=batch_size)
+    rows = [Comparison(p) for p in prompts]
+    for alpha in alphas:
+        if float(alpha) == 0.0:
+            outputs = generate(model, tokenizer, prompts, **options)  # no hooks at all: the true baseline
+        else:
+            with steer(model, vector, float(alpha), layers=layers, positions=positions, scale=scale):
+                outputs = generate(model, tokenizer, prompts, **options)
+        nlls = generated_nll(model, outputs, batch_size=batch_size)
+        for row, (_, gen), nll in zip(rows, outputs, nlls, strict=True):
+            text = tokenizer.decode(gen, skip_special_tokens=True).strip()
+            row.generations.append(Generation(float(alpha), text, nll, len(gen)))
+    return rows

@@ -1,0 +1,64 @@
+"""The one place where steerlab registers and removes PyTorch hooks.
+
+Every handle is pushed onto an :class:`contextlib.ExitStack` the moment it exists, so a setup that fails
+half-way still unwinds, and leaving the ``with`` block (normally or by an exception) removes exactly the
+hooks we added: never anyone else's, and no module is ever replaced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["HookSet", "block_hidden", "with_block_hidden"]
+
+
+def block_hidden(output: Any) -> torch.Tensor:
+    """The hidden-state tensor of a block's output (blocks return a tensor or a tuple led by one)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def with_block_hidden(output: Any, hidden: torch.Tensor) -> Any:
+    """``output`` with its hidden state replaced by ``hidden``, keeping the tensor/tuple shape it had."""
+    if isinstance(output, tuple):
+        return (hidden, *output[1:])
+    return hidden
+
+
+class HookSet:
+    """A scope of hooks that removes all of them, and only them, on exit.
+
+    Example:
+        >>> with HookSet() as hooks:
+        ...     hooks.forward(model.model.layers[3], lambda mod, args, out: None)
+        ...     model(**batch)
+        >>> # the hook is gone here, also if model(...) raised
+    """
+
+    def __init__(self) -> None:
+        self._stack = ExitStack()
+
+    def __enter__(self) -> HookSet:
+        self._stack.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> bool | None:
+        return self._stack.__exit__(*exc)
+
+    def forward(self, module: nn.Module, fn: Callable[..., Any], *, with_kwargs: bool = False) -> None:
+        """Add a forward hook ``fn(module, args, output)`` (or ``(module, args, kwargs, output)``)."""
+        handle = module.register_forward_hook(fn, with_kwargs=with_kwargs)
+        self._stack.callback(handle.remove)
+
+    def pre_forward(self, module: nn.Module, fn: Callable[..., Any], *, with_kwargs: bool = False) -> None:
+        """Add a forward pre-hook ``fn(module, args)`` (or ``(module, args, kwargs)``)."""
+        handle = module.register_forward_pre_hook(fn, with_kwargs=with_kwargs)
+        self._stack.callback(handle.remove)
+
+    def close(self) -> None:
+        """Remove every hook added so far."""
+        self._stack.close()

@@ -1,0 +1,74 @@
+"""Prompt formatting and tokenization shared by recording and generation."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["apply_chat", "encode", "forward_kwargs", "has_chat_template", "pad_batch", "pad_id",
+           "position_ids_from_mask"]
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def apply_chat(tokenizer: Any, prompt: str, *, chat: bool | None = None, system: str | None = None) -> str:
+    """``prompt`` as a user turn followed by the assistant header, if the tokenizer has a chat template.
+
+    ``chat=None`` uses the template when there is one; ``chat=False`` returns the prompt unchanged.
+    """
+    if chat is False or (chat is None and not has_chat_template(tokenizer)):
+        return prompt
+    if not has_chat_template(tokenizer):
+        from steerlab.errors import SteerlabError
+
+        raise SteerlabError("chat=True was asked for, but this tokenizer has no chat template; use chat=False.")
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, with the tokenizer's special tokens unless the text already starts with BOS
+    (chat templates write it themselves; a second BOS would shift every activation)."""
+    bos = getattr(tokenizer, "bos_token", None)
+    out = []
+    for text in texts:
+        special = not (bos and text.startswith(bos))
+        out.append(tokenizer(text, add_special_tokens=special)["input_ids"])
+    return out
+
+
+def pad_batch(ids: list[list[int]], pad_id: int, *, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token-id lists into ``(input_ids, attention_mask)``, on the left (for generation) or right."""
+    if side not in ("left", "right"):
+        raise ValueError(f"padding side must be 'left' or 'right', not {side!r}")
+    width = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, row in enumerate(ids):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        input_ids[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    return input_ids, mask
+
+
+def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count only real tokens, so a padded row sees the positions it would see alone."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def forward_kwargs(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
+    """Keyword arguments for a padding-correct forward call (position ids where the model takes them)."""
+    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask, "use_cache": False}
+    if "position_ids" in inspect.signature(model.forward).parameters:
+        kwargs["position_ids"] = position_ids_from_mask(mask)
+    return kwargs
+
+
+def pad_id(tokenizer: Any) -> int:
+    value = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return int(value if value is not None else 0)
