@@ -49,9 +49,14 @@ class HookSet:
     def __exit__(self, *exc: object) -> bool | None:
         return self._stack.__exit__(*exc)
 
-    def forward(self, module: nn.Module, fn: Callable[..., Any], *, with_kwargs: bool = False) -> None:
-        """Add a forward hook ``fn(module, args, output)`` (or ``(module, args, kwargs, output)``)."""
-        handle = module.register_forward_hook(fn, with_kwargs=with_kwargs)
+    def forward(self, module: nn.Module, fn: Callable[..., Any], *, with_kwargs: bool = False,
+                prepend: bool = False) -> None:
+        """Add a forward hook ``fn(module, args, output)`` (or ``(module, args, kwargs, output)``).
+
+        ``prepend=True`` runs it before hooks already on the module: steering uses it so that every other
+        observer, transformers' own ``output_hidden_states`` capture included, sees the steered output.
+        """
+        handle = module.register_forward_hook(fn, with_kwargs=with_kwargs, prepend=prepend)
         self._stack.callback(handle.remove)
 
     def pre_forward(self, module: nn.Module, fn: Callable[..., Any], *, with_kwargs: bool = False) -> None:

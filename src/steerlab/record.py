@@ -120,7 +120,7 @@ def record(
     norm_sum = dict.fromkeys(chosen, 0.0)
     norm_count = dict.fromkeys(chosen, 0)
     state: dict[str, Any] = {}
-    warned = {"short": False}
+    single_token = {"seen": False}
 
     def make_hook(layer: int):
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
@@ -136,10 +136,7 @@ def record(
             keep = mask.bool() & (index > 0) if exclude_first_token else mask.bool()
             empty = ~keep.any(-1)
             if empty.any():  # a one-token text: its only token is the sink; keep it rather than nothing
-                if not warned["short"] and reduce != "last":
-                    warnings.warn("a text has a single token; its first token was kept despite "
-                                  "exclude_first_token.", stacklevel=4)
-                    warned["short"] = True
+                single_token["seen"] = True
                 keep = keep | (mask.bool() & empty[:, None])
             norms = hidden.norm(dim=-1)
             norm_sum[layer] += float(norms[keep].sum())
@@ -180,6 +177,9 @@ def record(
             else:  # pragma: no cover - the deepest hook always raises
                 raise ArchitectureError(f"block {deepest} was never called during the forward pass.")
 
+    if single_token["seen"] and reduce != "last" and exclude_first_token:
+        warnings.warn("some texts have a single token; for them the first token was kept despite "
+                      "exclude_first_token=True.", stacklevel=2)
     values: dict[int, torch.Tensor] = {}
     lengths = None
     for layer in chosen:

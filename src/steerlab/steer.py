@@ -102,5 +102,5 @@ def steer(
         if tracker is not None:
             tracker.attach(hooks, model)
         for layer, direction in deltas.items():
-            hooks.forward(layout.block(layer), make_hook(direction))
+            hooks.forward(layout.block(layer), make_hook(direction), prepend=True)
         yield

@@ -1,0 +1,177 @@
+import math
+
+import pytest
+import torch
+from conftest import steerlab_hooks
+from tiny import ARCHS
+
+from steerlab import SteeringVector, steer
+from steerlab.errors import SteeringError, VectorMismatchError
+from steerlab.models import ModelFingerprint, fingerprint
+from steerlab.text import pad_batch
+
+PROMPTS = [[5, 17, 923, 44, 8], [301, 7], [12, 99, 4000, 18, 2711, 36, 70]]
+
+
+def random_vector(model, layers=(1,), seed=1, scale=3.0) -> SteeringVector:
+    gen = torch.Generator().manual_seed(seed)
+    fp = fingerprint(model)
+    dirs = {layer: torch.randn(fp.hidden_size, generator=gen) * scale for layer in layers}
+    return SteeringVector(dirs, model_id=model._steerlab_model_id, fingerprint=fp)
+
+
+def greedy(model, rows, *, use_cache=True, new=6):
+    ids, mask = pad_batch(rows, 2, side="left")
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=False,
+                             use_cache=use_cache, pad_token_id=2, eos_token_id=None)
+    return out[:, ids.shape[1]:]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_alpha_zero_is_identity_and_shift_is_exact(tiny, arch):
+    model = tiny(arch)
+    vec = random_vector(model, layers=(1,))
+    ids = torch.tensor([PROMPTS[0]])
+    with torch.no_grad():
+        base = model(input_ids=ids, output_hidden_states=True)
+        with steer(model, vec, alpha=0.0):
+            zero = model(input_ids=ids, output_hidden_states=True)
+        with steer(model, vec, alpha=2.5):
+            moved = model(input_ids=ids, output_hidden_states=True)
+    assert torch.equal(zero.logits, base.logits)
+    for i in range(2):  # embeddings and block 0: before the steered block, bit-identical
+        assert torch.equal(moved.hidden_states[i], base.hidden_states[i])
+    shift = moved.hidden_states[2] - base.hidden_states[2]  # output of block 1
+    torch.testing.assert_close(shift, (2.5 * vec.directions[1]).expand_as(shift), rtol=0, atol=1e-4)
+    assert not torch.allclose(moved.logits, base.logits)
+
+
+def test_hooks_removed_when_body_raises_and_user_hooks_survive(tiny):
+    model = tiny("llama")
+    vec = random_vector(model, layers=(0, 2))
+    seen = []
+    handle = model.model.layers[2].register_forward_hook(lambda *a: seen.append(1))
+    try:
+        with pytest.raises(RuntimeError, match="boom"), steer(model, vec, alpha=1.0, positions="generated"):
+            assert steerlab_hooks(model) == 3  # two blocks + the position tracker
+            raise RuntimeError("boom")
+        assert steerlab_hooks(model) == 0
+        model(input_ids=torch.tensor([[3, 4]]))
+        assert seen == [1]
+    finally:
+        handle.remove()
+
+
+def test_setup_failure_leaves_no_hook(tiny):
+    model = tiny("llama")
+    vec = random_vector(model, layers=(1,))
+    with pytest.raises(SteeringError, match=r"layers \[3\] are not in the vector"), steer(model, vec, layers=[3]):
+        pass
+    assert steerlab_hooks(model) == 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gptj", "gemma2"])
+@pytest.mark.parametrize("positions", ["all", "generated", "prompt", 3])
+def test_generation_same_with_and_without_kv_cache(tiny, arch, positions):
+    model = tiny(arch)
+    vec = random_vector(model, layers=(1, 2), scale=8.0)
+    with steer(model, vec, alpha=1.0, positions=positions):
+        cached = greedy(model, PROMPTS, use_cache=True)
+        uncached = greedy(model, PROMPTS, use_cache=False)
+    assert torch.equal(cached, uncached)
+    assert not torch.equal(cached, greedy(model, PROMPTS)) or positions == "prompt"
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "falcon", "qwen3"])
+@pytest.mark.parametrize("positions", ["all", "generated", 2])
+def test_left_padded_batch_equals_rows_alone(tiny, arch, positions):
+    model = tiny(arch)
+    vec = random_vector(model, layers=(2,), scale=8.0)
+    with steer(model, vec, alpha=1.0, positions=positions):
+        batched = greedy(model, PROMPTS)
+        alone = [greedy(model, [row])[0] for row in PROMPTS]
+    for row, single in zip(batched, alone, strict=True):
+        assert torch.equal(row, single)
+
+
+def test_generated_only_leaves_prompt_logits_untouched(tiny):
+    model = tiny("llama")
+    vec = random_vector(model, layers=(1,), scale=8.0)
+    ids, mask = pad_batch(PROMPTS, 2, side="left")
+    kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=2,
+                  eos_token_id=None, output_logits=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        base = model.generate(**kwargs)
+        with steer(model, vec, alpha=1.0, positions="generated"):
+            steered = model.generate(**kwargs)
+            prompt_logits = model(input_ids=ids, attention_mask=mask).logits
+        plain_logits = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(prompt_logits, plain_logits)
+    assert torch.equal(steered.logits[0], base.logits[0])  # first new token comes from the prompt alone
+    assert not torch.allclose(steered.logits[1], base.logits[1])  # later ones see steered tokens
+
+
+def test_from_token_k_changes_only_tokens_from_k(tiny):
+    model = tiny("qwen2")
+    vec = random_vector(model, layers=(1,))
+    row = PROMPTS[2]
+    ids, mask = pad_batch([row, PROMPTS[1]], 2, side="left")
+    with torch.no_grad():
+        base = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[2]
+        with steer(model, vec, alpha=1.0, positions=4):
+            moved = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[2]
+    diff = (moved - base).norm(dim=-1)
+    assert torch.all(diff[0, :4] == 0) and torch.all(diff[0, 4:] > 1)
+    assert torch.all(diff[1] == 0)  # the short row (2 real tokens, left padded) has no token at index >= 4
+
+
+def test_nested_steering_adds_up(tiny):
+    model = tiny("llama")
+    a, b = random_vector(model, seed=1), random_vector(model, seed=2)
+    ids = torch.tensor([PROMPTS[0]])
+    with torch.no_grad():
+        with steer(model, a, alpha=1.0), steer(model, b, alpha=0.5):
+            nested = model(input_ids=ids).logits
+        with steer(model, a + 0.5 * b, alpha=1.0):
+            summed = model(input_ids=ids).logits
+    torch.testing.assert_close(nested, summed, rtol=1e-4, atol=1e-4)
+
+
+def test_relative_scale_uses_recorded_norm(tiny):
+    model = tiny("llama")
+    vec = random_vector(model, layers=(1,))
+    vec.resid_norm = {1: 40.0}
+    ids = torch.tensor([PROMPTS[0]])
+    with torch.no_grad():
+        base = model(input_ids=ids, output_hidden_states=True).hidden_states[2]
+        with steer(model, vec, alpha=0.5, scale="relative"):
+            moved = model(input_ids=ids, output_hidden_states=True).hidden_states[2]
+    assert (moved - base).norm(dim=-1).sub(20.0).abs().max() < 1e-3
+
+
+def test_bad_steering_requests(tiny):
+    model = tiny("llama")
+    vec = random_vector(model)
+    for alpha in (math.nan, math.inf, "2"):
+        with pytest.raises(SteeringError, match="alpha must be a finite number"), steer(model, vec, alpha=alpha):
+            pass
+    with pytest.raises(SteeringError, match="positions='middle' is not valid"), steer(model, vec, positions="middle"):
+        pass
+    with pytest.raises(SteeringError, match="relative"), steer(model, vec, scale="relative"):
+        pass
+    other = SteeringVector({1: torch.ones(64)}, model_id="other", fingerprint=ModelFingerprint("llama", 64, 4))
+    with pytest.raises(VectorMismatchError, match=r"hidden size 64 \(vector\) vs 32 \(model\)"), steer(model, other):
+        pass
+    deep = SteeringVector({7: torch.ones(32)}, model_id="x", fingerprint=ModelFingerprint("llama", 32, 8))
+    with pytest.raises(VectorMismatchError, match=r"layers \[7\] do not exist"), steer(model, deep):
+        pass
+    assert steerlab_hooks(model) == 0
+
+
+def test_other_model_id_with_same_shape_warns(tiny):
+    model = tiny("llama")
+    vec = random_vector(model)
+    vec.model_id = "some/other-model"
+    with pytest.warns(UserWarning, match="extracted from 'some/other-model'"), steer(model, vec):
+        pass

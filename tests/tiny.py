@@ -1,0 +1,55 @@
+"""Tiny random-initialised causal LMs of every registered architecture, for exact invariants.
+
+They use SmolLM2's vocabulary size so that the real tokenizer can feed them text.
+"""
+
+from __future__ import annotations
+
+import torch
+import transformers as tf
+
+VOCAB = 49152
+WIDTH = 32
+LAYERS = 4
+
+_COMMON = dict(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=LAYERS, num_attention_heads=4,
+               intermediate_size=64, max_position_embeddings=256)
+
+CONFIGS = {
+    "gpt2": lambda: tf.GPT2Config(vocab_size=VOCAB, n_embd=WIDTH, n_layer=LAYERS, n_head=4, n_positions=256),
+    "llama": lambda: tf.LlamaConfig(**_COMMON, num_key_value_heads=2),
+    "mistral": lambda: tf.MistralConfig(**_COMMON, num_key_value_heads=2),
+    "qwen2": lambda: tf.Qwen2Config(**_COMMON, num_key_value_heads=2),
+    "qwen3": lambda: tf.Qwen3Config(**_COMMON, num_key_value_heads=2, head_dim=8),
+    "gemma": lambda: tf.GemmaConfig(**_COMMON, num_key_value_heads=2, head_dim=8),
+    "gemma2": lambda: tf.Gemma2Config(**_COMMON, num_key_value_heads=2, head_dim=8),
+    "gemma3_text": lambda: tf.Gemma3TextConfig(**_COMMON, num_key_value_heads=2, head_dim=8),
+    "phi3": lambda: tf.Phi3Config(**_COMMON, num_key_value_heads=2, pad_token_id=0),
+    "gpt_neox": lambda: tf.GPTNeoXConfig(**_COMMON),
+    "olmo": lambda: tf.OlmoConfig(**_COMMON),
+    "olmo2": lambda: tf.Olmo2Config(**_COMMON),
+    # These four still return tuples from their decoder layers in transformers 5.
+    "gpt_neo": lambda: tf.GPTNeoConfig(vocab_size=VOCAB, hidden_size=WIDTH, num_layers=LAYERS, num_heads=4,
+                                       attention_types=[[["global", "local"], LAYERS // 2]], max_position_embeddings=256),
+    "gptj": lambda: tf.GPTJConfig(vocab_size=VOCAB, n_embd=WIDTH, n_layer=LAYERS, n_head=4, rotary_dim=4,
+                                  n_positions=256),
+    "falcon": lambda: tf.FalconConfig(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=LAYERS,
+                                      num_attention_heads=4),
+    "bloom": lambda: tf.BloomConfig(vocab_size=VOCAB, hidden_size=WIDTH, n_layer=LAYERS, n_head=4),
+}
+
+ARCHS = sorted(CONFIGS)
+
+
+def make_tiny(arch: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    config = CONFIGS[arch]()
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = 1, 2, 2  # SmolLM2's ids
+    model = tf.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    # Random init at this width leaves activations tiny; scale embeddings up so steering effects and padding
+    # mistakes are far above float noise.
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(20.0)
+    model.eval()
+    model._steerlab_model_id = f"tiny-{arch}"
+    return model
