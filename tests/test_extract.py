@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from steerlab.errors import ExtractionError
+from steerlab.extract import METHODS, actadd, mean_diff, pca_center, pca_diff
+
+
+def planted(n=40, hidden=24, strength=3.0, seed=0):
+    """Pairs that differ along a planted unit direction, plus shared per-pair content and noise."""
+    gen = torch.Generator().manual_seed(seed)
+    direction = torch.randn(hidden, generator=gen)
+    direction /= direction.norm()
+    content = torch.randn(n, hidden, generator=gen) * 2.0
+    amount = strength * (1 + 0.5 * torch.rand(n, 1, generator=gen))  # pairs differ by how much, not which way
+    noise = lambda: torch.randn(n, hidden, generator=gen) * 0.05  # noqa: E731
+    pos = content + amount / 2 * direction + noise()
+    neg = content - amount / 2 * direction + noise()
+    return pos, neg, direction
+
+
+def cosine(a, b):
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+
+@pytest.mark.parametrize("method", ["mean_diff", "pca_diff", "pca_center"])
+def test_recovers_planted_direction_with_sign(method):
+    pos, neg, direction = planted()
+    found = METHODS[method](pos, neg)
+    assert cosine(found, direction) > 0.99
+    flipped = METHODS[method](neg, pos)  # swapping the roles flips the sign
+    assert cosine(flipped, direction) < -0.99
+
+
+def test_mean_diff_keeps_magnitude_pca_is_unit():
+    pos, neg, _ = planted(strength=4.0)
+    assert float(mean_diff(pos, neg).norm()) == pytest.approx(float((pos - neg).mean(0).norm()), rel=1e-5)
+    assert float(pca_diff(pos, neg).norm()) == pytest.approx(1.0, abs=1e-6)
+    assert float(pca_center(pos, neg).norm()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_pca_diff_is_the_axis_of_variation_of_the_differences():
+    # Differences = a constant offset along e0 plus a varying amount along e1: pca_diff (centred, as repeng)
+    # finds e1; pca_center (uncentred) is dominated by the large constant offset e0.
+    n, hidden = 30, 8
+    amount = torch.linspace(-1, 1, n)[:, None]
+    e0, e1 = torch.eye(hidden)[0], torch.eye(hidden)[1]
+    pos = 10 * e0 + amount * e1 + torch.randn(n, hidden) * 1e-3
+    neg = torch.zeros(n, hidden)
+    assert abs(cosine(pca_diff(pos, neg), e1)) > 0.99
+    assert cosine(pca_center(pos, neg), e0) > 0.99
+
+
+def test_actadd_single_pair():
+    pos, neg = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.5, -1.0]])
+    assert torch.equal(actadd(pos, neg), torch.tensor([0.5, 3.0]))
+    with pytest.raises(ExtractionError, match="exactly one contrast pair, found 2"):
+        actadd(torch.zeros(2, 2), torch.ones(2, 2))
+
+
+def test_bad_activations():
+    with pytest.raises(ExtractionError, match=r"same shape; found \(3, 4\) and \(2, 4\)"):
+        mean_diff(torch.zeros(3, 4), torch.zeros(2, 4))
+    bad = torch.zeros(3, 4)
+    bad[1, 2] = float("nan")
+    with pytest.raises(ExtractionError, match=r"pairs \[1\] contain NaN"):
+        mean_diff(bad, torch.ones(3, 4))
+    with pytest.raises(ExtractionError, match="pca_diff needs at least 2 pairs, found 1"):
+        pca_diff(torch.zeros(1, 4), torch.ones(1, 4))
+    with pytest.raises(ExtractionError, match="all pair differences are identical"):
+        pca_diff(torch.ones(3, 4), torch.zeros(3, 4))

@@ -1,0 +1,91 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from steerlab import SteeringVector
+from steerlab.errors import FormatError, VectorMismatchError
+from steerlab.models import ModelFingerprint
+
+FP = ModelFingerprint("llama", 8, 6)
+
+
+def make(seed=0, layers=(2, 4), **kw) -> SteeringVector:
+    gen = torch.Generator().manual_seed(seed)
+    return SteeringVector({k: torch.randn(8, generator=gen) for k in layers}, model_id="m", fingerprint=FP,
+                          method="pca_diff", normalized=False, dataset_hash="abc",
+                          resid_norm={k: 10.0 + k for k in layers}, extra={"reduce": "last"}, **kw)
+
+
+def test_save_load_is_exact(tmp_path):
+    vec = make()
+    path = vec.save(tmp_path / "v.safetensors")
+    back = SteeringVector.load(path)
+    assert back.layers == vec.layers
+    for layer in vec.layers:
+        assert torch.equal(back.directions[layer], vec.directions[layer])
+    assert back.header() == vec.header()
+
+
+def test_header_tolerates_unknown_keys(tmp_path):
+    vec = make()
+    header = {**vec.header(), "from_the_future": {"x": 1}}
+    path = tmp_path / "v.safetensors"
+    save_file({f"layer.{k}": v for k, v in vec.directions.items()}, str(path), metadata={"steerlab": json.dumps(header)})
+    assert SteeringVector.load(path).layers == [2, 4]
+
+
+def test_algebra():
+    a, b = make(0), make(1, layers=(4, 5))
+    total = 0.8 * a - 0.3 * b
+    assert total.layers == [2, 4, 5]
+    torch.testing.assert_close(total.directions[2], 0.8 * a.directions[2])
+    torch.testing.assert_close(total.directions[4], 0.8 * a.directions[4] - 0.3 * b.directions[4])
+    torch.testing.assert_close(total.directions[5], -0.3 * b.directions[5])
+    assert total.method == "combination" and len(total.extra["terms"]) == 2
+    torch.testing.assert_close((-a).directions[2], -a.directions[2])
+    torch.testing.assert_close((a / 2).directions[4], a.directions[4] / 2)
+    assert float(a.normalized_copy().directions[2].norm()) == pytest.approx(1.0)
+    other = SteeringVector({2: torch.ones(16)}, model_id="x", fingerprint=ModelFingerprint("llama", 16, 6))
+    with pytest.raises(VectorMismatchError, match="different models or sites"):
+        a + other
+
+
+def test_invalid_vectors():
+    with pytest.raises(VectorMismatchError, match="at least one layer"):
+        SteeringVector({}, model_id="m", fingerprint=FP)
+    with pytest.raises(VectorMismatchError, match="NaN"):
+        SteeringVector({1: torch.tensor([float("nan")] * 8)}, model_id="m", fingerprint=FP)
+    with pytest.raises(VectorMismatchError, match=r"widths \[4\].*hidden_size=8"):
+        SteeringVector({1: torch.ones(4)}, model_id="m", fingerprint=FP)
+
+
+def _write(path, tensors, header):
+    meta = {"steerlab": header if isinstance(header, str) else json.dumps(header)} if header is not None else None
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def test_malformed_files(tmp_path):
+    good = make().header()
+    tensors = {"layer.2": torch.ones(8), "layer.4": torch.ones(8)}
+    cases = [
+        (_write(tmp_path / "a", tensors, None), "without a steerlab header"),
+        (_write(tmp_path / "b", tensors, "{not json"), "not valid JSON"),
+        (_write(tmp_path / "c", tensors, {**good, "format_version": 99}), "format version 99, newer than"),
+        (_write(tmp_path / "d", {"weird": torch.ones(8)}, good), "unexpected tensor 'weird'"),
+        (_write(tmp_path / "e", {"layer.2": torch.ones(8)}, good), r"lists layers \[2, 4\] but the file holds \[2\]"),
+        (_write(tmp_path / "f", tensors, {k: v for k, v in good.items() if k != "fingerprint"}), "fingerprint"),
+        (_write(tmp_path / "g", {"layer.2": torch.ones(8), "layer.4": torch.full((8,), float("inf"))}, good),
+         "NaN or inf"),
+    ]
+    for path, message in cases:
+        with pytest.raises(FormatError, match=message):
+            SteeringVector.load(path)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00\x01 this is not safetensors")
+    with pytest.raises(FormatError, match="not a readable .safetensors"):
+        SteeringVector.load(junk)
+    with pytest.raises(FormatError, match="does not exist"):
+        SteeringVector.load(tmp_path / "missing.safetensors")
