@@ -13,9 +13,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 # With 2 cores, torch on 2 threads beside anything else ran 25-40x slower than on 1.
 torch.set_num_threads(int(os.environ.get("STEERLAB_TEST_THREADS", "1")))
 
-from tiny import make_tiny  # noqa: E402
-
 from steerlab import load_model  # noqa: E402
+from tiny import make_tiny  # noqa: E402
 
 
 def steerlab_hooks(model: nn.Module) -> int:

@@ -1,9 +1,15 @@
 import pytest
 import torch
-from tiny import ARCHS, LAYERS, WIDTH
 
-from steerlab.arch import ArchSpec, get_layout, register_architecture, registered_architectures, set_architecture
+from steerlab.arch import (
+    ArchSpec,
+    get_layout,
+    register_architecture,
+    registered_architectures,
+    set_architecture,
+)
 from steerlab.errors import ArchitectureError
+from tiny import ARCHS, LAYERS, WIDTH
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -15,7 +21,19 @@ def test_layout_resolves_from_registry(tiny, arch):
 
 
 def test_registry_covers_required_architectures():
-    required = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "gpt_neox", "olmo"}
+    required = {
+        "gpt2",
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "gemma",
+        "gemma2",
+        "gemma3",
+        "phi3",
+        "gpt_neox",
+        "olmo",
+    }
     assert required <= set(registered_architectures())
 
 
@@ -57,7 +75,9 @@ def test_wrong_override_and_wrong_count_are_clear(tiny):
         del model._steerlab_arch
     model.config.num_hidden_layers = LAYERS + 1
     try:
-        with pytest.raises(ArchitectureError, match=f"holds {LAYERS} blocks but config.num_hidden_layers is {LAYERS + 1}"):
+        with pytest.raises(
+            ArchitectureError, match=f"holds {LAYERS} blocks but config.num_hidden_layers is {LAYERS + 1}"
+        ):
             get_layout(model)
     finally:
         model.config.num_hidden_layers = LAYERS
@@ -76,7 +96,9 @@ def test_no_candidate_lists_what_was_found():
 
 def test_layer_index_out_of_range(tiny):
     layout = get_layout(tiny("gpt2"))
-    with pytest.raises(ArchitectureError, match=r"out of range: this model has 4 decoder layers, numbered 0..3"):
+    with pytest.raises(
+        ArchitectureError, match=r"out of range: this model has 4 decoder layers, numbered 0..3"
+    ):
         layout.block(4)
     with pytest.raises(ArchitectureError, match="out of range"):
         layout.block(-1)

@@ -16,11 +16,17 @@ def write(tmp_path, name, text):
 
 
 def test_plain_pairs_jsonl_and_json(tmp_path):
-    rows = [{"positive": "I love it", "negative": "I hate it"}, {"positive": "good", "negative": "bad", "prompt": "Q"}]
+    rows = [
+        {"positive": "I love it", "negative": "I hate it"},
+        {"positive": "good", "negative": "bad", "prompt": "Q"},
+    ]
     jsonl = write(tmp_path, "p.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n\n")
     array = write(tmp_path, "p.json", json.dumps(rows))
-    assert load_pairs(jsonl) == load_pairs(array) == [ContrastPair("I love it", "I hate it"),
-                                                       ContrastPair("good", "bad", "Q")]
+    assert (
+        load_pairs(jsonl)
+        == load_pairs(array)
+        == [ContrastPair("I love it", "I hate it"), ContrastPair("good", "bad", "Q")]
+    )
 
 
 def test_two_lists_format(tmp_path):
@@ -63,13 +69,22 @@ def test_dataset_hash_is_stable_and_order_sensitive():
         ("", "is empty"),
         ("[]", "holds no contrast pairs"),
         ('{"positive": "a", "negative": "b"}\n{"positive": "a", "negative"\n', r"line 2: not valid JSON"),
-        ('[{"positive": "a", "neg": "b"}]', r"record 1: expected keys 'positive' and 'negative'.*\['negative'\] missing"),
+        (
+            '[{"positive": "a", "neg": "b"}]',
+            r"record 1: expected keys 'positive' and 'negative'.*\['negative'\] missing",
+        ),
         ('[{"positive": "a", "negative": "a"}]', "positive and negative are identical"),
-        ('[{"positive": "a", "negative": "b"}, {"positive": "a", "negative": "b"}]', "record 2 duplicates record 1"),
-        ('{"positive": ["a", "b", "c"], "negative": ["d"]}', "unbalanced contrast set: 3 positives but 1 negatives"),
+        (
+            '[{"positive": "a", "negative": "b"}, {"positive": "a", "negative": "b"}]',
+            "record 2 duplicates record 1",
+        ),
+        (
+            '{"positive": ["a", "b", "c"], "negative": ["d"]}',
+            "unbalanced contrast set: 3 positives but 1 negatives",
+        ),
         ('[{"question": "Q", "answer_matching_behavior": "(A)"}]', "CAA A/B record needs non-empty strings"),
         ('"just a string"', "expected a JSON array of pair objects, found str"),
-        ('[3]', "record 1: expected a JSON object, found int"),
+        ("[3]", "record 1: expected a JSON object, found int"),
     ],
 )
 def test_bad_pair_files(tmp_path, text, message):

@@ -1,12 +1,17 @@
 import pytest
 import torch
-from tiny import ARCHS
 
 from steerlab.errors import ArchitectureError, DataError
 from steerlab.record import record
 from steerlab.text import encode
+from tiny import ARCHS
 
-TEXTS = ["I love it", "The weather today is grey and cold, and the streets are wet.", "No", "Tell me a story."]
+TEXTS = [
+    "I love it",
+    "The weather today is grey and cold, and the streets are wet.",
+    "No",
+    "Tell me a story.",
+]
 LAYERS = [0, 2]
 
 
@@ -44,8 +49,10 @@ def test_sink_token_can_be_included(tiny, tokenizer):
 def test_forward_stops_after_deepest_layer(tiny, tokenizer):
     model = tiny("llama")
     calls = []
-    handles = [model.model.layers[3].register_forward_hook(lambda *a: calls.append("layer3")),
-               model.lm_head.register_forward_hook(lambda *a: calls.append("lm_head"))]
+    handles = [
+        model.model.layers[3].register_forward_hook(lambda *a: calls.append("layer3")),
+        model.lm_head.register_forward_hook(lambda *a: calls.append("lm_head")),
+    ]
     try:
         record(model, tokenizer, TEXTS, layers=[1, 2])
         assert calls == []
@@ -69,7 +76,9 @@ def test_single_token_text_warns_and_keeps_its_token(tiny, tokenizer):
     assert len(encode(tokenizer, ["No"])[0]) == 1
     with pytest.warns(UserWarning, match="single token"):
         acts = record(model, tokenizer, ["No", "I love it"], layers=[1], reduce="mean")
-    torch.testing.assert_close(acts.values[1][0], reference(model, tokenizer, "No", 1)[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        acts.values[1][0], reference(model, tokenizer, "No", 1)[0], rtol=1e-4, atol=1e-4
+    )
 
 
 def test_bad_inputs(tiny, tokenizer):

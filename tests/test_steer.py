@@ -2,13 +2,13 @@ import math
 
 import pytest
 import torch
-from conftest import steerlab_hooks
-from tiny import ARCHS
 
+from conftest import steerlab_hooks
 from steerlab import SteeringVector, steer
 from steerlab.errors import SteeringError, VectorMismatchError
 from steerlab.models import ModelFingerprint, fingerprint
 from steerlab.text import pad_batch
+from tiny import ARCHS
 
 PROMPTS = [[5, 17, 923, 44, 8], [301, 7], [12, 99, 4000, 18, 2711, 36, 70]]
 
@@ -23,9 +23,16 @@ def random_vector(model, layers=(1,), seed=1, scale=3.0) -> SteeringVector:
 def greedy(model, rows, *, use_cache=True, new=6):
     ids, mask = pad_batch(rows, 2, side="left")
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=False,
-                             use_cache=use_cache, pad_token_id=2, eos_token_id=None)
-    return out[:, ids.shape[1]:]
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=new,
+            do_sample=False,
+            use_cache=use_cache,
+            pad_token_id=2,
+            eos_token_id=None,
+        )
+    return out[:, ids.shape[1] :]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -66,7 +73,10 @@ def test_hooks_removed_when_body_raises_and_user_hooks_survive(tiny):
 def test_setup_failure_leaves_no_hook(tiny):
     model = tiny("llama")
     vec = random_vector(model, layers=(1,))
-    with pytest.raises(SteeringError, match=r"layers \[3\] are not in the vector"), steer(model, vec, layers=[3]):
+    with (
+        pytest.raises(SteeringError, match=r"layers \[3\] are not in the vector"),
+        steer(model, vec, layers=[3]),
+    ):
         pass
     assert steerlab_hooks(model) == 0
 
@@ -99,8 +109,16 @@ def test_generated_only_leaves_prompt_logits_untouched(tiny):
     model = tiny("llama")
     vec = random_vector(model, layers=(1,), scale=8.0)
     ids, mask = pad_batch(PROMPTS, 2, side="left")
-    kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=2,
-                  eos_token_id=None, output_logits=True, return_dict_in_generate=True)
+    kwargs = dict(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=4,
+        do_sample=False,
+        pad_token_id=2,
+        eos_token_id=None,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
     with torch.no_grad():
         base = model.generate(**kwargs)
         with steer(model, vec, alpha=1.0, positions="generated"):
@@ -154,14 +172,25 @@ def test_bad_steering_requests(tiny):
     model = tiny("llama")
     vec = random_vector(model)
     for alpha in (math.nan, math.inf, "2"):
-        with pytest.raises(SteeringError, match="alpha must be a finite number"), steer(model, vec, alpha=alpha):
+        with (
+            pytest.raises(SteeringError, match="alpha must be a finite number"),
+            steer(model, vec, alpha=alpha),
+        ):
             pass
-    with pytest.raises(SteeringError, match="positions='middle' is not valid"), steer(model, vec, positions="middle"):
+    with (
+        pytest.raises(SteeringError, match="positions='middle' is not valid"),
+        steer(model, vec, positions="middle"),
+    ):
         pass
     with pytest.raises(SteeringError, match="relative"), steer(model, vec, scale="relative"):
         pass
-    other = SteeringVector({1: torch.ones(64)}, model_id="other", fingerprint=ModelFingerprint("llama", 64, 4))
-    with pytest.raises(VectorMismatchError, match=r"hidden size 64 \(vector\) vs 32 \(model\)"), steer(model, other):
+    other = SteeringVector(
+        {1: torch.ones(64)}, model_id="other", fingerprint=ModelFingerprint("llama", 64, 4)
+    )
+    with (
+        pytest.raises(VectorMismatchError, match=r"hidden size 64 \(vector\) vs 32 \(model\)"),
+        steer(model, other),
+    ):
         pass
     deep = SteeringVector({7: torch.ones(32)}, model_id="x", fingerprint=ModelFingerprint("llama", 32, 8))
     with pytest.raises(VectorMismatchError, match=r"layers \[7\] do not exist"), steer(model, deep):

@@ -13,9 +13,17 @@ FP = ModelFingerprint("llama", 8, 6)
 
 def make(seed=0, layers=(2, 4), **kw) -> SteeringVector:
     gen = torch.Generator().manual_seed(seed)
-    return SteeringVector({k: torch.randn(8, generator=gen) for k in layers}, model_id="m", fingerprint=FP,
-                          method="pca_diff", normalized=False, dataset_hash="abc",
-                          resid_norm={k: 10.0 + k for k in layers}, extra={"reduce": "last"}, **kw)
+    return SteeringVector(
+        {k: torch.randn(8, generator=gen) for k in layers},
+        model_id="m",
+        fingerprint=FP,
+        method="pca_diff",
+        normalized=False,
+        dataset_hash="abc",
+        resid_norm={k: 10.0 + k for k in layers},
+        extra={"reduce": "last"},
+        **kw,
+    )
 
 
 def test_save_load_is_exact(tmp_path):
@@ -32,7 +40,11 @@ def test_header_tolerates_unknown_keys(tmp_path):
     vec = make()
     header = {**vec.header(), "from_the_future": {"x": 1}}
     path = tmp_path / "v.safetensors"
-    save_file({f"layer.{k}": v for k, v in vec.directions.items()}, str(path), metadata={"steerlab": json.dumps(header)})
+    save_file(
+        {f"layer.{k}": v for k, v in vec.directions.items()},
+        str(path),
+        metadata={"steerlab": json.dumps(header)},
+    )
     assert SteeringVector.load(path).layers == [2, 4]
 
 
@@ -62,7 +74,11 @@ def test_invalid_vectors():
 
 
 def _write(path, tensors, header):
-    meta = {"steerlab": header if isinstance(header, str) else json.dumps(header)} if header is not None else None
+    meta = (
+        {"steerlab": header if isinstance(header, str) else json.dumps(header)}
+        if header is not None
+        else None
+    )
     save_file(tensors, str(path), metadata=meta)
     return path
 
@@ -75,10 +91,20 @@ def test_malformed_files(tmp_path):
         (_write(tmp_path / "b", tensors, "{not json"), "not valid JSON"),
         (_write(tmp_path / "c", tensors, {**good, "format_version": 99}), "format version 99, newer than"),
         (_write(tmp_path / "d", {"weird": torch.ones(8)}, good), "unexpected tensor 'weird'"),
-        (_write(tmp_path / "e", {"layer.2": torch.ones(8)}, good), r"lists layers \[2, 4\] but the file holds \[2\]"),
-        (_write(tmp_path / "f", tensors, {k: v for k, v in good.items() if k != "fingerprint"}), "fingerprint"),
-        (_write(tmp_path / "g", {"layer.2": torch.ones(8), "layer.4": torch.full((8,), float("inf"))}, good),
-         "NaN or inf"),
+        (
+            _write(tmp_path / "e", {"layer.2": torch.ones(8)}, good),
+            r"lists layers \[2, 4\] but the file holds \[2\]",
+        ),
+        (
+            _write(tmp_path / "f", tensors, {k: v for k, v in good.items() if k != "fingerprint"}),
+            "fingerprint",
+        ),
+        (
+            _write(
+                tmp_path / "g", {"layer.2": torch.ones(8), "layer.4": torch.full((8,), float("inf"))}, good
+            ),
+            "NaN or inf",
+        ),
     ]
     for path, message in cases:
         with pytest.raises(FormatError, match=message):

@@ -12,8 +12,14 @@ VOCAB = 49152
 WIDTH = 32
 LAYERS = 4
 
-_COMMON = dict(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=LAYERS, num_attention_heads=4,
-               intermediate_size=64, max_position_embeddings=256)
+_COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=WIDTH,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=256,
+)
 
 CONFIGS = {
     "gpt2": lambda: tf.GPT2Config(vocab_size=VOCAB, n_embd=WIDTH, n_layer=LAYERS, n_head=4, n_positions=256),
@@ -29,12 +35,20 @@ CONFIGS = {
     "olmo": lambda: tf.OlmoConfig(**_COMMON),
     "olmo2": lambda: tf.Olmo2Config(**_COMMON),
     # These four still return tuples from their decoder layers in transformers 5.
-    "gpt_neo": lambda: tf.GPTNeoConfig(vocab_size=VOCAB, hidden_size=WIDTH, num_layers=LAYERS, num_heads=4,
-                                       attention_types=[[["global", "local"], LAYERS // 2]], max_position_embeddings=256),
-    "gptj": lambda: tf.GPTJConfig(vocab_size=VOCAB, n_embd=WIDTH, n_layer=LAYERS, n_head=4, rotary_dim=4,
-                                  n_positions=256),
-    "falcon": lambda: tf.FalconConfig(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=LAYERS,
-                                      num_attention_heads=4),
+    "gpt_neo": lambda: tf.GPTNeoConfig(
+        vocab_size=VOCAB,
+        hidden_size=WIDTH,
+        num_layers=LAYERS,
+        num_heads=4,
+        attention_types=[[["global", "local"], LAYERS // 2]],
+        max_position_embeddings=256,
+    ),
+    "gptj": lambda: tf.GPTJConfig(
+        vocab_size=VOCAB, n_embd=WIDTH, n_layer=LAYERS, n_head=4, rotary_dim=4, n_positions=256
+    ),
+    "falcon": lambda: tf.FalconConfig(
+        vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=LAYERS, num_attention_heads=4
+    ),
     "bloom": lambda: tf.BloomConfig(vocab_size=VOCAB, hidden_size=WIDTH, n_layer=LAYERS, n_head=4),
 }
 

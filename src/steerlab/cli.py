@@ -21,8 +21,12 @@ from rich.table import Table
 from steerlab.errors import SteerlabError
 from steerlab.models import DEFAULT_MODEL
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Extract steering vectors, steer generation, compare.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Extract steering vectors, steer generation, compare.",
+)
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -106,8 +110,16 @@ def extract(
     layer_list = parse_ints(layers, "--layers")
     lm, tokenizer = _load(model, device, dtype)
     start = time.perf_counter()
-    vec = extract_vector(lm, tokenizer, data, layers=layer_list, method=method, reduce=reduce,  # type: ignore[arg-type]
-                         normalize=normalize, batch_size=batch_size)
+    vec = extract_vector(
+        lm,
+        tokenizer,
+        data,
+        layers=layer_list,
+        method=method,
+        reduce=reduce,  # type: ignore[arg-type]
+        normalize=normalize,
+        batch_size=batch_size,
+    )
     seconds = time.perf_counter() - start
     vec.save(out_path)
     norms = ", ".join(f"L{k}: {float(v.norm()):.2f}" for k, v in sorted(vec.directions.items()))
@@ -122,7 +134,9 @@ def generate(
     prompts: Path | None = typer.Option(None, "--prompts", help="A file with one prompt per line."),
     alphas: str = typer.Option("-8,0,8", "--alphas", help="Strengths, e.g. -8,0,8 (0 = unsteered)."),
     layers: str | None = typer.Option(None, "--layers", help="Subset of the vector's layers (default: all)."),
-    positions: str = typer.Option("all", "--positions", help="all, prompt, generated, or K (from token K on)."),
+    positions: str = typer.Option(
+        "all", "--positions", help="all, prompt, generated, or K (from token K on)."
+    ),
     scale: str = typer.Option("absolute", "--scale", help="absolute, or relative to the residual norm."),
     max_new_tokens: int = typer.Option(40, "--max-new-tokens"),
     sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
@@ -152,8 +166,19 @@ def generate(
     alpha_list = parse_floats(alphas, "--alphas")
     layer_list = parse_ints(layers, "--layers") if layers else None
     lm, tokenizer = _load(model, device, dtype)
-    rows = compare(lm, tokenizer, prompt_list, vec, alphas=alpha_list, layers=layer_list, positions=positions,
-                   scale=scale, max_new_tokens=max_new_tokens, do_sample=sample, seed=seed)  # type: ignore[arg-type]
+    rows = compare(
+        lm,
+        tokenizer,
+        prompt_list,
+        vec,
+        alphas=alpha_list,
+        layers=layer_list,
+        positions=positions,
+        scale=scale,
+        max_new_tokens=max_new_tokens,
+        do_sample=sample,
+        seed=seed,
+    )  # type: ignore[arg-type]
     if as_json:
         for row in rows:
             sys.stdout.write(json.dumps(row.as_dict(), ensure_ascii=False) + "\n")
@@ -200,14 +225,20 @@ def info(
     out.print(layers)
 
 
-DEMO_PROMPTS = ["Tell me about your weekend.", "What do you think of Mondays?", "Describe the city you live in."]
+DEMO_PROMPTS = [
+    "Tell me about your weekend.",
+    "What do you think of Mondays?",
+    "Describe the city you live in.",
+]
 
 
 @app.command()
 @user_errors
 def demo(
-    layer: int = typer.Option(9, "--layer", help="Block whose output is steered."),
-    strength: float = typer.Option(0.2, "--strength", help="Strength, as a fraction of the layer's residual norm."),
+    layer: int = typer.Option(10, "--layer", help="Block whose output is steered."),
+    strength: float = typer.Option(
+        0.15, "--strength", help="Strength, as a fraction of the layer's residual norm."
+    ),
     max_new_tokens: int = typer.Option(40, "--max-new-tokens"),
     model: str = MODEL_OPT,
     device: str | None = DEVICE_OPT,
@@ -230,11 +261,19 @@ def demo(
         f"[bold]steerlab demo[/] on {model}: loaded in {loaded:.1f} s; sentiment vector (mean_diff of "
         f"{len(pairs)} contrast pairs, last token) at layer {layer} in {extracted:.2f} s; "
         f"|v| = {float(vec.directions[layer].norm()):.2f}, mean residual norm there {resid:.0f}.\n"
-        f"Steering adds alpha x (v scaled to {resid:.0f}) to every token's residual stream after block {layer}; "
-        "nll is the mean negative log-likelihood of the text under the unsteered model (lower = more fluent).\n"
+        f"Steering adds alpha x (v scaled to {resid:.0f}) to every token's residual stream after block "
+        f"{layer}; nll is the mean negative log-likelihood of the text under the unsteered model "
+        "(lower = more fluent).\n"
     )
-    rows = compare(lm, tokenizer, DEMO_PROMPTS, vec, alphas=[-strength, 0.0, strength], scale="relative",
-                   max_new_tokens=max_new_tokens)
+    rows = compare(
+        lm,
+        tokenizer,
+        DEMO_PROMPTS,
+        vec,
+        alphas=[-strength, 0.0, strength],
+        scale="relative",
+        max_new_tokens=max_new_tokens,
+    )
     for row in rows:
         show_comparison(row)
 

@@ -23,7 +23,14 @@ from typing import Any
 
 from steerlab.errors import DataError
 
-__all__ = ["ContrastPair", "dataset_hash", "load_pairs", "pair_texts", "pairs_from_records", "sentiment_pairs"]
+__all__ = [
+    "ContrastPair",
+    "dataset_hash",
+    "load_pairs",
+    "pair_texts",
+    "pairs_from_records",
+    "sentiment_pairs",
+]
 
 
 @dataclass(frozen=True)
@@ -47,14 +54,18 @@ def _pair_from_record(rec: Any, where: str) -> ContrastPair:
         keys = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
         missing = [k for k in keys if not isinstance(rec.get(k), str) or not rec.get(k).strip()]
         if missing:
-            raise DataError(f"{where}: a CAA A/B record needs non-empty strings {list(keys)}; missing or "
-                            f"empty: {missing}.")
+            raise DataError(
+                f"{where}: a CAA A/B record needs non-empty strings {list(keys)}; missing or "
+                f"empty: {missing}."
+            )
         return ContrastPair(
             positive=_strip_answer(rec["answer_matching_behavior"]),
             negative=_strip_answer(rec["answer_not_matching_behavior"]),
             prompt=rec["question"],
         )
-    missing = [k for k in ("positive", "negative") if not isinstance(rec.get(k), str) or not rec.get(k).strip()]
+    missing = [
+        k for k in ("positive", "negative") if not isinstance(rec.get(k), str) or not rec.get(k).strip()
+    ]
     if missing:
         raise DataError(
             f"{where}: expected keys 'positive' and 'negative' with non-empty strings (or the CAA keys "
@@ -75,11 +86,15 @@ def pairs_from_records(records: Iterable[Any], *, source: str = "input") -> list
     seen: dict[ContrastPair, int] = {}
     for i, pair in enumerate(pairs, start=1):
         if pair.positive == pair.negative:
-            raise DataError(f"{source}, record {i}: positive and negative are identical ({pair.positive!r}); "
-                            "a pair must differ in the concept to extract.")
+            raise DataError(
+                f"{source}, record {i}: positive and negative are identical ({pair.positive!r}); "
+                "a pair must differ in the concept to extract."
+            )
         if pair in seen:
-            raise DataError(f"{source}: record {i} duplicates record {seen[pair]}; remove the duplicate "
-                            "(it would silently weigh that pair twice).")
+            raise DataError(
+                f"{source}: record {i} duplicates record {seen[pair]}; remove the duplicate "
+                "(it would silently weigh that pair twice)."
+            )
         seen[pair] = i
     return pairs
 
@@ -107,16 +122,20 @@ def load_pairs(path: str | Path) -> list[ContrastPair]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as err:
-                raise DataError(f"{path}, line {n}: not valid JSON ({err.msg}); expected one JSON object per "
-                                "line (JSON Lines) or a single JSON array.") from err
+                raise DataError(
+                    f"{path}, line {n}: not valid JSON ({err.msg}); expected one JSON object per "
+                    "line (JSON Lines) or a single JSON array."
+                ) from err
         return pairs_from_records(records, source=str(path))
     if isinstance(data, dict) and isinstance(data.get("positive"), list):
         pos, neg = data["positive"], data.get("negative")
         if not isinstance(neg, list):
             raise DataError(f"{path}: has a 'positive' list but no 'negative' list.")
         if len(pos) != len(neg):
-            raise DataError(f"{path}: unbalanced contrast set: {len(pos)} positives but {len(neg)} negatives; "
-                            "each positive needs exactly one negative.")
+            raise DataError(
+                f"{path}: unbalanced contrast set: {len(pos)} positives but {len(neg)} negatives; "
+                "each positive needs exactly one negative."
+            )
         data = [{"positive": p, "negative": n} for p, n in zip(pos, neg, strict=True)]
     if isinstance(data, dict):
         data = [data]
@@ -125,8 +144,9 @@ def load_pairs(path: str | Path) -> list[ContrastPair]:
     return pairs_from_records(data, source=str(path))
 
 
-def pair_texts(pairs: Sequence[ContrastPair], tokenizer: Any = None, *, chat: bool | None = None
-               ) -> tuple[list[str], list[str]]:
+def pair_texts(
+    pairs: Sequence[ContrastPair], tokenizer: Any = None, *, chat: bool | None = None
+) -> tuple[list[str], list[str]]:
     """The positive and negative texts to record, with the prompt in the chat template when there is one."""
     from steerlab.text import apply_chat
 

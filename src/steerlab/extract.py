@@ -86,8 +86,10 @@ def pca_diff(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     diffs = pos.double() - neg.double()
     diffs = diffs - diffs.mean(0)
     if float(diffs.abs().max()) == 0.0:
-        raise ExtractionError("pca_diff: all pair differences are identical, so they have no principal axis; "
-                              "use mean_diff or pca_center.")
+        raise ExtractionError(
+            "pca_diff: all pair differences are identical, so they have no principal axis; "
+            "use mean_diff or pca_center."
+        )
     return _orient(_first_component(diffs), pos, neg).to(pos.dtype)
 
 
@@ -144,8 +146,15 @@ def extract_vector(
     if not pairs:
         raise ExtractionError("no contrast pairs were given; at least one is needed (two for PCA methods).")
     pos_texts, neg_texts = pair_texts(pairs, tokenizer, chat=chat)
-    acts = record(model, tokenizer, pos_texts + neg_texts, layers=layers, reduce=reduce,
-                  batch_size=batch_size, progress=progress)
+    acts = record(
+        model,
+        tokenizer,
+        pos_texts + neg_texts,
+        layers=layers,
+        reduce=reduce,
+        batch_size=batch_size,
+        progress=progress,
+    )
     n = len(pairs)
     directions = {}
     for layer in acts.layers:

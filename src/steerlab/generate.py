@@ -41,8 +41,10 @@ class Comparison:
     generations: list[Generation] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"prompt": self.prompt,
-                "generations": [{"alpha": g.alpha, "text": g.text, "nll": g.nll} for g in self.generations]}
+        return {
+            "prompt": self.prompt,
+            "generations": [{"alpha": g.alpha, "text": g.text, "nll": g.nll} for g in self.generations],
+        }
 
 
 def _eos_ids(model: nn.Module, tokenizer: Any) -> set[int]:
@@ -84,7 +86,8 @@ def generate(
     pad = pad_id(tokenizer)
     sampling: dict[str, Any] = (
         {"do_sample": True, "temperature": temperature, "top_p": top_p}
-        if do_sample else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        if do_sample
+        else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     )
     results: list[tuple[list[int], list[int]]] = []
     for start in range(0, len(ids), batch_size):
@@ -92,10 +95,15 @@ def generate(
         input_ids, mask = pad_batch(chunk, pad, side="left")
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
             torch.manual_seed(seed + start)
-            out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                                 max_new_tokens=max_new_tokens, pad_token_id=pad, **sampling)
+            out = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad,
+                **sampling,
+            )
         for row, prompt_ids in enumerate(chunk):
-            gen = out[row, input_ids.shape[1]:].tolist()
+            gen = out[row, input_ids.shape[1] :].tolist()
             for i, tok in enumerate(gen):
                 if tok in eos:
                     gen = gen[: i + 1]
@@ -104,8 +112,9 @@ def generate(
     return results
 
 
-def generated_nll(model: nn.Module, pairs: Sequence[tuple[list[int], list[int]]], *, batch_size: int = 8
-                  ) -> list[float]:
+def generated_nll(
+    model: nn.Module, pairs: Sequence[tuple[list[int], list[int]]], *, batch_size: int = 8
+) -> list[float]:
     """Mean negative log-likelihood (nats/token) of each generated continuation under ``model`` as it is
     now (call it outside any steering to score against the unsteered model)."""
     device = next(model.parameters()).device
@@ -156,8 +165,14 @@ def compare(
     if not prompts:
         raise SteeringError("no prompts were given; pass at least one.")
     vector.check_fits(model)
-    options = dict(max_new_tokens=max_new_tokens, chat=chat, system=system, do_sample=do_sample, seed=seed,
-                   batch_size=batch_size)
+    options = dict(
+        max_new_tokens=max_new_tokens,
+        chat=chat,
+        system=system,
+        do_sample=do_sample,
+        seed=seed,
+        batch_size=batch_size,
+    )
     rows = [Comparison(p) for p in prompts]
     for alpha in alphas:
         if float(alpha) == 0.0:

@@ -49,8 +49,9 @@ class HookSet:
     def __exit__(self, *exc: object) -> bool | None:
         return self._stack.__exit__(*exc)
 
-    def forward(self, module: nn.Module, fn: Callable[..., Any], *, with_kwargs: bool = False,
-                prepend: bool = False) -> None:
+    def forward(
+        self, module: nn.Module, fn: Callable[..., Any], *, with_kwargs: bool = False, prepend: bool = False
+    ) -> None:
         """Add a forward hook ``fn(module, args, output)`` (or ``(module, args, kwargs, output)``).
 
         ``prepend=True`` runs it before hooks already on the module: steering uses it so that every other

@@ -22,8 +22,15 @@ from torch import nn
 
 from steerlab.errors import ModelLoadError
 
-__all__ = ["DEFAULT_MODEL", "ModelFingerprint", "cache_dir", "fingerprint", "load_model", "model_id",
-           "resolve_alias"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "ModelFingerprint",
+    "cache_dir",
+    "fingerprint",
+    "load_model",
+    "model_id",
+    "resolve_alias",
+]
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -173,7 +180,6 @@ def load_model(
             model, tokenizer = _load_folder(str(target), torch_dtype, device, device_map, False)
         else:
             model, tokenizer = _load_gguf_direct(gguf, torch_dtype, device, device_map)
-        source = text
     else:
         folder = Path(text).expanduser()
         if folder.is_dir():
@@ -183,26 +189,25 @@ def load_model(
                     "(save_pretrained output) or a .gguf file path."
                 )
             model, tokenizer = _load_folder(str(folder), torch_dtype, device, device_map, trust_remote_code)
-            source = text
         else:
             tried.append(f"local folder: '{folder}' does not exist")
             tried.append("gguf file: the spec does not end in .gguf")
             try:
                 model, tokenizer = _load_folder(text, torch_dtype, device, device_map, trust_remote_code)
             except (OSError, ValueError) as err:
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                lines = str(err).strip().splitlines()
+                first = lines[0].rstrip(".") if lines else type(err).__name__
                 tried.append(f"Hugging Face hub id: {first}")
                 raise ModelLoadError(
                     f"cannot load a model from '{text}'. Tried: " + "; ".join(tried) + ". Give the alias "
                     f"'{DEFAULT_MODEL}', a .gguf file, a local folder with config.json, or a hub id "
                     "(which needs network access or a filled Hugging Face cache)."
                 ) from err
-            source = text
     if tokenizer.pad_token is None:
         # GPT-2 style tokenizers have no pad token; batching needs one and the EOS is never attended.
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
-    model._steerlab_model_id = source
+    model._steerlab_model_id = text
     return model, tokenizer
 
 
@@ -223,7 +228,9 @@ def _load_gguf_direct(gguf: Path, dtype: Any, device: str | None, device_map: An
 
 def model_id(model: nn.Module) -> str:
     """The name the model was loaded under (alias, path or hub id), else its config's name_or_path."""
-    return getattr(model, "_steerlab_model_id", None) or getattr(model.config, "name_or_path", "") or "unknown"
+    return (
+        getattr(model, "_steerlab_model_id", None) or getattr(model.config, "name_or_path", "") or "unknown"
+    )
 
 
 def fingerprint(model: nn.Module) -> ModelFingerprint:
@@ -232,5 +239,3 @@ def fingerprint(model: nn.Module) -> ModelFingerprint:
 
     layout = get_layout(model)
     return ModelFingerprint(layout.model_type, layout.hidden_size, layout.num_layers)
-
-

@@ -42,8 +42,9 @@ def parse_positions(spec: PositionSpec) -> PositionSpec:
     return spec
 
 
-def real_token_index(attention_mask: torch.Tensor | None, batch: int, length: int, past: int,
-                     device: torch.device) -> torch.Tensor:
+def real_token_index(
+    attention_mask: torch.Tensor | None, batch: int, length: int, past: int, device: torch.device
+) -> torch.Tensor:
     """Index of each current token among the real tokens of its row; -1 for padding.
 
     ``attention_mask`` is the 2-D mask over past and current tokens (or ``None``: no padding).
@@ -92,8 +93,11 @@ class PositionTracker:
             mask = args[1]
         if mask is not None and mask.dim() != 2:
             if not self._warned_4d:
-                warnings.warn("a non 2-D attention mask was passed; steerlab treats every token as real "
-                              "(padding cannot be detected).", stacklevel=2)
+                warnings.warn(
+                    "a non 2-D attention mask was passed; steerlab treats every token as real "
+                    "(padding cannot be detected).",
+                    stacklevel=2,
+                )
                 self._warned_4d = True
             mask = None
         past = self._past_length(kwargs, mask, length)

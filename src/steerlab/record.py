@@ -178,8 +178,11 @@ def record(
                 raise ArchitectureError(f"block {deepest} was never called during the forward pass.")
 
     if single_token["seen"] and reduce != "last" and exclude_first_token:
-        warnings.warn("some texts have a single token; for them the first token was kept despite "
-                      "exclude_first_token=True.", stacklevel=2)
+        warnings.warn(
+            "some texts have a single token; for them the first token was kept despite "
+            "exclude_first_token=True.",
+            stacklevel=2,
+        )
     values: dict[int, torch.Tensor] = {}
     lengths = None
     for layer in chosen:

@@ -27,7 +27,9 @@ __all__ = ["Scale", "resolve_deltas", "steer"]
 Scale = Literal["absolute", "relative"]
 
 
-def resolve_deltas(vector: SteeringVector, layers: Sequence[int] | None, scale: Scale) -> dict[int, torch.Tensor]:
+def resolve_deltas(
+    vector: SteeringVector, layers: Sequence[int] | None, scale: Scale
+) -> dict[int, torch.Tensor]:
     """The per-layer vector to add for ``alpha = 1``.
 
     ``scale="absolute"`` uses the stored directions as they are; ``scale="relative"`` rescales each to the
@@ -36,18 +38,24 @@ def resolve_deltas(vector: SteeringVector, layers: Sequence[int] | None, scale: 
     chosen = vector.layers if layers is None else sorted({int(x) for x in layers})
     missing = [layer for layer in chosen if layer not in vector.directions]
     if missing or not chosen:
-        raise SteeringError(f"layers {missing or chosen} are not in the vector, which has layers {vector.layers}; "
-                            "steer at layers the vector was extracted for.")
+        raise SteeringError(
+            f"layers {missing or chosen} are not in the vector, which has layers {vector.layers}; "
+            "steer at layers the vector was extracted for."
+        )
     if scale == "absolute":
         return {layer: vector.directions[layer] for layer in chosen}
     if scale != "relative":
         raise SteeringError(f"scale={scale!r} is not valid; expected 'absolute' or 'relative'.")
     absent = [layer for layer in chosen if layer not in vector.resid_norm]
     if absent:
-        raise SteeringError(f"scale='relative' needs the residual norm at layers {absent}, which the vector's "
-                            "metadata lacks (it was not extracted by steerlab); use scale='absolute'.")
+        raise SteeringError(
+            f"scale='relative' needs the residual norm at layers {absent}, which the vector's "
+            "metadata lacks (it was not extracted by steerlab); use scale='absolute'."
+        )
     return {
-        layer: vector.directions[layer] / vector.directions[layer].norm().clamp_min(1e-12) * vector.resid_norm[layer]
+        layer: vector.directions[layer]
+        / vector.directions[layer].norm().clamp_min(1e-12)
+        * vector.resid_norm[layer]
         for layer in chosen
     }
 

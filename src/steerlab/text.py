@@ -8,8 +8,15 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["apply_chat", "encode", "forward_kwargs", "has_chat_template", "pad_batch", "pad_id",
-           "position_ids_from_mask"]
+__all__ = [
+    "apply_chat",
+    "encode",
+    "forward_kwargs",
+    "has_chat_template",
+    "pad_batch",
+    "pad_id",
+    "position_ids_from_mask",
+]
 
 
 def has_chat_template(tokenizer: Any) -> bool:
@@ -26,8 +33,12 @@ def apply_chat(tokenizer: Any, prompt: str, *, chat: bool | None = None, system:
     if not has_chat_template(tokenizer):
         from steerlab.errors import SteerlabError
 
-        raise SteerlabError("chat=True was asked for, but this tokenizer has no chat template; use chat=False.")
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        raise SteerlabError(
+            "chat=True was asked for, but this tokenizer has no chat template; use chat=False."
+        )
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": prompt}
+    ]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 

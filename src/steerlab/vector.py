@@ -70,13 +70,17 @@ class SteeringVector:
         widths = {int(t.shape[-1]) for t in self.directions.values()}
         for layer, tensor in self.directions.items():
             if tensor.dim() != 1:
-                raise VectorMismatchError(f"direction at layer {layer} has shape {tuple(tensor.shape)}; "
-                                          "expected a 1-D (hidden,) tensor.")
+                raise VectorMismatchError(
+                    f"direction at layer {layer} has shape {tuple(tensor.shape)}; "
+                    "expected a 1-D (hidden,) tensor."
+                )
             if not torch.isfinite(tensor).all():
                 raise VectorMismatchError(f"direction at layer {layer} contains NaN or inf.")
         if widths != {self.fingerprint.hidden_size}:
-            raise VectorMismatchError(f"directions have widths {sorted(widths)}, but the fingerprint says "
-                                      f"hidden_size={self.fingerprint.hidden_size}.")
+            raise VectorMismatchError(
+                f"directions have widths {sorted(widths)}, but the fingerprint says "
+                f"hidden_size={self.fingerprint.hidden_size}."
+            )
 
     @property
     def layers(self) -> list[int]:
@@ -100,7 +104,8 @@ class SteeringVector:
         if problems:
             raise VectorMismatchError(
                 f"the vector extracted from '{self.model_id}' does not fit the model '{model_id(model)}': "
-                + "; ".join(problems) + ". Extract a vector on this model (steerlab extract --model ...)."
+                + "; ".join(problems)
+                + ". Extract a vector on this model (steerlab extract --model ...)."
             )
         if self.model_id != model_id(model):
             warnings.warn(
@@ -110,8 +115,14 @@ class SteeringVector:
             )
 
     def _meta_for(self, directions: dict[int, torch.Tensor], method: str, **extra: Any) -> SteeringVector:
-        return replace(self, directions=directions, method=method, normalized=False,
-                       extra={**self.extra, **extra}, library_version=__version__)
+        return replace(
+            self,
+            directions=directions,
+            method=method,
+            normalized=False,
+            extra={**self.extra, **extra},
+            library_version=__version__,
+        )
 
     # ----- algebra ------------------------------------------------------------------------------------
     def __mul__(self, factor: float) -> SteeringVector:
@@ -133,7 +144,8 @@ class SteeringVector:
             return NotImplemented
         if other.fingerprint != self.fingerprint or other.site != self.site:
             raise VectorMismatchError(
-                f"cannot add vectors for different models or sites: {self.fingerprint.as_dict()} @ {self.site} "
+                "cannot add vectors for different models or sites: "
+                f"{self.fingerprint.as_dict()} @ {self.site} "
                 f"vs {other.fingerprint.as_dict()} @ {other.site}."
             )
         out = {}
@@ -201,7 +213,8 @@ class SteeringVector:
             raise FormatError(f"'{path}' is not a readable .safetensors file ({err}).") from err
         if _HEADER_KEY not in meta:
             raise FormatError(
-                f"'{path}' is a safetensors file without a steerlab header (metadata keys: {sorted(meta)}); it "
+                f"'{path}' is a safetensors file without a steerlab header (metadata keys: "
+                f"{sorted(meta)}); it "
                 "was not written by SteeringVector.save. GGUF control vectors are imported with "
                 "`steerlab import`."
             )
@@ -212,7 +225,8 @@ class SteeringVector:
             raise FormatError(f"'{path}': the steerlab header is not valid JSON ({err}).") from err
         if version > FORMAT_VERSION:
             raise FormatError(
-                f"'{path}' has vector format version {version}, newer than this steerlab reads ({FORMAT_VERSION}"
+                f"'{path}' has vector format version {version}, newer than this steerlab reads "
+                f"({FORMAT_VERSION}"
                 f"); it was written by steerlab {header.get('library_version')}. Upgrade steerlab."
             )
         directions = {}
@@ -223,12 +237,16 @@ class SteeringVector:
             directions[int(index)] = tensor.float()
         try:
             fp = header["fingerprint"]
-            fingerprint_ = ModelFingerprint(str(fp["model_type"]), int(fp["hidden_size"]), int(fp["num_layers"]))
+            fingerprint_ = ModelFingerprint(
+                str(fp["model_type"]), int(fp["hidden_size"]), int(fp["num_layers"])
+            )
             listed = sorted(int(x) for x in header["layers"])
         except (KeyError, TypeError, ValueError) as err:
             raise FormatError(f"'{path}': the steerlab header lacks a valid {err} entry.") from err
         if listed != sorted(directions):
-            raise FormatError(f"'{path}': header lists layers {listed} but the file holds {sorted(directions)}.")
+            raise FormatError(
+                f"'{path}': header lists layers {listed} but the file holds {sorted(directions)}."
+            )
         try:
             return cls(
                 directions=directions,

@@ -164,7 +164,9 @@ def _heuristic(model: nn.Module, n_layers: int) -> tuple[str, nn.ModuleList] | N
     if not candidates:
         return None
     # Prefer the shallowest list whose name looks like a block list.
-    candidates.sort(key=lambda item: (not item[0].split(".")[-1] in ("layers", "h", "blocks"), item[0].count(".")))
+    candidates.sort(
+        key=lambda item: (item[0].split(".")[-1] not in ("layers", "h", "blocks"), item[0].count("."))
+    )
     return candidates[0]
 
 
@@ -213,5 +215,6 @@ def get_layout(model: nn.Module) -> ModelLayout:
         f"ArchSpec(layers=('{path}',)))",
         stacklevel=2,
     )
-    return ModelLayout(model_type, layers, path, ArchSpec(layers=(path,), attn=None, mlp=None), n_layers,
-                       width, "heuristic")
+    return ModelLayout(
+        model_type, layers, path, ArchSpec(layers=(path,), attn=None, mlp=None), n_layers, width, "heuristic"
+    )

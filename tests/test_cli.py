@@ -1,0 +1,157 @@
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from steerlab import SteeringVector
+from steerlab.cli import app
+from steerlab.models import ModelFingerprint
+
+pytestmark = pytest.mark.real_model
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "pairs.jsonl"
+    rows = [
+        ("I love it.", "I hate it."),
+        ("What a great day!", "What a terrible day!"),
+        ("So happy.", "So sad."),
+    ]
+    path.write_text("\n".join(json.dumps({"positive": p, "negative": n}) for p, n in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def vector_file(pairs_file, smol):
+    out = pairs_file.parent / "v.safetensors"
+    result = runner.invoke(app, ["extract", "--pairs", str(pairs_file), "--layers", "8-9", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "extracted mean_diff from 3 pairs" in result.stderr
+    return out
+
+
+def test_extract_and_info(vector_file):
+    vec = SteeringVector.load(vector_file)
+    assert vec.layers == [8, 9] and vec.model_id == "smollm2-135m" and vec.method == "mean_diff"
+    result = runner.invoke(app, ["info", str(vector_file)])
+    assert result.exit_code == 0 and "smollm2-135m" in result.stdout and "mean_diff" in result.stdout
+    header = json.loads(runner.invoke(app, ["info", str(vector_file), "--json"]).stdout)
+    assert header["fingerprint"] == {"model_type": "llama", "hidden_size": 576, "num_layers": 30}
+    assert set(header["resid_norm"]) == {"8", "9"}
+
+
+def test_generate_json_lines(vector_file, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Tell me about your day.\n\nDescribe a cat.\n")
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            "--vector",
+            str(vector_file),
+            "--prompts",
+            str(prompts),
+            "--alphas",
+            "-4,0,4",
+            "--max-new-tokens",
+            "6",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["prompt"] for line in lines] == ["Tell me about your day.", "Describe a cat."]
+    for line in lines:
+        assert [g["alpha"] for g in line["generations"]] == [-4.0, 0.0, 4.0]
+        assert all(g["text"] and g["nll"] > 0 for g in line["generations"])
+
+
+def test_generate_table(vector_file):
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            "--vector",
+            str(vector_file),
+            "--prompt",
+            "Hi there",
+            "--alphas",
+            "0,6",
+            "--layers",
+            "9",
+            "--positions",
+            "generated",
+            "--max-new-tokens",
+            "5",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "unsteered" in result.stdout and "Hi there" in result.stdout
+
+
+def test_demo_runs(smol):
+    result = runner.invoke(app, ["demo", "--max-new-tokens", "6"])
+    assert result.exit_code == 0, result.output
+    assert "sentiment vector" in result.stdout and result.stdout.count("(unsteered)") == 3
+
+
+def one_line_error(result, message):
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert message in " ".join(result.stderr.split()), result.stderr
+
+
+def test_error_paths(pairs_file, vector_file, tmp_path):
+    out = str(tmp_path / "x.safetensors")
+    one_line_error(
+        runner.invoke(
+            app, ["extract", "--pairs", str(tmp_path / "none.json"), "--layers", "3", "--out", out]
+        ),
+        "does not exist",
+    )
+    one_line_error(
+        runner.invoke(app, ["extract", "--pairs", str(pairs_file), "--layers", "ten", "--out", out]),
+        "--layers 'ten' is not a list of integers",
+    )
+    one_line_error(
+        runner.invoke(app, ["extract", "--pairs", str(pairs_file), "--layers", "30", "--out", out]),
+        "layer index 30 is out of range: this model has 30 decoder layers",
+    )
+    one_line_error(
+        runner.invoke(
+            app, ["extract", "--pairs", str(pairs_file), "--layers", "3", "--method", "magic", "--out", out]
+        ),
+        "unknown method 'magic'",
+    )
+    bad = tmp_path / "bad.safetensors"
+    bad.write_text("not a vector")
+    one_line_error(runner.invoke(app, ["info", str(bad)]), "not a readable .safetensors file")
+    one_line_error(
+        runner.invoke(app, ["generate", "--vector", str(vector_file)]),
+        "give exactly one of --prompt TEXT or --prompts FILE",
+    )
+    one_line_error(
+        runner.invoke(app, ["generate", "--vector", str(vector_file), "--prompt", "x", "--alphas", "a,b"]),
+        "--alphas 'a,b' is not a list of numbers",
+    )
+    one_line_error(
+        runner.invoke(app, ["generate", "--vector", str(vector_file), "--prompt", "x", "--layers", "12"]),
+        "layers [12] are not in the vector, which has layers [8, 9]",
+    )
+    one_line_error(
+        runner.invoke(
+            app, ["generate", "--vector", str(vector_file), "--prompt", "x", "--positions", "middle"]
+        ),
+        "positions='middle' is not valid",
+    )
+    foreign = tmp_path / "foreign.safetensors"
+    SteeringVector({3: torch.ones(64)}, model_id="tiny", fingerprint=ModelFingerprint("gpt2", 64, 4)).save(
+        foreign
+    )
+    one_line_error(
+        runner.invoke(app, ["generate", "--vector", str(foreign), "--prompt", "x"]),
+        "hidden size 64 (vector) vs 576 (model)",
+    )

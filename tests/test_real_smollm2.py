@@ -1,0 +1,98 @@
+"""Behaviour on the real SmolLM2-135M-Instruct (installed by `make test`; these tests never skip)."""
+
+import pytest
+import torch
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+from steerlab import SteeringVector, compare, extract_vector, record, sentiment_pairs
+from steerlab.data import pair_texts
+
+pytestmark = pytest.mark.real_model
+
+LAYER = 10
+ALPHAS = [-0.3, -0.15, 0.0, 0.15, 0.3]  # fractions of the mean residual norm at LAYER (~140)
+PROMPTS = [
+    "Tell me about your weekend.",
+    "What do you think of Mondays?",
+    "Describe the city you live in.",
+    "Write a sentence about the weather.",
+    "Tell me about the train station near you.",
+    "How was your day at work?",
+    "Describe your neighbour's dog.",
+    "What did you have for lunch?",
+]
+
+
+def cosine(a, b):
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+
+def mean_sentiment(rows):
+    analyzer = SentimentIntensityAnalyzer()
+    scores: dict[float, list[float]] = {}
+    for row in rows:
+        for g in row.generations:
+            scores.setdefault(g.alpha, []).append(analyzer.polarity_scores(g.text)["compound"])
+    return {alpha: sum(v) / len(v) for alpha, v in scores.items()}
+
+
+def test_model_shape(smol):
+    model, tokenizer = smol
+    assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
+    assert model.config.hidden_size == 576 and tokenizer.chat_template
+
+
+def test_attention_sink_is_excluded_from_means(smol):
+    model, tokenizer = smol
+    acts = record(
+        model,
+        tokenizer,
+        ["The weather today is grey and cold, and the streets are wet."],
+        layers=[15],
+        reduce="all",
+        exclude_first_token=False,
+    )
+    norms = acts.values[15].norm(dim=-1)
+    assert norms[0] > 50 * norms[1:].median()  # ~22,000 against ~160
+
+    pairs = sentiment_pairs()
+    last = extract_vector(model, tokenizer, pairs, layers=[15]).directions[15]
+    pos, neg = pair_texts(pairs)
+    with_sink = record(model, tokenizer, pos + neg, layers=[15], reduce="mean", exclude_first_token=False)
+    without = record(model, tokenizer, pos + neg, layers=[15], reduce="mean")
+    diff = lambda acts: acts.values[15][:32].mean(0) - acts.values[15][32:].mean(0)  # noqa: E731
+    assert cosine(diff(without), last) > cosine(diff(with_sink), last) + 0.2
+
+
+def test_methods_agree_on_sentiment(smol):
+    model, tokenizer = smol
+    pairs = sentiment_pairs()
+    vecs = {
+        m: extract_vector(model, tokenizer, pairs, layers=[LAYER], method=m).directions[LAYER]
+        for m in ("mean_diff", "pca_diff", "pca_center")
+    }
+    assert cosine(vecs["pca_center"], vecs["mean_diff"]) > 0.9
+    assert cosine(vecs["pca_diff"], vecs["mean_diff"]) > 0.3  # same sign; pca_diff is the axis of variation
+
+
+def test_sentiment_vector_steers_both_ways_beyond_random(smol):
+    model, tokenizer = smol
+    vec = extract_vector(model, tokenizer, sentiment_pairs(), layers=[LAYER])
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(vec.fingerprint.hidden_size, generator=gen)
+    random = SteeringVector(
+        {LAYER: noise / noise.norm() * vec.directions[LAYER].norm()},
+        model_id=vec.model_id,
+        fingerprint=vec.fingerprint,
+        resid_norm=vec.resid_norm,
+    )
+    options = dict(alphas=ALPHAS, scale="relative", max_new_tokens=32)
+    steered = mean_sentiment(compare(model, tokenizer, PROMPTS, vec, **options))
+    baseline = mean_sentiment(compare(model, tokenizer, PROMPTS, random, **options))
+    means = [steered[a] for a in ALPHAS]
+    assert means == sorted(means) and means[0] < means[-1] - 0.5, steered  # monotone, and a real swing
+    base = steered[0.0]
+    for alpha in (-0.3, 0.3):
+        effect = steered[alpha] - base
+        assert effect * alpha > 0, steered  # the right way for both signs
+        assert abs(effect) > abs(baseline[alpha] - base), (steered, baseline)  # beyond a random direction
