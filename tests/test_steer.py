@@ -204,3 +204,24 @@ def test_other_model_id_with_same_shape_warns(tiny):
     vec.model_id = "some/other-model"
     with pytest.warns(UserWarning, match="extracted from 'some/other-model'"), steer(model, vec):
         pass
+
+
+def test_wrong_layout_width_is_reported(tiny):
+    from steerlab.arch import ArchSpec, set_architecture
+    from steerlab.errors import ArchitectureError
+
+    model = tiny("llama")
+    vec = random_vector(model)
+    # A wrong override: the MLP's inner projections list is not the residual stream (only for this test).
+    fake = torch.nn.ModuleList([layer.mlp.up_proj for layer in model.model.layers])
+    model._steerlab_fake = fake
+    set_architecture(model, ArchSpec(layers=("_steerlab_fake",)))
+    try:
+        with (
+            pytest.raises(ArchitectureError, match="outputs width 64 but the vector has width 32"),
+            steer(model, vec, alpha=1.0),
+        ):
+            model(input_ids=torch.tensor([PROMPTS[0]]))
+    finally:
+        del model._steerlab_arch
+        del model._steerlab_fake

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from steerlab.arch.registry import get_layout
-from steerlab.errors import SteeringError
+from steerlab.errors import ArchitectureError, SteeringError
 from steerlab.hooks import HookSet, block_hidden, with_block_hidden
 from steerlab.interventions import add
 from steerlab.positions import PositionSpec, PositionTracker, parse_positions
@@ -100,6 +100,12 @@ def steer(
             hidden = block_hidden(output)
             key = (hidden.device, hidden.dtype)
             if key not in cast:
+                if hidden.shape[-1] != direction.shape[0]:
+                    raise ArchitectureError(
+                        f"the hooked block outputs width {hidden.shape[-1]} but the vector has width "
+                        f"{direction.shape[0]}; the layer layout found for this model is wrong. Override it "
+                        "with steerlab.arch.set_architecture."
+                    )
                 cast[key] = direction.to(device=hidden.device, dtype=hidden.dtype)
             mask = tracker.select(spec, hidden.shape[0], hidden.shape[1]) if tracker is not None else None
             return with_block_hidden(output, add(hidden, cast[key], float(alpha), mask))
