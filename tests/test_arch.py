@@ -96,9 +96,7 @@ def test_no_candidate_lists_what_was_found():
 
 def test_layer_index_out_of_range(tiny):
     layout = get_layout(tiny("gpt2"))
-    with pytest.raises(
-        ArchitectureError, match=r"out of range: this model has 4 decoder layers, numbered 0..3"
-    ):
+    with pytest.raises(ArchitectureError, match=r"out of range: this model has 4 decoder layers, numbered 0..3"):
         layout.block(4)
     with pytest.raises(ArchitectureError, match="out of range"):
         layout.block(-1)

@@ -107,9 +107,7 @@ def one_line_error(result, message):
 def test_error_paths(pairs_file, vector_file, tmp_path):
     out = str(tmp_path / "x.safetensors")
     one_line_error(
-        runner.invoke(
-            app, ["extract", "--pairs", str(tmp_path / "none.json"), "--layers", "3", "--out", out]
-        ),
+        runner.invoke(app, ["extract", "--pairs", str(tmp_path / "none.json"), "--layers", "3", "--out", out]),
         "does not exist",
     )
     one_line_error(
@@ -121,9 +119,7 @@ def test_error_paths(pairs_file, vector_file, tmp_path):
         "layer index 30 is out of range: this model has 30 decoder layers",
     )
     one_line_error(
-        runner.invoke(
-            app, ["extract", "--pairs", str(pairs_file), "--layers", "3", "--method", "magic", "--out", out]
-        ),
+        runner.invoke(app, ["extract", "--pairs", str(pairs_file), "--layers", "3", "--method", "magic", "--out", out]),
         "unknown method 'magic'",
     )
     bad = tmp_path / "bad.safetensors"
@@ -142,15 +138,11 @@ def test_error_paths(pairs_file, vector_file, tmp_path):
         "layers [12] are not in the vector, which has layers [8, 9]",
     )
     one_line_error(
-        runner.invoke(
-            app, ["generate", "--vector", str(vector_file), "--prompt", "x", "--positions", "middle"]
-        ),
+        runner.invoke(app, ["generate", "--vector", str(vector_file), "--prompt", "x", "--positions", "middle"]),
         "positions='middle' is not valid",
     )
     foreign = tmp_path / "foreign.safetensors"
-    SteeringVector({3: torch.ones(64)}, model_id="tiny", fingerprint=ModelFingerprint("gpt2", 64, 4)).save(
-        foreign
-    )
+    SteeringVector({3: torch.ones(64)}, model_id="tiny", fingerprint=ModelFingerprint("gpt2", 64, 4)).save(foreign)
     one_line_error(
         runner.invoke(app, ["generate", "--vector", str(foreign), "--prompt", "x"]),
         "hidden size 64 (vector) vs 576 (model)",

@@ -76,9 +76,7 @@ def test_single_token_text_warns_and_keeps_its_token(tiny, tokenizer):
     assert len(encode(tokenizer, ["No"])[0]) == 1
     with pytest.warns(UserWarning, match="single token"):
         acts = record(model, tokenizer, ["No", "I love it"], layers=[1], reduce="mean")
-    torch.testing.assert_close(
-        acts.values[1][0], reference(model, tokenizer, "No", 1)[0], rtol=1e-4, atol=1e-4
-    )
+    torch.testing.assert_close(acts.values[1][0], reference(model, tokenizer, "No", 1)[0], rtol=1e-4, atol=1e-4)
 
 
 def test_bad_inputs(tiny, tokenizer):

@@ -184,9 +184,7 @@ def test_bad_steering_requests(tiny):
         pass
     with pytest.raises(SteeringError, match="relative"), steer(model, vec, scale="relative"):
         pass
-    other = SteeringVector(
-        {1: torch.ones(64)}, model_id="other", fingerprint=ModelFingerprint("llama", 64, 4)
-    )
+    other = SteeringVector({1: torch.ones(64)}, model_id="other", fingerprint=ModelFingerprint("llama", 64, 4))
     with (
         pytest.raises(VectorMismatchError, match=r"hidden size 64 \(vector\) vs 32 \(model\)"),
         steer(model, other),
@@ -218,7 +216,7 @@ def test_wrong_layout_width_is_reported(tiny):
     set_architecture(model, ArchSpec(layers=("_steerlab_fake",)))
     try:
         with (
-            pytest.raises(ArchitectureError, match="outputs width 64 but the vector has width 32"),
+            pytest.raises(ArchitectureError, match="resid_post of block 1 has width 64 but the vector has width 32"),
             steer(model, vec, alpha=1.0),
         ):
             model(input_ids=torch.tensor([PROMPTS[0]]))

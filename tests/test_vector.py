@@ -74,11 +74,7 @@ def test_invalid_vectors():
 
 
 def _write(path, tensors, header):
-    meta = (
-        {"steerlab": header if isinstance(header, str) else json.dumps(header)}
-        if header is not None
-        else None
-    )
+    meta = {"steerlab": header if isinstance(header, str) else json.dumps(header)} if header is not None else None
     save_file(tensors, str(path), metadata=meta)
     return path
 
@@ -100,9 +96,7 @@ def test_malformed_files(tmp_path):
             "fingerprint",
         ),
         (
-            _write(
-                tmp_path / "g", {"layer.2": torch.ones(8), "layer.4": torch.full((8,), float("inf"))}, good
-            ),
+            _write(tmp_path / "g", {"layer.2": torch.ones(8), "layer.4": torch.full((8,), float("inf"))}, good),
             "NaN or inf",
         ),
     ]

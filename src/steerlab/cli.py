@@ -134,9 +134,7 @@ def generate(
     prompts: Path | None = typer.Option(None, "--prompts", help="A file with one prompt per line."),
     alphas: str = typer.Option("-8,0,8", "--alphas", help="Strengths, e.g. -8,0,8 (0 = unsteered)."),
     layers: str | None = typer.Option(None, "--layers", help="Subset of the vector's layers (default: all)."),
-    positions: str = typer.Option(
-        "all", "--positions", help="all, prompt, generated, or K (from token K on)."
-    ),
+    positions: str = typer.Option("all", "--positions", help="all, prompt, generated, or K (from token K on)."),
     scale: str = typer.Option("absolute", "--scale", help="absolute, or relative to the residual norm."),
     max_new_tokens: int = typer.Option(40, "--max-new-tokens"),
     sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
@@ -236,9 +234,7 @@ DEMO_PROMPTS = [
 @user_errors
 def demo(
     layer: int = typer.Option(10, "--layer", help="Block whose output is steered."),
-    strength: float = typer.Option(
-        0.15, "--strength", help="Strength, as a fraction of the layer's residual norm."
-    ),
+    strength: float = typer.Option(0.15, "--strength", help="Strength, as a fraction of the layer's residual norm."),
     max_new_tokens: int = typer.Option(40, "--max-new-tokens"),
     model: str = MODEL_OPT,
     device: str | None = DEVICE_OPT,

@@ -55,17 +55,14 @@ def _pair_from_record(rec: Any, where: str) -> ContrastPair:
         missing = [k for k in keys if not isinstance(rec.get(k), str) or not rec.get(k).strip()]
         if missing:
             raise DataError(
-                f"{where}: a CAA A/B record needs non-empty strings {list(keys)}; missing or "
-                f"empty: {missing}."
+                f"{where}: a CAA A/B record needs non-empty strings {list(keys)}; missing or empty: {missing}."
             )
         return ContrastPair(
             positive=_strip_answer(rec["answer_matching_behavior"]),
             negative=_strip_answer(rec["answer_not_matching_behavior"]),
             prompt=rec["question"],
         )
-    missing = [
-        k for k in ("positive", "negative") if not isinstance(rec.get(k), str) or not rec.get(k).strip()
-    ]
+    missing = [k for k in ("positive", "negative") if not isinstance(rec.get(k), str) or not rec.get(k).strip()]
     if missing:
         raise DataError(
             f"{where}: expected keys 'positive' and 'negative' with non-empty strings (or the CAA keys "

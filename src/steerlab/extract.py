@@ -87,8 +87,7 @@ def pca_diff(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     diffs = diffs - diffs.mean(0)
     if float(diffs.abs().max()) == 0.0:
         raise ExtractionError(
-            "pca_diff: all pair differences are identical, so they have no principal axis; "
-            "use mean_diff or pca_center."
+            "pca_diff: all pair differences are identical, so they have no principal axis; use mean_diff or pca_center."
         )
     return _orient(_first_component(diffs), pos, neg).to(pos.dtype)
 
@@ -117,6 +116,7 @@ def extract_vector(
     layers: Sequence[int] | int,
     method: str = "mean_diff",
     reduce: Reduce = "last",
+    site: str = "resid_post",
     normalize: bool = False,
     chat: bool | None = None,
     batch_size: int = 16,
@@ -128,6 +128,7 @@ def extract_vector(
         layers: block indices to read (0-based, Hugging Face numbering).
         method: one of ``mean_diff``, ``pca_diff``, ``pca_center``, ``actadd``.
         reduce: which tokens stand for a text: ``last`` (default) or ``mean`` (first token excluded).
+        site: where in the block to read (``resid_post`` default; see :data:`steerlab.arch.SITES`).
         normalize: scale each layer's direction to unit norm, so ``alpha`` is a force in residual units.
         chat: put a pair's ``prompt`` in the chat template (``None``: when the tokenizer has one).
 
@@ -167,6 +168,7 @@ def extract_vector(
         directions=directions,
         model_id=model_id(model),
         fingerprint=fingerprint(model),
+        site=site,
         method=method,
         normalized=normalize,
         dataset_hash=dataset_hash(pairs),

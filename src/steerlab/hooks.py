@@ -60,10 +60,42 @@ class HookSet:
         handle = module.register_forward_hook(fn, with_kwargs=with_kwargs, prepend=prepend)
         self._stack.callback(handle.remove)
 
-    def pre_forward(self, module: nn.Module, fn: Callable[..., Any], *, with_kwargs: bool = False) -> None:
+    def pre_forward(
+        self, module: nn.Module, fn: Callable[..., Any], *, with_kwargs: bool = False, prepend: bool = False
+    ) -> None:
         """Add a forward pre-hook ``fn(module, args)`` (or ``(module, args, kwargs)``)."""
-        handle = module.register_forward_pre_hook(fn, with_kwargs=with_kwargs)
+        handle = module.register_forward_pre_hook(fn, with_kwargs=with_kwargs, prepend=prepend)
         self._stack.callback(handle.remove)
+
+    def on_hidden(
+        self,
+        module: nn.Module,
+        is_input: bool,
+        fn: Callable[[torch.Tensor], torch.Tensor | None],
+        *,
+        prepend: bool = False,
+    ) -> None:
+        """Hook ``fn(hidden) -> new hidden or None`` on the hidden states entering (``is_input``) or leaving
+        ``module``, whether they travel as a tensor, the first element of a tuple, or ``hidden_states=``."""
+        if is_input:
+
+            def pre(mod: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
+                if args and isinstance(args[0], torch.Tensor):
+                    new = fn(args[0])
+                    return None if new is None else ((new, *args[1:]), kwargs)
+                if isinstance(kwargs.get("hidden_states"), torch.Tensor):
+                    new = fn(kwargs["hidden_states"])
+                    return None if new is None else (args, {**kwargs, "hidden_states": new})
+                raise TypeError(f"cannot find the input hidden states of {type(mod).__name__}")
+
+            self.pre_forward(module, pre, with_kwargs=True, prepend=prepend)
+        else:
+
+            def post(mod: nn.Module, args: tuple, output: Any) -> Any:
+                new = fn(block_hidden(output))
+                return None if new is None else with_block_hidden(output, new)
+
+            self.forward(module, post, prepend=prepend)
 
     def close(self) -> None:
         """Remove every hook added so far."""

@@ -85,9 +85,7 @@ def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
         return dtype
     value = getattr(torch, str(dtype), None)
     if not isinstance(value, torch.dtype):
-        raise ModelLoadError(
-            f"dtype '{dtype}' is not a torch dtype; use one of float32, bfloat16, float16 or auto."
-        )
+        raise ModelLoadError(f"dtype '{dtype}' is not a torch dtype; use one of float32, bfloat16, float16 or auto.")
     return value
 
 
@@ -228,9 +226,7 @@ def _load_gguf_direct(gguf: Path, dtype: Any, device: str | None, device_map: An
 
 def model_id(model: nn.Module) -> str:
     """The name the model was loaded under (alias, path or hub id), else its config's name_or_path."""
-    return (
-        getattr(model, "_steerlab_model_id", None) or getattr(model.config, "name_or_path", "") or "unknown"
-    )
+    return getattr(model, "_steerlab_model_id", None) or getattr(model.config, "name_or_path", "") or "unknown"
 
 
 def fingerprint(model: nn.Module) -> ModelFingerprint:

@@ -1,7 +1,8 @@
 """Record residual-stream activations at chosen layers: batched, padding-aware, stopping early.
 
-The residual stream read here is the output of a decoder block (site ``resid_post``), the same tensor as
-``output_hidden_states[layer + 1]`` in Hugging Face numbering.
+By default the residual stream is read at the output of a decoder block (site ``resid_post``), the same
+tensor as ``output_hidden_states[layer + 1]`` in Hugging Face numbering; the other sites are the block's
+input and the attention and MLP contributions (:data:`steerlab.arch.SITES`).
 
 Attention sink: in most decoder models the first token of every sequence carries a residual norm orders of
 magnitude larger than the rest (on SmolLM2-135M about 24,000 against about 175). A mean over tokens that
@@ -19,15 +20,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from steerlab.arch.registry import check_layer_index, get_layout
+from steerlab.arch.registry import check_layer_index, check_site, get_layout
 from steerlab.errors import ArchitectureError, DataError
-from steerlab.hooks import HookSet, block_hidden
+from steerlab.hooks import HookSet
 from steerlab.text import encode, forward_kwargs, pad_batch, pad_id
 
 __all__ = ["Activations", "Reduce", "record"]
 
 Reduce = Literal["last", "mean", "all"]
-SITES = ("resid_post",)
 
 
 @dataclass
@@ -38,8 +38,8 @@ class Activations:
         values: ``layer -> tensor``; ``(n_texts, hidden)`` for ``last``/``mean``; for ``all`` the kept
             tokens of every text stacked, ``(sum(lengths), hidden)``.
         lengths: for ``all``, how many tokens of each text are in ``values`` (else ``None``).
-        resid_norm: ``layer -> mean L2 norm`` of the residual stream over the real tokens read (sink
-            excluded), the model's own activation scale at that layer.
+        resid_norm: ``layer -> mean L2 norm`` of the activations at the site over the real tokens read
+            (sink excluded): the model's own activation scale there.
     """
 
     layers: list[int]
@@ -81,6 +81,7 @@ def record(
     batch_size: int = 16,
     exclude_first_token: bool = True,
     padding_side: str = "left",
+    site: str = "resid_post",
     progress: bool | None = None,
 ) -> Activations:
     """Run ``texts`` through ``model`` and keep the block outputs at ``layers``.
@@ -91,6 +92,8 @@ def record(
         exclude_first_token: leave the attention-sink token out of ``mean``/``all`` (see module doc).
         padding_side: ``"left"`` or ``"right"``; both give the same numbers (position ids count only real
             tokens), the choice only matters for speed on some kernels.
+        site: ``resid_post`` (block output, default), ``resid_pre`` (block input), ``attn_out`` or ``mlp_out``
+            (a sublayer's contribution to the residual stream); see :data:`steerlab.arch.SITES`.
         progress: show a progress bar; ``None`` shows one when there are more than 8 batches.
 
     Example:
@@ -107,6 +110,7 @@ def record(
         raise DataError("every text must be a non-empty string; found an empty or non-string entry.")
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}.")
+    check_site(site)
     layout = get_layout(model)
     chosen = _check_layers(layers, layout.num_layers)
     deepest = chosen[-1]
@@ -123,11 +127,10 @@ def record(
     single_token = {"seen": False}
 
     def make_hook(layer: int):
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            hidden = block_hidden(output)
+        def hook(hidden: torch.Tensor) -> None:
             if hidden.shape[-1] != layout.hidden_size:
                 raise ArchitectureError(
-                    f"block {layer} output has width {hidden.shape[-1]}, but config.hidden_size is "
+                    f"{site} of block {layer} has width {hidden.shape[-1]}, but config.hidden_size is "
                     f"{layout.hidden_size}; the layer layout is wrong for this model. Override it with "
                     "steerlab.arch.set_architecture."
                 )
@@ -165,7 +168,8 @@ def record(
     pad = pad_id(tokenizer)
     with HookSet() as hooks, torch.inference_mode():
         for layer in chosen:
-            hooks.forward(layout.block(layer), make_hook(layer))
+            module, is_input = layout.site_module(layer, site)
+            hooks.on_hidden(module, is_input, make_hook(layer))
         for rows in track(batches, description="recording", disable=not show, transient=True):
             input_ids, mask = pad_batch([token_ids[i] for i in rows], pad, side=padding_side)
             input_ids, mask = input_ids.to(device), mask.to(device)
@@ -175,12 +179,11 @@ def record(
             except _StopForward:
                 pass
             else:  # pragma: no cover - the deepest hook always raises
-                raise ArchitectureError(f"block {deepest} was never called during the forward pass.")
+                raise ArchitectureError(f"{site} of block {deepest} was never reached in the forward pass.")
 
     if single_token["seen"] and reduce != "last" and exclude_first_token:
         warnings.warn(
-            "some texts have a single token; for them the first token was kept despite "
-            "exclude_first_token=True.",
+            "some texts have a single token; for them the first token was kept despite exclude_first_token=True.",
             stacklevel=2,
         )
     values: dict[int, torch.Tensor] = {}
@@ -193,4 +196,4 @@ def record(
         else:
             values[layer] = torch.stack(items)
     resid_norm = {layer: norm_sum[layer] / max(norm_count[layer], 1) for layer in chosen}
-    return Activations(chosen, reduce, values, lengths, resid_norm)
+    return Activations(chosen, reduce, values, lengths, resid_norm, site)

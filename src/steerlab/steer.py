@@ -1,39 +1,91 @@
-"""Steer a model at run time: ``with steer(model, vector, alpha=...)`` adds ``alpha * v`` to the residual
-stream after the chosen blocks, for as long as the ``with`` block lasts.
+"""Steer a model at run time with one mechanism for every kind of intervention.
 
-Only forward hooks are used (no module is replaced, attribute access and ``generate`` keep working), they are
-registered through :class:`~steerlab.hooks.HookSet` and removed on exit, also when the body raises.
+``with steer(model, vector, alpha=...)`` adds ``alpha * v`` to the residual stream after the vector's
+layers for as long as the ``with`` block lasts. The same call takes an operator (``mode``: add, ablate,
+ablate_then_add, clamp), a site, positions, and a list of :class:`Intervention` applied together;
+:func:`steer_rows` gives every row of a batch its own interventions (what a server needs).
+
+Order: at each hook point (a layer and site), the interventions of a row apply in the order they were given;
+hook points apply in forward order (layer by layer; within a layer resid_pre, attn_out, mlp_out,
+resid_post). Vector arithmetic (``a + 0.5 * b``) is composed before anything is applied.
+
+Only forward hooks are used (no module is replaced), registered through
+:class:`~steerlab.hooks.HookSet` and removed on exit, also when the body raises. Steering hooks are
+prepended, so any other observer of a block (recording, ``output_hidden_states``) sees the steered value.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from steerlab.arch.registry import get_layout
+from steerlab.arch.registry import SITES, check_site, get_layout
 from steerlab.errors import ArchitectureError, SteeringError
-from steerlab.hooks import HookSet, block_hidden, with_block_hidden
-from steerlab.interventions import add
+from steerlab.hooks import HookSet
+from steerlab.interventions import Alpha, apply_operator, check_alpha
 from steerlab.positions import PositionSpec, PositionTracker, parse_positions
 from steerlab.vector import SteeringVector
 
-__all__ = ["Scale", "resolve_deltas", "steer"]
+__all__ = ["Intervention", "Scale", "resolve_deltas", "steer", "steer_rows"]
 
 Scale = Literal["absolute", "relative"]
 
 
-def resolve_deltas(
-    vector: SteeringVector, layers: Sequence[int] | None, scale: Scale
-) -> dict[int, torch.Tensor]:
+@dataclass(frozen=True, eq=False)
+class Intervention:
+    """One intervention: a vector, an operator and where to apply it.
+
+    Attributes:
+        vector: the :class:`SteeringVector` (its directions give the layers and ``v``).
+        alpha: strength for ``add``; fraction removed for ``ablate`` (1 = all); the projection to set for
+            ``ablate_then_add``; a ``(lo, hi)`` band for ``clamp``.
+        mode: ``add``, ``ablate``, ``ablate_then_add`` or ``clamp``.
+        layers: which of the vector's layers to use (default: all of them).
+        positions: ``"all"``, ``"prompt"``, ``"generated"``, or an int ``k`` (real tokens from ``k`` on).
+        site: where in the block (default: the vector's own site); see :data:`steerlab.arch.SITES`.
+        scale: ``"absolute"``, or ``"relative"`` to the mean activation norm recorded at extraction (then
+            alpha, the projection target and the clamp band are fractions of that norm).
+        preserve_norm: give every changed token back the L2 norm it had before.
+
+    Example:
+        >>> refuse_less = Intervention(refusal, mode="ablate", alpha=1.0)
+        >>> happier = Intervention(sentiment, alpha=0.15, scale="relative", positions="generated")
+        >>> with steer(model, [refuse_less, happier]):
+        ...     model.generate(**inputs)
+    """
+
+    vector: SteeringVector
+    alpha: Alpha = 1.0
+    mode: str = "add"
+    layers: Sequence[int] | None = None
+    positions: PositionSpec = "all"
+    site: str | None = None
+    scale: Scale = "absolute"
+    preserve_norm: bool = False
+
+
+@dataclass
+class _Entry:
+    """An intervention resolved at one hook point."""
+
+    direction: torch.Tensor  # already scaled for "add"; only its direction matters for the other modes
+    mode: str
+    alpha: Alpha
+    positions: PositionSpec
+    preserve_norm: bool
+    rows: list[int] | None  # batch rows it applies to; None = all
+
+
+def resolve_deltas(vector: SteeringVector, layers: Sequence[int] | None, scale: Scale) -> dict[int, torch.Tensor]:
     """The per-layer vector to add for ``alpha = 1``.
 
     ``scale="absolute"`` uses the stored directions as they are; ``scale="relative"`` rescales each to the
-    mean residual-stream norm recorded at extraction, so ``alpha = 0.5`` adds half a typical residual norm.
+    mean activation norm recorded at extraction, so ``alpha = 0.5`` adds half a typical residual norm.
     """
     chosen = vector.layers if layers is None else sorted({int(x) for x in layers})
     missing = [layer for layer in chosen if layer not in vector.directions]
@@ -53,68 +105,187 @@ def resolve_deltas(
             "metadata lacks (it was not extracted by steerlab); use scale='absolute'."
         )
     return {
-        layer: vector.directions[layer]
-        / vector.directions[layer].norm().clamp_min(1e-12)
-        * vector.resid_norm[layer]
+        layer: vector.directions[layer] / vector.directions[layer].norm().clamp_min(1e-12) * vector.resid_norm[layer]
         for layer in chosen
     }
 
 
-@contextmanager
-def steer(
-    model: nn.Module,
-    vector: SteeringVector,
-    alpha: float = 1.0,
-    *,
-    layers: Sequence[int] | None = None,
-    positions: PositionSpec = "all",
-    scale: Scale = "absolute",
-) -> Iterator[None]:
-    """Add ``alpha * vector`` to the output of the chosen blocks while the block runs.
+def _scaled_alpha(mode: str, alpha: Alpha, factor: float) -> Alpha:
+    """Alpha in activation units: the projection target and the clamp band scale with a relative norm."""
+    if mode == "ablate_then_add":
+        return float(alpha) * factor  # type: ignore[arg-type]
+    if mode == "clamp":
+        lo, hi = alpha  # type: ignore[misc]
+        return (None if lo is None else lo * factor, None if hi is None else hi * factor)
+    return alpha
 
-    Args:
-        vector: a :class:`SteeringVector` that fits ``model`` (checked; a mismatch raises).
-        alpha: the strength; negative values steer the other way.
-        layers: which of the vector's layers to use (default: all of them).
-        positions: ``"all"`` tokens, the ``"prompt"`` only, ``"generated"`` tokens only, or an int ``k``:
-            every real token from position ``k`` on. Positions count real tokens of each row, so they stay
-            right with left padding and with a KV cache.
-        scale: ``"absolute"`` or ``"relative"`` (alpha in units of the layer's mean residual norm).
 
-    Example:
-        >>> with steer(model, vec, alpha=8.0, positions="generated"):
-        ...     out = model.generate(**inputs, max_new_tokens=30)
-    """
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise SteeringError(f"alpha must be a finite number, got {alpha!r}.")
+def _resolve(
+    model: nn.Module, item: Intervention, rows: list[int] | None
+) -> tuple[dict[tuple[int, str], _Entry], bool]:
+    """Validate one intervention and resolve it to entries per (layer, site); also: needs positions?"""
+    vector = item.vector
+    if not isinstance(vector, SteeringVector):
+        raise SteeringError(f"an intervention needs a SteeringVector, got {type(vector).__name__}.")
     vector.check_fits(model)
-    spec = parse_positions(positions)
-    deltas = resolve_deltas(vector, layers, scale)
+    alpha = check_alpha(item.mode, item.alpha)
+    positions = parse_positions(item.positions)
+    site = item.site or vector.site
+    try:
+        check_site(site)
+    except ArchitectureError as err:
+        raise SteeringError(str(err)) from None
+    deltas = resolve_deltas(vector, item.layers, item.scale)
+    entries = {}
+    for layer, delta in deltas.items():
+        factor = vector.resid_norm.get(layer, 1.0) if item.scale == "relative" else 1.0
+        entries[layer, site] = _Entry(
+            delta, item.mode, _scaled_alpha(item.mode, alpha, factor), positions, item.preserve_norm, rows
+        )
+    return entries, positions != "all"
+
+
+def _as_interventions(what: SteeringVector | Intervention | Sequence[Intervention]) -> list[Intervention]:
+    if isinstance(what, Intervention):
+        return [what]
+    if isinstance(what, SteeringVector):
+        raise TypeError("internal: vectors are wrapped by steer()")
+    items = list(what)
+    for item in items:
+        if not isinstance(item, Intervention):
+            raise SteeringError(
+                f"expected Intervention objects, found {type(item).__name__}; wrap a vector as "
+                "Intervention(vector, alpha=...)."
+            )
+    return items
+
+
+@contextmanager
+def _install(
+    model: nn.Module, groups: list[tuple[list[Intervention], list[int] | None]], batch_size: int | None
+) -> Iterator[None]:
+    """Resolve every group (interventions + the rows they apply to) and hook them in."""
     layout = get_layout(model)
-    tracker = PositionTracker() if spec != "all" else None
+    plan: dict[tuple[int, str], list[_Entry]] = {}
+    needs_positions = False
+    for items, rows in groups:
+        for item in items:
+            entries, positional = _resolve(model, item, rows)
+            needs_positions |= positional
+            for key, entry in entries.items():
+                plan.setdefault(key, []).append(entry)
+    tracker = PositionTracker() if needs_positions else None
 
-    def make_hook(direction: torch.Tensor):
-        cast: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+    def make_hook(layer: int, site: str, entries: list[_Entry]):
+        cast: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
+        row_masks: dict[tuple[int, torch.device], torch.Tensor] = {}
 
-        def hook(module: nn.Module, args: tuple, output: Any) -> Any:
-            hidden = block_hidden(output)
-            key = (hidden.device, hidden.dtype)
-            if key not in cast:
-                if hidden.shape[-1] != direction.shape[0]:
-                    raise ArchitectureError(
-                        f"the hooked block outputs width {hidden.shape[-1]} but the vector has width "
-                        f"{direction.shape[0]}; the layer layout found for this model is wrong. Override it "
-                        "with steerlab.arch.set_architecture."
-                    )
-                cast[key] = direction.to(device=hidden.device, dtype=hidden.dtype)
-            mask = tracker.select(spec, hidden.shape[0], hidden.shape[1]) if tracker is not None else None
-            return with_block_hidden(output, add(hidden, cast[key], float(alpha), mask))
+        def hook(hidden: torch.Tensor) -> torch.Tensor:
+            batch, length = hidden.shape[0], hidden.shape[1]
+            if batch_size is not None and batch != batch_size:
+                raise SteeringError(
+                    f"per-row steering was set up for a batch of {batch_size} rows, but the model ran a batch of "
+                    f"{batch}; beam search and num_return_sequences change the batch: use one row per sequence."
+                )
+            for i, entry in enumerate(entries):
+                key = (i, hidden.device, hidden.dtype)
+                if key not in cast:
+                    if hidden.shape[-1] != entry.direction.shape[0]:
+                        raise ArchitectureError(
+                            f"{site} of block {layer} has width {hidden.shape[-1]} but the vector has width "
+                            f"{entry.direction.shape[0]}; the layer layout found for this model is wrong, or the "
+                            "site does not carry the residual width. Override it with steerlab.arch.set_architecture."
+                        )
+                    cast[key] = entry.direction.to(device=hidden.device, dtype=hidden.dtype)
+                mask = tracker.select(entry.positions, batch, length) if tracker is not None else None
+                if entry.rows is not None:
+                    rkey = (i, hidden.device)
+                    if rkey not in row_masks:
+                        row_mask = torch.zeros(batch, dtype=torch.bool, device=hidden.device)
+                        row_mask[entry.rows] = True
+                        row_masks[rkey] = row_mask
+                    rows = row_masks[rkey][:, None].expand(batch, length)
+                    mask = rows if mask is None else mask & rows
+                hidden = apply_operator(entry.mode, hidden, cast[key], entry.alpha, mask, entry.preserve_norm)
+            return hidden
 
         return hook
 
     with HookSet() as hooks:
         if tracker is not None:
             tracker.attach(hooks, model)
-        for layer, direction in deltas.items():
-            hooks.forward(layout.block(layer), make_hook(direction), prepend=True)
+        for (layer, site), entries in sorted(plan.items(), key=lambda kv: (kv[0][0], SITES.index(kv[0][1]))):
+            module, is_input = layout.site_module(layer, site)
+            hooks.on_hidden(module, is_input, make_hook(layer, site, entries), prepend=True)
+        yield
+
+
+@contextmanager
+def steer(
+    model: nn.Module,
+    vector: SteeringVector | Intervention | Sequence[Intervention],
+    alpha: Alpha = 1.0,
+    *,
+    mode: str = "add",
+    layers: Sequence[int] | None = None,
+    positions: PositionSpec = "all",
+    site: str | None = None,
+    scale: Scale = "absolute",
+    preserve_norm: bool = False,
+) -> Iterator[None]:
+    """Apply a vector (with the options below), or a list of :class:`Intervention`, while the block runs.
+
+    Args:
+        vector: a :class:`SteeringVector` that fits ``model`` (checked; a mismatch raises), or
+            interventions, which carry their own options (the keyword options here must then be left alone).
+        alpha: the strength (see :class:`Intervention` for what it means per mode).
+        mode: ``add`` (default), ``ablate``, ``ablate_then_add`` or ``clamp``.
+        layers: which of the vector's layers to use (default: all of them).
+        positions: ``"all"`` tokens, the ``"prompt"`` only, ``"generated"`` tokens only, or an int ``k``:
+            every real token from position ``k`` on. Positions count real tokens of each row, so they stay
+            right with left padding and with a KV cache.
+        site: where in the block (default: the vector's site, usually ``resid_post``).
+        scale: ``"absolute"`` or ``"relative"`` (alpha in units of the layer's mean residual norm).
+        preserve_norm: keep each changed token's original L2 norm.
+
+    Example:
+        >>> with steer(model, vec, alpha=8.0, positions="generated"):
+        ...     out = model.generate(**inputs, max_new_tokens=30)
+        >>> with steer(model, refusal, mode="ablate"):
+        ...     out = model.generate(**inputs, max_new_tokens=30)
+    """
+    if isinstance(vector, SteeringVector):
+        items = [Intervention(vector, alpha, mode, layers, positions, site, scale, preserve_norm)]
+    else:
+        defaults = (alpha, mode, layers, positions, site, scale, preserve_norm)
+        if defaults != (1.0, "add", None, "all", None, "absolute", False):
+            raise SteeringError(
+                "steer() got interventions and keyword options; put the options in each Intervention instead."
+            )
+        items = _as_interventions(vector)
+    with _install(model, [(items, None)], None):
+        yield
+
+
+@contextmanager
+def steer_rows(
+    model: nn.Module,
+    rows: Sequence[Intervention | Sequence[Intervention] | None],
+) -> Iterator[None]:
+    """Give every row of the batch its own interventions (or none): row ``i`` of the result equals row ``i``
+    run alone under ``steer(model, rows[i])``.
+
+    Example:
+        >>> rows = [Intervention(happy, alpha=0.2, scale="relative"), None, Intervention(sad, alpha=6.0)]
+        >>> with steer_rows(model, rows):
+        ...     out = model.generate(**left_padded_batch_of_3, max_new_tokens=30)
+    """
+    if not rows:
+        raise SteeringError("steer_rows needs one entry per batch row; got none.")
+    groups: dict[tuple[int, ...], tuple[list[Intervention], list[int]]] = {}
+    for index, row in enumerate(rows):
+        items = [] if row is None else _as_interventions(row)
+        key = tuple(id(item) for item in items)
+        groups.setdefault(key, (items, []))[1].append(index)
+    with _install(model, [(items, members) for items, members in groups.values() if items], len(rows)):
         yield

@@ -33,12 +33,8 @@ def apply_chat(tokenizer: Any, prompt: str, *, chat: bool | None = None, system:
     if not has_chat_template(tokenizer):
         from steerlab.errors import SteerlabError
 
-        raise SteerlabError(
-            "chat=True was asked for, but this tokenizer has no chat template; use chat=False."
-        )
-    messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": prompt}
-    ]
+        raise SteerlabError("chat=True was asked for, but this tokenizer has no chat template; use chat=False.")
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 

@@ -71,8 +71,7 @@ class SteeringVector:
         for layer, tensor in self.directions.items():
             if tensor.dim() != 1:
                 raise VectorMismatchError(
-                    f"direction at layer {layer} has shape {tuple(tensor.shape)}; "
-                    "expected a 1-D (hidden,) tensor."
+                    f"direction at layer {layer} has shape {tuple(tensor.shape)}; expected a 1-D (hidden,) tensor."
                 )
             if not torch.isfinite(tensor).all():
                 raise VectorMismatchError(f"direction at layer {layer} contains NaN or inf.")
@@ -237,16 +236,12 @@ class SteeringVector:
             directions[int(index)] = tensor.float()
         try:
             fp = header["fingerprint"]
-            fingerprint_ = ModelFingerprint(
-                str(fp["model_type"]), int(fp["hidden_size"]), int(fp["num_layers"])
-            )
+            fingerprint_ = ModelFingerprint(str(fp["model_type"]), int(fp["hidden_size"]), int(fp["num_layers"]))
             listed = sorted(int(x) for x in header["layers"])
         except (KeyError, TypeError, ValueError) as err:
             raise FormatError(f"'{path}': the steerlab header lacks a valid {err} entry.") from err
         if listed != sorted(directions):
-            raise FormatError(
-                f"'{path}': header lists layers {listed} but the file holds {sorted(directions)}."
-            )
+            raise FormatError(f"'{path}': header lists layers {listed} but the file holds {sorted(directions)}.")
         try:
             return cls(
                 directions=directions,

@@ -1,6 +1,7 @@
 """Where the decoder layers of a model live, for every architecture we know and a guess for the rest."""
 
 from steerlab.arch.registry import (
+    SITES,
     ArchSpec,
     ModelLayout,
     get_layout,
@@ -10,6 +11,7 @@ from steerlab.arch.registry import (
 )
 
 __all__ = [
+    "SITES",
     "ArchSpec",
     "ModelLayout",
     "get_layout",

@@ -21,6 +21,7 @@ from torch import nn
 from steerlab.errors import ArchitectureError
 
 __all__ = [
+    "SITES",
     "ArchSpec",
     "ModelLayout",
     "get_layout",
@@ -30,6 +31,17 @@ __all__ = [
 ]
 
 
+SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")
+"""Where in a block activations are read and changed, in forward order:
+
+* ``resid_pre``: the block's input (the residual stream before the block);
+* ``attn_out``: the attention sublayer's contribution to the residual stream (after its post-norm, where the
+  architecture has one, e.g. Gemma 2/3, OLMo 2);
+* ``mlp_out``: the MLP sublayer's contribution;
+* ``resid_post``: the block's output (the residual stream after the block), the default.
+"""
+
+
 @dataclass(frozen=True)
 class ArchSpec:
     """Where to find the parts of a decoder-only transformer.
@@ -37,32 +49,37 @@ class ArchSpec:
     Attributes:
         layers: dotted paths from the top-level model to the ``ModuleList`` of decoder blocks; the first
             that exists is used (multimodal wrappers nest the text model one level deeper).
-        attn: path from a block to its attention module (whose output is added to the residual stream).
-        mlp: path from a block to its MLP module, or ``None`` if the block has no single MLP module.
+        attn_out: path from a block to the module whose output the block adds to the residual stream as
+            the attention's contribution, or ``None`` if there is none (the block adds the residual inside).
+        mlp_out: the same for the MLP.
 
     Example:
         >>> register_architecture("my_llama_clone", ArchSpec(layers=("backbone.blocks",)))
     """
 
     layers: tuple[str, ...]
-    attn: str | None = "self_attn"
-    mlp: str | None = "mlp"
+    attn_out: str | None = "self_attn"
+    mlp_out: str | None = "mlp"
 
 
-_LLAMA_LIKE = ArchSpec(layers=("model.layers", "model.language_model.layers"))
+_LAYERS = ("model.layers", "model.language_model.layers")
+_LLAMA_LIKE = ArchSpec(layers=_LAYERS)
+# Gemma 2/3 and OLMo 2 normalise each sublayer's output before adding it to the residual stream.
+_POST_NORM = ArchSpec(layers=_LAYERS, attn_out="post_attention_layernorm", mlp_out="post_feedforward_layernorm")
 
 _REGISTRY: dict[str, ArchSpec] = {
-    "gpt2": ArchSpec(layers=("transformer.h",), attn="attn", mlp="mlp"),
-    "gpt_neo": ArchSpec(layers=("transformer.h",), attn="attn.attention", mlp="mlp"),
-    "gptj": ArchSpec(layers=("transformer.h",), attn="attn", mlp="mlp"),
-    "falcon": ArchSpec(layers=("transformer.h",), attn="self_attention", mlp="mlp"),
-    "bloom": ArchSpec(layers=("transformer.h",), attn="self_attention", mlp="mlp"),
-    "gpt_neox": ArchSpec(layers=("gpt_neox.layers",), attn="attention", mlp="mlp"),
-    "opt": ArchSpec(layers=("model.decoder.layers",), attn="self_attn", mlp=None),
-    "phi": ArchSpec(layers=("model.layers",), attn="self_attn", mlp="mlp"),
-    **{
-        name: _LLAMA_LIKE
-        for name in (
+    "gpt2": ArchSpec(layers=("transformer.h",), attn_out="attn", mlp_out="mlp"),
+    "gpt_neo": ArchSpec(layers=("transformer.h",), attn_out="attn", mlp_out="mlp"),
+    "gptj": ArchSpec(layers=("transformer.h",), attn_out="attn", mlp_out="mlp"),
+    "falcon": ArchSpec(layers=("transformer.h",), attn_out="self_attention", mlp_out="mlp"),
+    # Bloom's attention and MLP add the residual inside themselves: no clean sublayer output to hook.
+    "bloom": ArchSpec(layers=("transformer.h",), attn_out=None, mlp_out=None),
+    "gpt_neox": ArchSpec(layers=("gpt_neox.layers",), attn_out="attention", mlp_out="mlp"),
+    "opt": ArchSpec(layers=("model.decoder.layers",), attn_out="self_attn", mlp_out="fc2"),
+    "phi": ArchSpec(layers=("model.layers",), attn_out="self_attn", mlp_out="mlp"),
+    **dict.fromkeys(("gemma2", "gemma3", "gemma3_text", "olmo2"), _POST_NORM),
+    **dict.fromkeys(
+        (
             "llama",
             "mistral",
             "mixtral",
@@ -71,17 +88,14 @@ _REGISTRY: dict[str, ArchSpec] = {
             "qwen3",
             "qwen3_moe",
             "gemma",
-            "gemma2",
-            "gemma3",
-            "gemma3_text",
             "phi3",
             "olmo",
-            "olmo2",
             "granite",
             "cohere",
             "smollm3",
-        )
-    },
+        ),
+        _LLAMA_LIKE,
+    ),
 }
 
 
@@ -101,6 +115,32 @@ class ModelLayout:
         """The decoder block at ``index`` (0-based, Hugging Face numbering)."""
         check_layer_index(index, self.num_layers)
         return self.layers[index]
+
+    def site_module(self, index: int, site: str) -> tuple[nn.Module, bool]:
+        """The module to hook for ``site`` at block ``index``, and whether to hook its input (a pre-hook)."""
+        check_site(site)
+        block = self.block(index)
+        if site in ("resid_pre", "resid_post"):
+            return block, site == "resid_pre"
+        path = self.spec.attn_out if site == "attn_out" else self.spec.mlp_out
+        module = _resolve_path(block, path) if path else None
+        if module is None:
+            why = (
+                f"'{path}' is not a module of its blocks"
+                if path
+                else "its blocks have no module whose output is exactly that sublayer's contribution"
+            )
+            raise ArchitectureError(
+                f"site '{site}' is not available for model_type '{self.model_type}': {why}. Use 'resid_pre' or "
+                "'resid_post', or register the architecture with the right module path."
+            )
+        return module, False
+
+
+def check_site(site: str) -> None:
+    """Raise unless ``site`` is one of :data:`SITES`."""
+    if site not in SITES:
+        raise ArchitectureError(f"unknown site {site!r}; expected one of {list(SITES)}.")
 
 
 def check_layer_index(index: int, num_layers: int) -> None:
@@ -164,9 +204,7 @@ def _heuristic(model: nn.Module, n_layers: int) -> tuple[str, nn.ModuleList] | N
     if not candidates:
         return None
     # Prefer the shallowest list whose name looks like a block list.
-    candidates.sort(
-        key=lambda item: (item[0].split(".")[-1] not in ("layers", "h", "blocks"), item[0].count("."))
-    )
+    candidates.sort(key=lambda item: (item[0].split(".")[-1] not in ("layers", "h", "blocks"), item[0].count(".")))
     return candidates[0]
 
 
@@ -216,5 +254,11 @@ def get_layout(model: nn.Module) -> ModelLayout:
         stacklevel=2,
     )
     return ModelLayout(
-        model_type, layers, path, ArchSpec(layers=(path,), attn=None, mlp=None), n_layers, width, "heuristic"
+        model_type,
+        layers,
+        path,
+        ArchSpec(layers=(path,), attn_out=None, mlp_out=None),
+        n_layers,
+        width,
+        "heuristic",
     )
