@@ -6,33 +6,9 @@ import torch
 from conftest import steerlab_hooks
 from steerlab import SteeringVector, steer
 from steerlab.errors import SteeringError, VectorMismatchError
-from steerlab.models import ModelFingerprint, fingerprint
+from steerlab.models import ModelFingerprint
 from steerlab.text import pad_batch
-from tiny import ARCHS
-
-PROMPTS = [[5, 17, 923, 44, 8], [301, 7], [12, 99, 4000, 18, 2711, 36, 70]]
-
-
-def random_vector(model, layers=(1,), seed=1, scale=3.0) -> SteeringVector:
-    gen = torch.Generator().manual_seed(seed)
-    fp = fingerprint(model)
-    dirs = {layer: torch.randn(fp.hidden_size, generator=gen) * scale for layer in layers}
-    return SteeringVector(dirs, model_id=model._steerlab_model_id, fingerprint=fp)
-
-
-def greedy(model, rows, *, use_cache=True, new=6):
-    ids, mask = pad_batch(rows, 2, side="left")
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=new,
-            do_sample=False,
-            use_cache=use_cache,
-            pad_token_id=2,
-            eos_token_id=None,
-        )
-    return out[:, ids.shape[1] :]
+from tiny import ARCHS, PROMPTS, greedy, random_vector
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -8,6 +8,10 @@ from __future__ import annotations
 import torch
 import transformers as tf
 
+from steerlab import SteeringVector
+from steerlab.models import fingerprint
+from steerlab.text import pad_batch
+
 VOCAB = 49152
 WIDTH = 32
 LAYERS = 4
@@ -67,3 +71,28 @@ def make_tiny(arch: str, seed: int = 0) -> torch.nn.Module:
     model.eval()
     model._steerlab_model_id = f"tiny-{arch}"
     return model
+
+
+PROMPTS = [[5, 17, 923, 44, 8], [301, 7], [12, 99, 4000, 18, 2711, 36, 70]]
+
+
+def random_vector(model, layers=(1,), seed=1, scale=3.0) -> SteeringVector:
+    gen = torch.Generator().manual_seed(seed)
+    fp = fingerprint(model)
+    dirs = {layer: torch.randn(fp.hidden_size, generator=gen) * scale for layer in layers}
+    return SteeringVector(dirs, model_id=model._steerlab_model_id, fingerprint=fp)
+
+
+def greedy(model, rows, *, use_cache=True, new=6):
+    ids, mask = pad_batch(rows, 2, side="left")
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=new,
+            do_sample=False,
+            use_cache=use_cache,
+            pad_token_id=2,
+            eos_token_id=None,
+        )
+    return out[:, ids.shape[1] :]

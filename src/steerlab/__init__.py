@@ -25,7 +25,7 @@ from steerlab.extract import extract_vector
 from steerlab.generate import Comparison, Generation, compare, generate
 from steerlab.models import DEFAULT_MODEL, load_model
 from steerlab.record import Activations, record
-from steerlab.steer import steer
+from steerlab.steer import Intervention, steer, steer_rows
 from steerlab.vector import SteeringVector
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "ExtractionError",
     "FormatError",
     "Generation",
+    "Intervention",
     "ModelLoadError",
     "SteeringError",
     "SteeringVector",
@@ -56,4 +57,5 @@ __all__ = [
     "sentiment_pairs",
     "set_architecture",
     "steer",
+    "steer_rows",
 ]
