@@ -147,3 +147,39 @@ def test_error_paths(pairs_file, vector_file, tmp_path):
         runner.invoke(app, ["generate", "--vector", str(foreign), "--prompt", "x"]),
         "hidden size 64 (vector) vs 576 (model)",
     )
+
+
+def test_generate_modes_sites_and_combined_vectors(vector_file):
+    base = ["generate", "--prompt", "Describe a cat.", "--max-new-tokens", "5", "--json"]
+    result = runner.invoke(
+        app,
+        [
+            *base,
+            "--vector",
+            str(vector_file),
+            "--vector",
+            f"{vector_file}:-0.5",
+            "--mode",
+            "ablate_then_add",
+            "--alphas",
+            "-20,20",
+            "--site",
+            "mlp_out",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    gens = json.loads(result.stdout)["generations"]
+    assert [g["alpha"] for g in gens] == [None, -20.0, 20.0]  # the unsteered model is shown first
+    result = runner.invoke(app, [*base, "--vector", str(vector_file), "--mode", "clamp", "--alphas", "-1:1,:0"])
+    assert result.exit_code == 0, result.output
+    assert [g["alpha"] for g in json.loads(result.stdout)["generations"]] == [None, [-1.0, 1.0], [None, 0.0]]
+    one_line_error(
+        runner.invoke(app, [*base, "--vector", str(vector_file), "--mode", "clamp", "--alphas", "3"]),
+        "mode clamp takes bands lo:hi",
+    )
+    one_line_error(
+        runner.invoke(app, [*base, "--vector", str(vector_file), "--mode", "boost"]), "--mode 'boost' is not one of"
+    )
+    one_line_error(
+        runner.invoke(app, [*base, "--vector", str(vector_file), "--site", "resid_mid"]), "unknown site 'resid_mid'"
+    )

@@ -126,16 +126,65 @@ def extract(
     err.print(f"extracted {method} from {len(data)} pairs in {seconds:.2f} s -> {out_path} (norms {norms})")
 
 
+def parse_alphas(text: str, mode: str) -> list:
+    """``-8,0,8`` for most modes; ``lo:hi`` bands for clamp (an empty end is unbounded: ``:2``, ``-1:``)."""
+    if mode != "clamp":
+        return parse_floats(text, "--alphas")
+    bands = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        lo, sep, hi = part.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            bands.append((float(lo) if lo.strip() else None, float(hi) if hi.strip() else None))
+        except ValueError:
+            raise SteerlabError(f"--alphas '{text}': mode clamp takes bands lo:hi, e.g. -2:2 or :3.") from None
+    if not bands:
+        raise SteerlabError("--alphas is empty; mode clamp takes bands lo:hi, e.g. -2:2.")
+    return bands
+
+
+def load_combined(specs: list[str]):
+    """``--vector PATH[:WEIGHT]`` repeated -> the weighted sum of the vectors."""
+    from steerlab.vector import SteeringVector
+
+    total = None
+    for spec in specs:
+        path, weight = spec, 1.0
+        head, sep, tail = spec.rpartition(":")
+        if sep and head:
+            try:
+                path, weight = head, float(tail)
+            except ValueError:
+                path, weight = spec, 1.0  # a ':' inside the path itself
+        vec = weight * SteeringVector.load(path)
+        total = vec if total is None else total + vec
+    if total is None:
+        raise SteerlabError("give at least one --vector PATH[:WEIGHT].")
+    return total
+
+
 @app.command()
 @user_errors
 def generate(
-    vector: Path = typer.Option(..., "--vector", help="A .safetensors steering vector."),
+    vector: list[str] = typer.Option(
+        ...,
+        "--vector",
+        help="A .safetensors vector, as PATH or PATH:WEIGHT; repeat to apply the weighted sum of several.",
+    ),
     prompt: str | None = typer.Option(None, "--prompt", help="One prompt."),
     prompts: Path | None = typer.Option(None, "--prompts", help="A file with one prompt per line."),
-    alphas: str = typer.Option("-8,0,8", "--alphas", help="Strengths, e.g. -8,0,8 (0 = unsteered)."),
+    alphas: str = typer.Option(
+        "-8,0,8", "--alphas", help="Strengths, e.g. -8,0,8 (0 = unsteered); for --mode clamp, bands lo:hi."
+    ),
+    mode: str = typer.Option("add", "--mode", help="add, ablate, ablate_then_add or clamp."),
+    site: str | None = typer.Option(
+        None, "--site", help="resid_pre, attn_out, mlp_out or resid_post (default: the vector's site)."
+    ),
     layers: str | None = typer.Option(None, "--layers", help="Subset of the vector's layers (default: all)."),
     positions: str = typer.Option("all", "--positions", help="all, prompt, generated, or K (from token K on)."),
     scale: str = typer.Option("absolute", "--scale", help="absolute, or relative to the residual norm."),
+    preserve_norm: bool = typer.Option(False, "--preserve-norm", help="Keep each token's residual norm."),
     max_new_tokens: int = typer.Option(40, "--max-new-tokens"),
     sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
     seed: int = typer.Option(0, "--seed"),
@@ -146,7 +195,7 @@ def generate(
 ) -> None:
     """Generate unsteered and steered text side by side."""
     from steerlab.generate import compare
-    from steerlab.vector import SteeringVector
+    from steerlab.interventions import OPERATORS
 
     if (prompt is None) == (prompts is None):
         raise SteerlabError("give exactly one of --prompt TEXT or --prompts FILE.")
@@ -160,8 +209,12 @@ def generate(
         prompt_list = [prompt or ""]
         if not prompt_list[0].strip():
             raise SteerlabError("--prompt is empty.")
-    vec = SteeringVector.load(vector)
-    alpha_list = parse_floats(alphas, "--alphas")
+    if mode not in OPERATORS:
+        raise SteerlabError(f"--mode '{mode}' is not one of {sorted(OPERATORS)}.")
+    vec = load_combined(vector)
+    alpha_list = parse_alphas(alphas, mode)
+    if mode in ("ablate_then_add", "clamp"):
+        alpha_list = [None, *alpha_list]  # these modes have no identity alpha: show the unsteered model too
     layer_list = parse_ints(layers, "--layers") if layers else None
     lm, tokenizer = _load(model, device, dtype)
     rows = compare(
@@ -170,13 +223,16 @@ def generate(
         prompt_list,
         vec,
         alphas=alpha_list,
+        mode=mode,
         layers=layer_list,
         positions=positions,
+        site=site,
         scale=scale,
+        preserve_norm=preserve_norm,  # type: ignore[arg-type]
         max_new_tokens=max_new_tokens,
         do_sample=sample,
         seed=seed,
-    )  # type: ignore[arg-type]
+    )
     if as_json:
         for row in rows:
             sys.stdout.write(json.dumps(row.as_dict(), ensure_ascii=False) + "\n")
@@ -185,14 +241,22 @@ def generate(
         show_comparison(row)
 
 
+def alpha_label(alpha: Any) -> str:
+    if alpha is None:
+        return "unsteered"
+    if isinstance(alpha, tuple):
+        lo, hi = alpha
+        return f"[{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}]"
+    return f"{alpha:+g}" + ("\n(unsteered)" if alpha == 0 else "")
+
+
 def show_comparison(row: Any) -> None:
     table = Table(title=row.prompt, title_justify="left", show_lines=True, expand=True)
     table.add_column("alpha", justify="right", no_wrap=True)
     table.add_column("nll", justify="right", no_wrap=True)
     table.add_column("text", ratio=1)
     for g in row.generations:
-        label = f"{g.alpha:+g}" + ("\n(unsteered)" if g.alpha == 0 else "")
-        table.add_row(label, f"{g.nll:.2f}", g.text)
+        table.add_row(alpha_label(g.alpha), f"{g.nll:.2f}", g.text)
     out.print(table)
 
 

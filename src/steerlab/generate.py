@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from steerlab.errors import SteeringError
+from steerlab.interventions import Alpha
 from steerlab.positions import PositionSpec
 from steerlab.steer import Scale, steer
 from steerlab.text import apply_chat, encode, forward_kwargs, pad_batch, pad_id
@@ -25,9 +26,10 @@ __all__ = ["Comparison", "Generation", "compare", "generate", "generated_nll"]
 
 @dataclass
 class Generation:
-    """One generated text: its strength, the text, and its coherence figure (mean NLL, nats/token)."""
+    """One generated text: its strength (``None``: unsteered), the text, and its coherence figure (mean NLL,
+    nats/token)."""
 
-    alpha: float
+    alpha: Alpha | None
     text: str
     nll: float
     tokens: int
@@ -143,10 +145,13 @@ def compare(
     prompts: Sequence[str],
     vector: SteeringVector,
     *,
-    alphas: Sequence[float] = (-8.0, 0.0, 8.0),
+    alphas: Sequence[Alpha | None] = (-8.0, 0.0, 8.0),
+    mode: str = "add",
     layers: Sequence[int] | None = None,
     positions: PositionSpec = "all",
+    site: str | None = None,
     scale: Scale = "absolute",
+    preserve_norm: bool = False,
     max_new_tokens: int = 40,
     chat: bool | None = None,
     system: str | None = None,
@@ -154,7 +159,10 @@ def compare(
     seed: int = 0,
     batch_size: int = 8,
 ) -> list[Comparison]:
-    """Generate every prompt unsteered (``alpha == 0``) and steered at each alpha, side by side.
+    """Generate every prompt unsteered and steered at each alpha, side by side.
+
+    An alpha of ``None`` is the unsteered model; so is ``0`` for ``add`` and ``ablate`` (the identity),
+    which then runs with no hooks at all. The other options are those of :func:`steerlab.steer`.
 
     Example:
         >>> for row in compare(model, tokenizer, ["Tell me about your day."], vec, alphas=[-6, 0, 6]):
@@ -166,22 +174,28 @@ def compare(
         raise SteeringError("no prompts were given; pass at least one.")
     vector.check_fits(model)
     options = dict(
-        max_new_tokens=max_new_tokens,
-        chat=chat,
-        system=system,
-        do_sample=do_sample,
-        seed=seed,
-        batch_size=batch_size,
+        max_new_tokens=max_new_tokens, chat=chat, system=system, do_sample=do_sample, seed=seed, batch_size=batch_size
     )
     rows = [Comparison(p) for p in prompts]
     for alpha in alphas:
-        if float(alpha) == 0.0:
+        if alpha is None or (mode in ("add", "ablate") and not isinstance(alpha, tuple) and float(alpha) == 0.0):
             outputs = generate(model, tokenizer, prompts, **options)  # no hooks at all: the true baseline
+            alpha = None if alpha is None else float(alpha)
         else:
-            with steer(model, vector, float(alpha), layers=layers, positions=positions, scale=scale):
+            with steer(
+                model,
+                vector,
+                alpha,
+                mode=mode,
+                layers=layers,
+                positions=positions,
+                site=site,
+                scale=scale,
+                preserve_norm=preserve_norm,
+            ):
                 outputs = generate(model, tokenizer, prompts, **options)
         nlls = generated_nll(model, outputs, batch_size=batch_size)
         for row, (_, gen), nll in zip(rows, outputs, nlls, strict=True):
             text = tokenizer.decode(gen, skip_special_tokens=True).strip()
-            row.generations.append(Generation(float(alpha), text, nll, len(gen)))
+            row.generations.append(Generation(alpha, text, nll, len(gen)))
     return rows
