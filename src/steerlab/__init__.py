@@ -25,7 +25,7 @@ from steerlab.extract import extract_vector
 from steerlab.generate import Comparison, Generation, compare, generate
 from steerlab.models import DEFAULT_MODEL, load_model
 from steerlab.record import Activations, record
-from steerlab.steer import Intervention, steer, steer_rows
+from steerlab.steer import Intervention, directional_ablation, steer, steer_rows
 from steerlab.vector import SteeringVector
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "VectorMismatchError",
     "__version__",
     "compare",
+    "directional_ablation",
     "extract_vector",
     "generate",
     "get_layout",

@@ -144,14 +144,22 @@ def load_pairs(path: str | Path) -> list[ContrastPair]:
 def pair_texts(
     pairs: Sequence[ContrastPair], tokenizer: Any = None, *, chat: bool | None = None
 ) -> tuple[list[str], list[str]]:
-    """The positive and negative texts to record, with the prompt in the chat template when there is one."""
+    """The positive and negative texts to record.
+
+    A pair's ``prompt`` goes into the chat template's user turn when the tokenizer has one (``chat=None``) and
+    the completions follow the assistant header. Pairs without a prompt are used as free texts, unless
+    ``chat=True``: then each text is itself the user turn.
+    """
     from steerlab.text import apply_chat
 
     pos, neg = [], []
     for pair in pairs:
         if pair.prompt is None:
-            pos.append(pair.positive)
-            neg.append(pair.negative)
+            # Free texts stay as they are unless the chat template is asked for explicitly: then each text is a
+            # user turn, read at the end of the assistant header (e.g. harmful vs harmless instructions).
+            wrap = (lambda t: apply_chat(tokenizer, t, chat=True)) if chat and tokenizer is not None else str
+            pos.append(wrap(pair.positive))
+            neg.append(wrap(pair.negative))
             continue
         head = apply_chat(tokenizer, pair.prompt, chat=chat) if tokenizer is not None else pair.prompt + "\n"
         sep = "" if head.endswith(("\n", " ")) else " "

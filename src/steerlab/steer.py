@@ -31,7 +31,7 @@ from steerlab.interventions import Alpha, apply_operator, check_alpha
 from steerlab.positions import PositionSpec, PositionTracker, parse_positions
 from steerlab.vector import SteeringVector
 
-__all__ = ["Intervention", "Scale", "resolve_deltas", "steer", "steer_rows"]
+__all__ = ["Intervention", "Scale", "directional_ablation", "resolve_deltas", "steer", "steer_rows"]
 
 Scale = Literal["absolute", "relative"]
 
@@ -289,3 +289,29 @@ def steer_rows(
         groups.setdefault(key, (items, []))[1].append(index)
     with _install(model, [(items, members) for items, members in groups.values() if items], len(rows)):
         yield
+
+
+def directional_ablation(
+    model: nn.Module, vector: SteeringVector, source: int | None = None, *, positions: PositionSpec = "all"
+) -> list[Intervention]:
+    """Interventions that remove one direction wherever it is written to the residual stream: the input of the
+    first block and the attention and MLP outputs of every block, so no block ever reads it (Arditi et al.).
+    The result equals orthogonalising the weights (:func:`steerlab.bake.orthogonalize`). For architectures
+    without separate sublayer sites (Bloom) it ablates every block's input and output instead, which is close
+    but not exact (the MLP still reads what its block's attention wrote).
+
+    Example:
+        >>> with steer(model, directional_ablation(model, refusal, source=12)):
+        ...     model.generate(**harmful_prompt)
+    """
+    layout = get_layout(model)
+    everywhere = vector.at_layers(range(layout.num_layers), source)
+    try:
+        layout.site_module(0, "attn_out")
+        layout.site_module(0, "mlp_out")
+        sites = [("resid_pre", [0]), ("attn_out", None), ("mlp_out", None)]
+    except ArchitectureError:
+        sites = [("resid_pre", None), ("resid_post", None)]
+    return [
+        Intervention(everywhere, mode="ablate", site=site, layers=layers, positions=positions) for site, layers in sites
+    ]

@@ -164,6 +164,24 @@ class SteeringVector:
     def _describe(self) -> dict[str, Any]:
         return {"method": self.method, "dataset_hash": self.dataset_hash, "layers": self.layers}
 
+    def at_layers(self, layers: list[int] | range, source: int | None = None) -> SteeringVector:
+        """A vector carrying the direction of layer ``source`` (default: the only layer) at every one of
+        ``layers``; e.g. to ablate one refusal direction everywhere."""
+        if source is None:
+            if len(self.directions) != 1:
+                raise VectorMismatchError(f"the vector has layers {self.layers}; say which one to copy (source=...).")
+            source = self.layers[0]
+        if source not in self.directions:
+            raise VectorMismatchError(f"layer {source} is not in the vector, which has layers {self.layers}.")
+        norm = self.resid_norm.get(source)
+        copies = {int(layer): self.directions[source].clone() for layer in layers}
+        return replace(
+            self,
+            directions=copies,
+            resid_norm={} if norm is None else dict.fromkeys(copies, norm),
+            extra={**self.extra, "copied_from_layer": source},
+        )
+
     def normalized_copy(self) -> SteeringVector:
         """A copy with every layer's direction scaled to unit norm."""
         unit = {k: v / v.norm().clamp_min(1e-12) for k, v in self.directions.items()}

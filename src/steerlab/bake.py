@@ -1,0 +1,257 @@
+"""Bake steering into the weights, so a plain transformers model steers with no hooks and no steerlab.
+
+Two kinds of steering can be baked:
+
+* :func:`bake_addition`: ``add`` of a constant vector at ``resid_post``, ``mlp_out`` or ``attn_out`` becomes a
+  bias on the output projection of the block's MLP (``resid_post``, ``mlp_out``) or attention (``attn_out``),
+  created when the layer has none. The MLP is a block's last write, so its bias shifts the block output by
+  exactly ``alpha * v``.
+* :func:`orthogonalize`: ``ablate`` of one direction everywhere (:func:`steerlab.directional_ablation`)
+  becomes weight orthogonalisation: the direction is projected out of every matrix and bias that writes to
+  the residual stream and out of the embeddings (Arditi et al.). Tied input/output embeddings are untied
+  first, since the unembedding reads the residual stream and must stay as it was.
+
+What cannot be baked, and is refused with a :class:`~steerlab.errors.SteeringError`: position-dependent
+steering (``positions`` other than ``"all"``: a bias acts on every token), ``clamp`` and ``ablate_then_add``
+(they depend on each token's own projection, which no fixed weight change reproduces), ``ablate`` at chosen
+layers only (it is not a change of weights unless it applies everywhere), per-row steering, ``resid_pre``,
+and architectures whose sublayers are normalised after their output projection (Gemma 2/3, OLMo 2: a bias or
+an orthogonal projection before a norm does not survive the norm) or add the residual inside the sublayer
+(Bloom).
+
+A baked model saves with ``save_pretrained`` and loads in plain transformers when the architecture's config
+has a switch that creates the bias (Llama's ``mlp_bias``, ``attention_bias``; GPT-2, GPT-NeoX, GPT-J, GPT-Neo,
+OPT and Phi have biases already). For others (e.g. Mistral, Qwen2, Phi-3) the baked model works in memory
+(useful with ``torch.compile``, which ignores hooks added after compiling), and :func:`save_baked` refuses
+to write a folder that would silently lose the bias.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from steerlab.arch.registry import get_layout
+from steerlab.errors import SteeringError
+from steerlab.positions import parse_positions
+from steerlab.steer import Scale, resolve_deltas
+from steerlab.vector import SteeringVector
+
+__all__ = ["bake_addition", "orthogonalize", "save_baked"]
+
+_BIAS_FLAGS = ("mlp_bias", "attention_bias", "bias", "use_bias", "add_bias_linear")
+
+
+def _writer(layout, layer: int, site: str) -> nn.Module:
+    """The last linear layer inside ``site``'s module that writes the residual width: its output projection
+    (checked for every registered architecture by the tests, which compare baked and hooked logits)."""
+    module, _ = layout.site_module(layer, site)
+    width = layout.hidden_size
+    writers = [
+        m
+        for m in module.modules()
+        if (isinstance(m, nn.Linear) and m.out_features == width) or (isinstance(m, Conv1D) and m.nf == width)
+    ]
+    if not writers:
+        raise SteeringError(
+            f"cannot find the output projection of {site} in block {layer} of "
+            f"'{layout.model_type}'; this architecture cannot be baked."
+        )
+    return writers[-1]
+
+
+def _check_bakeable(layout, site: str) -> None:
+    if layout.model_type in ("gemma2", "gemma3", "gemma3_text", "olmo2", "bloom"):
+        why = (
+            "normalises each sublayer's output after its projection"
+            if layout.model_type != "bloom"
+            else "adds the residual inside its sublayers"
+        )
+        raise SteeringError(
+            f"'{layout.model_type}' {why}, so steering cannot be baked into its weights exactly; "
+            "steer it with hooks (steerlab.steer) instead."
+        )
+    if site not in ("resid_post", "mlp_out", "attn_out"):
+        raise SteeringError(
+            f"an addition at site '{site}' cannot be baked: only resid_post, mlp_out and attn_out "
+            "are outputs of a weight that can carry a bias."
+        )
+
+
+def _add_bias(linear: nn.Module, delta: torch.Tensor) -> None:
+    weight = linear.weight
+    if linear.bias is None:
+        linear.bias = nn.Parameter(torch.zeros(delta.shape[0], dtype=weight.dtype, device=weight.device))
+    with torch.no_grad():
+        linear.bias.add_(delta.to(device=weight.device, dtype=weight.dtype))
+
+
+def bake_addition(
+    model: nn.Module,
+    vector: SteeringVector,
+    alpha: float = 1.0,
+    *,
+    layers: Sequence[int] | None = None,
+    site: str | None = None,
+    scale: Scale = "absolute",
+    positions: str = "all",
+) -> nn.Module:
+    """Make ``model`` (in place) behave like ``steer(model, vector, alpha, ...)`` with no hooks.
+
+    Example:
+        >>> bake_addition(model, vec, alpha=20.0)
+        >>> save_baked(model, tokenizer, "smollm2-happy")   # loads with plain transformers
+    """
+    if parse_positions(positions) != "all":
+        raise SteeringError(
+            f"positions={positions!r} cannot be baked: a bias acts on every token. Use hooks "
+            "(steerlab.steer) for position-dependent steering."
+        )
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not torch.isfinite(torch.tensor(alpha)):
+        raise SteeringError(f"alpha must be a finite number, got {alpha!r}.")
+    vector.check_fits(model)
+    layout = get_layout(model)
+    site = site or vector.site
+    _check_bakeable(layout, site)
+    deltas = resolve_deltas(vector, layers, scale)
+    target = "attn_out" if site == "attn_out" else "mlp_out"
+    writers = {layer: _writer(layout, layer, target) for layer in deltas}
+    for layer, delta in deltas.items():
+        _add_bias(writers[layer], float(alpha) * delta.float())
+    _record(
+        model,
+        {
+            "kind": "add",
+            "alpha": float(alpha),
+            "layers": sorted(deltas),
+            "site": site,
+            "scale": scale,
+            "vector": vector.header(),
+        },
+    )
+    return model
+
+
+def _project_out_rows(weight: torch.Tensor, unit: torch.Tensor) -> None:
+    """Remove ``unit`` from every row (each row lives in the residual space): ``W - (W u) u^T``."""
+    w = weight.data
+    w.sub_(((w.float() @ unit)[:, None] * unit[None, :]).to(w.dtype))
+
+
+def _project_out_outputs(linear: nn.Module, unit: torch.Tensor) -> None:
+    """Make a layer's output orthogonal to ``unit`` (weight and bias)."""
+    if isinstance(linear, Conv1D):  # y = x W + b, W is (in, out)
+        _project_out_rows(linear.weight, unit)
+    else:  # y = W x + b, W is (out, in): project the columns
+        w = linear.weight.data
+        w.sub_((unit[:, None] * (unit @ w.float())[None, :]).to(w.dtype))
+    if linear.bias is not None:
+        b = linear.bias.data
+        b.sub_(((b.float() @ unit) * unit).to(b.dtype))
+
+
+def orthogonalize(model: nn.Module, vector: SteeringVector, source: int | None = None) -> nn.Module:
+    """Project one direction out of every weight that writes to the residual stream (in place).
+
+    Equivalent to ``steer(model, directional_ablation(model, vector, source))`` on every token.
+
+    Example:
+        >>> orthogonalize(model, refusal, source=12)
+        >>> save_baked(model, tokenizer, "smollm2-no-refusal")
+    """
+    vector.check_fits(model)
+    layout = get_layout(model)
+    _check_bakeable(layout, "resid_post")
+    one = vector.at_layers([0], source)
+    direction = one.directions[0].float()
+    unit = direction / direction.norm().clamp_min(1e-12)
+    writers = [_writer(layout, layer, site) for layer in range(layout.num_layers) for site in ("attn_out", "mlp_out")]
+    _untie_output_embeddings(model)
+    width = layout.hidden_size
+    embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding) and m.embedding_dim == width]
+    if not embeddings:
+        raise SteeringError("found no embedding of the residual width to orthogonalise; cannot bake the ablation.")
+    with torch.no_grad():
+        u = unit.to(device=embeddings[0].weight.device)
+        for emb in embeddings:  # token embeddings and learned absolute positions (GPT-2, GPT-Neo, OPT)
+            _project_out_rows(emb.weight, u.to(emb.weight.device))
+        for linear in writers:
+            _project_out_outputs(linear, unit.to(linear.weight.device))
+    _record(
+        model, {"kind": "orthogonalize", "source_layer": one.extra.get("copied_from_layer"), "vector": vector.header()}
+    )
+    return model
+
+
+def _untie_output_embeddings(model: nn.Module) -> None:
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    inputs = model.get_input_embeddings()
+    if output is None or output.weight is not inputs.weight:
+        return
+    output.weight = nn.Parameter(inputs.weight.detach().clone())
+    for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+        config.tie_word_embeddings = False
+
+
+def _record(model: nn.Module, entry: dict[str, Any]) -> None:
+    model._steerlab_baked = [*getattr(model, "_steerlab_baked", []), entry]
+
+
+def _expected_keys(model: nn.Module, config: Any) -> set[str]:
+    """The parameter names plain transformers creates for ``config`` (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        fresh = type(model)(config)
+    return set(fresh.state_dict())
+
+
+def save_baked(model: nn.Module, tokenizer: Any, path: str | Path) -> Path:
+    """Save a baked model so that plain transformers loads it with every baked weight.
+
+    Turns on the config switch that makes the architecture create the new biases (zero-filling the other
+    biases that switch adds), checks on the meta device that plain transformers will create every parameter
+    the model now has, and refuses with a clear error if some would be dropped at load.
+    """
+    config = copy.deepcopy(model.config)
+    have = set(model.state_dict())
+    missing = have - _expected_keys(model, config)
+    for flag in _BIAS_FLAGS:
+        if not missing:
+            break
+        if getattr(config, flag, None) is False:
+            trial = copy.deepcopy(config)
+            setattr(trial, flag, True)
+            expected = _expected_keys(model, trial)
+            if len(have - expected) < len(missing):
+                config, missing = trial, have - expected
+    if missing:
+        raise SteeringError(
+            f"'{config.model_type}' has no config switch that creates the baked parameters "
+            f"{sorted(missing)[:4]}{'...' if len(missing) > 4 else ''}; plain transformers would drop them at load. "
+            "The baked model works in memory; to ship steering for this architecture, use a vector file with "
+            "steerlab, or bake on an architecture with biases (Llama, GPT-2, GPT-NeoX, ...)."
+        )
+    _fill_new_biases(model, _expected_keys(model, config) - have)
+    model.config = config
+    path = Path(path)
+    model.save_pretrained(path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return path
+
+
+def _fill_new_biases(model: nn.Module, names: set[str]) -> None:
+    """Zero biases for parameters the new config switch adds (e.g. Llama's mlp_bias adds gate/up biases)."""
+    for name in sorted(names):
+        owner_name, _, leaf = name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        if leaf != "bias" or getattr(owner, "bias", None) is not None:
+            raise SteeringError(f"the config switch adds '{name}', which steerlab cannot fill; cannot save.")
+        weight = owner.weight
+        size = weight.shape[1] if isinstance(owner, Conv1D) else weight.shape[0]
+        owner.bias = nn.Parameter(torch.zeros(size, dtype=weight.dtype, device=weight.device))
