@@ -183,3 +183,36 @@ def test_generate_modes_sites_and_combined_vectors(vector_file):
     one_line_error(
         runner.invoke(app, [*base, "--vector", str(vector_file), "--site", "resid_mid"]), "unknown site 'resid_mid'"
     )
+
+
+def test_bake_add_and_ablate(vector_file, tmp_path, smol):
+    from transformers import AutoModelForCausalLM
+
+    from steerlab import steer
+
+    result = runner.invoke(
+        app, ["bake", "--vector", str(vector_file), "--alpha", "6", "--layers", "9", "--out", str(tmp_path / "baked")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "plain transformers reproduces the hooked logits" in result.stderr
+    model, tokenizer = smol
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "baked").eval()
+    ids = tokenizer("I think that", return_tensors="pt")
+    vec = SteeringVector.load(vector_file)
+    with torch.no_grad():
+        with steer(model, vec, 6.0, layers=[9]):
+            hooked = model(**ids).logits
+        torch.testing.assert_close(plain(**ids).logits, hooked, rtol=1e-4, atol=1e-4)
+
+    result = runner.invoke(
+        app, ["bake", "--vector", str(vector_file), "--ablate", "--source-layer", "9", "--out", str(tmp_path / "ortho")]
+    )
+    assert result.exit_code == 0, result.output
+    one_line_error(
+        runner.invoke(app, ["bake", "--vector", str(vector_file), "--out", str(tmp_path / "baked")]),
+        "exists and is not empty",
+    )
+    one_line_error(
+        runner.invoke(app, ["bake", "--vector", str(vector_file), "--ablate", "--out", str(tmp_path / "o2")]),
+        "say which one to copy",
+    )

@@ -287,6 +287,68 @@ def info(
     out.print(layers)
 
 
+@app.command()
+@user_errors
+def bake(
+    vector: Path = typer.Option(..., "--vector", help="A .safetensors steering vector."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder to write the baked model and tokenizer to."),
+    alpha: float = typer.Option(1.0, "--alpha", help="Strength of the addition."),
+    ablate: bool = typer.Option(
+        False, "--ablate", help="Orthogonalise the weights against the direction instead (ablation at every layer)."
+    ),
+    source_layer: int | None = typer.Option(
+        None,
+        "--source-layer",
+        help="With --ablate: the vector layer whose direction is removed (default: the only one).",
+    ),
+    layers: str | None = typer.Option(None, "--layers", help="Subset of the vector's layers (default: all)."),
+    site: str | None = typer.Option(None, "--site", help="resid_post, mlp_out or attn_out (default: the vector's)."),
+    scale: str = typer.Option("absolute", "--scale", help="absolute, or relative to the residual norm."),
+    model: str = MODEL_OPT,
+    device: str | None = DEVICE_OPT,
+    dtype: str | None = DTYPE_OPT,
+) -> None:
+    """Bake a steering vector into the weights and save a model that plain transformers loads."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from steerlab.bake import bake_addition, orthogonalize, save_baked
+    from steerlab.steer import directional_ablation, steer
+    from steerlab.text import apply_chat
+    from steerlab.vector import SteeringVector
+
+    vec = SteeringVector.load(vector)
+    layer_list = parse_ints(layers, "--layers") if layers else None
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise SteerlabError(f"--out '{out_dir}' exists and is not empty; choose a new folder.")
+    lm, tokenizer = _load(model, device, dtype)
+    probe = tokenizer(apply_chat(tokenizer, "Tell me about your weekend."), return_tensors="pt")
+    probe = {k: v.to(next(lm.parameters()).device) for k, v in probe.items()}
+    with torch.no_grad():  # the hooked model is the reference the baked one must reproduce
+        if ablate:
+            with steer(lm, directional_ablation(lm, vec, source_layer)):
+                reference = lm(**probe).logits.float()
+            orthogonalize(lm, vec, source_layer)
+        else:
+            with steer(lm, vec, alpha, layers=layer_list, site=site, scale=scale):  # type: ignore[arg-type]
+                reference = lm(**probe).logits.float()
+            bake_addition(lm, vec, alpha, layers=layer_list, site=site, scale=scale)  # type: ignore[arg-type]
+    save_baked(lm, tokenizer, out_dir)
+    with err.status("checking the saved folder with plain transformers ..."):
+        plain = AutoModelForCausalLM.from_pretrained(out_dir).to(reference.device).eval()
+        with torch.no_grad():
+            reloaded = plain(**probe).logits.float()
+    gap = float((reloaded - reference).abs().max())
+    scale_ = float(reference.abs().max())
+    what = "orthogonalised against" if ablate else f"alpha={alpha:g} x"
+    err.print(
+        f"baked ({what} {vector.name}) -> {out_dir}; plain transformers reproduces the hooked logits to "
+        f"max |diff| {gap:.2e} (logits up to {scale_:.1f})."
+    )
+    if gap > 1e-3 * max(scale_, 1.0):
+        raise SteerlabError(f"the saved model differs from the hooked one by {gap:.3g}; please report this.")
+
+
 DEMO_PROMPTS = [
     "Tell me about your weekend.",
     "What do you think of Mondays?",
