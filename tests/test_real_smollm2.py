@@ -1,11 +1,27 @@
 """Behaviour on the real SmolLM2-135M-Instruct (installed by `make test`; these tests never skip)."""
 
+import json
+import statistics
+from pathlib import Path
+
 import pytest
 import torch
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-from steerlab import SteeringVector, compare, extract_vector, record, sentiment_pairs
+from steerlab import (
+    ContrastPair,
+    Intervention,
+    SteeringVector,
+    compare,
+    directional_ablation,
+    extract_vector,
+    record,
+    sentiment_pairs,
+    steer,
+)
 from steerlab.data import pair_texts
+from steerlab.generate import generate
+from steerlab.text import apply_chat
 
 pytestmark = pytest.mark.real_model
 
@@ -96,3 +112,68 @@ def test_sentiment_vector_steers_both_ways_beyond_random(smol):
         effect = steered[alpha] - base
         assert effect * alpha > 0, steered  # the right way for both signs
         assert abs(effect) > abs(baseline[alpha] - base), (steered, baseline)  # beyond a random direction
+
+
+SPLITS = Path(__file__).parents[1] / "datasets/refusal-direction/splits"
+
+
+def instructions(name):
+    return [r["instruction"] for r in json.loads((SPLITS / f"{name}.json").read_text())]
+
+
+@pytest.fixture(scope="module")
+def refusal_vectors(smol):
+    """The refusal-direction recipe at layer 20 (the layer scripts/refusal_direction.py selects on validation),
+    and a random direction of the same norm as the control."""
+    model, tokenizer = smol
+    pairs = [
+        ContrastPair(a, b)
+        for a, b in zip(instructions("harmful_train"), instructions("harmless_train")[:260], strict=True)
+    ]
+    vec = extract_vector(model, tokenizer, pairs, layers=[14, 20], chat=True, batch_size=32)
+    noise = torch.randn(576, generator=torch.Generator().manual_seed(0))
+    control = SteeringVector(
+        {20: noise / noise.norm() * vec.directions[20].norm()}, model_id=vec.model_id, fingerprint=vec.fingerprint
+    )
+    return vec, control
+
+
+def test_harmful_direction_separates_held_out_prompts(smol, refusal_vectors):
+    model, tokenizer = smol
+    vec, _ = refusal_vectors
+    val_harmful, val_harmless = instructions("harmful_val"), instructions("harmless_val")[:39]
+    acts = record(
+        model, tokenizer, [apply_chat(tokenizer, t) for t in val_harmful + val_harmless], layers=[14], batch_size=32
+    )
+    proj = acts.values[14] @ vec.directions[14]
+    threshold = proj.median()
+    correct = (proj[: len(val_harmful)] > threshold).sum() + (proj[len(val_harmful) :] <= threshold).sum()
+    assert int(correct) / len(proj) > 0.85
+
+
+def test_refusal_direction_moves_refusal_both_ways_beyond_random(smol, refusal_vectors, refusal_judge):
+    """Adding the direction makes refusal-like answers to harmless prompts likelier; ablating it everywhere makes
+    them rarer on harmful prompts; a random direction of the same norm does neither as much. (SmolLM2-135M refuses
+    little to begin with, so the effects are small: see docs/refusal-direction.md.)"""
+    model, tokenizer = smol
+    vec, control = refusal_vectors
+    vec = vec.at_layers([20], source=20)
+
+    def p_refusal(prompts, interventions=None):
+        if interventions is None:
+            outs = generate(model, tokenizer, prompts, max_new_tokens=32, batch_size=13)
+        else:
+            with steer(model, interventions):
+                outs = generate(model, tokenizer, prompts, max_new_tokens=32, batch_size=13)
+        texts = [tokenizer.decode(g, skip_special_tokens=True) for _, g in outs]
+        return statistics.mean(refusal_judge.probabilities(texts))
+
+    harmless, harmful = instructions("harmless_val")[:39], instructions("harmful_val")
+    base = p_refusal(harmless)
+    added = p_refusal(harmless, [Intervention(vec, 1.0)]) - base
+    added_random = p_refusal(harmless, [Intervention(control, 1.0)]) - base
+    assert added > 0.04 and added > added_random + 0.04, (added, added_random)
+    base = p_refusal(harmful)
+    removed = base - p_refusal(harmful, directional_ablation(model, vec))
+    removed_random = base - p_refusal(harmful, directional_ablation(model, control))
+    assert removed > 0.04 and removed > removed_random + 0.04, (removed, removed_random)
