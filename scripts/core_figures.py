@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from steerlab import (
+    Intervention,
     SteeringVector,
     compare,
     extract_vector,
@@ -25,21 +26,14 @@ from steerlab import (
     load_pairs,
     sentiment_pairs,
     steer,
+    steer_rows,
 )
+from steerlab.data import NEUTRAL_PROMPTS
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYER = 10
 ALPHAS = [-0.3, -0.15, 0.0, 0.15, 0.3]
-PROMPTS = [
-    "Tell me about your weekend.",
-    "What do you think of Mondays?",
-    "Describe the city you live in.",
-    "Write a sentence about the weather.",
-    "Tell me about the train station near you.",
-    "How was your day at work?",
-    "Describe your neighbour's dog.",
-    "What did you have for lunch?",
-]
+PROMPTS = list(NEUTRAL_PROMPTS)
 
 
 def timed(fn, repeat: int) -> float:
@@ -117,6 +111,50 @@ def main() -> None:
         "|---|---:|---:|",
         f"| unsteered | {b:.2f} | 1.00 |",
         f"| steered (layer {LAYER}, all positions) | {s:.2f} | {s / b:.3f} |",
+        "",
+    ]
+
+    # Per-row steering: 8 prompts, each with its own vector and strength, in one batch.
+    gen = torch.Generator().manual_seed(1)
+    others = [
+        SteeringVector(
+            {LAYER: torch.randn(vec.fingerprint.hidden_size, generator=gen)},
+            model_id=vec.model_id,
+            fingerprint=vec.fingerprint,
+        )
+        for _ in range(4)
+    ]
+    row_steering = [Intervention(vec, a, scale="relative") for a in (-0.3, -0.15, 0.15, 0.3)]
+    row_steering += [Intervention(v, a) for v, a in zip(others, (4.0, -4.0, 8.0, -8.0), strict=True)]
+
+    def per_row():
+        with steer_rows(model, row_steering):
+            generate(model, tokenizer, PROMPTS, max_new_tokens=32, batch_size=8)
+
+    def one_by_one():
+        for prompt, item in zip(PROMPTS, row_steering, strict=True):
+            with steer(model, item):
+                generate(model, tokenizer, [prompt], max_new_tokens=32)
+
+    times: dict[str, list[float]] = {"unsteered": [], "shared": [], "per_row": [], "sequential": []}
+    for _ in range(3):
+        times["unsteered"].append(timed(unsteered, 1))
+        times["shared"].append(timed(steered, 1))
+        times["per_row"].append(timed(per_row, 1))
+        times["sequential"].append(timed(one_by_one, 1))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    lines += [
+        "## Per-row steering (8 prompts, 8 different vectors and strengths, 32 new tokens, median of 3)",
+        "",
+        "| run | seconds | vs unsteered batch |",
+        "|---|---:|---:|",
+        f"| unsteered batch of 8 | {med['unsteered']:.2f} | 1.00 |",
+        f"| one vector for the whole batch (`steer`) | {med['shared']:.2f} | {med['shared'] / med['unsteered']:.3f} |",
+        f"| a vector per row in one batch (`steer_rows`) | {med['per_row']:.2f} | "
+        f"{med['per_row'] / med['unsteered']:.3f} |",
+        f"| the same 8 rows one after another | {med['sequential']:.2f} | {med['sequential'] / med['unsteered']:.3f} |",
+        "",
+        f"Per-row batching is {med['sequential'] / med['per_row']:.1f}x faster than running the rows one by one.",
         "",
     ]
 

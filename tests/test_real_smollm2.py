@@ -19,7 +19,7 @@ from steerlab import (
     sentiment_pairs,
     steer,
 )
-from steerlab.data import pair_texts
+from steerlab.data import NEUTRAL_PROMPTS, pair_texts
 from steerlab.generate import generate
 from steerlab.text import apply_chat
 
@@ -27,16 +27,7 @@ pytestmark = pytest.mark.real_model
 
 LAYER = 10
 ALPHAS = [-0.3, -0.15, 0.0, 0.15, 0.3]  # fractions of the mean residual norm at LAYER (~140)
-PROMPTS = [
-    "Tell me about your weekend.",
-    "What do you think of Mondays?",
-    "Describe the city you live in.",
-    "Write a sentence about the weather.",
-    "Tell me about the train station near you.",
-    "How was your day at work?",
-    "Describe your neighbour's dog.",
-    "What did you have for lunch?",
-]
+PROMPTS = list(NEUTRAL_PROMPTS)
 
 
 def cosine(a, b):

@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from steerlab.data import NEUTRAL_PROMPTS
 from steerlab.errors import SteerlabError
 from steerlab.models import DEFAULT_MODEL
 
@@ -349,11 +350,7 @@ def bake(
         raise SteerlabError(f"the saved model differs from the hooked one by {gap:.3g}; please report this.")
 
 
-DEMO_PROMPTS = [
-    "Tell me about your weekend.",
-    "What do you think of Mondays?",
-    "Describe the city you live in.",
-]
+DEMO_PROMPTS = NEUTRAL_PROMPTS[:3]
 
 
 @app.command()

@@ -24,6 +24,7 @@ from typing import Any
 from steerlab.errors import DataError
 
 __all__ = [
+    "NEUTRAL_PROMPTS",
     "ContrastPair",
     "dataset_hash",
     "load_pairs",
@@ -174,6 +175,19 @@ def dataset_hash(pairs: Sequence[ContrastPair]) -> str:
     for pair in pairs:
         digest.update(json.dumps([pair.prompt, pair.positive, pair.negative]).encode())
     return digest.hexdigest()
+
+
+NEUTRAL_PROMPTS = (
+    "Tell me about your weekend.",
+    "What do you think of Mondays?",
+    "Describe the city you live in.",
+    "Write a sentence about the weather.",
+    "Tell me about the train station near you.",
+    "How was your day at work?",
+    "Describe your neighbour's dog.",
+    "What did you have for lunch?",
+)
+"""Everyday prompts with no sentiment of their own, used by the demo, the tests and the figures."""
 
 
 def sentiment_pairs() -> list[ContrastPair]:
