@@ -101,16 +101,20 @@ def test_add_at_each_site_changes_only_that_site(tiny, tokenizer, arch, site):
         torch.testing.assert_close(diff, shift.expand_as(diff), rtol=0, atol=2e-4)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma2", "gpt_neox", "falcon"])
-@pytest.mark.parametrize("site", ["resid_pre", "attn_out", "mlp_out", "resid_post"])
-def test_ablate_and_norm_preservation_at_each_site(tiny, tokenizer, arch, site):
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("site", SITES)
+def test_ablate_clamp_and_norm_preservation_at_each_site(tiny, tokenizer, arch, site):
     model = tiny(arch)
+    if not site_supported(model, site):
+        return  # bloom's sublayer sites: refused, checked above
     vec = random_vector(model, layers=(2,))
     unit = vec.directions[2] / vec.directions[2].norm()
     base = record(model, tokenizer, TEXTS, layers=[2], site=site, reduce="all", exclude_first_token=False)
     with steer(model, vec, alpha=1.0, mode="ablate", site=site):
         gone = record(model, tokenizer, TEXTS, layers=[2], site=site, reduce="all", exclude_first_token=False)
     assert (gone.values[2] @ unit).abs().max() < 1e-3 * base.values[2].norm(dim=-1).max()
+    orth = lambda x: x - (x @ unit)[:, None] * unit  # noqa: E731
+    torch.testing.assert_close(orth(gone.values[2]), orth(base.values[2]), rtol=1e-4, atol=1e-3)
     with steer(model, vec, alpha=1.0, mode="ablate", site=site, preserve_norm=True):
         kept = record(model, tokenizer, TEXTS, layers=[2], site=site, reduce="all", exclude_first_token=False)
     torch.testing.assert_close(kept.values[2].norm(dim=-1), base.values[2].norm(dim=-1))
