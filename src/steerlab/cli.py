@@ -350,6 +350,42 @@ def bake(
         raise SteerlabError(f"the saved model differs from the hooked one by {gap:.3g}; please report this.")
 
 
+@app.command("export")
+@user_errors
+def export_vector(
+    vector: Path = typer.Argument(..., help="A .safetensors steering vector."),
+    out_path: Path = typer.Option(..., "--out", help="Where to write the exported file."),
+    fmt: str = typer.Option("gguf", "--format", help="gguf: llama.cpp's control-vector format."),
+) -> None:
+    """Export a vector for another tool (llama.cpp: `llama-cli --control-vector OUT`)."""
+    from steerlab.vector import SteeringVector
+
+    if fmt != "gguf":
+        raise SteerlabError(f"--format '{fmt}' is not supported; the only export format is gguf.")
+    vec = SteeringVector.load(vector)
+    vec.export_gguf(out_path)
+    err.print(
+        f"wrote {out_path}: llama.cpp control vector, direction.<k> for layers {vec.layers} "
+        "(llama.cpp's block k = Hugging Face model.layers[k])."
+    )
+
+
+@app.command("import")
+@user_errors
+def import_vector(
+    gguf_file: Path = typer.Argument(..., help="A llama.cpp control vector (.gguf), from steerlab or repeng."),
+    out_path: Path = typer.Option(..., "--out", help="Where to write the .safetensors vector."),
+    model: str = MODEL_OPT,
+) -> None:
+    """Import a llama.cpp control vector, checked against the model it is for."""
+    from steerlab.vector import SteeringVector
+
+    lm, _ = _load(model, None, None)
+    vec = SteeringVector.from_gguf(gguf_file, lm)
+    vec.save(out_path)
+    err.print(f"imported {gguf_file} (layers {vec.layers}) -> {out_path}")
+
+
 DEMO_PROMPTS = NEUTRAL_PROMPTS[:3]
 
 

@@ -188,6 +188,19 @@ class SteeringVector:
         return replace(self, directions=unit, normalized=True)
 
     # ----- files --------------------------------------------------------------------------------------
+    def export_gguf(self, path: str | Path) -> Path:
+        """Write a llama.cpp control vector (see :mod:`steerlab.io.gguf` for the layer numbering)."""
+        from steerlab.io.gguf import export_gguf
+
+        return export_gguf(self, path)
+
+    @classmethod
+    def from_gguf(cls, path: str | Path, model: nn.Module) -> SteeringVector:
+        """Read a llama.cpp control vector (written by steerlab or repeng) for ``model``."""
+        from steerlab.io.gguf import import_gguf
+
+        return import_gguf(path, model)
+
     def header(self) -> dict[str, Any]:
         return {
             "format": "steerlab.vector",
