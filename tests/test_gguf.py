@@ -104,4 +104,4 @@ def test_cli_export_import(tmp_path, smol):
     back = SteeringVector.load(tmp_path / "back.safetensors")
     assert back.layers == [5, 6] and torch.equal(back.directions[6], vec.directions[6])
     result = runner.invoke(app, ["export", str(src), "--format", "onnx", "--out", str(tmp_path / "v.onnx")])
-    assert result.exit_code == 1 and "only export format is gguf" in result.stderr
+    assert result.exit_code == 1 and "use gguf or hub" in result.stderr

@@ -354,20 +354,33 @@ def bake(
 @user_errors
 def export_vector(
     vector: Path = typer.Argument(..., help="A .safetensors steering vector."),
-    out_path: Path = typer.Option(..., "--out", help="Where to write the exported file."),
-    fmt: str = typer.Option("gguf", "--format", help="gguf: llama.cpp's control-vector format."),
+    out_path: Path = typer.Option(..., "--out", help="Where to write the exported file (a folder for hub)."),
+    fmt: str = typer.Option(
+        "gguf",
+        "--format",
+        help="gguf: llama.cpp's control-vector format; hub: a folder "
+        "with the vector and a model card, ready to upload to the Hugging Face Hub.",
+    ),
 ) -> None:
-    """Export a vector for another tool (llama.cpp: `llama-cli --control-vector OUT`)."""
+    """Export a vector for another tool (llama.cpp: `llama-cli --control-vector OUT`) or for sharing."""
+    from steerlab.io.hub import export_hub_folder
     from steerlab.vector import SteeringVector
 
-    if fmt != "gguf":
-        raise SteerlabError(f"--format '{fmt}' is not supported; the only export format is gguf.")
+    if fmt not in ("gguf", "hub"):
+        raise SteerlabError(f"--format '{fmt}' is not supported; use gguf or hub.")
     vec = SteeringVector.load(vector)
-    vec.export_gguf(out_path)
-    err.print(
-        f"wrote {out_path}: llama.cpp control vector, direction.<k> for layers {vec.layers} "
-        "(llama.cpp's block k = Hugging Face model.layers[k])."
-    )
+    if fmt == "gguf":
+        vec.export_gguf(out_path)
+        err.print(
+            f"wrote {out_path}: llama.cpp control vector, direction.<k> for layers {vec.layers} "
+            "(llama.cpp's block k = Hugging Face model.layers[k])."
+        )
+    else:
+        export_hub_folder(vec, out_path)
+        err.print(
+            f"wrote {out_path}/vector.safetensors and README.md; upload with: "
+            f"huggingface-cli upload <you>/<name> {out_path}"
+        )
 
 
 @app.command("import")

@@ -228,11 +228,28 @@ class SteeringVector:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> SteeringVector:
-        """Read a vector written by :meth:`save`, checking its header and tensors."""
+    def load(
+        cls,
+        source: str | Path,
+        *,
+        model: nn.Module | None = None,
+        filename: str | None = None,
+        revision: str | None = None,
+    ) -> SteeringVector:
+        """Read a vector written by :meth:`save`, checking its header and tensors.
+
+        ``source`` is a ``.safetensors`` file, a folder holding one (as written by ``steerlab export --format
+        hub``), or a Hugging Face Hub repo id. With ``model``, the vector is also checked to fit it.
+
+        Example:
+            >>> vec = SteeringVector.load("sentiment.safetensors")
+            >>> vec = SteeringVector.load("someone/happy-smollm2", model=model)
+        """
         from safetensors import SafetensorError, safe_open
 
-        path = Path(path)
+        from steerlab.io.hub import resolve_vector_source
+
+        path = resolve_vector_source(source, filename=filename, revision=revision)
         if not path.is_file():
             raise FormatError(f"vector file '{path}' does not exist.")
         try:
@@ -274,7 +291,7 @@ class SteeringVector:
         if listed != sorted(directions):
             raise FormatError(f"'{path}': header lists layers {listed} but the file holds {sorted(directions)}.")
         try:
-            return cls(
+            vector = cls(
                 directions=directions,
                 model_id=str(header.get("model_id", "unknown")),
                 fingerprint=fingerprint_,
@@ -288,3 +305,6 @@ class SteeringVector:
             )
         except VectorMismatchError as err:
             raise FormatError(f"'{path}': {err}") from err
+        if model is not None:
+            vector.check_fits(model)
+        return vector
