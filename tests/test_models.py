@@ -65,3 +65,51 @@ def test_cached_weights_equal_direct_gguf_load(smol):
     ids = torch.tensor([tokenizer("The cache must not change a single weight.")["input_ids"]])
     with torch.no_grad():
         assert torch.equal(cached(input_ids=ids).logits, direct(input_ids=ids).logits)
+
+
+def test_device_map_with_disk_offload_steers_like_the_plain_model(tmp_path, tiny, tokenizer):
+    """Layers placed by accelerate (two of them offloaded to disk, loaded onto the CPU only while they run):
+    steering hooks coexist with accelerate's and give the same logits."""
+    from steerlab import steer
+    from tiny import random_vector
+
+    plain = tiny("llama")
+    plain.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    device_map = {
+        "model.embed_tokens": "cpu",
+        "model.rotary_emb": "cpu",
+        "model.layers.0": "cpu",
+        "model.layers.1": "disk",
+        "model.layers.2": "disk",
+        "model.layers.3": "cpu",
+        "model.norm": "cpu",
+        "lm_head": "cpu",
+    }
+    placed, _ = load_model(str(tmp_path / "m"), device_map=device_map, offload_folder=tmp_path / "offload")
+    assert placed.model.layers[1].self_attn.q_proj.weight.device.type == "meta"  # really offloaded
+    placed._steerlab_model_id = plain._steerlab_model_id
+    vec = random_vector(plain, layers=(1, 2), scale=4.0)
+    ids = torch.tensor([[5, 17, 923, 44, 8]])
+    with torch.no_grad():
+        with steer(plain, vec, 1.5):
+            expected = plain(input_ids=ids).logits
+        with steer(placed, vec, 1.5):
+            got = placed(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_vector_follows_the_layer_dtype():
+    from steerlab import steer
+    from tiny import make_tiny, random_vector
+
+    model = make_tiny("qwen2").to(torch.bfloat16)  # a fresh copy: the shared tiny models stay float32
+    vec = random_vector(model, layers=(1,), scale=4.0)  # float32 directions
+    ids = torch.tensor([[5, 17, 923, 44, 8]])
+    with torch.no_grad():
+        base = model(input_ids=ids, output_hidden_states=True).hidden_states[2]
+        with steer(model, vec, 2.0):
+            moved = model(input_ids=ids, output_hidden_states=True).hidden_states[2]
+    assert moved.dtype == torch.bfloat16
+    shift = (moved - base).float()
+    torch.testing.assert_close(shift, (2.0 * vec.directions[1]).expand_as(shift), rtol=0.02, atol=0.15)

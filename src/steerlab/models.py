@@ -117,7 +117,9 @@ def _dequantize_to_cache(gguf: Path, target: Path) -> None:
         raise
 
 
-def _load_folder(folder: str, dtype: Any, device: str | None, device_map: Any, trust_remote_code: bool):
+def _load_folder(
+    folder: str, dtype: Any, device: str | None, device_map: Any, trust_remote_code: bool, offload_folder: Any = None
+):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
@@ -125,6 +127,8 @@ def _load_folder(folder: str, dtype: Any, device: str | None, device_map: Any, t
         kwargs["dtype"] = dtype
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if offload_folder is not None:
+        kwargs["offload_folder"] = str(offload_folder)
     model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     if device is not None and device_map is None:
@@ -138,6 +142,7 @@ def load_model(
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
     device_map: str | dict | None = None,
+    offload_folder: str | os.PathLike | None = None,
     use_cache: bool = True,
     trust_remote_code: bool = False,
 ) -> tuple[nn.Module, Any]:
@@ -148,7 +153,9 @@ def load_model(
             Hugging Face hub id such as ``meta-llama/Llama-3.1-8B-Instruct``.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; ignored when ``device_map`` is given.
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``, ``"auto"`` or a ``torch.dtype``.
-        device_map: passed to transformers (e.g. ``"auto"`` to spread a 70B model over several GPUs).
+        device_map: passed to transformers (e.g. ``"auto"`` to spread a 70B model over several GPUs, or a dict
+            placing each module; steering hooks move the vector to each layer's device and dtype).
+        offload_folder: where accelerate keeps weights that ``device_map`` sends to ``"disk"``.
         use_cache: cache the dequantized weights of a GGUF so the next load is fast.
 
     Example:
@@ -175,7 +182,7 @@ def load_model(
         if use_cache and not (target / "config.json").is_file():
             _dequantize_to_cache(gguf, target)
         if use_cache:
-            model, tokenizer = _load_folder(str(target), torch_dtype, device, device_map, False)
+            model, tokenizer = _load_folder(str(target), torch_dtype, device, device_map, False, offload_folder)
         else:
             model, tokenizer = _load_gguf_direct(gguf, torch_dtype, device, device_map)
     else:
@@ -186,12 +193,16 @@ def load_model(
                     f"'{text}' is a folder but has no config.json; expected a transformers model folder "
                     "(save_pretrained output) or a .gguf file path."
                 )
-            model, tokenizer = _load_folder(str(folder), torch_dtype, device, device_map, trust_remote_code)
+            model, tokenizer = _load_folder(
+                str(folder), torch_dtype, device, device_map, trust_remote_code, offload_folder
+            )
         else:
             tried.append(f"local folder: '{folder}' does not exist")
             tried.append("gguf file: the spec does not end in .gguf")
             try:
-                model, tokenizer = _load_folder(text, torch_dtype, device, device_map, trust_remote_code)
+                model, tokenizer = _load_folder(
+                    text, torch_dtype, device, device_map, trust_remote_code, offload_folder
+                )
             except (OSError, ValueError) as err:
                 lines = str(err).strip().splitlines()
                 first = lines[0].rstrip(".") if lines else type(err).__name__
