@@ -15,7 +15,7 @@ vector = extract_vector(model, tokenizer, sentiment_pairs(), layers=[6, 10, 14],
 vector.save("sentiment.safetensors")
 
 analyzer = SentimentIntensityAnalyzer()
-prompts = list(NEUTRAL_PROMPTS[:4])
+prompts = list(NEUTRAL_PROMPTS[:3])
 print("layer  alpha  sentiment  nll")
 for layer in vector.layers:
     rows = compare(
