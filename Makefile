@@ -10,7 +10,7 @@ LLAMA_STAMP := $(VENV)/.installed-llamacpp
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF
 TEST_THREADS ?= 1
 
-.PHONY: setup demo test lint bench clean-cache
+.PHONY: setup demo test lint clean-cache
 
 setup: $(STAMP)
 
@@ -34,8 +34,8 @@ test: $(STAMP) $(LLAMA_STAMP)
 	OMP_NUM_THREADS=$(TEST_THREADS) STEERLAB_TEST_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests scripts examples
+	$(BIN)/ruff format --check src tests scripts examples
 
 clean-cache:
 	rm -rf $${STEERLAB_CACHE:-$$HOME/.cache/steerlab}

@@ -187,4 +187,6 @@ def test_bad_interventions(tiny):
         pass
     with pytest.raises(SteeringError, match="expected Intervention objects, found str"), steer(model, ["x"]):
         pass
+    with pytest.raises(SteeringError, match="not a bare SteeringVector"), steer_rows(model, [vec, None]):
+        pass
     assert steerlab_hooks(model) == 0

@@ -145,11 +145,14 @@ def _resolve(
     return entries, positions != "all"
 
 
-def _as_interventions(what: SteeringVector | Intervention | Sequence[Intervention]) -> list[Intervention]:
+def _as_interventions(what: Intervention | Sequence[Intervention]) -> list[Intervention]:
     if isinstance(what, Intervention):
         return [what]
     if isinstance(what, SteeringVector):
-        raise TypeError("internal: vectors are wrapped by steer()")
+        raise SteeringError(
+            "give each row an Intervention with its strength, e.g. Intervention(vector, alpha=8.0), "
+            "not a bare SteeringVector."
+        )
     items = list(what)
     for item in items:
         if not isinstance(item, Intervention):
