@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from steerlab import SteeringVector, extract_vector, load_model, load_pairs, steer
+from steerlab import extract_vector, load_model, load_pairs, steer
 from steerlab.text import apply_chat, encode, forward_kwargs, pad_batch, pad_id
 
 ROOT = Path(__file__).resolve().parents[1] / "datasets" / "caa"
@@ -23,12 +23,7 @@ pairs = load_pairs(ROOT / "generate" / behaviour / "generate_dataset.json")[:32]
 layer = 10
 vector = extract_vector(model, tokenizer, pairs, layers=[layer], batch_size=16)
 test = load_pairs(ROOT / "test" / behaviour / "test_dataset_ab.json")[:20]
-noise = torch.randn(vector.fingerprint.hidden_size, generator=torch.Generator().manual_seed(0))
-random = SteeringVector(
-    {layer: noise / noise.norm() * vector.directions[layer].norm()},
-    model_id=vector.model_id,
-    fingerprint=vector.fingerprint,
-)
+random = vector.random_like(seed=0)  # the baseline: a random direction of the same norm
 
 
 prompts = [apply_chat(tokenizer, pair.prompt) + "(" for pair in test]

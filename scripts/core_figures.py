@@ -161,14 +161,7 @@ def main() -> None:
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     analyzer = SentimentIntensityAnalyzer()
-    gen = torch.Generator().manual_seed(0)
-    noise = torch.randn(vec.fingerprint.hidden_size, generator=gen)
-    random = SteeringVector(
-        {LAYER: noise / noise.norm() * vec.directions[LAYER].norm()},
-        model_id=vec.model_id,
-        fingerprint=vec.fingerprint,
-        resid_norm=vec.resid_norm,
-    )
+    random = vec.random_like(seed=0)
     lines += [
         f"## Sentiment steering at layer {LAYER} ({len(PROMPTS)} neutral prompts, 32 tokens, greedy)",
         "",

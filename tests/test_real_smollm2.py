@@ -11,7 +11,6 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 from steerlab import (
     ContrastPair,
     Intervention,
-    SteeringVector,
     compare,
     directional_ablation,
     extract_vector,
@@ -85,14 +84,7 @@ def test_methods_agree_on_sentiment(smol):
 def test_sentiment_vector_steers_both_ways_beyond_random(smol):
     model, tokenizer = smol
     vec = extract_vector(model, tokenizer, sentiment_pairs(), layers=[LAYER])
-    gen = torch.Generator().manual_seed(0)
-    noise = torch.randn(vec.fingerprint.hidden_size, generator=gen)
-    random = SteeringVector(
-        {LAYER: noise / noise.norm() * vec.directions[LAYER].norm()},
-        model_id=vec.model_id,
-        fingerprint=vec.fingerprint,
-        resid_norm=vec.resid_norm,
-    )
+    random = vec.random_like(seed=0)
     options = dict(alphas=ALPHAS, scale="relative", max_new_tokens=32)
     steered = mean_sentiment(compare(model, tokenizer, PROMPTS, vec, **options))
     baseline = mean_sentiment(compare(model, tokenizer, PROMPTS, random, **options))
@@ -122,11 +114,7 @@ def refusal_vectors(smol):
         for a, b in zip(instructions("harmful_train"), instructions("harmless_train")[:260], strict=True)
     ]
     vec = extract_vector(model, tokenizer, pairs, layers=[14, 20], chat=True, batch_size=32)
-    noise = torch.randn(576, generator=torch.Generator().manual_seed(0))
-    control = SteeringVector(
-        {20: noise / noise.norm() * vec.directions[20].norm()}, model_id=vec.model_id, fingerprint=vec.fingerprint
-    )
-    return vec, control
+    return vec, vec.at_layers([20], source=20).random_like(seed=0)
 
 
 def test_harmful_direction_separates_held_out_prompts(smol, refusal_vectors):

@@ -109,3 +109,17 @@ def test_malformed_files(tmp_path):
         SteeringVector.load(junk)
     with pytest.raises(FormatError, match="does not exist"):
         SteeringVector.load(tmp_path / "missing.safetensors")
+
+
+def test_random_like_keeps_norms_and_is_seeded():
+    vec = make()
+    control = vec.random_like(seed=3)
+    assert control.layers == vec.layers and control.method == "random"
+    for layer in vec.layers:
+        assert float(control.directions[layer].norm()) == pytest.approx(float(vec.directions[layer].norm()))
+        assert (
+            abs(float(torch.nn.functional.cosine_similarity(control.directions[layer], vec.directions[layer], dim=0)))
+            < 0.99
+        )
+    assert torch.equal(vec.random_like(seed=3).directions[2], control.directions[2])
+    assert not torch.equal(vec.random_like(seed=4).directions[2], control.directions[2])

@@ -182,6 +182,26 @@ class SteeringVector:
             extra={**self.extra, "copied_from_layer": source},
         )
 
+    def random_like(self, seed: int = 0) -> SteeringVector:
+        """A random direction per layer with the same norm as this vector's: the baseline every effect should be
+        compared against (a random push of the same size also moves behaviour a little).
+
+        Example:
+            >>> control = vec.random_like(seed=0)
+        """
+        gen = torch.Generator().manual_seed(seed)
+        directions = {}
+        for layer in self.layers:
+            noise = torch.randn(self.fingerprint.hidden_size, generator=gen)
+            directions[layer] = noise / noise.norm() * self.directions[layer].norm()
+        return replace(
+            self,
+            directions=directions,
+            method="random",
+            dataset_hash=None,
+            extra={**self.extra, "random_seed": seed, "random_like": self.method},
+        )
+
     def normalized_copy(self) -> SteeringVector:
         """A copy with every layer's direction scaled to unit norm."""
         unit = {k: v / v.norm().clamp_min(1e-12) for k, v in self.directions.items()}
