@@ -168,9 +168,8 @@ def orthogonalize(model: nn.Module, vector: SteeringVector, source: int | None =
     vector.check_fits(model)
     layout = get_layout(model)
     _check_bakeable(layout, "resid_post")
-    one = vector.at_layers([0], source)
-    direction = one.directions[0].float()
-    unit = direction / direction.norm().clamp_min(1e-12)
+    one = vector.at_layers([0], source).normalized_copy()
+    unit = one.directions[0].float()
     writers = [_writer(layout, layer, site) for layer in range(layout.num_layers) for site in ("attn_out", "mlp_out")]
     _untie_output_embeddings(model)
     width = layout.hidden_size
@@ -178,9 +177,8 @@ def orthogonalize(model: nn.Module, vector: SteeringVector, source: int | None =
     if not embeddings:
         raise SteeringError("found no embedding of the residual width to orthogonalise; cannot bake the ablation.")
     with torch.no_grad():
-        u = unit.to(device=embeddings[0].weight.device)
         for emb in embeddings:  # token embeddings and learned absolute positions (GPT-2, GPT-Neo, OPT)
-            _project_out_rows(emb.weight, u.to(emb.weight.device))
+            _project_out_rows(emb.weight, unit.to(emb.weight.device))
         for linear in writers:
             _project_out_outputs(linear, unit.to(linear.weight.device))
     _record(

@@ -160,18 +160,15 @@ def extract_vector(
     directions = {}
     for layer in acts.layers:
         values = acts.values[layer]
-        direction = METHODS[method](values[:n], values[n:])
-        if normalize:
-            direction = direction / direction.norm().clamp_min(1e-12)
-        directions[layer] = direction.float()
-    return SteeringVector(
+        directions[layer] = METHODS[method](values[:n], values[n:]).float()
+    vector = SteeringVector(
         directions=directions,
         model_id=model_id(model),
         fingerprint=fingerprint(model),
         site=site,
         method=method,
-        normalized=normalize,
         dataset_hash=dataset_hash(pairs),
         resid_norm=acts.resid_norm,
         extra={"reduce": reduce, "n_pairs": n},
     )
+    return vector.normalized_copy() if normalize else vector

@@ -172,7 +172,7 @@ def compare(
     prompts = list(prompts)
     if not prompts:
         raise SteeringError("no prompts were given; pass at least one.")
-    vector.check_fits(model)
+    vector.check_fits(model)  # fail before the unsteered run, not after it
     options = dict(
         max_new_tokens=max_new_tokens, chat=chat, system=system, do_sample=do_sample, seed=seed, batch_size=batch_size
     )

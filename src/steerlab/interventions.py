@@ -18,6 +18,7 @@ operator           effect on a selected token                  alpha
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Union
 
@@ -86,8 +87,6 @@ OPERATORS: dict[str, Callable[..., torch.Tensor]] = {
 
 def check_alpha(mode: str, alpha: object) -> Alpha:
     """Validate ``alpha`` for ``mode``; returns it normalised (floats, or a ``(lo, hi)`` band for clamp)."""
-    import math
-
     if mode not in OPERATORS:
         raise SteeringError(f"unknown mode {mode!r}; choose one of {sorted(OPERATORS)}.")
     if mode == "clamp":

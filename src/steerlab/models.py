@@ -97,10 +97,7 @@ def _gguf_cache_path(gguf: Path) -> Path:
 
 def _dequantize_to_cache(gguf: Path, target: Path) -> None:
     """Load the GGUF once (slow: dequantizes) and save it as a plain transformers folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model, tokenizer = _load_folder(str(gguf.parent), gguf_file=gguf.name)
     # save_pretrained refuses GGUF-loaded models until the (already applied) quantizer is cleared.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -118,11 +115,22 @@ def _dequantize_to_cache(gguf: Path, target: Path) -> None:
 
 
 def _load_folder(
-    folder: str, dtype: Any, device: str | None, device_map: Any, trust_remote_code: bool, offload_folder: Any = None
+    folder: str,
+    *,
+    gguf_file: str | None = None,
+    dtype: Any = None,
+    device: str | None = None,
+    device_map: Any = None,
+    offload_folder: Any = None,
+    trust_remote_code: bool = False,
 ):
+    """``(model, tokenizer)`` from a transformers folder or hub id, or from ``gguf_file`` inside ``folder``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    common: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf_file is not None:
+        common["gguf_file"] = gguf_file
+    kwargs = dict(common)
     if dtype is not None:
         kwargs["dtype"] = dtype
     if device_map is not None:
@@ -130,7 +138,7 @@ def _load_folder(
     if offload_folder is not None:
         kwargs["offload_folder"] = str(offload_folder)
     model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(folder, **common)
     if device is not None and device_map is None:
         model.to(device)
     return model, tokenizer
@@ -177,14 +185,15 @@ def load_model(
         gguf = path
     else:
         tried.append(f"alias: not one of {sorted(_ALIASES)}")
+    options = dict(dtype=torch_dtype, device=device, device_map=device_map, offload_folder=offload_folder)
     if gguf is not None:
         target = _gguf_cache_path(gguf)
         if use_cache and not (target / "config.json").is_file():
             _dequantize_to_cache(gguf, target)
         if use_cache:
-            model, tokenizer = _load_folder(str(target), torch_dtype, device, device_map, False, offload_folder)
+            model, tokenizer = _load_folder(str(target), **options)
         else:
-            model, tokenizer = _load_gguf_direct(gguf, torch_dtype, device, device_map)
+            model, tokenizer = _load_folder(str(gguf.parent), gguf_file=gguf.name, **options)
     else:
         folder = Path(text).expanduser()
         if folder.is_dir():
@@ -193,16 +202,12 @@ def load_model(
                     f"'{text}' is a folder but has no config.json; expected a transformers model folder "
                     "(save_pretrained output) or a .gguf file path."
                 )
-            model, tokenizer = _load_folder(
-                str(folder), torch_dtype, device, device_map, trust_remote_code, offload_folder
-            )
+            model, tokenizer = _load_folder(str(folder), trust_remote_code=trust_remote_code, **options)
         else:
             tried.append(f"local folder: '{folder}' does not exist")
             tried.append("gguf file: the spec does not end in .gguf")
             try:
-                model, tokenizer = _load_folder(
-                    text, torch_dtype, device, device_map, trust_remote_code, offload_folder
-                )
+                model, tokenizer = _load_folder(text, trust_remote_code=trust_remote_code, **options)
             except (OSError, ValueError) as err:
                 lines = str(err).strip().splitlines()
                 first = lines[0].rstrip(".") if lines else type(err).__name__
@@ -217,21 +222,6 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     model._steerlab_model_id = text
-    return model, tokenizer
-
-
-def _load_gguf_direct(gguf: Path, dtype: Any, device: str | None, device_map: Any):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    kwargs: dict[str, Any] = {"gguf_file": gguf.name}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    if device_map is not None:
-        kwargs["device_map"] = device_map
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    if device is not None and device_map is None:
-        model.to(device)
     return model, tokenizer
 
 

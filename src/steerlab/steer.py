@@ -104,10 +104,8 @@ def resolve_deltas(vector: SteeringVector, layers: Sequence[int] | None, scale: 
             f"scale='relative' needs the residual norm at layers {absent}, which the vector's "
             "metadata lacks (it was not extracted by steerlab); use scale='absolute'."
         )
-    return {
-        layer: vector.directions[layer] / vector.directions[layer].norm().clamp_min(1e-12) * vector.resid_norm[layer]
-        for layer in chosen
-    }
+    unit = vector.normalized_copy().directions
+    return {layer: unit[layer] * vector.resid_norm[layer] for layer in chosen}
 
 
 def _scaled_alpha(mode: str, alpha: Alpha, factor: float) -> Alpha:

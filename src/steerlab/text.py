@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -68,10 +69,15 @@ def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+@functools.cache
+def _takes_position_ids(model_class: type) -> bool:
+    return "position_ids" in inspect.signature(model_class.forward).parameters
+
+
 def forward_kwargs(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
     """Keyword arguments for a padding-correct forward call (position ids where the model takes them)."""
     kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask, "use_cache": False}
-    if "position_ids" in inspect.signature(model.forward).parameters:
+    if _takes_position_ids(type(model)):
         kwargs["position_ids"] = position_ids_from_mask(mask)
     return kwargs
 

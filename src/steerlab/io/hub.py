@@ -78,7 +78,7 @@ def _model_card(vector: SteeringVector) -> str:
     body = [
         f"# Steering vector for {vector.model_id}",
         "",
-        "An activation-steering vector made with [steerlab](https://github.com/): one direction per layer, added to "
+        "An activation-steering vector made with steerlab: one direction per layer, added to "
         "(or removed from) the residual stream at run time; no fine-tuning.",
         "",
         "| | |",
