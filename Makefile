@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LLAMA_STAMP := $(VENV)/.installed-llamacpp
+# Browser tests (the playground, HTML reports) drive Debian's Chromium through Playwright's Python client.
+BROWSER := /usr/bin/chromium
 # torch on 2 threads beside anything else was 25-40x slower than on 1 on these 2-core machines.
 # llama-cpp-python builds from source (~4 min). A native build crashes at the first decode on CPUs that advertise
 # AMX and AVX-512 (these do), so build for AVX2 only.
@@ -27,10 +29,14 @@ $(LLAMA_STAMP): $(STAMP)
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install --quiet -e ".[llamacpp]"
 	touch $(LLAMA_STAMP)
 
+# Debian's chromium, installed once per machine (CI machines start without it). Needs root, as CI has.
+$(BROWSER):
+	apt-get install -y -q chromium chromium-driver > /dev/null || (apt-get update -q > /dev/null && apt-get install -y -q chromium chromium-driver > /dev/null)
+
 demo: $(STAMP)
 	$(BIN)/steerlab demo
 
-test: $(STAMP) $(LLAMA_STAMP)
+test: $(STAMP) $(LLAMA_STAMP) $(BROWSER)
 	OMP_NUM_THREADS=$(TEST_THREADS) STEERLAB_TEST_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
