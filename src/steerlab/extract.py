@@ -28,12 +28,14 @@ from torch import nn
 from steerlab.data import ContrastPair, dataset_hash, pair_texts
 from steerlab.errors import ExtractionError
 from steerlab.models import fingerprint, model_id
-from steerlab.record import Reduce, record
+from steerlab.record import ActivationReader, Reduce, length_batches
+from steerlab.text import encode, pad_id
 
 __all__ = ["METHODS", "actadd", "extract_vector", "mean_diff", "pca_center", "pca_diff"]
 
 
-def _check(pos: torch.Tensor, neg: torch.Tensor, *, min_pairs: int = 1, method: str = "") -> None:
+def _check(pos: torch.Tensor, neg: torch.Tensor, *, min_pairs: int = 1, method: str = "") -> torch.Tensor:
+    """Validate a (positives, negatives) pair of tensors and return their differences in float64."""
     if pos.dim() != 2 or pos.shape != neg.shape:
         raise ExtractionError(
             f"{method}: positives and negatives must both be (n_pairs, hidden) with the same shape; found "
@@ -41,29 +43,18 @@ def _check(pos: torch.Tensor, neg: torch.Tensor, *, min_pairs: int = 1, method: 
         )
     if pos.shape[0] < min_pairs:
         raise ExtractionError(f"{method} needs at least {min_pairs} pairs, found {pos.shape[0]}.")
+    _check_finite(pos, neg, list(range(pos.shape[0])), method)
+    return pos.double() - neg.double()
+
+
+def _check_finite(pos: torch.Tensor, neg: torch.Tensor, pair_ids: Sequence[int], method: str) -> None:
     bad = ~(torch.isfinite(pos).all(-1) & torch.isfinite(neg).all(-1))
     if bad.any():
-        rows = bad.nonzero().flatten().tolist()[:5]
+        rows = [pair_ids[i] for i in bad.nonzero().flatten().tolist()[:5]]
         raise ExtractionError(
             f"{method}: activations of pairs {rows} contain NaN or inf (the model overflowed, often fp16 on "
             "a model trained in bf16). Load the model in float32 or bfloat16."
         )
-
-
-def mean_diff(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """Mean of ``pos - neg`` (CAA). Not normalised: its norm is the typical separation of the pairs."""
-    _check(pos, neg, method="mean_diff")
-    return (pos.double() - neg.double()).mean(0).to(pos.dtype)
-
-
-def actadd(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """The difference of a single pair (ActAdd: e.g. "Love" minus "Hate")."""
-    if pos.shape[0] != 1:
-        raise ExtractionError(
-            f"actadd uses exactly one contrast pair, found {pos.shape[0]}; use mean_diff for several pairs."
-        )
-    _check(pos, neg, method="actadd")
-    return (pos[0].double() - neg[0].double()).to(pos.dtype)
 
 
 def _first_component(points: torch.Tensor) -> torch.Tensor:
@@ -72,32 +63,90 @@ def _first_component(points: torch.Tensor) -> torch.Tensor:
     return vh[0]
 
 
-def _orient(direction: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    proj = (pos.double() - neg.double()) @ direction
+def _orient(direction: torch.Tensor, diffs: torch.Tensor) -> torch.Tensor:
+    proj = diffs @ direction
     votes = int((proj > 0).sum()) - int((proj < 0).sum())
     if votes < 0 or (votes == 0 and float(proj.mean()) < 0):
         direction = -direction
     return direction
 
 
-def pca_diff(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """First principal component of the centred pair differences (repeng ``pca_diff``), unit norm."""
-    _check(pos, neg, min_pairs=2, method="pca_diff")
-    diffs = pos.double() - neg.double()
-    diffs = diffs - diffs.mean(0)
-    if float(diffs.abs().max()) == 0.0:
+def _pca_diff(diffs: torch.Tensor) -> torch.Tensor:
+    centred = diffs - diffs.mean(0)
+    if float(centred.abs().max()) == 0.0:
         raise ExtractionError(
             "pca_diff: all pair differences are identical, so they have no principal axis; use mean_diff or pca_center."
         )
-    return _orient(_first_component(diffs), pos, neg).to(pos.dtype)
+    return _orient(_first_component(centred), diffs)
+
+
+def _pca_center(diffs: torch.Tensor) -> torch.Tensor:
+    # Centred on its pair's midpoint, a pair is the two points +d/2 and -d/2: their principal axis is the first
+    # (uncentred) right singular vector of the differences themselves.
+    return _orient(_first_component(diffs), diffs)
+
+
+def mean_diff(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """Mean of ``pos - neg`` (CAA). Not normalised: its norm is the typical separation of the pairs."""
+    return _check(pos, neg, method="mean_diff").mean(0).to(pos.dtype)
+
+
+def actadd(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """The difference of a single pair (ActAdd: e.g. "Love" minus "Hate")."""
+    if pos.shape[0] != 1:
+        raise ExtractionError(
+            f"actadd uses exactly one contrast pair, found {pos.shape[0]}; use mean_diff for several pairs."
+        )
+    return _check(pos, neg, method="actadd")[0].to(pos.dtype)
+
+
+def pca_diff(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """First principal component of the centred pair differences (repeng ``pca_diff``), unit norm."""
+    return _pca_diff(_check(pos, neg, min_pairs=2, method="pca_diff")).to(pos.dtype)
 
 
 def pca_center(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """First principal component of the activations centred on each pair's midpoint (RepE), unit norm."""
-    _check(pos, neg, min_pairs=2, method="pca_center")
-    mid = (pos.double() + neg.double()) / 2
-    points = torch.cat([pos.double() - mid, neg.double() - mid])
-    return _orient(_first_component(points), pos, neg).to(pos.dtype)
+    return _pca_center(_check(pos, neg, min_pairs=2, method="pca_center")).to(pos.dtype)
+
+
+class PairStatistics:
+    """What one layer's direction needs from the pairs, folded in batch by batch.
+
+    ``mean_diff`` and ``actadd`` keep a running float64 sum of the differences: memory independent of the
+    number of pairs. The PCA methods keep one difference per pair (``n_pairs x hidden``), the least that
+    orienting the axis by a vote over pairs needs; never the activations themselves, never the other tokens.
+    """
+
+    def __init__(self, method: str, n_pairs: int, width: int) -> None:
+        self.method = method
+        self.n_pairs = n_pairs
+        self.seen = 0
+        self.total = torch.zeros(width, dtype=torch.float64)
+        self.diffs = torch.empty(n_pairs, width, dtype=torch.float64) if method in _PCA else None
+
+    def add(self, pair_ids: Sequence[int], pos: torch.Tensor, neg: torch.Tensor) -> None:
+        """Fold in the activations of some pairs: row ``i`` of ``pos`` and ``neg`` belongs to ``pair_ids[i]``."""
+        _check_finite(pos, neg, pair_ids, self.method)
+        diffs = pos.double().cpu() - neg.double().cpu()
+        self.total += diffs.sum(0)
+        if self.diffs is not None:
+            self.diffs[list(pair_ids)] = diffs
+        self.seen += len(pair_ids)
+
+    def direction(self) -> torch.Tensor:
+        """The layer's direction (float32) from everything folded in."""
+        if self.seen != self.n_pairs:
+            raise ExtractionError(f"{self.method}: {self.seen} of {self.n_pairs} pairs were read.")
+        if self.diffs is not None:
+            found = _pca_diff(self.diffs) if self.method == "pca_diff" else _pca_center(self.diffs)
+        else:
+            found = self.total / self.seen
+        return found.float()
+
+
+_PCA = ("pca_diff", "pca_center")
+_MIN_PAIRS = {"mean_diff": 1, "actadd": 1, "pca_diff": 2, "pca_center": 2}
 
 
 METHODS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -146,21 +195,24 @@ def extract_vector(
     pairs = list(pairs)
     if not pairs:
         raise ExtractionError("no contrast pairs were given; at least one is needed (two for PCA methods).")
-    pos_texts, neg_texts = pair_texts(pairs, tokenizer, chat=chat)
-    acts = record(
-        model,
-        tokenizer,
-        pos_texts + neg_texts,
-        layers=layers,
-        reduce=reduce,
-        batch_size=batch_size,
-        progress=progress,
-    )
     n = len(pairs)
-    directions = {}
-    for layer in acts.layers:
-        values = acts.values[layer]
-        directions[layer] = METHODS[method](values[:n], values[n:]).float()
+    if n < _MIN_PAIRS[method] or (method == "actadd" and n != 1):
+        want = "exactly 1 pair" if method == "actadd" else f"at least {_MIN_PAIRS[method]} pairs"
+        raise ExtractionError(f"{method} needs {want}, found {n}.")
+    pos_texts, neg_texts = pair_texts(pairs, tokenizer, chat=chat)
+    reader = ActivationReader(model, layers=layers, reduce=reduce, site=site, pad_id=pad_id(tokenizer))
+    token_ids = encode(tokenizer, pos_texts + neg_texts)
+    # A batch holds both texts of its pairs, so each batch folds straight into the statistics and is dropped.
+    pair_lengths = [max(len(token_ids[i]), len(token_ids[n + i])) for i in range(n)]
+    batches = [group + [n + i for i in group] for group in length_batches(pair_lengths, max(1, batch_size // 2))]
+    stats = {layer: PairStatistics(method, n, reader.layout.hidden_size) for layer in reader.layers}
+    show = progress if progress is not None else len(batches) > 8
+    for rows, values in reader.run(token_ids, batches, progress=show):
+        half = len(rows) // 2
+        for layer, batch_values in values.items():
+            stats[layer].add(rows[:half], batch_values[:half], batch_values[half:])
+    reader.warn_single_tokens()
+    directions = {layer: stat.direction() for layer, stat in stats.items()}
     vector = SteeringVector(
         directions=directions,
         model_id=model_id(model),
@@ -168,7 +220,7 @@ def extract_vector(
         site=site,
         method=method,
         dataset_hash=dataset_hash(pairs),
-        resid_norm=acts.resid_norm,
+        resid_norm=reader.resid_norm,
         extra={"reduce": reduce, "n_pairs": n},
     )
     return vector.normalized_copy() if normalize else vector

@@ -13,7 +13,7 @@ includes it is dominated by it, and a difference of such means points almost ent
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,7 +25,7 @@ from steerlab.errors import ArchitectureError, DataError
 from steerlab.hooks import HookSet
 from steerlab.text import encode, forward_kwargs, pad_batch, pad_id
 
-__all__ = ["Activations", "Reduce", "record"]
+__all__ = ["ActivationReader", "Activations", "Reduce", "record"]
 
 Reduce = Literal["last", "mean", "all"]
 
@@ -71,6 +71,132 @@ def _check_layers(layers: Sequence[int], num_layers: int) -> list[int]:
     return chosen
 
 
+class ActivationReader:
+    """Runs batches through a model and hands back, per batch, the reduced activations at chosen layers.
+
+    The one engine behind :func:`record` (which keeps everything) and extraction (which folds each batch into
+    running statistics and keeps nothing else). Stops the forward pass after the deepest layer it reads.
+    ``resid_norm`` accumulates the mean activation norm per layer over every batch read so far.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        layers: Sequence[int] | int,
+        reduce: Reduce = "last",
+        site: str = "resid_post",
+        exclude_first_token: bool = True,
+        padding_side: str = "left",
+        pad_id: int = 0,
+    ) -> None:
+        if reduce not in ("last", "mean", "all"):
+            raise DataError(f"reduce={reduce!r} is not valid; expected 'last', 'mean' or 'all'.")
+        check_site(site)
+        self.model = model
+        self.layout = get_layout(model)
+        self.layers = _check_layers(layers, self.layout.num_layers)
+        self.reduce = reduce
+        self.site = site
+        self.exclude_first_token = exclude_first_token
+        self.padding_side = padding_side
+        self.pad_id = pad_id
+        self.single_token_seen = False
+        self._norm_sum = dict.fromkeys(self.layers, 0.0)
+        self._norm_count = dict.fromkeys(self.layers, 0)
+
+    @property
+    def resid_norm(self) -> dict[int, float]:
+        """Mean L2 norm of the activations read so far (real tokens, attention sink excluded), per layer."""
+        return {layer: self._norm_sum[layer] / max(self._norm_count[layer], 1) for layer in self.layers}
+
+    def _reduce(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if hidden.shape[-1] != self.layout.hidden_size:
+            raise ArchitectureError(
+                f"{self.site} of block {layer} has width {hidden.shape[-1]}, but config.hidden_size is "
+                f"{self.layout.hidden_size}; the layer layout is wrong for this model. Override it with "
+                "steerlab.arch.set_architecture."
+            )
+        hidden = hidden.float()
+        real = mask.bool()
+        keep = real & (mask.cumsum(-1) > 1) if self.exclude_first_token else real
+        empty = ~keep.any(-1)
+        if empty.any():  # a one-token text: its only token is the sink; keep it rather than nothing
+            self.single_token_seen = True
+            keep = keep | (real & empty[:, None])
+        norms = hidden.norm(dim=-1)
+        self._norm_sum[layer] += float(norms[keep].sum())
+        self._norm_count[layer] += int(keep.sum())
+        if self.reduce == "last":
+            last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(-1)
+            return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        if self.reduce == "mean":
+            weights = keep.to(hidden.dtype)[..., None]
+            return (hidden * weights).sum(1) / weights.sum(1)
+        return [hidden[row][keep[row]] for row in range(hidden.shape[0])]
+
+    def run(
+        self, token_ids: Sequence[Sequence[int]], batches: Sequence[Sequence[int]], *, progress: bool = False
+    ) -> Iterator[tuple[list[int], dict[int, Any]]]:
+        """For each batch (a list of indices into ``token_ids``), yield ``(indices, layer -> values)``: values
+        are ``(batch, hidden)`` float32 tensors for ``last``/``mean``, a list of ``(tokens, hidden)`` for ``all``."""
+        from rich.progress import track
+
+        device = next(self.model.parameters()).device
+        deepest = self.layers[-1]
+        state: dict[str, Any] = {}
+
+        def make_hook(layer: int):
+            def hook(hidden: torch.Tensor) -> None:
+                state["out"][layer] = self._reduce(layer, hidden, state["mask"])
+                if layer == deepest:
+                    raise _StopForward
+
+            return hook
+
+        with HookSet() as hooks, torch.inference_mode():
+            for layer in self.layers:
+                module, is_input = self.layout.site_module(layer, self.site)
+                hooks.on_hidden(module, is_input, make_hook(layer))
+            for rows in track(batches, description="recording", disable=not progress, transient=True):
+                rows = list(rows)
+                input_ids, mask = pad_batch([list(token_ids[i]) for i in rows], self.pad_id, side=self.padding_side)
+                input_ids, mask = input_ids.to(device), mask.to(device)
+                state.update(mask=mask, out={})
+                try:
+                    self.model(**forward_kwargs(self.model, input_ids, mask))
+                except _StopForward:
+                    pass
+                else:  # pragma: no cover - the deepest hook always raises
+                    raise ArchitectureError(f"{self.site} of block {deepest} was never reached in the forward pass.")
+                yield rows, state["out"]
+
+    def warn_single_tokens(self) -> None:
+        if self.single_token_seen and self.reduce != "last" and self.exclude_first_token:
+            warnings.warn(
+                "some texts have a single token; for them the first token was kept despite exclude_first_token=True.",
+                stacklevel=3,
+            )
+
+
+def check_texts(texts: Sequence[str]) -> list[str]:
+    """The texts as a list, or a clear error for an empty list or an empty / non-string entry."""
+    texts = list(texts)
+    if not texts:
+        raise DataError("no texts to record; pass at least one string.")
+    if any(not isinstance(t, str) or not t for t in texts):
+        raise DataError("every text must be a non-empty string; found an empty or non-string entry.")
+    return texts
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped so that texts of similar length share a batch: little compute is spent on padding."""
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}.")
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def record(
     model: nn.Module,
     tokenizer: Any,
@@ -101,99 +227,32 @@ def record(
         >>> acts.values[10].shape
         torch.Size([2, 576])
     """
-    if reduce not in ("last", "mean", "all"):
-        raise DataError(f"reduce={reduce!r} is not valid; expected 'last', 'mean' or 'all'.")
-    texts = list(texts)
-    if not texts:
-        raise DataError("no texts to record; pass at least one string.")
-    if any(not isinstance(t, str) or not t for t in texts):
-        raise DataError("every text must be a non-empty string; found an empty or non-string entry.")
-    if batch_size < 1:
-        raise DataError(f"batch_size must be >= 1, got {batch_size}.")
-    check_site(site)
-    layout = get_layout(model)
-    chosen = _check_layers(layers, layout.num_layers)
-    deepest = chosen[-1]
+    texts = check_texts(texts)
+    reader = ActivationReader(
+        model,
+        layers=layers,
+        reduce=reduce,
+        site=site,
+        exclude_first_token=exclude_first_token,
+        padding_side=padding_side,
+        pad_id=pad_id(tokenizer),
+    )
     token_ids = encode(tokenizer, texts)
-    # Batch texts of similar length together: little compute is spent on padding.
-    order = sorted(range(len(texts)), key=lambda i: len(token_ids[i]), reverse=True)
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    device = next(model.parameters()).device
-
-    per_text: dict[int, list[torch.Tensor | None]] = {layer: [None] * len(texts) for layer in chosen}
-    norm_sum = dict.fromkeys(chosen, 0.0)
-    norm_count = dict.fromkeys(chosen, 0)
-    state: dict[str, Any] = {}
-    single_token = {"seen": False}
-
-    def make_hook(layer: int):
-        def hook(hidden: torch.Tensor) -> None:
-            if hidden.shape[-1] != layout.hidden_size:
-                raise ArchitectureError(
-                    f"{site} of block {layer} has width {hidden.shape[-1]}, but config.hidden_size is "
-                    f"{layout.hidden_size}; the layer layout is wrong for this model. Override it with "
-                    "steerlab.arch.set_architecture."
-                )
-            hidden = hidden.float()
-            mask, index, rows = state["mask"], state["index"], state["rows"]
-            keep = mask.bool() & (index > 0) if exclude_first_token else mask.bool()
-            empty = ~keep.any(-1)
-            if empty.any():  # a one-token text: its only token is the sink; keep it rather than nothing
-                single_token["seen"] = True
-                keep = keep | (mask.bool() & empty[:, None])
-            norms = hidden.norm(dim=-1)
-            norm_sum[layer] += float(norms[keep].sum())
-            norm_count[layer] += int(keep.sum())
-            if reduce == "last":
-                last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(-1)
-                picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-                for row, text_i in enumerate(rows):
-                    per_text[layer][text_i] = picked[row].cpu()
-            elif reduce == "mean":
-                weights = keep.to(hidden.dtype)[..., None]
-                means = (hidden * weights).sum(1) / weights.sum(1)
-                for row, text_i in enumerate(rows):
-                    per_text[layer][text_i] = means[row].cpu()
-            else:
-                for row, text_i in enumerate(rows):
-                    per_text[layer][text_i] = hidden[row][keep[row]].cpu()
-            if layer == deepest:
-                raise _StopForward
-
-        return hook
-
-    from rich.progress import track
-
+    batches = length_batches([len(ids) for ids in token_ids], batch_size)
     show = progress if progress is not None else len(batches) > 8
-    pad = pad_id(tokenizer)
-    with HookSet() as hooks, torch.inference_mode():
-        for layer in chosen:
-            module, is_input = layout.site_module(layer, site)
-            hooks.on_hidden(module, is_input, make_hook(layer))
-        for rows in track(batches, description="recording", disable=not show, transient=True):
-            input_ids, mask = pad_batch([token_ids[i] for i in rows], pad, side=padding_side)
-            input_ids, mask = input_ids.to(device), mask.to(device)
-            state.update(mask=mask, index=mask.cumsum(-1) - 1, rows=rows)
-            try:
-                model(**forward_kwargs(model, input_ids, mask))
-            except _StopForward:
-                pass
-            else:  # pragma: no cover - the deepest hook always raises
-                raise ArchitectureError(f"{site} of block {deepest} was never reached in the forward pass.")
-
-    if single_token["seen"] and reduce != "last" and exclude_first_token:
-        warnings.warn(
-            "some texts have a single token; for them the first token was kept despite exclude_first_token=True.",
-            stacklevel=2,
-        )
-    values: dict[int, torch.Tensor] = {}
+    per_text: dict[int, list[torch.Tensor | None]] = {layer: [None] * len(texts) for layer in reader.layers}
+    for rows, values in reader.run(token_ids, batches, progress=show):
+        for layer, batch_values in values.items():
+            for row, text_i in enumerate(rows):
+                per_text[layer][text_i] = batch_values[row].cpu()
+    reader.warn_single_tokens()
+    stacked: dict[int, torch.Tensor] = {}
     lengths = None
-    for layer in chosen:
+    for layer in reader.layers:
         items = [t for t in per_text[layer] if t is not None]
         if reduce == "all":
             lengths = [t.shape[0] for t in items]
-            values[layer] = torch.cat(items)
+            stacked[layer] = torch.cat(items)
         else:
-            values[layer] = torch.stack(items)
-    resid_norm = {layer: norm_sum[layer] / max(norm_count[layer], 1) for layer in chosen}
-    return Activations(chosen, reduce, values, lengths, resid_norm, site)
+            stacked[layer] = torch.stack(items)
+    return Activations(reader.layers, reduce, stacked, lengths, reader.resid_norm, site)

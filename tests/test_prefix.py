@@ -1,0 +1,74 @@
+"""The prefix-reuse sweep gives the numbers of full steered forward passes, on every architecture."""
+
+import warnings
+
+import pytest
+import torch
+
+from steerlab import Intervention, steer
+from steerlab.errors import SteeringError
+from steerlab.prefix import logits_over_alphas
+from steerlab.text import forward_kwargs, pad_batch
+from tiny import ARCHS, PROMPTS, random_vector
+
+ALPHAS = [None, -2.0, 0.0, 1.5, 4.0]
+
+
+def full_logits(model, ids, mask, template, alpha):
+    with torch.no_grad():
+        if alpha is None:
+            return model(**forward_kwargs(model, ids, mask)).logits.float()
+        item = Intervention(template.vector, alpha, template.mode, template.layers, site=template.site)
+        with steer(model, [item]):
+            return model(**forward_kwargs(model, ids, mask)).logits.float()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_replay_equals_full_passes(tiny, arch):
+    model = tiny(arch)
+    ids, mask = pad_batch(PROMPTS, 2, side="left")
+    template = Intervention(random_vector(model, layers=(1, 2)), layers=[1, 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fallback to full passes would warn: every registered arch replays
+        got = list(logits_over_alphas(model, ids, mask, template, ALPHAS))
+    assert [a for a, _ in got] == ALPHAS
+    for alpha, logits in got:
+        torch.testing.assert_close(logits, full_logits(model, ids, mask, template, alpha), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(got[1][1], got[4][1])
+
+
+@pytest.mark.parametrize("site", ["resid_pre", "attn_out", "mlp_out"])
+@pytest.mark.parametrize("mode", ["add", "ablate", "clamp"])
+def test_replay_handles_every_site_and_operator(tiny, site, mode):
+    model = tiny("llama")
+    ids, mask = pad_batch(PROMPTS, 2, side="left")
+    template = Intervention(random_vector(model, layers=(2,)), mode=mode, site=site)
+    alphas = [(-1.0, 1.0), (0.0, 0.5)] if mode == "clamp" else [0.5, 1.0]
+    for (alpha, logits), expected in zip(
+        logits_over_alphas(model, ids, mask, template, alphas, last_only=True),
+        [full_logits(model, ids, mask, template, a)[:, -1] for a in alphas],
+        strict=True,
+    ):
+        torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4, msg=f"alpha={alpha}")
+
+
+def test_falls_back_with_a_warning_when_the_head_is_unknown(tiny, monkeypatch):
+    model = tiny("llama")
+    ids, mask = pad_batch(PROMPTS, 2, side="left")
+    template = Intervention(random_vector(model, layers=(1,)))
+    monkeypatch.setattr(model.config, "logit_scale", 3.0, raising=False)  # the head now disagrees with the model
+    with pytest.warns(UserWarning, match="running full forward passes"):
+        got = list(logits_over_alphas(model, ids, mask, template, [1.0, 2.0]))
+    torch.testing.assert_close(got[1][1], full_logits(model, ids, mask, template, 2.0))
+
+
+def test_bad_inputs_are_explained(tiny):
+    model = tiny("llama")
+    ids, mask = pad_batch(PROMPTS, 2, side="right")
+    template = Intervention(random_vector(model, layers=(1,)))
+    with pytest.raises(SteeringError, match="left-padded"):
+        list(logits_over_alphas(model, ids, mask, template, [1.0], last_only=True))
+    with pytest.raises(SteeringError, match="at least one alpha"):
+        list(logits_over_alphas(model, ids, mask, template, []))
+    with pytest.raises(SteeringError, match="Intervention as the template"):
+        list(logits_over_alphas(model, ids, mask, template.vector, [1.0]))
