@@ -43,18 +43,13 @@ def _check(pos: torch.Tensor, neg: torch.Tensor, *, min_pairs: int = 1, method: 
         )
     if pos.shape[0] < min_pairs:
         raise ExtractionError(f"{method} needs at least {min_pairs} pairs, found {pos.shape[0]}.")
-    _check_finite(pos, neg, list(range(pos.shape[0])), method)
-    return pos.double() - neg.double()
-
-
-def _check_finite(pos: torch.Tensor, neg: torch.Tensor, pair_ids: Sequence[int], method: str) -> None:
     bad = ~(torch.isfinite(pos).all(-1) & torch.isfinite(neg).all(-1))
     if bad.any():
-        rows = [pair_ids[i] for i in bad.nonzero().flatten().tolist()[:5]]
         raise ExtractionError(
-            f"{method}: activations of pairs {rows} contain NaN or inf (the model overflowed, often fp16 on "
-            "a model trained in bf16). Load the model in float32 or bfloat16."
+            f"{method}: activations of pairs {bad.nonzero().flatten().tolist()[:5]} contain NaN or inf (the model "
+            "overflowed, often fp16 on a model trained in bf16). Load the model in float32 or bfloat16."
         )
+    return pos.double() - neg.double()
 
 
 def _first_component(points: torch.Tensor) -> torch.Tensor:
@@ -111,37 +106,46 @@ def pca_center(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
 
 
 class PairStatistics:
-    """What one layer's direction needs from the pairs, folded in batch by batch.
+    """What one layer's direction needs from the pairs, folded in text by text, in any order.
 
-    ``mean_diff`` and ``actadd`` keep a running float64 sum of the differences: memory independent of the
-    number of pairs. The PCA methods keep one difference per pair (``n_pairs x hidden``), the least that
-    orienting the axis by a vote over pairs needs; never the activations themselves, never the other tokens.
+    ``mean_diff`` and ``actadd`` keep a running float64 sum (positives added, negatives subtracted): memory
+    independent of the number of pairs. The PCA methods keep one difference per pair (``n_pairs x hidden``),
+    the least that orienting the axis by a vote over pairs needs; never the activations of the other tokens.
+    A pair's two texts may arrive in different batches.
     """
 
     def __init__(self, method: str, n_pairs: int, width: int) -> None:
         self.method = method
         self.n_pairs = n_pairs
-        self.seen = 0
+        self.seen = torch.zeros(2 * n_pairs, dtype=torch.bool)
         self.total = torch.zeros(width, dtype=torch.float64)
-        self.diffs = torch.empty(n_pairs, width, dtype=torch.float64) if method in _PCA else None
+        self.diffs = torch.zeros(n_pairs, width, dtype=torch.float64) if method in _PCA else None
 
-    def add(self, pair_ids: Sequence[int], pos: torch.Tensor, neg: torch.Tensor) -> None:
-        """Fold in the activations of some pairs: row ``i`` of ``pos`` and ``neg`` belongs to ``pair_ids[i]``."""
-        _check_finite(pos, neg, pair_ids, self.method)
-        diffs = pos.double().cpu() - neg.double().cpu()
-        self.total += diffs.sum(0)
+    def add(self, text_ids: Sequence[int], values: torch.Tensor) -> None:
+        """Fold in activations: row ``i`` belongs to text ``text_ids[i]``, where text ``k < n_pairs`` is the
+        positive of pair ``k`` and text ``n_pairs + k`` its negative."""
+        ids = torch.as_tensor(list(text_ids), dtype=torch.long)
+        pairs = ids % self.n_pairs
+        bad = ~torch.isfinite(values).all(-1).cpu()
+        if bad.any():
+            raise ExtractionError(
+                f"{self.method}: activations of pairs {sorted(set(pairs[bad].tolist()))[:5]} contain NaN or inf "
+                "(the model overflowed, often fp16 on a model trained in bf16). Load the model in float32 or bfloat16."
+            )
+        signed = values.double().cpu() * torch.where(ids < self.n_pairs, 1.0, -1.0).double()[:, None]
+        self.total += signed.sum(0)
         if self.diffs is not None:
-            self.diffs[list(pair_ids)] = diffs
-        self.seen += len(pair_ids)
+            self.diffs.index_add_(0, pairs, signed)
+        self.seen[ids] = True
 
     def direction(self) -> torch.Tensor:
         """The layer's direction (float32) from everything folded in."""
-        if self.seen != self.n_pairs:
-            raise ExtractionError(f"{self.method}: {self.seen} of {self.n_pairs} pairs were read.")
+        if not bool(self.seen.all()):
+            raise ExtractionError(f"{self.method}: {int(self.seen.sum())} of {2 * self.n_pairs} texts were read.")
         if self.diffs is not None:
             found = _pca_diff(self.diffs) if self.method == "pca_diff" else _pca_center(self.diffs)
         else:
-            found = self.total / self.seen
+            found = self.total / self.n_pairs
         return found.float()
 
 
@@ -202,15 +206,13 @@ def extract_vector(
     pos_texts, neg_texts = pair_texts(pairs, tokenizer, chat=chat)
     reader = ActivationReader(model, layers=layers, reduce=reduce, site=site, pad_id=pad_id(tokenizer))
     token_ids = encode(tokenizer, pos_texts + neg_texts)
-    # A batch holds both texts of its pairs, so each batch folds straight into the statistics and is dropped.
-    pair_lengths = [max(len(token_ids[i]), len(token_ids[n + i])) for i in range(n)]
-    batches = [group + [n + i for i in group] for group in length_batches(pair_lengths, max(1, batch_size // 2))]
+    batches = length_batches([len(ids) for ids in token_ids], batch_size)
     stats = {layer: PairStatistics(method, n, reader.layout.hidden_size) for layer in reader.layers}
     show = progress if progress is not None else len(batches) > 8
+    # Each batch is folded into the statistics and dropped: memory does not grow with the number of pairs.
     for rows, values in reader.run(token_ids, batches, progress=show):
-        half = len(rows) // 2
         for layer, batch_values in values.items():
-            stats[layer].add(rows[:half], batch_values[:half], batch_values[half:])
+            stats[layer].add(rows, batch_values)
     reader.warn_single_tokens()
     directions = {layer: stat.direction() for layer, stat in stats.items()}
     vector = SteeringVector(

@@ -189,12 +189,31 @@ def check_texts(texts: Sequence[str]) -> list[str]:
     return texts
 
 
-def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped so that texts of similar length share a batch: little compute is spent on padding."""
+def length_batches(lengths: Sequence[int], batch_size: int, max_padding: float = 0.1) -> list[list[int]]:
+    """Indices grouped into batches of at most ``batch_size`` texts of similar length.
+
+    Longest first; a batch is closed before padding would exceed ``max_padding`` of its tokens, so little
+    compute goes to padding (a forward pass costs in proportion to rows x longest row).
+    """
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}.")
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    current: list[int] = []
+    waste = 0
+    for index in order:
+        if current:
+            longest = lengths[current[0]]
+            extra = longest - lengths[index]
+            if len(current) == batch_size or waste + extra > max_padding * longest * (len(current) + 1):
+                batches.append(current)
+                current, waste = [], 0
+            else:
+                waste += extra
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def record(
