@@ -119,3 +119,34 @@ def finish(args: argparse.Namespace, name: str, result: dict[str, Any], markdown
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def chat_batch(tokenizer, prompts: list[str]):
+    """The prompts in the chat template (when there is one), left-padded: ``(input_ids, attention_mask)``."""
+    from steerlab.text import apply_chat, encode, pad_batch, pad_id
+
+    texts = [apply_chat(tokenizer, p) for p in prompts]
+    return pad_batch(encode(tokenizer, texts), pad_id(tokenizer), side="left")
+
+
+def greedy(model, tokenizer, batch, new_tokens: int):
+    """Exactly ``new_tokens`` greedy tokens per row with the model's own ``generate`` (no early stop, so every
+    contender does the same work); returns the generated ids."""
+    import torch
+
+    from steerlab.text import pad_id
+
+    input_ids, mask = batch
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=mask,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=pad_id(tokenizer),
+        )
+    return out[:, input_ids.shape[1] :]

@@ -161,6 +161,10 @@ def _as_interventions(what: Intervention | Sequence[Intervention]) -> list[Inter
     return items
 
 
+def _plain_add(entry: _Entry) -> bool:
+    return entry.mode == "add" and entry.positions == "all" and not entry.preserve_norm
+
+
 @contextmanager
 def _install(
     model: nn.Module, groups: list[tuple[list[Intervention], list[int] | None]], batch_size: int | None
@@ -180,6 +184,51 @@ def _install(
     def make_hook(layer: int, site: str, entries: list[_Entry]):
         cast: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
         row_masks: dict[tuple[int, torch.device], torch.Tensor] = {}
+        summed: dict[tuple[int, torch.device, torch.dtype, int], torch.Tensor] = {}
+        # Consecutive plain additions (every position, no norm preservation) fold into one (rows, width) delta,
+        # built once: a batch with a different vector per row then costs one addition per hook point, not one
+        # masked pass per row. A row without any addition gets exactly zero added, so it stays bit-identical.
+        segments: list[list[int]] = []
+        for i, entry in enumerate(entries):
+            if _plain_add(entry) and segments and _plain_add(entries[segments[-1][0]]):
+                segments[-1].append(i)
+            else:
+                segments.append([i])
+
+        def direction(i: int, hidden: torch.Tensor) -> torch.Tensor:
+            key = (i, hidden.device, hidden.dtype)
+            if key not in cast:
+                width = entries[i].direction.shape[0]
+                if hidden.shape[-1] != width:
+                    raise ArchitectureError(
+                        f"{site} of block {layer} has width {hidden.shape[-1]} but the vector has width {width}; "
+                        "the layer layout found for this model is wrong, or the site does not carry the residual "
+                        "width. Override it with steerlab.arch.set_architecture."
+                    )
+                cast[key] = entries[i].direction.to(device=hidden.device, dtype=hidden.dtype)
+            return cast[key]
+
+        def row_mask(i: int, batch: int, device: torch.device) -> torch.Tensor:
+            key = (i, device)
+            if key not in row_masks:
+                mask = torch.zeros(batch, dtype=torch.bool, device=device)
+                mask[entries[i].rows] = True
+                row_masks[key] = mask
+            return row_masks[key]
+
+        def summed_delta(s: int, group: list[int], hidden: torch.Tensor) -> torch.Tensor:
+            key = (s, hidden.device, hidden.dtype, hidden.shape[0])
+            if key not in summed:
+                per_row = any(entries[i].rows is not None for i in group)
+                total = hidden.new_zeros(hidden.shape[0] if per_row else 1, hidden.shape[-1])
+                for i in group:
+                    step = entries[i].alpha * direction(i, hidden)
+                    if entries[i].rows is None:
+                        total += step
+                    else:
+                        total[row_mask(i, hidden.shape[0], hidden.device)] += step
+                summed[key] = total[:, None, :]
+            return summed[key]
 
         def hook(hidden: torch.Tensor) -> torch.Tensor:
             batch, length = hidden.shape[0], hidden.shape[1]
@@ -188,26 +237,18 @@ def _install(
                     f"per-row steering was set up for a batch of {batch_size} rows, but the model ran a batch of "
                     f"{batch}; beam search and num_return_sequences change the batch: use one row per sequence."
                 )
-            for i, entry in enumerate(entries):
-                key = (i, hidden.device, hidden.dtype)
-                if key not in cast:
-                    if hidden.shape[-1] != entry.direction.shape[0]:
-                        raise ArchitectureError(
-                            f"{site} of block {layer} has width {hidden.shape[-1]} but the vector has width "
-                            f"{entry.direction.shape[0]}; the layer layout found for this model is wrong, or the "
-                            "site does not carry the residual width. Override it with steerlab.arch.set_architecture."
-                        )
-                    cast[key] = entry.direction.to(device=hidden.device, dtype=hidden.dtype)
+            for s, group in enumerate(segments):
+                entry = entries[group[0]]
+                if _plain_add(entry):
+                    hidden = hidden + summed_delta(s, group, hidden)
+                    continue
+                i = group[0]
                 mask = tracker.select(entry.positions, batch, length) if tracker is not None else None
                 if entry.rows is not None:
-                    rkey = (i, hidden.device)
-                    if rkey not in row_masks:
-                        row_mask = torch.zeros(batch, dtype=torch.bool, device=hidden.device)
-                        row_mask[entry.rows] = True
-                        row_masks[rkey] = row_mask
-                    rows = row_masks[rkey][:, None].expand(batch, length)
+                    rows = row_mask(i, batch, hidden.device)[:, None].expand(batch, length)
                     mask = rows if mask is None else mask & rows
-                hidden = apply_operator(entry.mode, hidden, cast[key], entry.alpha, mask, entry.preserve_norm)
+                v = direction(i, hidden)
+                hidden = apply_operator(entry.mode, hidden, v, entry.alpha, mask, entry.preserve_norm)
             return hidden
 
         return hook
