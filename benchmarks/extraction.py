@@ -30,7 +30,14 @@ def main() -> None:
     def ours(method: str, batch_size: int):
         def run():
             vec = extract_vector(
-                model, tokenizer, pairs, layers=[layer], method=method, chat=False, batch_size=batch_size, progress=False
+                model,
+                tokenizer,
+                pairs,
+                layers=[layer],
+                method=method,
+                chat=False,
+                batch_size=batch_size,
+                progress=False,
             )
             out[f"steerlab {method}"] = vec.directions[layer]
 
@@ -66,7 +73,9 @@ def main() -> None:
 
     times = interleaved(contenders, args.repeats)
     medians = {name: median(t) for name, t in times.items()}
-    best_peer = min((v for k, v in medians.items() if not k.startswith("steerlab") and "batch 1," not in k), default=None)
+    best_peer = min(
+        (v for k, v in medians.items() if not k.startswith("steerlab") and "batch 1," not in k), default=None
+    )
     fastest_ours = min(v for k, v in medians.items() if k.startswith("steerlab"))
     rows = []
     for name, seconds in medians.items():
@@ -82,7 +91,9 @@ def main() -> None:
         "steerlab mean_diff vs steering-vectors mean": cos("steerlab mean_diff", "steering-vectors mean"),
         "steerlab pca_diff vs repeng pca_diff": cos("steerlab pca_diff", "repeng pca_diff"),
     }
-    header = f"{len(pairs)} sentiment pairs ({2 * len(pairs)} texts), layer {layer}, last token, {args.threads} thread(s)"
+    header = (
+        f"{len(pairs)} sentiment pairs ({2 * len(pairs)} texts), layer {layer}, last token, {args.threads} thread(s)"
+    )
     markdown = "\n\n".join(
         [
             header,

@@ -50,7 +50,9 @@ def main() -> None:
     def unsteered():
         out["unsteered"] = greedy(model, tokenizer, batch, args.new_tokens)
 
-    times = interleaved({"mixed batch of 8": mixed, "one after another": sequential, "unsteered batch of 8": unsteered}, args.repeats)
+    times = interleaved(
+        {"mixed batch of 8": mixed, "one after another": sequential, "unsteered batch of 8": unsteered}, args.repeats
+    )
     med = {k: median(v) for k, v in times.items()}
     same = torch.equal(out["mixed"], out["sequential"])
     throughput_gain = med["one after another"] / med["mixed batch of 8"]

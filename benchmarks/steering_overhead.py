@@ -55,7 +55,7 @@ def main() -> None:
             control = rp.ControlVector(model.config.model_type, {layer: delta.numpy()})
 
             @contextmanager
-            def repeng_controlled(control=control):
+            def repeng_controlled(control=control, rp=rp):
                 wrapped = rp.ControlModel(model, [layer])  # replaces the block with a wrapper ...
                 try:
                     wrapped.set_control(control, 1.0)
@@ -77,7 +77,9 @@ def main() -> None:
         f"greedy generation, {args.new_tokens} new tokens per row, layer {layer}, {args.threads} thread(s); "
         "ratio = median time / median unsteered time in the same rounds"
     )
-    markdown = header + "\n\n" + table(["batch", "contender", "median s", "vs unsteered", "same tokens as steerlab"], rows)
+    markdown = (
+        header + "\n\n" + table(["batch", "contender", "median s", "vs unsteered", "same tokens as steerlab"], rows)
+    )
     worst = max(v["ratio"] for k, v in results.items() if k.startswith("steerlab"))
     finish(
         args,
