@@ -37,6 +37,15 @@ def test_replay_equals_full_passes(tiny, arch):
     assert not torch.allclose(got[1][1], got[4][1])
 
 
+@pytest.mark.parametrize("layer", [0, 3])  # the first block, and the last (no next block to hand over to)
+def test_replay_at_the_ends_of_the_stack(tiny, layer):
+    model = tiny("qwen2")
+    ids, mask = pad_batch(PROMPTS, 2, side="left")
+    template = Intervention(random_vector(model, layers=(layer,)), scale="absolute")
+    for alpha, logits in logits_over_alphas(model, ids, mask, template, [0.5, -1.0, 2.0]):
+        torch.testing.assert_close(logits, full_logits(model, ids, mask, template, alpha), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("site", ["resid_pre", "attn_out", "mlp_out"])
 @pytest.mark.parametrize("mode", ["add", "ablate", "clamp"])
 def test_replay_handles_every_site_and_operator(tiny, site, mode):

@@ -2,12 +2,16 @@
 
 A sweep over strengths at layer ``L`` changes nothing below ``L``: every steered forward pass starts with the
 same blocks ``0 .. L-1`` on the same tokens. :func:`logits_over_alphas` runs the model once (steered with the
-first strength), keeps the input of block ``L`` and the arguments every later block was called with, and then,
-for each further strength, calls only blocks ``L ..`` and the output head again. The steering itself is the
-ordinary :func:`~steerlab.steer.steer` hook on those blocks, so every operator and site behaves as in a full
-pass; only positions other than ``"all"`` need the full pass (they are read from the model-level call).
+first strength), keeps the input of the first block it steers and the arguments every later block was called
+with, and then, for each further strength, calls only those blocks and the output head again. A vector on block
+``L``'s output is applied as block ``L + 1``'s input (the same tensor), so the replay starts at ``L + 1``. The
+steering itself is the ordinary :func:`~steerlab.steer.steer` hook on those blocks, so every operator and site
+behaves as in a full pass; only positions other than ``"all"`` need the full pass (they are read from the
+model-level call).
 
-On SmolLM2-135M, 10 strengths at layer 15 of 30 cost about half of 10 full passes (``benchmarks/sweep_reuse.py``).
+What it saves is measured by ``benchmarks/sweep_reuse.py`` (docs/benchmarks.md): the blocks below ``L`` once
+instead of once per strength; the output head, which for full-sequence logits costs about a quarter of a
+forward pass on SmolLM2-135M, still runs for every strength.
 
 The replay is checked on the first pass: each block's input must be the previous block's output (true of
 every architecture in the registry) and the head recomputed from the last block's output must give the
@@ -77,9 +81,27 @@ def _call_block(block: nn.Module, hidden: torch.Tensor, args: tuple, kwargs: dic
     return block_hidden(block(**{**kwargs, "hidden_states": hidden}))
 
 
-def _start_block(template: Intervention, num_layers: int) -> int:
-    layers = template.layers if template.layers is not None else template.vector.layers
-    return min(int(x) for x in layers) if layers else num_layers
+def _layers_of(item: Intervention) -> list[int]:
+    return sorted(int(x) for x in (item.layers if item.layers is not None else item.vector.layers))
+
+
+def _as_next_block_input(item: Intervention, num_layers: int) -> Intervention:
+    """The same intervention on the same tensor, addressed as the next block's input.
+
+    Block ``L``'s output is block ``L + 1``'s input, so ``resid_post`` at ``L`` equals ``resid_pre`` at ``L + 1``
+    (same values, same operator); addressed that way, a replay starts one block higher.
+    """
+    layers = _layers_of(item)
+    vector = item.vector
+    if (item.site or vector.site) != "resid_post" or max(layers) >= num_layers - 1:
+        return item
+    shifted = dataclasses.replace(
+        vector,
+        directions={layer + 1: vector.directions[layer] for layer in layers},
+        resid_norm={layer + 1: vector.resid_norm[layer] for layer in layers if layer in vector.resid_norm},
+        site="resid_pre",
+    )
+    return dataclasses.replace(item, vector=shifted, layers=[layer + 1 for layer in layers], site="resid_pre")
 
 
 def logits_over_alphas(
@@ -126,11 +148,13 @@ def logits_over_alphas(
             "last_only=True reads the last position, so the batch must be left-padded; found a row whose last "
             "position is padding. Build it with steerlab.text.pad_batch(..., side='left')."
         )
-    items = [None if a is None else dataclasses.replace(intervention, alpha=a) for a in alphas]
     layout = get_layout(model)
-    start = _start_block(intervention, layout.num_layers)
     head = _output_head(model, layout.layers_path)
-    replayable = reuse_prefix and intervention.positions == "all" and head is not None and len(items) > 1
+    replayable = reuse_prefix and intervention.positions == "all" and head is not None and len(alphas) > 1
+    if replayable:
+        intervention = _as_next_block_input(intervention, layout.num_layers)
+    items = [None if a is None else dataclasses.replace(intervention, alpha=a) for a in alphas]
+    start = _layers_of(intervention)[0]
     kwargs = forward_kwargs(model, input_ids, attention_mask)
 
     def full_pass(item: Intervention | None) -> torch.Tensor:
