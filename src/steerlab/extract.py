@@ -109,7 +109,7 @@ class PairStatistics:
     """What one layer's direction needs from the pairs, folded in text by text, in any order.
 
     ``mean_diff`` and ``actadd`` keep a running float64 sum (positives added, negatives subtracted): memory
-    independent of the number of pairs. The PCA methods keep one difference per pair (``n_pairs x hidden``),
+    independent of the number of pairs. The PCA methods keep one float32 difference per pair (``n_pairs x hidden``),
     the least that orienting the axis by a vote over pairs needs; never the activations of the other tokens.
     A pair's two texts may arrive in different batches.
     """
@@ -119,7 +119,8 @@ class PairStatistics:
         self.n_pairs = n_pairs
         self.seen = torch.zeros(2 * n_pairs, dtype=torch.bool)
         self.total = torch.zeros(width, dtype=torch.float64)
-        self.diffs = torch.zeros(n_pairs, width, dtype=torch.float64) if method in _PCA else None
+        # float32 like the activations themselves: half the memory of float64; the SVD runs in float64.
+        self.diffs = torch.zeros(n_pairs, width, dtype=torch.float32) if method in _PCA else None
 
     def add(self, text_ids: Sequence[int], values: torch.Tensor) -> None:
         """Fold in activations: row ``i`` belongs to text ``text_ids[i]``, where text ``k < n_pairs`` is the
@@ -135,7 +136,7 @@ class PairStatistics:
         signed = values.double().cpu() * torch.where(ids < self.n_pairs, 1.0, -1.0).double()[:, None]
         self.total += signed.sum(0)
         if self.diffs is not None:
-            self.diffs.index_add_(0, pairs, signed)
+            self.diffs.index_add_(0, pairs, signed.float())
         self.seen[ids] = True
 
     def direction(self) -> torch.Tensor:
@@ -143,7 +144,8 @@ class PairStatistics:
         if not bool(self.seen.all()):
             raise ExtractionError(f"{self.method}: {int(self.seen.sum())} of {2 * self.n_pairs} texts were read.")
         if self.diffs is not None:
-            found = _pca_diff(self.diffs) if self.method == "pca_diff" else _pca_center(self.diffs)
+            diffs = self.diffs.double()
+            found = _pca_diff(diffs) if self.method == "pca_diff" else _pca_center(diffs)
         else:
             found = self.total / self.n_pairs
         return found.float()
