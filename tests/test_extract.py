@@ -116,3 +116,31 @@ def test_too_few_pairs_fail_before_the_model_runs(tiny, tokenizer):
         extract_vector(model, tokenizer, one, layers=[1], method="pca_diff")
     with pytest.raises(ExtractionError, match="actadd needs exactly 1 pair, found 2"):
         extract_vector(model, tokenizer, one * 2, layers=[1], method="actadd")
+
+
+SHARED_BEGINNINGS = [
+    ("The weather report for tomorrow says it will be sunny and warm", "The weather report for tomorrow says rain"),
+    ("Question: is the sky blue? Answer: (A) yes", "Question: is the sky blue? Answer: (B) no"),
+    ("My honest review of the new phone: wonderful", "My honest review of the new phone: awful, slow and broken"),
+    ("In short, I think we did great", "Sad"),  # nothing shared: runs whole, beside the shared ones
+]
+
+
+@pytest.mark.parametrize("arch", __import__("tiny").ARCHS)
+def test_shared_prefixes_give_the_numbers_of_whole_texts(tiny, tokenizer, arch, monkeypatch):
+    from steerlab import ContrastPair, extract_vector
+    from steerlab.record import ActivationReader
+    from steerlab.text import takes_position_ids
+
+    model = tiny(arch)
+    calls = []
+    original = ActivationReader.run_pairs
+    monkeypatch.setattr(ActivationReader, "run_pairs", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    pairs = [ContrastPair(p, n) for p, n in SHARED_BEGINNINGS]
+    options = dict(layers=[1, 3], method="pca_diff", batch_size=4, chat=False)
+    shared = extract_vector(model, tokenizer, pairs, share_prefixes=True, **options)
+    whole = extract_vector(model, tokenizer, pairs, share_prefixes=False, **options)
+    for layer in (1, 3):
+        torch.testing.assert_close(shared.directions[layer], whole.directions[layer], rtol=1e-4, atol=1e-4)
+        assert shared.resid_norm[layer] == pytest.approx(whole.resid_norm[layer], rel=1e-4)
+    assert bool(calls) == takes_position_ids(model)  # the shared path ran wherever it applies (not Bloom)

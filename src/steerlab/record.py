@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,7 +24,7 @@ from torch import nn
 from steerlab.arch.registry import check_layer_index, check_site, get_layout
 from steerlab.errors import ArchitectureError, DataError
 from steerlab.hooks import HookSet
-from steerlab.text import encode, forward_kwargs, pad_batch, pad_id
+from steerlab.text import encode, forward_kwargs, pad_batch, pad_id, position_ids_from_mask, takes_position_ids
 
 __all__ = ["ActivationReader", "Activations", "Reduce", "record"]
 
@@ -54,6 +55,15 @@ class Activations:
         if self.lengths is None:
             return list(self.values[layer])
         return list(torch.split(self.values[layer], self.lengths))
+
+
+def shared_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two texts share, leaving at least one token of each to continue."""
+    limit = min(len(a), len(b)) - 1
+    k = 0
+    while k < limit and a[k] == b[k]:
+        k += 1
+    return k
 
 
 class _StopForward(Exception):
@@ -110,7 +120,12 @@ class ActivationReader:
         """Mean L2 norm of the activations read so far (real tokens, attention sink excluded), per layer."""
         return {layer: self._norm_sum[layer] / max(self._norm_count[layer], 1) for layer in self.layers}
 
-    def _reduce(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+    def _reduce(
+        self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, order: torch.Tensor, weight: int
+    ) -> torch.Tensor | list[torch.Tensor] | None:
+        """Reduce one layer's activations of a batch; ``order`` numbers each row's real tokens from 1 (the
+        sink is number 1), ``weight`` counts tokens shared by several texts once per text in ``resid_norm``.
+        ``weight == 2`` marks a shared prefix: only its norms are needed."""
         if hidden.shape[-1] != self.layout.hidden_size:
             raise ArchitectureError(
                 f"{self.site} of block {layer} has width {hidden.shape[-1]}, but config.hidden_size is "
@@ -119,14 +134,16 @@ class ActivationReader:
             )
         hidden = hidden.float()
         real = mask.bool()
-        keep = real & (mask.cumsum(-1) > 1) if self.exclude_first_token else real
+        keep = real & (order > 1) if self.exclude_first_token else real
         empty = ~keep.any(-1)
-        if empty.any():  # a one-token text: its only token is the sink; keep it rather than nothing
+        if weight == 1 and empty.any():  # a one-token text: its only token is the sink; keep it, not nothing
             self.single_token_seen = True
             keep = keep | (real & empty[:, None])
         norms = hidden.norm(dim=-1)
-        self._norm_sum[layer] += float(norms[keep].sum())
-        self._norm_count[layer] += int(keep.sum())
+        self._norm_sum[layer] += weight * float(norms[keep].sum())
+        self._norm_count[layer] += weight * int(keep.sum())
+        if weight != 1:
+            return None
         if self.reduce == "last":
             last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(-1)
             return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
@@ -135,20 +152,13 @@ class ActivationReader:
             return (hidden * weights).sum(1) / weights.sum(1)
         return [hidden[row][keep[row]] for row in range(hidden.shape[0])]
 
-    def run(
-        self, token_ids: Sequence[Sequence[int]], batches: Sequence[Sequence[int]], *, progress: bool = False
-    ) -> Iterator[tuple[list[int], dict[int, Any]]]:
-        """For each batch (a list of indices into ``token_ids``), yield ``(indices, layer -> values)``: values
-        are ``(batch, hidden)`` float32 tensors for ``last``/``mean``, a list of ``(tokens, hidden)`` for ``all``."""
-        from rich.progress import track
-
-        device = next(self.model.parameters()).device
+    @contextmanager
+    def _hooked(self, state: dict[str, Any]) -> Iterator[None]:
         deepest = self.layers[-1]
-        state: dict[str, Any] = {}
 
         def make_hook(layer: int):
             def hook(hidden: torch.Tensor) -> None:
-                state["out"][layer] = self._reduce(layer, hidden, state["mask"])
+                state["out"][layer] = self._reduce(layer, hidden, state["mask"], state["order"], state["weight"])
                 if layer == deepest:
                     raise _StopForward
 
@@ -158,17 +168,96 @@ class ActivationReader:
             for layer in self.layers:
                 module, is_input = self.layout.site_module(layer, self.site)
                 hooks.on_hidden(module, is_input, make_hook(layer))
+            yield
+
+    def _forward(self, state: dict[str, Any], **kwargs: Any) -> None:
+        try:
+            self.model(**kwargs)
+        except _StopForward:
+            return
+        raise ArchitectureError(  # pragma: no cover - the deepest hook always raises
+            f"{self.site} of block {self.layers[-1]} was never reached in the forward pass."
+        )
+
+    def run(
+        self, token_ids: Sequence[Sequence[int]], batches: Sequence[Sequence[int]], *, progress: bool = False
+    ) -> Iterator[tuple[list[int], dict[int, Any]]]:
+        """For each batch (a list of indices into ``token_ids``), yield ``(indices, layer -> values)``: values
+        are ``(batch, hidden)`` float32 tensors for ``last``/``mean``, a list of ``(tokens, hidden)`` for ``all``."""
+        from rich.progress import track
+
+        device = next(self.model.parameters()).device
+        state: dict[str, Any] = {"weight": 1}
+        with self._hooked(state):
             for rows in track(batches, description="recording", disable=not progress, transient=True):
                 rows = list(rows)
                 input_ids, mask = pad_batch([list(token_ids[i]) for i in rows], self.pad_id, side=self.padding_side)
                 input_ids, mask = input_ids.to(device), mask.to(device)
-                state.update(mask=mask, out={})
-                try:
-                    self.model(**forward_kwargs(self.model, input_ids, mask))
-                except _StopForward:
-                    pass
-                else:  # pragma: no cover - the deepest hook always raises
-                    raise ArchitectureError(f"{self.site} of block {deepest} was never reached in the forward pass.")
+                state.update(mask=mask, order=mask.cumsum(-1), out={})
+                self._forward(state, **forward_kwargs(self.model, input_ids, mask))
+                yield rows, state["out"]
+
+    def can_share_prefixes(self) -> bool:
+        """Whether :meth:`run_pairs` applies: the last token is read, and the model takes position ids (so a
+        continuation after a padded prefix sees the positions it would see alone)."""
+        return self.reduce == "last" and takes_position_ids(self.model)
+
+    def run_pairs(
+        self,
+        first: Sequence[Sequence[int]],
+        second: Sequence[Sequence[int]],
+        groups: Sequence[Sequence[int]],
+        *,
+        progress: bool = False,
+    ) -> Iterator[tuple[list[int], dict[int, Any]]]:
+        """Read pairs of texts that begin with the same tokens, computing that common beginning once.
+
+        For each group of pair indices: the common prefixes run once, filling a KV cache (up to the deepest
+        layer read); the cache is repeated for the two texts of each pair, and both continuations run on it.
+        Yields ``(text indices, layer -> values)`` like :meth:`run`, where text ``k`` is ``first[k]`` and text
+        ``len(first) + k`` is ``second[k]``. The numbers equal :meth:`run`'s up to float rounding; every pair
+        needs a common prefix of at least one token and a continuation of at least one on both sides
+        (:func:`shared_prefix_length`).
+        """
+        from rich.progress import track
+        from transformers import DynamicCache
+
+        if not self.can_share_prefixes():
+            raise DataError("run_pairs reads the last token of models that take position ids; use run().")
+        n = len(first)
+        device = next(self.model.parameters()).device
+        state: dict[str, Any] = {}
+        with self._hooked(state):
+            for group in track(groups, description="recording", disable=not progress, transient=True):
+                group = list(group)
+                common = [shared_prefix_length(first[i], second[i]) for i in group]
+                if min(common) < 1:
+                    raise DataError("every pair given to run_pairs needs a common first token.")
+                prefixes = [list(first[i][:k]) for i, k in zip(group, common, strict=True)]
+                prefix_ids, prefix_mask = pad_batch(prefixes, self.pad_id)
+                prefix_ids, prefix_mask = prefix_ids.to(device), prefix_mask.to(device)
+                cache = DynamicCache(config=self.model.config)
+                # The prefix counts twice in the norms: run() would have read it once in each text.
+                state.update(mask=prefix_mask, order=prefix_mask.cumsum(-1), out={}, weight=2)
+                kwargs = {**forward_kwargs(self.model, prefix_ids, prefix_mask), "use_cache": True}
+                self._forward(state, **kwargs, past_key_values=cache)
+                cache.batch_repeat_interleave(2)
+                rows = [index for i in group for index in (i, n + i)]  # interleaved, as the repeated cache
+                rests = [list(text[k:]) for i, k in zip(group, common, strict=True) for text in (first[i], second[i])]
+                rest_ids, rest_mask = pad_batch(rests, self.pad_id, side="right")
+                rest_ids, rest_mask = rest_ids.to(device), rest_mask.to(device)
+                full_mask = torch.cat([prefix_mask.repeat_interleave(2, dim=0), rest_mask], dim=1)
+                width = rest_ids.shape[1]
+                order = full_mask.cumsum(-1)[:, -width:]
+                state.update(mask=rest_mask, order=order, out={}, weight=1)
+                self._forward(
+                    state,
+                    input_ids=rest_ids,
+                    attention_mask=full_mask,
+                    position_ids=position_ids_from_mask(full_mask)[:, -width:],
+                    past_key_values=cache,
+                    use_cache=True,
+                )
                 yield rows, state["out"]
 
     def warn_single_tokens(self) -> None:

@@ -74,10 +74,15 @@ def _takes_position_ids(model_class: type) -> bool:
     return "position_ids" in inspect.signature(model_class.forward).parameters
 
 
+def takes_position_ids(model: nn.Module) -> bool:
+    """Whether the model's forward takes ``position_ids`` (then padding never shifts a row's positions)."""
+    return _takes_position_ids(type(model))
+
+
 def forward_kwargs(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
     """Keyword arguments for a padding-correct forward call (position ids where the model takes them)."""
     kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask, "use_cache": False}
-    if _takes_position_ids(type(model)):
+    if takes_position_ids(model):
         kwargs["position_ids"] = position_ids_from_mask(mask)
     return kwargs
 
