@@ -2,7 +2,9 @@
 
 Same model, texts, layer and token (the last one) for all: steerlab's mean_diff against steering-vectors' mean
 aggregator (its default batch size 1 and its best, 32), steerlab's pca_diff against repeng's pca_diff (its
-default batch size 32). Cosines are between the vectors themselves, sign included.
+default batch size 32). Cosines are between the vectors themselves, sign included. Two data sets: the 32
+sentiment pairs of the target (short texts, little in common), and CAA refusal A/B pairs in the chat template
+(long texts that differ only in the answer letter), where steerlab runs each pair's common beginning once.
 
     make bench                                   # all benchmarks, in .venv-bench with the peers
     .venv-bench/bin/python benchmarks/extraction.py --repeats 7
@@ -10,56 +12,46 @@ default batch size 32). Cosines are between the vectors themselves, sign include
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
-from _common import finish, interleaved, load, median, middle_layer, parse_args, peers, table
+from _common import ROOT, finish, interleaved, load, median, middle_layer, parse_args, peers, table
 
 
-def main() -> None:
-    args = parse_args(__doc__.splitlines()[0], layer=-1, batch_size=32)
-    from steerlab import extract_vector, sentiment_pairs
+def measure(
+    model, tokenizer, pairs, chat: bool, layer: int, found: dict[str, Any], repeats: int, slow_default: bool
+) -> dict[str, Any]:
+    from steerlab import extract_vector
     from steerlab.data import pair_texts
 
-    model, tokenizer = load(args.model)
-    layer = args.layer if args.layer >= 0 else middle_layer(model)
-    pairs = sentiment_pairs()
-    pos, neg = pair_texts(pairs, tokenizer, chat=False)
-    found = peers(args.no_peers)
+    pos, neg = pair_texts(pairs, tokenizer, chat=chat)
     out: dict[str, torch.Tensor] = {}
 
-    def ours(method: str, batch_size: int):
+    def ours(method: str) -> Callable[[], None]:
         def run():
             vec = extract_vector(
-                model,
-                tokenizer,
-                pairs,
-                layers=[layer],
-                method=method,
-                chat=False,
-                batch_size=batch_size,
-                progress=False,
+                model, tokenizer, pairs, layers=[layer], method=method, chat=chat, batch_size=32, progress=False
             )
             out[f"steerlab {method}"] = vec.directions[layer]
 
         return run
 
-    contenders = {
-        f"steerlab mean_diff (batch {args.batch_size})": ours("mean_diff", args.batch_size),
-        f"steerlab pca_diff (batch {args.batch_size})": ours("pca_diff", args.batch_size),
-    }
+    contenders = {"steerlab mean_diff (batch 32)": ours("mean_diff"), "steerlab pca_diff (batch 32)": ours("pca_diff")}
     if "steering_vectors" in found:
         sv = found["steering_vectors"]
 
-        def steering_vectors(batch_size: int):
+        def steering_vectors(batch_size: int) -> Callable[[], None]:
             def run():
-                vec = sv.train_steering_vector(
-                    model, tokenizer, list(zip(pos, neg, strict=True)), layers=[layer], batch_size=batch_size
-                )
+                samples = list(zip(pos, neg, strict=True))
+                vec = sv.train_steering_vector(model, tokenizer, samples, layers=[layer], batch_size=batch_size)
                 out["steering-vectors mean"] = vec.layer_activations[layer].float()
 
             return run
 
-        contenders["steering-vectors (batch 1, its default)"] = steering_vectors(1)
+        if slow_default:
+            contenders["steering-vectors (batch 1, its default)"] = steering_vectors(1)
         contenders["steering-vectors (batch 32)"] = steering_vectors(32)
     if "repeng" in found:
         rp = found["repeng"]
@@ -70,53 +62,74 @@ def main() -> None:
             out["repeng pca_diff"] = torch.from_numpy(vec.directions[layer]).float()
 
         contenders["repeng (batch 32, its default)"] = repeng
-
-    times = interleaved(contenders, args.repeats)
+    times = interleaved(contenders, repeats)
     medians = {name: median(t) for name, t in times.items()}
-    best_peer = min(
-        (v for k, v in medians.items() if not k.startswith("steerlab") and "batch 1," not in k), default=None
-    )
-    fastest_ours = min(v for k, v in medians.items() if k.startswith("steerlab"))
-    rows = []
-    for name, seconds in medians.items():
-        speedup = best_peer / seconds if best_peer else None
-        rows.append([name, seconds, "-" if speedup is None else f"{speedup:.2f}x"])
+    batched_peers = [v for k, v in medians.items() if not k.startswith("steerlab") and "batch 1," not in k]
+    best_peer = min(batched_peers, default=None)
 
     def cos(a: str, b: str) -> float | None:
         if a not in out or b not in out:
             return None
         return float(torch.nn.functional.cosine_similarity(out[a], out[b], dim=0))
 
-    agreement = {
-        "steerlab mean_diff vs steering-vectors mean": cos("steerlab mean_diff", "steering-vectors mean"),
-        "steerlab pca_diff vs repeng pca_diff": cos("steerlab pca_diff", "repeng pca_diff"),
+    ours_s = [v for k, v in medians.items() if k.startswith("steerlab")]
+    return {
+        "n_pairs": len(pairs),
+        "tokens": sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in pos + neg),
+        "medians_s": medians,
+        "times_s": times,
+        "best_peer_s": best_peer,
+        "speedup_vs_best_peer": None if best_peer is None else best_peer / min(ours_s),
+        "speedup_vs_best_peer_slowest_method": None if best_peer is None else best_peer / max(ours_s),
+        "cosines": {
+            "steerlab mean_diff vs steering-vectors mean": cos("steerlab mean_diff", "steering-vectors mean"),
+            "steerlab pca_diff vs repeng pca_diff": cos("steerlab pca_diff", "repeng pca_diff"),
+        },
     }
-    header = (
-        f"{len(pairs)} sentiment pairs ({2 * len(pairs)} texts), layer {layer}, last token, {args.threads} thread(s)"
-    )
-    markdown = "\n\n".join(
+
+
+def section(title: str, result: dict[str, Any]) -> str:
+    best = result["best_peer_s"]
+    rows = [
+        [name, seconds, "-" if best is None else f"{best / seconds:.2f}x"]
+        for name, seconds in result["medians_s"].items()
+    ]
+    cosines = [[k, "-" if v is None else f"{v:.6f}"] for k, v in result["cosines"].items()]
+    return "\n\n".join(
         [
-            header,
+            f"{title}: {result['n_pairs']} pairs, {result['tokens']} tokens",
             table(["extraction", "median s", "speed vs the best batched peer"], rows),
-            table(
-                ["same vector?", "cosine (sign included)"],
-                [[k, "-" if v is None else f"{v:.6f}"] for k, v in agreement.items()],
-            ),
+            table(["same vector?", "cosine (sign included)"], cosines),
         ]
     )
-    speedup_vs_best = None if best_peer is None else best_peer / fastest_ours
-    slowest_ours = max(v for k, v in medians.items() if k.startswith("steerlab"))
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0], layer=-1, caa_pairs=16)
+    from steerlab import load_pairs, sentiment_pairs
+
+    model, tokenizer = load(args.model)
+    layer = args.layer if args.layer >= 0 else middle_layer(model)
+    found = peers(args.no_peers)
+    sentiment = measure(model, tokenizer, sentiment_pairs(), False, layer, found, args.repeats, slow_default=True)
+    caa_file = ROOT / "datasets" / "caa" / "generate" / "refusal" / "generate_dataset.json"
+    caa_pairs = load_pairs(caa_file)[: args.caa_pairs]
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    caa = measure(model, tokenizer, caa_pairs, chat, layer, found, max(2, args.repeats // 2), slow_default=False)
+    markdown = "\n\n".join(
+        [
+            f"Layer {layer}, last token, {args.threads} thread(s).",
+            section("Sentiment pairs (the target)", sentiment),
+            section("CAA refusal A/B pairs" + (" in the chat template" if chat else ""), caa),
+        ]
+    )
     finish(
         args,
         "extraction",
         {
             "layer": layer,
-            "n_pairs": len(pairs),
-            "medians_s": medians,
-            "times_s": times,
-            "cosines": agreement,
-            "speedup_vs_best_peer": speedup_vs_best,
-            "speedup_vs_best_peer_slowest_method": None if best_peer is None else best_peer / slowest_ours,
+            **sentiment,  # the target is stated on the sentiment pairs
+            "caa": caa,
             "target": 3.0,
         },
         markdown,
