@@ -22,6 +22,7 @@ API_MODULES = [
     "steerlab.judges",
     "steerlab.interventions",
     "steerlab.arch",
+    "steerlab.serve",
 ]
 
 

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import uvicorn
-
 from steerlab import extract_vector, sentiment_pairs
-from steerlab.serve import Engine, ServeLimits, VectorLibrary, create_app
+from steerlab.serve import Engine, ServeLimits, VectorLibrary, background_server, create_app
 
 
 def make_library(model, tokenizer, folder) -> VectorLibrary:
@@ -25,18 +21,5 @@ def make_library(model, tokenizer, folder) -> VectorLibrary:
 def running_server(model, tokenizer, library, limits: ServeLimits | None = None) -> Iterator[tuple[str, object]]:
     """Yields ``(base_url, app)`` for a server on 127.0.0.1 at a free port; stops it (and its engine) after."""
     app = create_app(model, tokenizer, library, limits=limits, engine=Engine(model, tokenizer, batch_window=0.02))
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}", app
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with background_server(app) as url:
+        yield url, app

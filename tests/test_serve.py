@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import httpx
 import openai
@@ -345,3 +346,58 @@ def test_chat_command_against_the_server_and_locally(smol, server, client, model
     assert unknown.exit_code == 1 and "no vector named 'nope'" in unknown.stderr and "'sentiment'" in unknown.stderr
     too_long = runner.invoke(cli_app, ["chat", "--url", url, "--max-tokens", "100"], input="Hi\n")
     assert too_long.exit_code == 1 and "max_tokens=100 is out of range" in too_long.stderr
+
+
+def test_steerlab_serve_command_starts_a_server(server, tmp_path):
+    """The newcomer's path: `steerlab serve --vectors DIR` in its own process, then the page and the API answer."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    source = server[1].state.library.folder / "sentiment.safetensors"
+    (tmp_path / "sentiment.safetensors").write_bytes(source.read_bytes())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    command = [sys.executable, "-m", "steerlab.cli", "serve", "--vectors", str(tmp_path), "--port", str(port)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                health = httpx.get(url + "/health", timeout=2)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None and time.monotonic() < deadline, "steerlab serve did not come up"
+                time.sleep(0.2)
+        assert health.json() == {"status": "ok", "model": "smollm2-135m", "vectors": 1}
+        assert "steerlab playground" in httpx.get(url + "/").text
+        body = {
+            "model": "smollm2-135m",
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 4,
+            "temperature": 0,
+            "steering": [{"vector": "sentiment", "alpha": 0.1}],
+        }
+        assert httpx.post(url + "/v1/chat/completions", json=body, timeout=60).json()["usage"]["completion_tokens"] >= 1
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0]
+    assert f"serving smollm2-135m with 1 vector(s) from {tmp_path}" in output
+
+
+def test_a_client_that_goes_away_frees_its_row(server, client, model_name):
+    url = server[0]
+    before = httpx.get(url + "/metrics").json()["tokens_generated_total"]
+    body = {"model": model_name, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 60, "temperature": 0}
+    with httpx.stream("POST", url + "/v1/chat/completions", json={**body, "stream": True}, timeout=60) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data:")  # the role chunk
+        assert next(lines) == "" and next(lines).startswith("data:")  # a first piece of text; then hang up
+    chat(client, model_name, max_tokens=3)  # queued behind the cancelled batch, so it runs after it ended
+    generated = httpx.get(url + "/metrics").json()["tokens_generated_total"] - before
+    assert generated < 40, f"the abandoned request kept generating ({generated} tokens)"

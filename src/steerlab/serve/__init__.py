@@ -8,14 +8,30 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from steerlab.serve.app import ApiError, create_app
 from steerlab.serve.engine import Engine, EngineBusy, Event, Job
 from steerlab.serve.library import VectorLibrary
 from steerlab.serve.schemas import ServeLimits
 
-__all__ = ["ApiError", "Engine", "EngineBusy", "Event", "Job", "ServeLimits", "VectorLibrary", "create_app", "serve"]
+__all__ = [
+    "ApiError",
+    "Engine",
+    "EngineBusy",
+    "Event",
+    "Job",
+    "ServeLimits",
+    "VectorLibrary",
+    "background_server",
+    "create_app",
+    "serve",
+]
 
 log = logging.getLogger("steerlab.serve")
 
@@ -55,3 +71,30 @@ def serve(
         flush=True,
     )
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@contextmanager
+def background_server(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run ``app`` with uvicorn in a background thread (port 0: a free one) and yield its base URL; the server
+    and its engine stop when the block ends. For notebooks, benchmarks and tests.
+
+    Example:
+        >>> with background_server(create_app(model, tokenizer, library)) as url:
+        ...     openai.OpenAI(base_url=url + "/v1", api_key="-").models.list()
+    """
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="steerlab-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start (is the port free?)")
+        time.sleep(0.02)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(60)
