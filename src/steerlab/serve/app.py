@@ -514,7 +514,9 @@ def create_app(
 
     # ----- health, metrics, playground ------------------------------------------------------------------
     @app.get("/health")
-    async def health() -> dict:
+    async def health() -> Any:
+        if not engine.alive():
+            return JSONResponse({"status": "down", "model": served, "reason": "the engine is not running"}, 503)
         return {"status": "ok", "model": served, "vectors": len(library.names())}
 
     @app.get("/metrics")

@@ -377,13 +377,14 @@ class Engine:
             self.stats["rows_batched_total"] += len(jobs)
             self.stats["largest_batch"] = max(self.stats["largest_batch"], len(jobs))
             self.stats["active_rows"] = len(jobs)
-        device = next(self.model.parameters()).device
-        input_ids, mask = pad_batch([job.prompt_ids for job in jobs], self._pad, side="left")
-        rows = _Rows(jobs, self.tokenizer, self._eos, self._count)
-        extra: dict[str, Any] = {"stopping_criteria": StoppingCriteriaList([rows])}
-        if any(job.temperature > 0 for job in jobs):
-            extra["logits_processor"] = LogitsProcessorList([_RowSampler(jobs)])
+        rows: _Rows | None = None
         try:
+            device = next(self.model.parameters()).device
+            input_ids, mask = pad_batch([job.prompt_ids for job in jobs], self._pad, side="left")
+            rows = _Rows(jobs, self.tokenizer, self._eos, self._count)
+            extra: dict[str, Any] = {"stopping_criteria": StoppingCriteriaList([rows])}
+            if any(job.temperature > 0 for job in jobs):
+                extra["logits_processor"] = LogitsProcessorList([_RowSampler(jobs)])
             with steer_rows(self.model, [job.interventions or None for job in jobs]):
                 generate_batch(
                     self.model,
@@ -395,6 +396,8 @@ class Engine:
                 )
         except Exception as error:  # noqa: BLE001 - reported to this batch's requests; the worker goes on
             log.exception("a batch of %d failed", len(jobs))
+            if rows is not None:
+                rows.held.clear()
             for job in jobs:
                 if not job.finished:
                     with self._lock:
@@ -403,5 +406,10 @@ class Engine:
         finally:
             with self._lock:
                 self.stats["active_rows"] = 0
-        rows.release()
-        rows.finish_rest("length")  # generate ended on its own length limit
+        if rows is not None:
+            rows.release()
+            rows.finish_rest("length")  # generate ended on its own length limit
+
+    def alive(self) -> bool:
+        """Whether the worker thread is running."""
+        return self._thread is not None and self._thread.is_alive()
