@@ -354,7 +354,7 @@ def create_app(
         except ValueError as error:
             raise ApiError(400, f"messages: {error}", param="messages") from None
         ids = prompt_ids(apply_messages(tokenizer, messages))
-        limit = max_tokens(body.max_completion_tokens or body.max_tokens, len(ids), 256)
+        limit = max_tokens(body.max_completion_tokens or body.max_tokens, len(ids), min(256, limits.max_tokens))
         job = make_job(body, ids, limit)
         events = submit(job)
         ident, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
@@ -396,7 +396,7 @@ def create_app(
         if len(prompts) != 1:
             raise ApiError(400, "send exactly one prompt per request (batching happens on the server).", param="prompt")
         ids = prompt_ids(prompts[0])
-        limit = max_tokens(body.max_tokens, len(ids), 16)
+        limit = max_tokens(body.max_tokens, len(ids), min(16, limits.max_tokens))
         job = make_job(body, ids, limit)
         events = submit(job)
         ident, now = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
