@@ -178,15 +178,16 @@ def create_app(
         items = []
         for i, spec in enumerate(specs):
             where = f"steering[{i}]"
-            if spec.vector not in library:
+            try:
+                vector = library.get(spec.vector)  # one lookup: a concurrent DELETE cannot slip in between
+            except KeyError:
                 raise ApiError(
                     404,
                     f"{where}: no vector named '{spec.vector}' in this server's library; "
                     f"available: {library.names() or 'none'} (GET /v1/vectors, upload with POST /v1/vectors).",
                     param=f"{where}.vector",
                     code="vector_not_found",
-                )
-            vector = library.get(spec.vector)
+                ) from None
             alpha = check_alpha(spec, where)
             if spec.scale == "relative" and not all(layer in vector.resid_norm for layer in vector.layers):
                 raise ApiError(

@@ -71,7 +71,7 @@ class Job:
         top_p: nucleus sampling mass (with ``temperature > 0``).
         seed: the sampling seed (``None``: a random one).
         stop: strings that end the answer (not included in it).
-        sink: called from the worker thread with every :class:`Event` of this request.
+        sink: called from the worker thread with every :class:`Event` of this request (``None``: dropped).
     """
 
     prompt_ids: list[int]
@@ -81,7 +81,7 @@ class Job:
     top_p: float = 1.0
     seed: int | None = None
     stop: Sequence[str] = ()
-    sink: Callable[[Event], None] = lambda event: None
+    sink: Callable[[Event], None] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     tokens: list[int] = field(default_factory=list)
     sent: str = ""
@@ -91,15 +91,19 @@ class Job:
         """Stop generating for this request (the client went away); its row retires at the next step."""
         self.cancelled.set()
 
+    def _emit(self, event: Event) -> None:
+        if self.sink is not None:
+            self.sink(event)
+
     def _finish(self, reason: str) -> None:
         self.finished = True
-        self.sink(
+        self._emit(
             Event("done", finish_reason=reason, prompt_tokens=len(self.prompt_ids), completion_tokens=len(self.tokens))
         )
 
     def _fail(self, error: BaseException) -> None:
         self.finished = True
-        self.sink(Event("error", error=error))
+        self._emit(Event("error", error=error))
 
     def _add(self, token: int, tokenizer: Any) -> bool:
         """Record a new token and send the new text; True when a stop string ended the answer."""
@@ -115,7 +119,7 @@ class Job:
         if cut is not None:
             text = text[:cut]
         if len(text) > len(self.sent) and text.startswith(self.sent):
-            self.sink(Event("text", text=text[len(self.sent) :]))
+            self._emit(Event("text", text=text[len(self.sent) :]))
             self.sent = text
         return cut is not None
 
