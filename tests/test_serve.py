@@ -15,7 +15,7 @@ from serving import make_library, running_server
 from steerlab import Intervention, SteeringVector, steer
 from steerlab.cli import app as cli_app
 from steerlab.generate import generate
-from steerlab.serve import ServeLimits
+from steerlab.serve import Job, ServeLimits
 from steerlab.text import apply_messages
 from tiny import random_vector
 
@@ -60,11 +60,13 @@ def test_models_health_and_metrics(server, client, model_name):
     assert {"requests_total", "tokens_per_second", "queue_length", "tokens_generated_total"} <= set(metrics)
 
 
-def test_unsteered_is_bit_identical_to_plain_generation(smol, client, model_name):
+def test_unsteered_is_bit_identical_to_plain_generation(smol, server, client, model_name):
     model, tokenizer = smol
     answer = chat(client, model_name, max_tokens=12)
-    ((_, tokens),) = generate(model, tokenizer, [PROMPT], max_new_tokens=12)
+    ((prompt, tokens),) = generate(model, tokenizer, [PROMPT], max_new_tokens=12)
     assert answer.choices[0].message.content == tokenizer.decode(tokens, skip_special_tokens=True)
+    job = Job(prompt_ids=prompt, max_tokens=12)  # the same request at the engine, where token ids are visible
+    assert list(server[1].state.engine.run(job))[-1].kind == "done" and job.tokens == tokens
     assert answer.usage.completion_tokens == 12 and answer.choices[0].finish_reason == "length"
 
     text = client.completions.create(model=model_name, prompt="The capital of France is", max_tokens=8, temperature=0)
