@@ -23,6 +23,7 @@ API_MODULES = [
     "steerlab.interventions",
     "steerlab.prefix",
     "steerlab.arch",
+    "steerlab.serve",
 ]
 
 

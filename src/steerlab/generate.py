@@ -21,7 +21,7 @@ from steerlab.steer import Scale, steer
 from steerlab.text import apply_chat, encode, forward_kwargs, pad_batch, pad_id
 from steerlab.vector import SteeringVector
 
-__all__ = ["Comparison", "Generation", "compare", "generate", "generated_nll"]
+__all__ = ["Comparison", "Generation", "compare", "eos_ids", "generate", "generate_batch", "generated_nll"]
 
 
 @dataclass
@@ -49,7 +49,8 @@ class Comparison:
         }
 
 
-def _eos_ids(model: nn.Module, tokenizer: Any) -> set[int]:
+def eos_ids(model: nn.Module, tokenizer: Any) -> set[int]:
+    """The token ids that end a generation: the model's generation config and the tokenizer's EOS."""
     ids = set()
     for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
         if isinstance(value, int):
@@ -84,34 +85,70 @@ def generate(
     texts = [apply_chat(tokenizer, p, chat=chat, system=system) for p in prompts]
     ids = encode(tokenizer, texts)
     device = next(model.parameters()).device
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer)
     pad = pad_id(tokenizer)
-    sampling: dict[str, Any] = (
-        {"do_sample": True, "temperature": temperature, "top_p": top_p}
-        if do_sample
-        else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    )
     results: list[tuple[list[int], list[int]]] = []
     for start in range(0, len(ids), batch_size):
         chunk = ids[start : start + batch_size]
         input_ids, mask = pad_batch(chunk, pad, side="left")
-        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+        with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + start)
-            out = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=mask.to(device),
+            out = generate_batch(
+                model,
+                input_ids.to(device),
+                mask.to(device),
                 max_new_tokens=max_new_tokens,
                 pad_token_id=pad,
-                **sampling,
+                do_sample=do_sample,
+                temperature=temperature,
+                top_p=top_p,
             )
         for row, prompt_ids in enumerate(chunk):
-            gen = out[row, input_ids.shape[1] :].tolist()
+            gen = out[row].tolist()
             for i, tok in enumerate(gen):
                 if tok in eos:
                     gen = gen[: i + 1]
                     break
             results.append((prompt_ids, gen))
     return results
+
+
+def generate_batch(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    pad_token_id: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    **generate_kwargs: Any,
+) -> torch.Tensor:
+    """The one decode loop of steerlab: ``model.generate`` on a left-padded batch, returning only the new
+    tokens ``(batch, steps)`` (rows that finished early are padded with ``pad_token_id``). Used by
+    :func:`generate` and by the server (which adds its own ``stopping_criteria`` and ``logits_processor``
+    through ``generate_kwargs``). Steering applies when called inside :func:`steerlab.steer` or
+    :func:`steerlab.steer_rows`.
+
+    Example:
+        >>> new = generate_batch(model, input_ids, mask, max_new_tokens=20, pad_token_id=pad_id(tokenizer))
+    """
+    sampling: dict[str, Any] = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p}
+        if do_sample
+        else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    )
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad_token_id,
+            **sampling,
+            **generate_kwargs,
+        )
+    return out[:, input_ids.shape[1] :]
 
 
 def generated_nll(

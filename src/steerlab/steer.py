@@ -31,7 +31,15 @@ from steerlab.interventions import Alpha, apply_operator, check_alpha
 from steerlab.positions import PositionSpec, PositionTracker, parse_positions
 from steerlab.vector import SteeringVector
 
-__all__ = ["Intervention", "Scale", "directional_ablation", "resolve_deltas", "steer", "steer_rows"]
+__all__ = [
+    "Intervention",
+    "Scale",
+    "check_interventions",
+    "directional_ablation",
+    "resolve_deltas",
+    "steer",
+    "steer_rows",
+]
 
 Scale = Literal["absolute", "relative"]
 
@@ -163,6 +171,17 @@ def _as_interventions(what: Intervention | Sequence[Intervention]) -> list[Inter
 
 def _plain_add(entry: _Entry) -> bool:
     return entry.mode == "add" and entry.positions == "all" and not entry.preserve_norm
+
+
+def check_interventions(model: nn.Module, items: Intervention | Sequence[Intervention]) -> None:
+    """Validate interventions against ``model`` exactly as :func:`steer` would, without adding any hook: safe
+    to call while another thread runs the model (a server checks each request before it joins a batch).
+
+    Example:
+        >>> check_interventions(model, [Intervention(vec, alpha=0.2, scale="relative", layers=[10])])
+    """
+    for item in _as_interventions(items):
+        _resolve(model, item, None)
 
 
 @contextmanager

@@ -11,6 +11,7 @@ from torch import nn
 
 __all__ = [
     "apply_chat",
+    "apply_messages",
     "encode",
     "forward_kwargs",
     "has_chat_template",
@@ -36,6 +37,16 @@ def apply_chat(tokenizer: Any, prompt: str, *, chat: bool | None = None, system:
 
         raise SteerlabError("chat=True was asked for, but this tokenizer has no chat template; use chat=False.")
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    return apply_messages(tokenizer, messages)
+
+
+def apply_messages(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """A whole conversation (``[{"role": ..., "content": ...}, ...]``) in the chat template, followed by the
+    assistant header, ready to generate the next turn."""
+    if not has_chat_template(tokenizer):
+        from steerlab.errors import SteerlabError
+
+        raise SteerlabError("this tokenizer has no chat template, so it cannot format a conversation; send plain text.")
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 

@@ -1,0 +1,100 @@
+"""Serve steered models: an OpenAI-compatible HTTP API with per-request steering and a web playground.
+
+``steerlab serve`` runs :func:`serve`; :func:`~steerlab.serve.app.create_app` builds the app for embedding or
+tests. Needs the ``serve`` extra (FastAPI, uvicorn). See docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from steerlab.serve.app import ApiError, create_app
+from steerlab.serve.engine import Engine, EngineBusy, Event, Job
+from steerlab.serve.library import VectorLibrary
+from steerlab.serve.schemas import ServeLimits
+
+__all__ = [
+    "ApiError",
+    "Engine",
+    "EngineBusy",
+    "Event",
+    "Job",
+    "ServeLimits",
+    "VectorLibrary",
+    "background_server",
+    "create_app",
+    "serve",
+]
+
+log = logging.getLogger("steerlab.serve")
+
+
+def serve(
+    model: str = "smollm2-135m",
+    *,
+    vectors: str | Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str | None = None,
+    dtype: str | None = None,
+    batch_window: float = 0.015,
+    max_batch: int = 16,
+    limits: ServeLimits | None = None,
+) -> None:
+    """Load ``model`` and serve it with the vectors in the folder ``vectors`` until interrupted.
+
+    Without ``vectors`` the library is a fresh temporary folder (uploads last as long as the server).
+    Binds to loopback by default: the API has no authentication, so expose it only behind your own proxy.
+
+    Example:
+        >>> serve("smollm2-135m", vectors="vectors/", port=8000)   # then open http://127.0.0.1:8000/
+    """
+    import uvicorn
+
+    from steerlab.models import load_model
+
+    lm, tokenizer = load_model(model, device=device, dtype=dtype)
+    folder = Path(vectors) if vectors is not None else Path(tempfile.mkdtemp(prefix="steerlab-vectors-"))
+    library = VectorLibrary(folder, lm, max_bytes=(limits or ServeLimits()).max_vector_bytes)
+    engine = Engine(lm, tokenizer, batch_window=batch_window, max_batch=max_batch)
+    app = create_app(lm, tokenizer, library, limits=limits, engine=engine)
+    print(  # noqa: T201 - the one line a user needs
+        f"steerlab serving {model} with {len(library.names())} vector(s) from {folder} at http://{host}:{port}/ "
+        "(playground at /, OpenAI API at /v1)",
+        flush=True,
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@contextmanager
+def background_server(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run ``app`` with uvicorn in a background thread (port 0: a free one) and yield its base URL; the server
+    and its engine stop when the block ends. For notebooks, benchmarks and tests.
+
+    Example:
+        >>> with background_server(create_app(model, tokenizer, library)) as url:
+        ...     openai.OpenAI(base_url=url + "/v1", api_key="-").models.list()
+    """
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="steerlab-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start (is the port free?)")
+        time.sleep(0.02)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(60)

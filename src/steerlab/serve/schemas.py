@@ -1,0 +1,123 @@
+"""Request bodies of the server: OpenAI's chat and completion requests plus the ``steering`` field, and the
+server's limits.
+
+Only what steerlab can honour is accepted: unknown top-level fields that OpenAI clients send (``user``,
+``logprobs: false``...) are ignored, but a steering entry with an unknown key is refused (a typo there would
+otherwise silently steer differently from what was meant).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["ChatMessage", "ChatRequest", "CompletionRequest", "ServeLimits", "SteeringSpec", "SweepRequest"]
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one request may ask for; anything beyond gets a 4xx error that names the limit.
+
+    Attributes:
+        max_body_bytes: largest JSON request body.
+        max_vector_bytes: largest uploaded ``.safetensors`` vector.
+        max_prompt_tokens: longest prompt (after the chat template), in tokens.
+        max_tokens: most new tokens one request may ask for.
+        max_relative_alpha: largest ``|alpha|`` with ``scale="relative"`` (1.0 = a whole mean residual norm).
+        max_absolute_alpha: largest ``|alpha|`` with ``scale="absolute"``.
+        max_interventions: most entries in one request's ``steering`` list.
+        max_sweep: most strengths in one ``/v1/sweep`` request.
+    """
+
+    max_body_bytes: int = 1 * 2**20
+    max_vector_bytes: int = 16 * 2**20
+    max_prompt_tokens: int = 2048
+    max_tokens: int = 512
+    max_relative_alpha: float = 1.0
+    max_absolute_alpha: float = 100.0
+    max_interventions: int = 8
+    max_sweep: int = 9
+
+
+class SteeringSpec(BaseModel):
+    """One entry of ``steering``: a vector from the server's library and how to apply it.
+
+    ``alpha`` is a number, or ``[lo, hi]`` for ``mode="clamp"`` (``null`` = unbounded). With the default
+    ``scale="relative"`` it is a fraction of the layer's mean residual norm (0.15 adds 15%); ``"absolute"``
+    multiplies the stored direction as it is. ``layers`` picks a subset of the vector's layers.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    vector: str
+    alpha: float | tuple[float | None, float | None]
+    layers: list[int] | None = None
+    mode: Literal["add", "ablate", "ablate_then_add", "clamp"] = "add"
+    positions: Literal["all", "prompt", "generated"] | int = "all"
+    scale: Literal["relative", "absolute"] = "relative"
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: dict | None = None
+    n: int | None = Field(None, ge=1, le=1)
+    steering: list[SteeringSpec] | None = None
+
+
+class ChatMessage(BaseModel):
+    """A chat turn; ``content`` is text, or OpenAI's list of ``{"type": "text", "text": ...}`` parts."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str | list[dict]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        parts = []
+        for part in self.content:
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise ValueError("only text content parts are supported")
+            parts.append(part["text"])
+        return "".join(parts)
+
+
+class ChatRequest(_Sampling):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+
+
+class CompletionRequest(_Sampling):
+    """``POST /v1/completions`` (one prompt string; no chat template)."""
+
+    prompt: str | list[str]
+    max_tokens: int | None = 16
+
+
+class SweepRequest(BaseModel):
+    """``POST /v1/sweep``: one prompt at several strengths of one vector, with the coherence figure (mean NLL of
+    each answer under the unsteered model) per strength. Used by the playground's sweep button."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str
+    vector: str
+    alphas: list[float] = Field(min_length=1)
+    layers: list[int] | None = None
+    mode: Literal["add", "ablate", "ablate_then_add"] = "add"
+    positions: Literal["all", "prompt", "generated"] | int = "all"
+    scale: Literal["relative", "absolute"] = "relative"
+    max_tokens: int = 24
