@@ -446,6 +446,10 @@ def demo(
         show_comparison(row)
 
 
+# The measuring commands (sweep, calibrate, probe, breakdown, report) live in their own module.
+from steerlab import cli_measure  # noqa: E402, F401
+
+
 def main() -> None:
     app()
 
