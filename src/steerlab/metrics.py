@@ -141,6 +141,7 @@ class ABQuestion:
 
     @property
     def not_matching(self) -> str:
+        """The letter of the answer that does not show the behaviour."""
         return "B" if self.matching == "A" else "A"
 
 

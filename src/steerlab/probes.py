@@ -57,9 +57,11 @@ class Probe:
         return x.double() @ self.direction.double() + self.bias
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Predicted labels (0 or 1) of the rows of ``x``."""
         return (self.decision(x) > 0).long()
 
     def accuracy(self, x: torch.Tensor, y: Sequence[int] | torch.Tensor) -> float:
+        """Share of rows of ``x`` whose predicted label equals ``y``."""
         y = torch.as_tensor(y).long()
         return float((self.predict(x) == y).double().mean())
 
