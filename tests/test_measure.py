@@ -237,3 +237,49 @@ def test_breakdown_traces_growth_and_collapse(tiny, tokenizer):
     assert collapse is None or collapse == min(r["alpha"] for r in table.records if r["kl"] > 1.0)
     with pytest.raises(SteeringError, match="positive"):
         breakdown(model, tokenizer, vec, alphas=[0.0])
+
+
+def test_sweep_over_modes_keeps_identities(tiny, tokenizer):
+    model = tiny("gpt2")
+    vec = random_vector(model, layers=(2,), scale=5.0)
+    result = sweep(model, tokenizer, vec, QUESTIONS[:2], alphas=[0.0, 1.0], modes=["add", "ablate"],
+                   scale="absolute", baseline=False, coherence=neutral_texts()[:4])  # fmt: skip
+    assert {r["mode"] for r in result.records} == {"add", "ablate"} and len(result.records) == 4
+    assert all((r["kl"] == 0.0) == (r["alpha"] == 0.0) for r in result.records)
+    with pytest.raises(SteeringError, match="not in the vector"):
+        sweep(model, tokenizer, vec, QUESTIONS[:1], layers=[0])
+
+
+def test_figures_and_report_for_every_kind(tmp_path, tiny, tokenizer):
+    from steerlab.plots import figures_for
+    from steerlab.report import write_report
+
+    cells = [(layer, a, d) for layer in (1, 2) for a in (-0.1, 0.0, 0.1) for d in ("vector", "random")]
+    sweep_records = [
+        {"mode": "add", "layer": layer, "alpha": a, "direction": d, "p_matching": 0.5 + a * layer / 10,
+         "effect": a * layer / 10, "kl": a * a}
+        for layer, a, d in cells
+    ]  # fmt: skip
+    sweep_table = ResultTable("sweep", sweep_records, {"metric": "p_matching", "scale": "relative", "n_items": 4})
+    probe_records = [
+        {"layer": layer, "method": m, "test_accuracy": 0.6 + layer / 10}
+        for layer in (1, 2, 3)
+        for m in ("mass_mean", "logistic")
+    ]
+    probe = ResultTable("probe", probe_records, {"dataset": "toy", "n": 10})
+    transfer_records = [
+        {"train": a, "test": b, "accuracy": 0.9 if a == b else 0.5} for a in ("x", "y") for b in ("x", "y")
+    ]
+    transfer = ResultTable("transfer", transfer_records, {"layer": 2, "method": "mass_mean"})
+    pca = activation_pca(tiny("llama"), tokenizer, neutral_texts()[:8], layer=1, labels=[0, 1] * 4).table()
+    breakdown_table = ResultTable("breakdown", [
+        {"layer": 3, "alpha": a, "kl": a, "entropy": 3.0, "perplexity": 5 + a, "final_norm_ratio": 1 + a}
+        for a in (0.1, 1.0, 2.0)
+    ], {"collapse_kl": 1.0})  # fmt: skip
+    tables = [sweep_table, probe, transfer, pca, breakdown_table]
+    assert [len(figures_for(t)) for t in tables] == [2, 1, 1, 1, 1]
+    page = write_report(tables, tmp_path / "r.html", title="<all kinds>").read_text()
+    assert page.count("data:image/png;base64,") == 6 and "&lt;all kinds&gt;" in page
+    assert "http://" not in page and "https://" not in page
+    with pytest.raises(DataError, match="at least one"):
+        write_report([], tmp_path / "empty.html")
