@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from steerlab import extract_vector, load_model, load_pairs  # noqa: E402
 from steerlab.breakdown import DEFAULT_COLLAPSE_KL, breakdown  # noqa: E402
-from steerlab.data import load_statements  # noqa: E402
+from steerlab.data import balance_ab, load_statements  # noqa: E402
 from steerlab.metrics import ABBehaviour, load_ab, logits_per_alpha  # noqa: E402
 from steerlab.plots import breakdown_curves, probe_accuracy, sweep_heatmaps, transfer_heatmap  # noqa: E402
 from steerlab.probes import probe_layers, transfer_matrix  # noqa: E402
@@ -34,7 +34,7 @@ from steerlab.sweep import DEFAULT_KL_BUDGET, calibrate, sweep  # noqa: E402
 torch.set_num_threads(1)
 
 BEHAVIOURS = ["coordinate-other-ais", "hallucination", "myopic-reward", "refusal", "survival-instinct", "sycophancy"]
-N_TRAIN, N_TEST = 48, 12
+N_TRAIN, N_TEST = 32, 12
 CAA_LAYER = 13
 CAL_LAYERS = [8, 13]
 CAL_ALPHAS = [-0.2, -0.1, 0.0, 0.1, 0.2]
@@ -72,7 +72,7 @@ lines: list[str] = []
 # ----- 1. CAA behaviours ------------------------------------------------------------------------------------
 caa_rows, cal_rows, sweeps = [], [], {}
 for name in BEHAVIOURS:
-    pairs = load_pairs(ROOT / "datasets/caa/generate" / name / "generate_dataset.json")[:N_TRAIN]
+    pairs = balance_ab(load_pairs(ROOT / "datasets/caa/generate" / name / "generate_dataset.json")[:N_TRAIN])
     vec = extract_vector(model, tokenizer, pairs, layers=sorted({CAA_LAYER, *CAL_LAYERS}))
     questions = load_ab(ROOT / "datasets/caa/test" / name / "test_dataset_ab.json")[:N_TEST]
     metric = ABBehaviour(tokenizer, questions)
@@ -102,7 +102,9 @@ lines += [
     "## CAA behaviours: p(matching behaviour)",
     "",
     f"Vector: `mean_diff` of the residual stream at the answer letter over the first {N_TRAIN} contrast pairs of "
-    f"each behaviour's `generate_dataset.json`. Test: the first {N_TEST} two-choice questions of its "
+    "each behaviour's `generate_dataset.json` (two-choice ones only), each also with its choices swapped "
+    "(`balance_ab`: the answer letters are balanced, so the vector is not partly 'letter A'). "
+    f"Test: the first {N_TEST} two-choice questions of its "
     f"`test_dataset_ab.json`, each asked in both choice orders (n = {2 * N_TEST} prompts), p(matching) = "
     "probability of the matching letter among A and B after `(` in the assistant turn. Multipliers are CAA's: "
     f"alpha times the raw vector, added at every token after block {CAA_LAYER}. *random* = a random direction of "
@@ -181,15 +183,16 @@ lines += [
 log("probes done")
 
 # ----- 3. Breakdown ------------------------------------------------------------------------------------------
-pairs = load_pairs(ROOT / "datasets/caa/generate/refusal/generate_dataset.json")[:N_TRAIN]
+pairs = balance_ab(load_pairs(ROOT / "datasets/caa/generate/refusal/generate_dataset.json")[:N_TRAIN])
 vec = extract_vector(model, tokenizer, pairs, layers=BREAK_LAYERS)
 table = breakdown(model, tokenizer, vec, alphas=BREAK_ALPHAS, max_new_tokens=24)
 meta = table.meta
 lines += [
     "## Why large coefficients break the model",
     "",
-    f"The refusal CAA vector ({N_TRAIN} pairs), scaled so the added norm is alpha x the layer's natural residual "
-    f"norm (mean over the real tokens of the {meta['n_texts']} neutral texts, first token left out). KL and "
+    f"The refusal CAA vector ({N_TRAIN} pairs, A/B balanced), scaled so the added norm is alpha x the layer's "
+    f"natural residual norm (mean over the real tokens of the {meta['n_texts']} neutral texts, first token left "
+    "out). KL and "
     f"entropy on those texts; perplexity of {meta['max_new_tokens']}-token greedy generations for "
     f"{meta['n_prompts']} neutral prompts under the unsteered model (unsteered: "
     f"{meta['unsteered_perplexity']:.2f}; unsteered entropy {meta['unsteered_entropy']:.2f} nats). Collapse = the "

@@ -283,3 +283,17 @@ def test_figures_and_report_for_every_kind(tmp_path, tiny, tokenizer):
     assert "http://" not in page and "https://" not in page
     with pytest.raises(DataError, match="at least one"):
         write_report([], tmp_path / "empty.html")
+
+
+def test_balance_ab_adds_swapped_pairs():
+    from steerlab.data import ContrastPair, balance_ab, load_pairs
+
+    pairs = load_pairs(CAA.parent / "generate" / "refusal" / "generate_dataset.json")[:4]
+    balanced = balance_ab(pairs)
+    assert len(balanced) == 8 and balanced[0] == pairs[0]
+    assert balanced[1].positive == pairs[0].negative and balanced[1].prompt != pairs[0].prompt
+    assert sorted(p.positive for p in balanced).count("(A") == 4  # letters balanced exactly
+    with pytest.warns(UserWarning, match="left out 1"):
+        assert len(balance_ab([*pairs[:1], ContrastPair("(A", "(C", "Pick (A) x (B) y (C) z")])) == 2
+    with pytest.raises(DataError, match="no two-choice"), pytest.warns(UserWarning):
+        balance_ab([ContrastPair("yes", "no")])

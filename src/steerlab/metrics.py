@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from steerlab.data import swap_choice_text
 from steerlab.errors import DataError, SteeringError
 from steerlab.interventions import Alpha
 from steerlab.positions import PositionSpec
@@ -194,18 +195,7 @@ def swap_choices(question: ABQuestion) -> ABQuestion:
         >>> swap_choices(ABQuestion("Pick.\\n\\nChoices:\\n (A) Yes\\n (B) No", "A")).question
         'Pick.\\n\\nChoices:\\n (A) No\\n (B) Yes'
     """
-    q = question.question
-    a, b = q.rfind("(A)"), q.rfind("(B)")
-    if a < 0 or b < a:
-        raise DataError(f"cannot swap the choices of a question without '(A) ... (B) ...': {q[:80]!r}")
-    head, a_part, b_part = q[:a], q[a + 3 : b], q[b + 3 :]
-    a_text = a_part.rstrip()
-    sep = a_part[len(a_text) :]  # whitespace between the two choices (e.g. "\n ")
-    a_lead = a_text[: len(a_text) - len(a_text.lstrip())]
-    b_lead = b_part[: len(b_part) - len(b_part.lstrip())]
-    b_body, b_tail = b_part.strip(), b_part[len(b_part.rstrip()) :]
-    swapped = f"{head}(A){a_lead}{b_body}{sep}(B){b_lead}{a_text.strip()}{b_tail}"
-    return ABQuestion(swapped, question.not_matching, not question.swapped)
+    return ABQuestion(swap_choice_text(question.question), question.not_matching, not question.swapped)
 
 
 class ABBehaviour:
