@@ -214,9 +214,10 @@ for layer in BREAK_LAYERS:
     )
 lines += [
     "",
-    "Perplexity of the generations and last-layer residual norm (steered / unsteered):",
+    "Perplexity of the generations, and the residual norm at the last block's output (before the final norm) at "
+    f"alpha {BREAK_ALPHAS[-1]:g}, steered / unsteered:",
     "",
-    "| layer | " + " | ".join(f"ppl @ {a:g}" for a in BREAK_ALPHAS) + " | final norm x @ max |",
+    "| layer | " + " | ".join(f"ppl @ {a:g}" for a in BREAK_ALPHAS) + " | last-block norm x @ max |",
     "|---:|" + "---:|" * (len(BREAK_ALPHAS) + 1),
 ]
 for layer in BREAK_LAYERS:

@@ -232,6 +232,8 @@ def test_breakdown_traces_growth_and_collapse(tiny, tokenizer):
     assert kls[0] < kls[-1] and len(table.records) == 4
     assert all(len(r["later_norms"]) == 3 for r in table.records)  # blocks 1, 2, 3
     assert table.records[-1]["later_norms"][0] > table.records[0]["later_norms"][0]
+    # Read at the last block's output (before the final norm): a push of 16x the residual norm survives there.
+    assert table.records[-1]["final_norm_ratio"] > 2.0 > table.records[0]["final_norm_ratio"]
     assert all(math.isfinite(r["perplexity"]) for r in table.records)
     collapse = table.meta["collapse"]["1"]
     assert collapse is None or collapse == min(r["alpha"] for r in table.records if r["kl"] > 1.0)

@@ -16,6 +16,7 @@ from torch import nn
 
 from steerlab.arch.registry import get_layout
 from steerlab.errors import SteeringError
+from steerlab.hooks import HookSet
 from steerlab.metrics import generation_perplexity, neutral_texts, next_token_entropy
 from steerlab.results import ResultTable
 from steerlab.steer import steer
@@ -30,19 +31,33 @@ on SmolLM2 generations there are repetitive or off-topic."""
 
 
 def _run(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, batch_size: int):
-    """Logits and the mean residual norm after every block over real tokens, the first (sink) left out."""
+    """Logits and the mean residual norm at every block's output over real tokens, the first (sink) left out.
+
+    The norms are read by hooks on the blocks (``resid_post``), not from ``output_hidden_states``, whose last
+    entry is after the final norm on many architectures. Steering hooks are prepended, so these see the steered
+    stream.
+    """
+    layout = get_layout(model)
     device = next(model.parameters()).device
-    logits, norm_sums, count = [], None, 0
-    with torch.inference_mode():
+    logits, sums, count = [], torch.zeros(layout.num_layers, dtype=torch.float64), 0
+    state: dict[str, torch.Tensor] = {}
+
+    def observe(layer: int):
+        def hook(hidden: torch.Tensor) -> None:
+            sums[layer] += float((hidden.float().norm(dim=-1) * state["keep"]).sum())
+
+        return hook
+
+    with HookSet() as hooks, torch.inference_mode():
+        for layer in range(layout.num_layers):
+            module, is_input = layout.site_module(layer, "resid_post")
+            hooks.on_hidden(module, is_input, observe(layer))
         for start in range(0, ids.shape[0], batch_size):
             i, m = ids[start : start + batch_size].to(device), mask[start : start + batch_size].to(device)
-            output = model(**forward_kwargs(model, i, m), output_hidden_states=True)
-            logits.append(output.logits.float().cpu())
-            keep = (m.bool() & (m.cumsum(-1) > 1))[..., None]
-            sums = torch.stack([(h.float().norm(dim=-1, keepdim=True) * keep).sum() for h in output.hidden_states[1:]])
-            norm_sums = sums if norm_sums is None else norm_sums + sums
-            count += int(keep.sum())
-    return torch.cat(logits), (norm_sums / max(count, 1)).cpu()
+            state["keep"] = (m.bool() & (m.cumsum(-1) > 1)).float()
+            logits.append(model(**forward_kwargs(model, i, m)).logits.float().cpu())
+            count += int(state["keep"].sum())
+    return torch.cat(logits), sums / max(count, 1)
 
 
 def breakdown(
@@ -68,9 +83,9 @@ def breakdown(
 
     Returns a ``ResultTable(kind="breakdown")``: one record per (layer, alpha) with ``added_norm``,
     ``natural_norm``, ``vector_ratio`` (the vector's own norm / natural norm), ``kl``, ``entropy``,
-    ``perplexity``, ``final_norm_ratio`` (last layer's residual norm, steered / unsteered) and ``later_norms``
-    (mean residual norm after every block from ``layer`` on); ``meta["collapse"]`` maps each layer to the
-    smallest alpha whose KL exceeds ``collapse_kl`` (``None``: not reached).
+    ``perplexity``, ``final_norm_ratio`` (residual norm at the last block's output, steered / unsteered) and
+    ``later_norms`` (mean residual norm after every block from ``layer`` on); ``meta["collapse"]`` maps each
+    layer to the smallest alpha whose KL exceeds ``collapse_kl`` (``None``: not reached).
 
     Example:
         >>> table = breakdown(model, tokenizer, vec, layers=[6, 12, 18], alphas=[0.25, 0.5, 1, 2])
