@@ -197,6 +197,7 @@ def test_probe_layers_transfer_and_vector(tiny, tokenizer):
     assert run.best().test_accuracy == 1.0  # the label is the last token: linearly separable
     vec = run.best().to_vector(model)
     assert vec.normalized and vec.layers == [run.best().layer] and vec.resid_norm
+    assert kl_from_unsteered(model, tokenizer, vec, 0.5, scale="relative", texts=texts[:4]) > 0  # it steers
     table = transfer_matrix(model, tokenizer, {"a": (texts, labels), "b": (texts[::-1], labels[::-1])}, layer=3)
     assert table.kind == "transfer" and len(table.records) == 4
 
@@ -208,6 +209,7 @@ def test_structure_pca_covariance_and_cosines(tiny, tokenizer):
     torch.testing.assert_close(pca.components @ pca.components.T, torch.eye(3), atol=1e-4, rtol=0)
     assert 0 < sum(pca.explained) <= 1.0 + 1e-6 and pca.explained == sorted(pca.explained, reverse=True)
     assert pca.vector(0).directions[2].norm() == pytest.approx(1.0, abs=1e-5)
+    assert kl_from_unsteered(model, tokenizer, pca.vector(0), 0.5, scale="relative", texts=texts[:4]) > 0
     assert pca.table().records[0]["label"] == 0 and "pc3" in pca.table().records[0]
     x = torch.randn(50, 6, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(activation_covariance(x), torch.cov(x.double().T))
