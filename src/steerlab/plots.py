@@ -51,8 +51,9 @@ def _grid(rows: list[dict[str, Any]], value: str) -> tuple[list[Any], list[Any],
     return layers, alphas, grid
 
 
-def _heat(ax: Any, layers: list, alphas: list, grid: np.ndarray, title: str, cmap: str, center: bool) -> None:
-    limit = float(np.nanmax(np.abs(grid))) if center and np.isfinite(grid).any() else None
+def _heat(
+    ax: Any, layers: list, alphas: list, grid: np.ndarray, title: str, cmap: str, center: bool, limit: float | None
+) -> None:
     image = ax.imshow(grid, aspect="auto", origin="lower", cmap=cmap,
                       vmin=-limit if limit else None, vmax=limit if limit else None)  # fmt: skip
     ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas], rotation=45)
@@ -74,9 +75,12 @@ def sweep_heatmaps(table: ResultTable, *, mode: str | None = None) -> Figure:
     if random:
         panels.append((random, "effect", f"effect on {metric} (random, same norm)", "RdBu_r", True))
     panels.append((vector, "kl", "KL from unsteered (nats/token)", "viridis", False))
+    # One colour scale for the vector's and the random direction's effects, so the two panels compare by eye.
+    effects = [abs(r["effect"]) for r in vector + random if r.get("effect") is not None]
+    shared = max(effects) if effects and max(effects) > 0 else None
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
     for ax, (rows, value, title, cmap, center) in zip(axes[0], panels, strict=True):
-        _heat(ax, *_grid(rows, value), title, cmap, center)
+        _heat(ax, *_grid(rows, value), title, cmap, center, shared if center else None)
     fig.suptitle(f"sweep ({mode}, scale {table.meta.get('scale', '?')}, n = {table.meta.get('n_items', '?')})")
     fig.tight_layout()
     return fig
