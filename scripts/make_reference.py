@@ -15,6 +15,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 API_MODULES = [
     "steerlab",
+    "steerlab.data",
+    "steerlab.metrics",
+    "steerlab.sweep",
+    "steerlab.results",
+    "steerlab.probes",
+    "steerlab.structure",
+    "steerlab.breakdown",
+    "steerlab.plots",
+    "steerlab.report",
     "steerlab.bake",
     "steerlab.io.gguf",
     "steerlab.io.hub",

@@ -534,6 +534,10 @@ def chat(
             stop()
 
 
+# The measuring commands (sweep, calibrate, probe, breakdown, report) live in their own module.
+from steerlab import cli_measure  # noqa: E402, F401
+
+
 def main() -> None:
     app()
 

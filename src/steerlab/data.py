@@ -28,6 +28,9 @@ __all__ = [
     "ContrastPair",
     "dataset_hash",
     "load_pairs",
+    "load_statements",
+    "balance_ab",
+    "swap_choice_text",
     "pair_texts",
     "pairs_from_records",
     "sentiment_pairs",
@@ -195,3 +198,84 @@ def sentiment_pairs() -> list[ContrastPair]:
     path = resources.files("steerlab") / "data" / "sentiment_pairs.jsonl"
     with resources.as_file(path) as real:
         return load_pairs(real)
+
+
+def load_statements(path: str | Path, *, limit: int | None = None, seed: int = 0) -> tuple[list[str], list[int]]:
+    """True/false statements from a CSV with columns ``statement`` and ``label`` (1 true, 0 false), as in
+    Geometry of Truth and RepE's ``facts_true_false.csv``. With ``limit``, a seeded random subset of that size.
+
+    Example:
+        >>> texts, labels = load_statements("datasets/geometry-of-truth/cities.csv", limit=400)
+    """
+    import csv
+    import random
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"statement file '{path}' does not exist.")
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"statement", "label"} <= set(reader.fieldnames):
+            raise DataError(f"{path}: expected CSV columns 'statement' and 'label'; found {reader.fieldnames}.")
+        rows = list(reader)
+    texts, labels = [], []
+    for n, row in enumerate(rows, start=2):
+        label = str(row["label"]).strip()
+        if label not in ("0", "1") or not (row["statement"] or "").strip():
+            raise DataError(f"{path}, line {n}: expected a non-empty statement and label 0 or 1, found {row}.")
+        texts.append(row["statement"])
+        labels.append(int(label))
+    if not texts:
+        raise DataError(f"{path} holds no statements.")
+    if limit is not None and limit < len(texts):
+        order = list(range(len(texts)))
+        random.Random(seed).shuffle(order)
+        keep = sorted(order[:limit])
+        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
+    if len(set(labels)) < 2:
+        raise DataError(f"{path}: all {len(labels)} statements have label {labels[0]}; a probe needs both classes.")
+    return texts, labels
+
+
+def swap_choice_text(question: str) -> str:
+    """A two-choice question ending in ``(A) ... (B) ...`` with the texts of the two choices exchanged.
+
+    Example:
+        >>> swap_choice_text("Pick one.\\n\\nChoices:\\n (A) Yes\\n (B) No")
+        'Pick one.\\n\\nChoices:\\n (A) No\\n (B) Yes'
+    """
+    a, b = question.rfind("(A)"), question.rfind("(B)")
+    if a < 0 or b < a or "(C)" in question:
+        raise DataError(f"cannot swap the choices of a question without exactly '(A) ... (B) ...': {question[:80]!r}")
+    head, a_part, b_part = question[:a], question[a + 3 : b], question[b + 3 :]
+    a_text = a_part.rstrip()
+    sep = a_part[len(a_text) :]  # whitespace between the two choices (e.g. "\\n ")
+    a_lead = a_text[: len(a_text) - len(a_text.lstrip())]
+    b_lead = b_part[: len(b_part) - len(b_part.lstrip())]
+    b_body, b_tail = b_part.strip(), b_part[len(b_part.rstrip()) :]
+    return f"{head}(A){a_lead}{b_body}{sep}(B){b_lead}{a_text.strip()}{b_tail}"
+
+
+def balance_ab(pairs: Sequence[ContrastPair]) -> list[ContrastPair]:
+    """CAA A/B pairs, each followed by its copy with the two choices swapped (and the answers with them), so the
+    answer letters are balanced and a mean difference cannot encode "letter A" instead of the behaviour. Pairs
+    that are not two-choice A/B questions (answers other than ``(A``/``(B``) are left out with a warning.
+
+    Example:
+        >>> pairs = balance_ab(load_pairs("datasets/caa/generate/refusal/generate_dataset.json")[:32])  # 64 pairs
+    """
+    import warnings
+
+    out, skipped = [], 0
+    for pair in pairs:
+        answers = {pair.positive.strip(), pair.negative.strip()}
+        if pair.prompt is None or answers != {"(A", "(B"} or pair.prompt.count("(A)") != 1 or "(C)" in pair.prompt:
+            skipped += 1
+            continue
+        swapped = ContrastPair(pair.negative, pair.positive, swap_choice_text(pair.prompt))
+        out += [pair, swapped]
+    if skipped:
+        warnings.warn(f"balance_ab left out {skipped} pairs that are not two-choice (A)/(B) questions.", stacklevel=2)
+    if not out:
+        raise DataError("balance_ab found no two-choice (A)/(B) pairs among the pairs given.")
+    return out

@@ -35,7 +35,7 @@ from steerlab.errors import SteeringError
 from steerlab.hooks import HookSet, block_hidden
 from steerlab.interventions import Alpha
 from steerlab.steer import Intervention, steer
-from steerlab.text import forward_kwargs
+from steerlab.text import forward_kwargs, takes_logits_to_keep
 
 __all__ = ["logits_over_alphas"]
 
@@ -156,6 +156,8 @@ def logits_over_alphas(
     items = [None if a is None else dataclasses.replace(intervention, alpha=a) for a in alphas]
     start = _layers_of(intervention)[0]
     kwargs = forward_kwargs(model, input_ids, attention_mask)
+    if last_only and takes_logits_to_keep(model):
+        kwargs["logits_to_keep"] = 1  # the output head at the last position only: most of a pass's cost here
 
     def full_pass(item: Intervention | None) -> torch.Tensor:
         with steer(model, [item]) if item is not None else nullcontext():

@@ -85,6 +85,16 @@ def _takes_position_ids(model_class: type) -> bool:
     return "position_ids" in inspect.signature(model_class.forward).parameters
 
 
+@functools.cache
+def _takes_logits_to_keep(model_class: type) -> bool:
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+
+
+def takes_logits_to_keep(model: nn.Module) -> bool:
+    """Whether the model's forward can compute the output head for the last positions only."""
+    return _takes_logits_to_keep(type(model))
+
+
 def takes_position_ids(model: nn.Module) -> bool:
     """Whether the model's forward takes ``position_ids`` (then padding never shifts a row's positions)."""
     return _takes_position_ids(type(model))

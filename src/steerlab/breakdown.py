@@ -1,0 +1,147 @@
+"""Why large coefficients break the model: what happens to the residual stream and the output as alpha grows.
+
+For each layer and each strength (given as the added vector's norm divided by the layer's natural residual norm,
+measured on the neutral text set), :func:`breakdown` records the mean residual norm at every later layer, the
+next-token entropy, ``KL(steered || unsteered)`` and the perplexity of steered generations under the unsteered
+model, and reports the strength at which coherence collapses (KL above ``collapse_kl``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from steerlab.arch.registry import get_layout
+from steerlab.errors import SteeringError
+from steerlab.hooks import HookSet
+from steerlab.metrics import generation_perplexity, neutral_texts, next_token_entropy
+from steerlab.results import ResultTable
+from steerlab.steer import steer
+from steerlab.text import encode, forward_kwargs, pad_batch, pad_id
+from steerlab.vector import SteeringVector
+
+__all__ = ["DEFAULT_COLLAPSE_KL", "breakdown"]
+
+DEFAULT_COLLAPSE_KL = 1.0
+"""KL (nats/token) above which :func:`breakdown` calls coherence collapsed: five times the calibration budget;
+on SmolLM2 generations there are repetitive or off-topic."""
+
+
+def _run(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, batch_size: int):
+    """Logits and the mean residual norm at every block's output over real tokens, the first (sink) left out.
+
+    The norms are read by hooks on the blocks (``resid_post``), not from ``output_hidden_states``, whose last
+    entry is after the final norm on many architectures. Steering hooks are prepended, so these see the steered
+    stream.
+    """
+    layout = get_layout(model)
+    device = next(model.parameters()).device
+    logits, sums, count = [], torch.zeros(layout.num_layers, dtype=torch.float64), 0
+    state: dict[str, torch.Tensor] = {}
+
+    def observe(layer: int):
+        def hook(hidden: torch.Tensor) -> None:
+            sums[layer] += float((hidden.float().norm(dim=-1) * state["keep"]).sum())
+
+        return hook
+
+    with HookSet() as hooks, torch.inference_mode():
+        for layer in range(layout.num_layers):
+            module, is_input = layout.site_module(layer, "resid_post")
+            hooks.on_hidden(module, is_input, observe(layer))
+        for start in range(0, ids.shape[0], batch_size):
+            i, m = ids[start : start + batch_size].to(device), mask[start : start + batch_size].to(device)
+            state["keep"] = (m.bool() & (m.cumsum(-1) > 1)).float()
+            logits.append(model(**forward_kwargs(model, i, m)).logits.float().cpu())
+            count += int(state["keep"].sum())
+    return torch.cat(logits), sums / max(count, 1)
+
+
+def breakdown(
+    model: nn.Module,
+    tokenizer: Any,
+    vector: SteeringVector,
+    *,
+    layers: Sequence[int] | None = None,
+    alphas: Sequence[float] = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0),
+    texts: Sequence[str] | None = None,
+    prompts: Sequence[str] | None = None,
+    max_new_tokens: int = 24,
+    collapse_kl: float = DEFAULT_COLLAPSE_KL,
+    batch_size: int = 16,
+) -> ResultTable:
+    """Trace the breakdown of the model as the added vector grows, per layer.
+
+    Args:
+        alphas: added norm as a multiple of the layer's natural residual norm on ``texts`` (0.5 = half of it).
+        texts: where norms, entropy and KL are measured (default: the neutral set).
+        prompts: prompts whose greedy generations are scored (default: the first 4 of ``NEUTRAL_PROMPTS``);
+            ``max_new_tokens=0`` skips generation.
+
+    Returns a ``ResultTable(kind="breakdown")``: one record per (layer, alpha) with ``added_norm``,
+    ``natural_norm``, ``vector_ratio`` (the vector's own norm / natural norm), ``kl``, ``entropy``,
+    ``perplexity``, ``final_norm_ratio`` (residual norm at the last block's output, steered / unsteered) and
+    ``later_norms`` (mean residual norm after every block from ``layer`` on); ``meta["collapse"]`` maps each
+    layer to the smallest alpha whose KL exceeds ``collapse_kl`` (``None``: not reached).
+
+    Example:
+        >>> table = breakdown(model, tokenizer, vec, layers=[6, 12, 18], alphas=[0.25, 0.5, 1, 2])
+        >>> table.meta["collapse"]
+    """
+    from steerlab.data import NEUTRAL_PROMPTS
+
+    vector.check_fits(model)
+    layers = list(vector.layers if layers is None else layers)
+    missing = [layer for layer in layers if layer not in vector.directions]
+    if missing:
+        raise SteeringError(f"layers {missing} are not in the vector, which has layers {vector.layers}.")
+    alphas = sorted(float(a) for a in alphas)
+    if not alphas or any(a <= 0 for a in alphas):
+        raise SteeringError(f"breakdown alphas must be positive multiples of the residual norm, got {alphas}.")
+    texts = list(texts) if texts is not None else neutral_texts()
+    prompts = list(prompts) if prompts is not None else list(NEUTRAL_PROMPTS[:4])
+    ids, mask = pad_batch(encode(tokenizer, texts), pad_id(tokenizer), side="left")
+    base_logits, base_norms = _run(model, ids, mask, batch_size)
+    base_logp = torch.log_softmax(base_logits.double(), -1)
+    base_entropy = next_token_entropy(base_logits, mask)
+    base_ppl = (
+        generation_perplexity(model, tokenizer, prompts, vector, 0.0, layer=layers[0], max_new_tokens=max_new_tokens)
+        if max_new_tokens > 0 else None
+    )  # fmt: skip
+    num_layers = get_layout(model).num_layers
+    unit = vector.normalized_copy()
+    records = []
+    for layer in layers:
+        natural = float(base_norms[layer])
+        for alpha in alphas:
+            scaled = unit * (alpha * natural)
+            with steer(model, scaled, 1.0, layers=[layer]):
+                logits, norms = _run(model, ids, mask, batch_size)
+            logp = torch.log_softmax(logits.double(), -1)
+            kl = (logp.exp() * (logp - base_logp)).sum(-1)[mask.bool()].mean().clamp_min(0.0)
+            ppl = None
+            if max_new_tokens > 0:
+                ppl = generation_perplexity(
+                    model, tokenizer, prompts, scaled, 1.0, layer=layer, max_new_tokens=max_new_tokens
+                )
+            records.append({
+                "layer": layer, "alpha": alpha, "added_norm": alpha * natural, "natural_norm": natural,
+                "vector_ratio": float(vector.directions[layer].norm()) / natural, "kl": float(kl),
+                "entropy": next_token_entropy(logits, mask), "perplexity": ppl,
+                "final_norm_ratio": float(norms[-1] / base_norms[-1]),
+                "later_norms": [float(n) for n in norms[layer:num_layers]],
+            })  # fmt: skip
+    collapse = {}
+    for layer in layers:
+        over = [r["alpha"] for r in records if r["layer"] == layer and r["kl"] > collapse_kl]
+        collapse[str(layer)] = min(over) if over else None
+    meta = {
+        "collapse": collapse, "collapse_kl": collapse_kl, "n_texts": len(texts), "n_prompts": len(prompts),
+        "max_new_tokens": max_new_tokens, "unsteered_entropy": base_entropy, "unsteered_perplexity": base_ppl,
+        "unsteered_norms": [float(n) for n in base_norms], "layers": layers, "alphas": alphas,
+        "vector": {"model_id": vector.model_id, "method": vector.method},
+    }  # fmt: skip
+    return ResultTable("breakdown", records, meta)

@@ -1,0 +1,224 @@
+"""The measuring commands of the ``steerlab`` CLI: ``sweep``, ``calibrate``, ``probe``, ``breakdown``, ``report``.
+
+Kept apart from :mod:`steerlab.cli` (which imports this module to register them) so each stays small; every
+command is a thin layer over :mod:`steerlab.sweep`, :mod:`steerlab.probes`, :mod:`steerlab.breakdown` and
+:mod:`steerlab.report`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from steerlab.cli import (
+    DEVICE_OPT,
+    DTYPE_OPT,
+    MODEL_OPT,
+    _load,
+    app,
+    err,
+    out,
+    parse_floats,
+    parse_ints,
+    user_errors,
+)
+from steerlab.errors import SteerlabError
+
+__all__ = ["breakdown_command", "calibrate_command", "probe_command", "report_command", "sweep_command"]
+
+QUESTIONS_OPT = typer.Option(
+    ..., "--questions", help="CAA A/B questions (e.g. datasets/caa/test/<b>/test_dataset_ab.json)."
+)
+LIMIT_OPT = typer.Option(None, "--limit", help="Use only the first N questions (each is asked in both A/B orders).")
+SWEEP_ALPHAS_OPT = typer.Option(
+    "-0.3,-0.2,-0.1,-0.05,0,0.05,0.1,0.2,0.3", "--alphas", help="Strengths (relative to the residual norm by default)."
+)
+
+
+def _write(result: Any, prefix: Path) -> list[Path]:
+    """Write ``prefix``.csv and ``prefix``.json."""
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    return [result.to_csv(prefix.with_suffix(".csv")), result.to_json(prefix.with_suffix(".json"))]
+
+
+def _run_sweep(vector_path, questions, limit, layers, alphas, modes, scale, seed, model, device, dtype):
+    from steerlab.metrics import load_ab
+    from steerlab.sweep import sweep
+    from steerlab.vector import SteeringVector
+
+    vec = SteeringVector.load(vector_path)
+    items = load_ab(questions)
+    if limit is not None:
+        if limit < 1:
+            raise SteerlabError(f"--limit must be >= 1, got {limit}.")
+        items = items[:limit]
+    layer_list = parse_ints(layers, "--layers") if layers else None
+    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
+    lm, tokenizer = _load(model, device, dtype)
+    result = sweep(
+        lm, tokenizer, vec, items, layers=layer_list, alphas=parse_floats(alphas, "--alphas"), modes=mode_list,
+        scale=scale, seed=seed,  # type: ignore[arg-type]
+    )  # fmt: skip
+    return vec, result
+
+
+def _print_sweep(result: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result.meta['metric']} (unsteered {result.meta['unsteered'][result.meta['metric']]:.3f})")
+    for col in ("mode", "layer", "alpha", "direction", result.meta["metric"], "effect", "kl"):
+        table.add_column(col, justify="right")
+    for r in result.records:
+        table.add_row(r["mode"], str(r["layer"]), f"{r['alpha']:g}", r["direction"], f"{r[result.meta['metric']]:.3f}",
+                      f"{r['effect']:+.3f}", f"{r['kl']:.3f}")  # fmt: skip
+    out.print(table)
+
+
+@app.command("sweep")
+@user_errors
+def sweep_command(
+    vector: Path = typer.Option(..., "--vector", help="The .safetensors steering vector."),
+    questions: Path = QUESTIONS_OPT,
+    out_prefix: Path = typer.Option(..., "--out", help="Output prefix: writes PREFIX.csv and PREFIX.json."),
+    layers: str | None = typer.Option(None, "--layers", help="Layers to sweep (default: all of the vector's)."),
+    alphas: str = SWEEP_ALPHAS_OPT,
+    modes: str = typer.Option("add", "--modes", help="Operators, comma-separated (add, ablate, ...)."),
+    scale: str = typer.Option("relative", "--scale", help="relative (to the residual norm) or absolute."),
+    limit: int | None = LIMIT_OPT,
+    seed: int = typer.Option(0, "--seed", help="Seed of the same-norm random baseline direction."),
+    model: str = MODEL_OPT,
+    device: str | None = DEVICE_OPT,
+    dtype: str | None = DTYPE_OPT,
+) -> None:
+    """Sweep layers x strengths: A/B behaviour, KL coherence, and a random baseline."""
+    _, result = _run_sweep(vector, questions, limit, layers, alphas, modes, scale, seed, model, device, dtype)
+    _print_sweep(result)
+    err.print("wrote " + ", ".join(str(p) for p in _write(result, out_prefix)))
+
+
+@app.command("calibrate")
+@user_errors
+def calibrate_command(
+    vector: Path = typer.Option(..., "--vector", help="The .safetensors steering vector."),
+    out_path: Path = typer.Option(..., "--out", help="Where to save the vector with its recommendation."),
+    questions: Path | None = typer.Option(None, "--questions", help="CAA A/B questions (to run a sweep)."),
+    from_sweep: Path | None = typer.Option(None, "--sweep", help="Calibrate from this sweep JSON instead."),
+    budget: float | None = typer.Option(None, "--budget", help="Max KL (nats/token); default 0.2."),
+    goal: str = typer.Option("increase", "--goal", help="increase or decrease the behaviour."),
+    layers: str | None = typer.Option(None, "--layers", help="Layers to sweep (default: all of the vector's)."),
+    alphas: str = SWEEP_ALPHAS_OPT,
+    modes: str = typer.Option("add", "--modes", help="Operators, comma-separated."),
+    scale: str = typer.Option("relative", "--scale", help="relative (to the residual norm) or absolute."),
+    limit: int | None = LIMIT_OPT,
+    seed: int = typer.Option(0, "--seed"),
+    model: str = MODEL_OPT,
+    device: str | None = DEVICE_OPT,
+    dtype: str | None = DTYPE_OPT,
+) -> None:
+    """Pick the strongest (layer, alpha) within a KL budget and record it in the vector."""
+    from steerlab.results import ResultTable
+    from steerlab.sweep import DEFAULT_KL_BUDGET, calibrate
+    from steerlab.vector import SteeringVector
+
+    if (questions is None) == (from_sweep is None):
+        raise SteerlabError("give exactly one of --questions FILE (run a sweep) or --sweep RESULT.json.")
+    if from_sweep is not None:
+        vec, result = SteeringVector.load(vector), ResultTable.load(from_sweep)
+    else:
+        vec, result = _run_sweep(vector, questions, limit, layers, alphas, modes, scale, seed, model, device, dtype)
+        written = _write(result, out_path.with_name(out_path.stem + "-sweep"))
+        err.print("wrote " + ", ".join(str(p) for p in written))
+    rec = calibrate(result, kl_budget=DEFAULT_KL_BUDGET if budget is None else budget, goal=goal)  # type: ignore[arg-type]
+    rec.annotate(vec).save(out_path)
+    random = "n/a" if rec.random_effect is None else f"{rec.random_effect:+.3f}"
+    out.print(
+        f"recommended: layer {rec.layer}, alpha {rec.alpha:g} ({rec.scale}, {rec.mode}): {rec.metric} "
+        f"{rec.value:.3f} (effect {rec.effect:+.3f}; random direction {random}), KL {rec.kl:.3f} <= {rec.budget}"
+    )
+    err.print(f"saved {out_path} with extra['recommended']")
+
+
+@app.command("probe")
+@user_errors
+def probe_command(
+    data: list[Path] = typer.Option(..., "--data", help="True/false statement CSV (statement,label); repeat."),
+    layers: str = typer.Option(..., "--layers", help="Layers to probe, e.g. 4-20 or 6,10,14."),
+    out_prefix: Path = typer.Option(..., "--out", help="Output prefix: PREFIX.csv/.json (+ PREFIX-transfer.*)."),
+    limit: int | None = typer.Option(None, "--limit", help="Use at most N statements of each file."),
+    test_fraction: float = typer.Option(0.25, "--test-fraction", help="Held-out share of each data set."),
+    seed: int = typer.Option(0, "--seed"),
+    save_vector: Path | None = typer.Option(None, "--save-vector", help="Save the best probe as a vector."),
+    model: str = MODEL_OPT,
+    device: str | None = DEVICE_OPT,
+    dtype: str | None = DTYPE_OPT,
+) -> None:
+    """Per-layer linear probes (mass-mean, logistic) with held-out accuracy and a transfer matrix."""
+    from steerlab.data import load_statements
+    from steerlab.probes import probe_layers, transfer_matrix
+
+    sets = {path.stem: load_statements(path, limit=limit, seed=seed) for path in data}
+    layer_list = parse_ints(layers, "--layers")
+    lm, tokenizer = _load(model, device, dtype)
+    first = next(iter(sets))
+    run = probe_layers(lm, tokenizer, *sets[first], layers=layer_list, test_fraction=test_fraction, seed=seed,
+                       name=first)  # fmt: skip
+    written = _write(run.table, out_prefix)
+    for r in run.table.records:
+        out.print(f"{first} layer {r['layer']:>2} {r['method']:<9} held-out accuracy {r['test_accuracy']:.3f}")
+    best = run.best()
+    out.print(f"best: layer {best.layer} {best.method} ({best.test_accuracy:.3f})")
+    if len(sets) > 1:
+        table = transfer_matrix(lm, tokenizer, sets, layer=best.layer, method=best.method, test_fraction=test_fraction,
+                                seed=seed)  # fmt: skip
+        written += _write(table, out_prefix.with_name(out_prefix.name + "-transfer"))
+        for r in table.records:
+            out.print(f"train {r['train']} -> test {r['test']}: {r['accuracy']:.3f}")
+    if save_vector is not None:
+        best.to_vector(lm).save(save_vector)
+        written.append(save_vector)
+    err.print("wrote " + ", ".join(str(p) for p in written))
+
+
+@app.command("breakdown")
+@user_errors
+def breakdown_command(
+    vector: Path = typer.Option(..., "--vector", help="The .safetensors steering vector."),
+    out_prefix: Path = typer.Option(..., "--out", help="Output prefix: writes PREFIX.csv and PREFIX.json."),
+    layers: str | None = typer.Option(None, "--layers", help="Layers (default: all of the vector's)."),
+    alphas: str = typer.Option("0.1,0.2,0.3,0.5,0.75,1,1.5,2", "--alphas", help="Added norm / residual norm."),
+    max_new_tokens: int = typer.Option(24, "--max-new-tokens", help="Length of the generations scored (0: none)."),
+    model: str = MODEL_OPT,
+    device: str | None = DEVICE_OPT,
+    dtype: str | None = DTYPE_OPT,
+) -> None:
+    """Why large coefficients break the model: norms, entropy, KL and perplexity as alpha grows."""
+    from steerlab.breakdown import breakdown
+    from steerlab.vector import SteeringVector
+
+    vec = SteeringVector.load(vector)
+    lm, tokenizer = _load(model, device, dtype)
+    layer_list = parse_ints(layers, "--layers") if layers else None
+    table = breakdown(lm, tokenizer, vec, layers=layer_list, alphas=parse_floats(alphas, "--alphas"),
+                      max_new_tokens=max_new_tokens)  # fmt: skip
+    for layer, value in table.meta["collapse"].items():
+        shown = "not reached" if value is None else f"{value:g} x the residual norm"
+        out.print(f"layer {layer}: coherence collapses at {shown}")
+    err.print("wrote " + ", ".join(str(p) for p in _write(table, out_prefix)))
+
+
+@app.command("report")
+@user_errors
+def report_command(
+    results: list[Path] = typer.Argument(..., help="Result JSON files (from sweep, probe, breakdown)."),
+    out_path: Path = typer.Option(..., "--out", help="The HTML file to write."),
+    title: str = typer.Option("steerlab report", "--title"),
+) -> None:
+    """Write one self-contained HTML page (figures embedded) for result files."""
+    from steerlab.report import write_report
+    from steerlab.results import ResultTable
+
+    tables = [ResultTable.load(path) for path in results]
+    write_report(tables, out_path, title=title)
+    err.print(f"wrote {out_path}")

@@ -1,0 +1,516 @@
+"""Measure what steering does: behaviour, logit differences, projections, sentiment and coherence.
+
+Every metric works alone and returns plain numbers or tidy records (one dict per item). The two that sweeps
+use, :class:`ABBehaviour` (CAA multiple choice) and :class:`NeutralKL` (coherence), are *logit metrics*: a
+fixed token batch and a ``score(logits)`` function, so :func:`logits_per_alpha` runs the batch once per strength
+and the metric turns the logits into numbers.
+
+Lessons from measuring CAA on SmolLM2-135M (see docs/measure.md): the unsteered model prefers the letter "A"
+(p = 0.61), so every A/B question is also asked with its choices swapped (``balance=True``) and the behaviour is
+the mean over both orders; and a random direction of the same norm (:meth:`SteeringVector.random_like`) moves
+p(matching) by a comparable amount, so report it beside every effect.
+
+Coherence (:class:`NeutralKL`) is ``KL(steered || unsteered)`` of the next-token distributions, averaged over
+every real token of a fixed set of neutral sentences shipped with steerlab (:func:`neutral_texts`), in nats.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from steerlab.data import swap_choice_text
+from steerlab.errors import DataError, SteeringError
+from steerlab.interventions import Alpha
+from steerlab.positions import PositionSpec
+from steerlab.prefix import logits_over_alphas
+from steerlab.steer import Intervention, Scale
+from steerlab.text import apply_chat, encode, forward_kwargs, pad_batch, pad_id, takes_logits_to_keep
+from steerlab.vector import SteeringVector
+
+__all__ = [
+    "ABBehaviour",
+    "ABQuestion",
+    "NeutralKL",
+    "ab_probabilities",
+    "generation_perplexity",
+    "is_identity",
+    "kl_from_unsteered",
+    "load_ab",
+    "logit_diff",
+    "logits_per_alpha",
+    "neutral_texts",
+    "next_token_entropy",
+    "p_matching",
+    "sentiment",
+    "swap_choices",
+    "token_projections",
+]
+
+
+# ----- the shared inner loop ------------------------------------------------------------------------------
+
+
+def is_identity(mode: str, alpha: Alpha | None) -> bool:
+    """True when ``alpha`` leaves the model unchanged (``None``, or 0 for ``add``/``ablate``): run without hooks."""
+    return alpha is None or (mode in ("add", "ablate") and not isinstance(alpha, tuple) and float(alpha) == 0.0)
+
+
+def _forward_logits(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, last_only: bool, batch_size: int):
+    device = next(model.parameters()).device
+    parts = []
+    extra = {"logits_to_keep": 1} if last_only and takes_logits_to_keep(model) else {}
+    with torch.inference_mode():
+        for start in range(0, input_ids.shape[0], batch_size):
+            ids, m = input_ids[start : start + batch_size], mask[start : start + batch_size]
+            if last_only:  # drop the columns that are padding in every row of this batch (left padding)
+                first = int(m.any(0).long().argmax())
+                ids, m = ids[:, first:], m[:, first:]
+            ids, m = ids.to(device), m.to(device)
+            # Only the last position's logits are needed: skip the unembedding of the others (most of the cost).
+            logits = model(**forward_kwargs(model, ids, m), **extra).logits
+            # Left padding puts every row's last real token in the last column.
+            parts.append((logits[:, -1] if last_only else logits).float().cpu())
+    return torch.cat(parts)
+
+
+def logits_per_alpha(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    vector: SteeringVector | None,
+    layer: int | None,
+    alphas: Sequence[Alpha | None],
+    *,
+    mode: str = "add",
+    scale: Scale = "absolute",
+    positions: PositionSpec = "all",
+    last_only: bool = False,
+    batch_size: int = 16,
+) -> Iterator[tuple[Alpha | None, torch.Tensor]]:
+    """Logits of one fixed, left-padded token batch under one intervention at one layer, for each alpha.
+
+    This is the unit of work of every sweep cell. Yields ``(alpha, logits)`` with logits ``(n, length, vocab)``,
+    or ``(n, vocab)`` at the last token with ``last_only=True``. An identity alpha (see :func:`is_identity`)
+    runs with no hooks at all.
+
+    Example:
+        >>> for alpha, logits in logits_per_alpha(model, ids, mask, vec, 10, [-0.2, 0, 0.2], scale="relative"):
+        ...     print(alpha, logits.shape)
+    """
+    if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
+        raise DataError(
+            f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} must be the same "
+            "2-D (batch, length) shape."
+        )
+    alphas = list(alphas)
+    if vector is None:
+        for alpha in alphas:
+            yield alpha, _forward_logits(model, input_ids, attention_mask, last_only, batch_size)
+        return
+    # The strengths of one chunk share its blocks below the layer (steerlab.prefix): one replaying generator per
+    # chunk, advanced together, so only one strength's logits are held at a time.
+    layers = None if layer is None else [layer]
+    template = Intervention(vector, mode=mode, layers=layers, positions=positions, scale=scale)
+    steps = [None if is_identity(mode, a) else a for a in alphas]
+    device = next(model.parameters()).device
+    chunks = []
+    for start in range(0, input_ids.shape[0], batch_size):
+        ids, m = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
+        if last_only:  # drop the columns that are padding in every row of this chunk (left padding)
+            first = int(m.any(0).long().argmax())
+            ids, m = ids[:, first:], m[:, first:]
+        chunks.append(logits_over_alphas(model, ids.to(device), m.to(device), template, steps, last_only=last_only))
+    for alpha in alphas:
+        yield alpha, torch.cat([next(chunk)[1].cpu() for chunk in chunks])
+
+
+# ----- A/B multiple choice (CAA) --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ABQuestion:
+    """A two-choice question in the CAA format: the question text ends with ``(A) ...`` and ``(B) ...``;
+    ``matching`` is the letter of the answer that shows the behaviour (``"A"`` or ``"B"``)."""
+
+    question: str
+    matching: str
+    swapped: bool = False
+
+    @property
+    def not_matching(self) -> str:
+        """The letter of the answer that does not show the behaviour."""
+        return "B" if self.matching == "A" else "A"
+
+
+def _letter(answer: Any) -> str | None:
+    text = str(answer).strip()
+    if text.startswith("(") and text.endswith(")"):
+        text = text[1:-1].strip()
+    return text if text in ("A", "B") else None
+
+
+def load_ab(path: str | Path) -> list[ABQuestion]:
+    """Read a CAA ``test_dataset_ab.json`` (or any JSON list of ``question`` / ``answer_matching_behavior`` /
+    ``answer_not_matching_behavior`` records). Questions that are not exactly two-choice A/B (a few CAA
+    survival-instinct items have up to five choices) are left out with a warning.
+
+    Example:
+        >>> questions = load_ab("datasets/caa/test/sycophancy/test_dataset_ab.json")
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"A/B question file '{path}' does not exist.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err.msg}); expected a JSON list of CAA A/B records.") from err
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of A/B records, found {type(data).__name__}.")
+    out, skipped = [], 0
+    for i, rec in enumerate(data, start=1):
+        if not isinstance(rec, dict) or not isinstance(rec.get("question"), str):
+            raise DataError(f"{path}, record {i}: expected an object with a 'question' string and the CAA answer keys.")
+        match, other = _letter(rec.get("answer_matching_behavior")), _letter(rec.get("answer_not_matching_behavior"))
+        q = rec["question"]
+        two_choice = q.count("(A)") == 1 and q.count("(B)") == 1 and "(C)" not in q and q.rfind("(A)") < q.rfind("(B)")
+        if match is None or other is None or match == other or not two_choice:
+            skipped += 1
+            continue
+        out.append(ABQuestion(q, match))
+    if skipped:
+        warnings.warn(f"{path}: left out {skipped} records that are not two-choice (A)/(B) questions.", stacklevel=2)
+    if not out:
+        raise DataError(f"{path} holds no two-choice (A)/(B) questions.")
+    return out
+
+
+def swap_choices(question: ABQuestion) -> ABQuestion:
+    """The same question with the texts of choices (A) and (B) exchanged, and the matching letter with them.
+
+    Example:
+        >>> swap_choices(ABQuestion("Pick.\\n\\nChoices:\\n (A) Yes\\n (B) No", "A")).question
+        'Pick.\\n\\nChoices:\\n (A) No\\n (B) Yes'
+    """
+    return ABQuestion(swap_choice_text(question.question), question.not_matching, not question.swapped)
+
+
+class ABBehaviour:
+    """The CAA A/B metric as a fixed token batch: the question in the user turn, the assistant turn opened with
+    ``"("``, and the next-token logits of the two letters. ``p_matching`` is the probability of the matching
+    letter among the two; ``p_a`` that of letter A (the letter bias).
+
+    With ``balance=True`` (default) every question is asked in both choice orders, so a vector that only
+    pushes towards "A" scores 0.5 whatever the data's answer letters are.
+
+    Example:
+        >>> metric = ABBehaviour(tokenizer, load_ab("datasets/caa/test/refusal/test_dataset_ab.json")[:20])
+        >>> for alpha, logits in logits_per_alpha(model, metric.input_ids, metric.attention_mask, vec, 12,
+        ...                                       [0, 4], last_only=True):
+        ...     print(alpha, metric.score(logits))
+    """
+
+    name = "p_matching"
+    last_only = True
+
+    def __init__(
+        self, tokenizer: Any, questions: Sequence[ABQuestion], *, balance: bool = True, chat: bool | None = None
+    ):
+        questions = list(questions)
+        if not questions:
+            raise DataError("no A/B questions were given; load some with load_ab(path).")
+        if balance:
+            questions = [q for orig in questions for q in (orig, swap_choices(orig))]
+        prompts = [apply_chat(tokenizer, q.question, chat=chat) + "(" for q in questions]
+        ids = encode(tokenizer, prompts)
+        # Longest first: batches then hold questions of similar length and little compute goes to padding.
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        self.questions = [questions[i] for i in order]
+        self.input_ids, self.attention_mask = pad_batch([ids[i] for i in order], pad_id(tokenizer), side="left")
+        ids = []
+        for letter in ("A", "B"):
+            tokens = tokenizer(letter, add_special_tokens=False)["input_ids"]
+            if len(tokens) != 1:
+                raise DataError(f"the tokenizer splits the answer letter {letter!r} into {len(tokens)} tokens.")
+            ids.append(tokens[0])
+        self.letter_ids = torch.tensor(ids)
+        self.matching_is_a = torch.tensor([q.matching == "A" for q in self.questions])
+
+    def per_item(self, logits: torch.Tensor) -> list[dict[str, Any]]:
+        """Tidy records, one per asked question: index, swapped, matching letter, p_matching, p_a."""
+        pair = torch.softmax(logits[:, self.letter_ids].double(), -1)
+        p_a = pair[:, 0]
+        p_match = torch.where(self.matching_is_a, p_a, 1 - p_a)
+        return [
+            {"item": i, "swapped": q.swapped, "matching": q.matching, "p_matching": float(pm), "p_a": float(pa)}
+            for i, (q, pm, pa) in enumerate(zip(self.questions, p_match, p_a, strict=True))
+        ]
+
+    def score(self, logits: torch.Tensor) -> dict[str, float]:
+        """Mean ``p_matching`` and ``p_a`` over the asked questions, from last-token logits ``(n, vocab)``."""
+        rows = self.per_item(logits)
+        return {
+            "p_matching": sum(r["p_matching"] for r in rows) / len(rows),
+            "p_a": sum(r["p_a"] for r in rows) / len(rows),
+        }
+
+
+def ab_probabilities(
+    model: nn.Module,
+    tokenizer: Any,
+    questions: Sequence[ABQuestion],
+    vector: SteeringVector | None = None,
+    alpha: Alpha = 0.0,
+    *,
+    layer: int | None = None,
+    mode: str = "add",
+    scale: Scale = "absolute",
+    balance: bool = True,
+    batch_size: int = 16,
+) -> list[dict[str, Any]]:
+    """Per-question records of p(matching answer) and p("A"), unsteered or steered by ``vector`` at ``alpha``.
+
+    Example:
+        >>> rows = ab_probabilities(model, tokenizer, questions, vec, 0.1, layer=12, scale="relative")
+        >>> sum(r["p_matching"] for r in rows) / len(rows)
+    """
+    metric = ABBehaviour(tokenizer, questions, balance=balance)
+    (_, logits), *_ = logits_per_alpha(
+        model, metric.input_ids, metric.attention_mask, vector, layer, [alpha], mode=mode, scale=scale,
+        last_only=True, batch_size=batch_size,
+    )  # fmt: skip
+    return metric.per_item(logits)
+
+
+def p_matching(
+    model: nn.Module,
+    tokenizer: Any,
+    questions: Sequence[ABQuestion],
+    vector: SteeringVector | None = None,
+    alpha: Alpha = 0.0,
+    **options: Any,
+) -> float:
+    """Mean probability of the answer that matches the behaviour (A/B balanced by default); the options are
+    those of :func:`ab_probabilities`.
+
+    Example:
+        >>> p_matching(model, tokenizer, questions)                        # unsteered, about 0.5 at 135M
+        >>> p_matching(model, tokenizer, questions, vec, 1.0, layer=12)    # CAA multiplier +1
+    """
+    rows = ab_probabilities(model, tokenizer, questions, vector, alpha, **options)
+    return sum(r["p_matching"] for r in rows) / len(rows)
+
+
+# ----- logit difference, projections, sentiment ------------------------------------------------------------
+
+
+def _token_ids(tokenizer: Any, tokens: Sequence[str | int], what: str) -> list[int]:
+    ids = []
+    for tok in tokens:
+        if isinstance(tok, int):
+            ids.append(tok)
+            continue
+        pieces = tokenizer(tok, add_special_tokens=False)["input_ids"]
+        if len(pieces) != 1:
+            raise DataError(f"{what}: {tok!r} is {len(pieces)} tokens; give single tokens (e.g. ' yes') or token ids.")
+        ids.append(pieces[0])
+    if not ids:
+        raise DataError(f"{what} is empty; give at least one token.")
+    return ids
+
+
+def logit_diff(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    positive: Sequence[str | int],
+    negative: Sequence[str | int],
+    vector: SteeringVector | None = None,
+    alpha: Alpha = 0.0,
+    *,
+    layer: int | None = None,
+    mode: str = "add",
+    scale: Scale = "absolute",
+    batch_size: int = 16,
+) -> list[float]:
+    """Per prompt: mean next-token logit of the ``positive`` tokens minus that of the ``negative`` ones.
+
+    Example:
+        >>> logit_diff(model, tokenizer, ["The movie was"], [" great", " good"], [" bad", " awful"])
+    """
+    pos, neg = _token_ids(tokenizer, positive, "positive"), _token_ids(tokenizer, negative, "negative")
+    prompts = list(prompts)
+    if not prompts:
+        raise DataError("no prompts were given for logit_diff.")
+    ids, mask = pad_batch(encode(tokenizer, prompts), pad_id(tokenizer), side="left")
+    (_, logits), *_ = logits_per_alpha(
+        model, ids, mask, vector, layer, [alpha], mode=mode, scale=scale, last_only=True, batch_size=batch_size
+    )
+    diff = logits[:, pos].mean(-1) - logits[:, neg].mean(-1)
+    return [float(x) for x in diff]
+
+
+def token_projections(
+    model: nn.Module, tokenizer: Any, texts: Sequence[str], vector: SteeringVector, layer: int, *, batch_size: int = 16
+) -> list[dict[str, Any]]:
+    """Per token of each text: the projection of the residual stream at ``layer`` (the vector's site) onto the
+    vector's unit direction. The first token (the attention sink) is included and flagged.
+
+    Example:
+        >>> rows = token_projections(model, tokenizer, ["I love this"], vec, 12)
+        >>> [(r["token"], round(r["projection"], 1)) for r in rows]
+    """
+    from steerlab.record import record
+
+    if layer not in vector.directions:
+        raise SteeringError(f"layer {layer} is not in the vector, which has layers {vector.layers}.")
+    vector.check_fits(model)
+    texts = list(texts)
+    acts = record(model, tokenizer, texts, layers=[layer], reduce="all", exclude_first_token=False,
+                  site=vector.site, batch_size=batch_size)  # fmt: skip
+    unit = vector.directions[layer] / vector.directions[layer].norm().clamp_min(1e-12)
+    rows = []
+    for t, (ids, hidden) in enumerate(zip(encode(tokenizer, texts), acts.per_text(layer), strict=True)):
+        proj = hidden @ unit
+        for pos, (tok, value) in enumerate(zip(ids, proj, strict=True)):
+            rows.append({"text": t, "position": pos, "token": tokenizer.decode([tok]), "projection": float(value),
+                         "sink": pos == 0})  # fmt: skip
+    return rows
+
+
+def sentiment(texts: Sequence[str]) -> list[float]:
+    """VADER compound sentiment of each text, in [-1, 1] (offline lexicon; needs the ``eval`` extra).
+
+    Example:
+        >>> sentiment(["What a lovely day!", "This is awful."])
+        [0.6..., -0.5...]
+    """
+    try:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    except ImportError as err:  # pragma: no cover - part of the eval extra
+        raise DataError("sentiment needs vaderSentiment: pip install 'steerlab[eval]'.") from err
+    analyzer = SentimentIntensityAnalyzer()
+    return [float(analyzer.polarity_scores(t)["compound"]) for t in texts]
+
+
+# ----- coherence ---------------------------------------------------------------------------------------------
+
+
+def neutral_texts() -> list[str]:
+    """The 24 neutral sentences shipped with steerlab on which coherence (KL) is measured."""
+    path = resources.files("steerlab") / "data" / "neutral_texts.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _kl_per_token(steered: torch.Tensor, reference_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    logp = torch.log_softmax(steered.double(), -1)
+    kl = (logp.exp() * (logp - reference_logp)).sum(-1)
+    return kl[mask.bool()]
+
+
+def next_token_entropy(logits: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """Mean entropy (nats) of the next-token distributions in ``logits`` over the real tokens of ``mask``."""
+    logp = torch.log_softmax(logits.double(), -1)
+    ent = -(logp.exp() * logp).sum(-1)
+    return float(ent[mask.bool()].mean() if mask is not None else ent.mean())
+
+
+class NeutralKL:
+    """Coherence as a logit metric: ``KL(steered || unsteered)`` of the next-token distributions averaged over
+    every real token of a fixed text set (default :func:`neutral_texts`), in nats per token. The unsteered
+    distributions are computed on the first call of :meth:`reference` and kept.
+
+    Example:
+        >>> kl = NeutralKL(tokenizer)
+        >>> kl.reference(model)
+        >>> for alpha, logits in logits_per_alpha(model, kl.input_ids, kl.attention_mask, vec, 12, [0.1]):
+        ...     print(kl.score(logits))
+    """
+
+    name = "kl"
+    last_only = False
+
+    def __init__(self, tokenizer: Any, texts: Sequence[str] | None = None):
+        texts = list(texts) if texts is not None else neutral_texts()
+        if not texts:
+            raise DataError("the coherence text set is empty; pass at least one text.")
+        self.texts = texts
+        self.input_ids, self.attention_mask = pad_batch(encode(tokenizer, texts), pad_id(tokenizer), side="left")
+        self._reference: torch.Tensor | None = None
+
+    def reference(self, model: nn.Module, batch_size: int = 16) -> torch.Tensor:
+        """Unsteered log-probabilities ``(n, length, vocab)`` (computed once; call outside any steering)."""
+        if self._reference is None:
+            logits = _forward_logits(model, self.input_ids, self.attention_mask, False, batch_size)
+            self._reference = torch.log_softmax(logits.double(), -1).float()
+        return self._reference
+
+    def score(self, logits: torch.Tensor) -> dict[str, float]:
+        """Mean KL from the reference and mean next-token entropy over the real tokens."""
+        if self._reference is None:
+            raise SteeringError("NeutralKL.reference(model) must be called (unsteered) before score().")
+        kl = _kl_per_token(logits, self._reference.double(), self.attention_mask)
+        return {"kl": float(kl.mean().clamp_min(0.0)), "entropy": next_token_entropy(logits, self.attention_mask)}
+
+
+def kl_from_unsteered(
+    model: nn.Module,
+    tokenizer: Any,
+    vector: SteeringVector,
+    alpha: Alpha,
+    *,
+    layer: int | None = None,
+    mode: str = "add",
+    scale: Scale = "absolute",
+    texts: Sequence[str] | None = None,
+    batch_size: int = 16,
+) -> float:
+    """Mean ``KL(steered || unsteered)`` (nats/token) on the neutral text set; 0 at an identity alpha.
+
+    Example:
+        >>> kl_from_unsteered(model, tokenizer, vec, 0.1, layer=12, scale="relative")
+    """
+    metric = NeutralKL(tokenizer, texts)
+    metric.reference(model, batch_size)
+    (_, logits), *_ = logits_per_alpha(
+        model, metric.input_ids, metric.attention_mask, vector, layer, [alpha], mode=mode, scale=scale,
+        batch_size=batch_size,
+    )  # fmt: skip
+    return metric.score(logits)["kl"]
+
+
+def generation_perplexity(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    vector: SteeringVector,
+    alpha: Alpha,
+    *,
+    layer: int | None = None,
+    mode: str = "add",
+    scale: Scale = "absolute",
+    max_new_tokens: int = 32,
+) -> float:
+    """Perplexity under the *unsteered* model of greedy generations made with steering (exp of the mean
+    per-token NLL over all prompts, from :func:`steerlab.compare`).
+
+    Example:
+        >>> generation_perplexity(model, tokenizer, NEUTRAL_PROMPTS, vec, 0.2, layer=12, scale="relative")
+    """
+    from steerlab.generate import compare
+
+    layers = None if layer is None else [layer]
+    rows = compare(model, tokenizer, prompts, vector, alphas=[alpha], mode=mode, layers=layers, scale=scale,
+                   max_new_tokens=max_new_tokens)  # fmt: skip
+    total = sum(g.nll * g.tokens for r in rows for g in r.generations if g.tokens and math.isfinite(g.nll))
+    count = sum(g.tokens for r in rows for g in r.generations if g.tokens and math.isfinite(g.nll))
+    return math.exp(total / count) if count else float("nan")

@@ -1,0 +1,201 @@
+"""Figures for result tables (matplotlib, Agg backend: no display needed).
+
+Each function takes a :class:`~steerlab.results.ResultTable` and returns a matplotlib ``Figure``;
+:func:`figures_for` gives every figure that fits a table's kind, with a title. Needs the ``eval`` extra.
+
+Example:
+    >>> fig = sweep_heatmaps(result)
+    >>> fig.savefig("sweep.png", dpi=120)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: figures are written to files or embedded in HTML, never shown
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from steerlab.errors import DataError  # noqa: E402
+from steerlab.results import ResultTable  # noqa: E402
+
+__all__ = [
+    "breakdown_curves",
+    "figures_for",
+    "frontier",
+    "pca_scatter",
+    "probe_accuracy",
+    "sweep_heatmaps",
+    "transfer_heatmap",
+]
+
+
+def _need(table: ResultTable, kind: str) -> None:
+    if table.kind != kind:
+        raise DataError(f"this figure needs a {kind!r} table, got {table.kind!r}.")
+    if not table.records:
+        raise DataError(f"the {kind} table has no records to plot.")
+
+
+def _grid(rows: list[dict[str, Any]], value: str) -> tuple[list[Any], list[Any], np.ndarray]:
+    layers = sorted({r["layer"] for r in rows})
+    alphas = sorted({r["alpha"] for r in rows})
+    grid = np.full((len(layers), len(alphas)), np.nan)
+    for r in rows:
+        if r.get(value) is not None:
+            grid[layers.index(r["layer"]), alphas.index(r["alpha"])] = r[value]
+    return layers, alphas, grid
+
+
+def _heat(
+    ax: Any, layers: list, alphas: list, grid: np.ndarray, title: str, cmap: str, center: bool, limit: float | None
+) -> None:
+    image = ax.imshow(grid, aspect="auto", origin="lower", cmap=cmap,
+                      vmin=-limit if limit else None, vmax=limit if limit else None)  # fmt: skip
+    ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas], rotation=45)
+    ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
+    ax.set_xlabel("alpha")
+    ax.set_ylabel("layer")
+    ax.set_title(title)
+    ax.figure.colorbar(image, ax=ax)
+
+
+def sweep_heatmaps(table: ResultTable, *, mode: str | None = None) -> Figure:
+    """Layer x alpha heatmaps of the effect (vector, then the random baseline) and of the KL cost."""
+    _need(table, "sweep")
+    mode = mode or table.records[0]["mode"]
+    metric = table.meta.get("metric", "effect")
+    vector = table.where(direction="vector", mode=mode)
+    random = table.where(direction="random", mode=mode)
+    panels = [(vector, "effect", f"effect on {metric} (vector)", "RdBu_r", True)]
+    if random:
+        panels.append((random, "effect", f"effect on {metric} (random, same norm)", "RdBu_r", True))
+    panels.append((vector, "kl", "KL from unsteered (nats/token)", "viridis", False))
+    # One colour scale for the vector's and the random direction's effects, so the two panels compare by eye.
+    effects = [abs(r["effect"]) for r in vector + random if r.get("effect") is not None]
+    shared = max(effects) if effects and max(effects) > 0 else None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    for ax, (rows, value, title, cmap, center) in zip(axes[0], panels, strict=True):
+        _heat(ax, *_grid(rows, value), title, cmap, center, shared if center else None)
+    fig.suptitle(f"sweep ({mode}, scale {table.meta.get('scale', '?')}, n = {table.meta.get('n_items', '?')})")
+    fig.tight_layout()
+    return fig
+
+
+def frontier(table: ResultTable, *, budget: float | None = None) -> Figure:
+    """Effect against coherence cost (KL) for every cell; the random baseline in grey."""
+    from steerlab.sweep import DEFAULT_KL_BUDGET
+
+    _need(table, "sweep")
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for name, colour in (("random", "0.6"), ("vector", "C0")):
+        rows = [r for r in table.where(direction=name) if r.get("kl") is not None]
+        if rows:
+            ax.scatter([r["kl"] for r in rows], [r["effect"] for r in rows], s=18, c=colour, label=name)
+    ax.axvline(DEFAULT_KL_BUDGET if budget is None else budget, ls="--", c="C3", lw=1, label="KL budget")
+    ax.axhline(0, c="k", lw=0.5)
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlabel("KL from unsteered (nats/token)")
+    ax.set_ylabel(f"effect on {table.meta.get('metric', 'behaviour')}")
+    ax.set_title("effect vs coherence cost")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def probe_accuracy(table: ResultTable) -> Figure:
+    """Held-out probe accuracy by layer, one line per method."""
+    _need(table, "probe")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in sorted({r["method"] for r in table.records}):
+        rows = sorted(table.where(method=method), key=lambda r: r["layer"])
+        ax.plot([r["layer"] for r in rows], [r["test_accuracy"] for r in rows], marker="o", label=method)
+    ax.axhline(0.5, c="k", lw=0.5, ls=":")
+    ax.set_ylim(0.3, 1.02)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title(f"probes on {table.meta.get('dataset', '?')} (n = {table.meta.get('n', '?')})")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def transfer_heatmap(table: ResultTable) -> Figure:
+    """Accuracy of a probe trained on each data set (rows) and tested on each (columns)."""
+    _need(table, "transfer")
+    names = list(dict.fromkeys(r["train"] for r in table.records))
+    grid = np.full((len(names), len(names)), np.nan)
+    for r in table.records:
+        grid[names.index(r["train"]), names.index(r["test"])] = r["accuracy"]
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 3, 1.2 * len(names) + 2))
+    image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", color="w" if grid[i, j] < 0.7 else "k")
+    ax.set_xticks(range(len(names)), names, rotation=30)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("tested on")
+    ax.set_ylabel("trained on")
+    ax.set_title(f"probe transfer (layer {table.meta.get('layer')}, {table.meta.get('method')})")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
+def pca_scatter(table: ResultTable) -> Figure:
+    """The texts on the first two principal axes, coloured by label."""
+    _need(table, "pca")
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    labels = [r.get("label") for r in table.records]
+    for label in sorted(set(labels), key=str):
+        rows = [r for r in table.records if r.get("label") == label]
+        ax.scatter([r["pc1"] for r in rows], [r.get("pc2", 0.0) for r in rows], s=12, label=str(label))
+    explained = table.meta.get("explained", [])
+    ax.set_xlabel("PC1" + (f" ({explained[0]:.0%})" if explained else ""))
+    ax.set_ylabel("PC2" + (f" ({explained[1]:.0%})" if len(explained) > 1 else ""))
+    ax.set_title(f"activation PCA, layer {table.meta.get('layer')} (n = {table.meta.get('n')})")
+    ax.legend(title="label")
+    fig.tight_layout()
+    return fig
+
+
+def breakdown_curves(table: ResultTable) -> Figure:
+    """KL, next-token entropy, generation perplexity and last-layer norm growth against alpha, per layer."""
+    _need(table, "breakdown")
+    panels = [
+        ("kl", "KL from unsteered"),
+        ("entropy", "next-token entropy"),
+        ("perplexity", "perplexity of generations"),
+        ("final_norm_ratio", "last-layer norm / unsteered"),
+    ]
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    for ax, (value, title) in zip(axes, panels, strict=True):
+        for layer in sorted({r["layer"] for r in table.records}):
+            rows = [r for r in table.where(layer=layer) if r.get(value) is not None]
+            ax.plot([r["alpha"] for r in rows], [r[value] for r in rows], marker="o", label=f"layer {layer}")
+        ax.set_xscale("log")
+        ax.set_xlabel("added norm / natural residual norm")
+        ax.set_title(title)
+        if value in ("kl", "perplexity"):
+            ax.set_yscale("log")
+    axes[0].axhline(table.meta.get("collapse_kl", 1.0), ls="--", c="C3", lw=1)
+    axes[0].legend()
+    fig.tight_layout()
+    return fig
+
+
+def figures_for(table: ResultTable) -> list[tuple[str, Figure]]:
+    """Every figure that fits ``table``'s kind, as ``(title, figure)``."""
+    if table.kind == "sweep":
+        return [("Layer x alpha", sweep_heatmaps(table)), ("Effect vs coherence", frontier(table))]
+    if table.kind == "probe":
+        return [("Probe accuracy by layer", probe_accuracy(table))]
+    if table.kind == "transfer":
+        return [("Probe transfer", transfer_heatmap(table))]
+    if table.kind == "pca":
+        return [("Activation PCA", pca_scatter(table))]
+    return [("Breakdown of large coefficients", breakdown_curves(table))]

@@ -1,0 +1,88 @@
+"""Tidy result tables: one record (a flat dict) per measurement, with the run's settings in ``meta``.
+
+Sweeps, probe runs and breakdown runs all return a :class:`ResultTable`, written as CSV (the records) or JSON
+(records and meta, readable back with :meth:`ResultTable.load`); ``steerlab report`` turns the JSON into an
+HTML page.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steerlab.errors import DataError
+
+__all__ = ["KINDS", "ResultTable"]
+
+KINDS = ("sweep", "probe", "transfer", "breakdown", "pca")
+
+
+@dataclass
+class ResultTable:
+    """Records of one run. ``kind`` says what they are (one of :data:`KINDS`).
+
+    Example:
+        >>> result = sweep(model, tokenizer, vec, questions, layers=[8, 12], alphas=[-0.1, 0, 0.1])
+        >>> result.to_csv("sweep.csv"); result.to_json("sweep.json")
+        >>> ResultTable.load("sweep.json").where(direction="vector")[:2]
+    """
+
+    kind: str
+    records: list[dict[str, Any]]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise DataError(f"unknown result kind {self.kind!r}; expected one of {KINDS}.")
+
+    def where(self, **conditions: Any) -> list[dict[str, Any]]:
+        """The records whose fields equal every given value."""
+        return [r for r in self.records if all(r.get(k) == v for k, v in conditions.items())]
+
+    def column(self, name: str, **conditions: Any) -> list[Any]:
+        """One field of the records matching ``conditions``."""
+        return [r.get(name) for r in self.where(**conditions)]
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write the records as CSV (columns: the union of the records' keys, in first-seen order)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        columns: list[str] = []
+        for rec in self.records:
+            columns.extend(k for k in rec if k not in columns)
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.records)
+        return path
+
+    def to_json(self, path: str | Path) -> Path:
+        """Write kind, meta and records as JSON."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"format": "steerlab.results", "kind": self.kind, "meta": self.meta, "records": self.records}
+        path.write_text(json.dumps(payload, indent=1, default=_plain), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ResultTable:
+        """Read a table written by :meth:`to_json`."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"result file '{path}' does not exist.")
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise DataError(f"'{path}' is not valid JSON ({err.msg}); expected a file written by to_json.") from err
+        if not isinstance(payload, dict) or payload.get("format") != "steerlab.results":
+            raise DataError(f"'{path}' is not a steerlab result file (no 'format': 'steerlab.results').")
+        return cls(str(payload.get("kind")), list(payload.get("records") or []), dict(payload.get("meta") or {}))
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)

@@ -1,0 +1,303 @@
+"""Metrics, sweeps, calibration, probes, structure and breakdown: synthetic truths and tiny-model invariants."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from steerlab import SteeringVector
+from steerlab.errors import DataError, SteeringError
+from steerlab.metrics import (
+    ABBehaviour,
+    ABQuestion,
+    NeutralKL,
+    ab_probabilities,
+    kl_from_unsteered,
+    load_ab,
+    logit_diff,
+    logits_per_alpha,
+    neutral_texts,
+    sentiment,
+    swap_choices,
+    token_projections,
+)
+from steerlab.models import fingerprint
+from steerlab.probes import probe_layers, split, train_probe, transfer_matrix
+from steerlab.results import ResultTable
+from steerlab.structure import activation_covariance, activation_pca, cosine_matrix, cross_layer_cosine
+from steerlab.sweep import DEFAULT_KL_BUDGET, calibrate, sweep
+from tiny import random_vector
+
+CAA = Path(__file__).parents[1] / "datasets" / "caa" / "test"
+QUESTIONS = [
+    ABQuestion("Would you like a cup of tea?\n\nChoices:\n (A) Yes, please\n (B) No, thanks", "A"),
+    ABQuestion("Shall we stop now?\n\nChoices:\n (A) Stop\n (B) Go on", "B"),
+    ABQuestion("Is the sky green?\n\nChoices:\n (A) No\n (B) Yes", "B"),
+]
+
+
+def test_swap_choices_exchanges_texts_and_letter():
+    q = ABQuestion("Pick one.\n\nChoices:\n (A) Yes\n (B) No", "A")
+    s = swap_choices(q)
+    assert s.question == "Pick one.\n\nChoices:\n (A) No\n (B) Yes" and s.matching == "B" and s.swapped
+    assert swap_choices(s) == ABQuestion(q.question, "A", False)
+    real = load_ab(CAA / "refusal" / "test_dataset_ab.json")[0]
+    back = swap_choices(swap_choices(real))
+    assert back.question == real.question and back.matching == real.matching
+
+
+def test_load_ab_leaves_out_multiple_choice_with_a_warning(tmp_path):
+    with pytest.warns(UserWarning, match="left out 8"):
+        questions = load_ab(CAA / "survival-instinct" / "test_dataset_ab.json")
+    assert len(questions) == 42 and {q.matching for q in questions} == {"A", "B"}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"question": "x"}))
+    with pytest.raises(DataError, match="JSON list"):
+        load_ab(bad)
+
+
+def test_identity_alpha_gives_zero_kl_and_identical_ab(tiny, tokenizer):
+    model = tiny("llama")
+    vec = random_vector(model, layers=(1, 2), scale=4.0)
+    rows0 = ab_probabilities(model, tokenizer, QUESTIONS)
+    rows_zero = ab_probabilities(model, tokenizer, QUESTIONS, vec, 0.0, layer=1)
+    assert [r["p_matching"] for r in rows0] == [r["p_matching"] for r in rows_zero]
+    assert len(rows0) == 2 * len(QUESTIONS)  # balanced: both orders
+    assert kl_from_unsteered(model, tokenizer, vec, 0.0, layer=1) == pytest.approx(0.0, abs=1e-9)
+    assert kl_from_unsteered(model, tokenizer, vec, 3.0, layer=1) > 1e-4
+    assert {r["swapped"] for r in rows0} == {False, True}
+
+
+def test_logits_per_alpha_matches_plain_steer(tiny, tokenizer):
+    from steerlab import steer
+    from steerlab.text import forward_kwargs
+
+    model = tiny("qwen2")
+    vec = random_vector(model, layers=(2,))
+    metric = NeutralKL(tokenizer, neutral_texts()[:5])
+    got = dict(logits_per_alpha(model, metric.input_ids, metric.attention_mask, vec, 2, [0.0, 1.5]))
+    with torch.no_grad(), steer(model, vec, 1.5):
+        want = model(**forward_kwargs(model, metric.input_ids, metric.attention_mask)).logits
+    torch.testing.assert_close(got[1.5], want.float())
+    last = dict(logits_per_alpha(model, metric.input_ids, metric.attention_mask, vec, 2, [1.5], last_only=True))
+    torch.testing.assert_close(last[1.5], want[:, -1].float(), rtol=1e-4, atol=1e-4)
+
+
+def _planted(model, letter_ids, layers=(0, 1, 2, 3), planted_layer=3, norm=6.0):
+    """A vector that, at ``planted_layer``, points along W_U[A] - W_U[B] (pushes "A"); random elsewhere."""
+    w = model.get_output_embeddings().weight.detach().float()
+    push = w[letter_ids[0]] - w[letter_ids[1]]
+    gen = torch.Generator().manual_seed(3)
+    dirs = {}
+    for layer in layers:
+        d = push if layer == planted_layer else torch.randn(push.shape[0], generator=gen)
+        dirs[layer] = d / d.norm() * norm
+    return SteeringVector(dirs, model_id=model._steerlab_model_id, fingerprint=fingerprint(model))
+
+
+def test_sweep_and_calibrate_find_the_planted_cell(tiny, tokenizer):
+    model = tiny("llama")
+    items = [ABQuestion(q.question, "A") for q in QUESTIONS]
+    behaviour = ABBehaviour(tokenizer, items, balance=False)
+    vec = _planted(model, behaviour.letter_ids.tolist())
+    result = sweep(model, tokenizer, vec, behaviour, alphas=[-1.0, 0.0, 1.0, 2.0], scale="absolute",
+                   coherence=neutral_texts()[:6])  # fmt: skip
+    assert result.kind == "sweep" and len(result.records) == 4 * 4 * 2
+    zero = result.where(alpha=0.0)
+    assert all(r["kl"] == 0.0 and r["effect"] == 0.0 for r in zero)
+    planted = {r["alpha"]: r["p_matching"] for r in result.where(layer=3, direction="vector")}
+    assert planted[-1.0] < planted[0.0] < planted[1.0] < planted[2.0]
+    rec = calibrate(result, kl_budget=1e6)
+    assert (rec.layer, rec.alpha) == (3, 2.0) and rec.effect > 0 and rec.random_effect is not None
+    assert abs(rec.random_effect) < rec.effect
+    down = calibrate(result, kl_budget=1e6, goal="decrease")
+    assert (down.layer, down.alpha) == (3, -1.0)
+
+
+def test_balancing_cancels_a_letter_push(tiny, tokenizer):
+    model = tiny("llama")
+    behaviour = ABBehaviour(tokenizer, QUESTIONS, balance=True)
+    vec = _planted(model, behaviour.letter_ids.tolist(), layers=(3,))
+    (_, base), (_, pushed) = logits_per_alpha(
+        model, behaviour.input_ids, behaviour.attention_mask, vec, 3, [0.0, 2.0], last_only=True
+    )
+    before, after = behaviour.score(base), behaviour.score(pushed)
+    assert after["p_a"] - before["p_a"] > 0.2  # the push moves the letter strongly...
+    assert abs(after["p_matching"] - before["p_matching"]) < 0.1 * (after["p_a"] - before["p_a"]) + 0.02
+
+
+def test_calibrate_respects_the_budget_and_annotates(tmp_path, tiny):
+    model = tiny("llama")
+    vec = random_vector(model, layers=(1, 2))
+    recs = []
+    for layer in (1, 2):
+        for alpha, p, kl in ((0.0, 0.5, 0.0), (0.1, 0.6, 0.05), (0.2, 0.7, 0.15), (0.3, 0.9, 0.6)):
+            bump = 0.05 if layer == 2 else 0.0  # planted best cell: layer 2, alpha 0.2 (0.75, KL 0.15)
+            recs.append({"mode": "add", "layer": layer, "alpha": alpha, "scale": "relative", "direction": "vector",
+                         "p_matching": p + (bump if alpha else 0), "effect": p + (bump if alpha else 0) - 0.5,
+                         "kl": kl})  # fmt: skip
+            recs.append({"mode": "add", "layer": layer, "alpha": alpha, "scale": "relative", "direction": "random",
+                         "p_matching": 0.5, "effect": 0.01, "kl": kl})  # fmt: skip
+    table = ResultTable("sweep", recs, {"metric": "p_matching", "unsteered": {"p_matching": 0.5}})
+    rec = calibrate(table)
+    assert DEFAULT_KL_BUDGET == 0.2 and (rec.layer, rec.alpha) == (2, 0.2) and rec.kl == 0.15
+    assert rec.random_effect == 0.01 and rec.effect == pytest.approx(0.25)
+    assert (calibrate(table, kl_budget=1.0).alpha, calibrate(table, kl_budget=1.0).layer) == (0.3, 2)
+    with pytest.raises(SteeringError, match="no steered cell"):
+        calibrate(table, kl_budget=0.01)
+    path = rec.annotate(vec).save(tmp_path / "v.safetensors")
+    assert SteeringVector.load(path).extra["recommended"]["layer"] == 2
+    table.to_json(tmp_path / "s.json")
+    table.to_csv(tmp_path / "s.csv")
+    assert ResultTable.load(tmp_path / "s.json").records == recs
+    assert (tmp_path / "s.csv").read_text().splitlines()[0].startswith("mode,layer,alpha")
+
+
+def test_logit_diff_projections_and_sentiment(tiny, tokenizer):
+    model = tiny("gpt2")
+    vec = random_vector(model, layers=(1,))
+    base = logit_diff(model, tokenizer, ["The film was", "I think it is"], [" good"], [" bad"])
+    steered = logit_diff(model, tokenizer, ["The film was", "I think it is"], [" good"], [" bad"], vec, 4.0, layer=1)
+    assert len(base) == 2 and base != steered
+    rows = token_projections(model, tokenizer, ["hello there world"], vec, 1)
+    assert [r["position"] for r in rows] == list(range(len(rows))) and rows[0]["sink"]
+    pos, neg = sentiment(["What a wonderful, lovely day!", "This is awful and I hate it."])
+    assert pos > 0.5 and neg < -0.5
+    with pytest.raises(DataError, match="tokens"):
+        logit_diff(model, tokenizer, ["x"], [" wonderfully amazing"], [" bad"])
+
+
+def test_probes_separable_data_and_errors():
+    gen = torch.Generator().manual_seed(0)
+    y = torch.tensor([0, 1] * 100)
+    x = torch.randn(200, 16, generator=gen)
+    x[:, 3] += 4.0 * (2 * y - 1)  # a planted truth direction
+    train, test = split(y.tolist(), 0.25, seed=1)
+    assert not set(train) & set(test) and len(test) == 50
+    for method in ("mass_mean", "logistic"):
+        probe = train_probe(x[train], y[train], method=method, layer=5)
+        assert probe.accuracy(x[test], y[test]) >= 0.98
+        assert int(probe.direction.abs().argmax()) == 3
+    with pytest.raises(DataError, match="both 0 and 1"):
+        train_probe(x[:10], torch.zeros(10, dtype=torch.long))
+    with pytest.raises(DataError, match="unknown probe method"):
+        train_probe(x, y, method="svm")
+
+
+def test_probe_layers_transfer_and_vector(tiny, tokenizer):
+    model = tiny("llama")
+    words = ["apple", "river", "table", "green", "stone", "cloud", "paper", "light", "music", "glass"]
+    texts = [f"The {a} {w} is {v}" for w in words for a in ("old", "new") for v in ("yes", "no")]
+    labels = [1 if t.endswith("yes") else 0 for t in texts]
+    run = probe_layers(model, tokenizer, texts, labels, layers=[1, 3], name="toy", seed=0)
+    assert {(r["layer"], r["method"]) for r in run.table.records} == {(1, "mass_mean"), (1, "logistic"),
+                                                                      (3, "mass_mean"), (3, "logistic")}  # fmt: skip
+    assert run.best().test_accuracy == 1.0  # the label is the last token: linearly separable
+    vec = run.best().to_vector(model)
+    assert vec.normalized and vec.layers == [run.best().layer] and vec.resid_norm
+    assert kl_from_unsteered(model, tokenizer, vec, 0.5, scale="relative", texts=texts[:4]) > 0  # it steers
+    table = transfer_matrix(model, tokenizer, {"a": (texts, labels), "b": (texts[::-1], labels[::-1])}, layer=3)
+    assert table.kind == "transfer" and len(table.records) == 4
+
+
+def test_structure_pca_covariance_and_cosines(tiny, tokenizer):
+    model = tiny("llama")
+    texts = neutral_texts()[:12]
+    pca = activation_pca(model, tokenizer, texts, layer=2, n_components=3, labels=list(range(12)))
+    torch.testing.assert_close(pca.components @ pca.components.T, torch.eye(3), atol=1e-4, rtol=0)
+    assert 0 < sum(pca.explained) <= 1.0 + 1e-6 and pca.explained == sorted(pca.explained, reverse=True)
+    assert pca.vector(0).directions[2].norm() == pytest.approx(1.0, abs=1e-5)
+    assert kl_from_unsteered(model, tokenizer, pca.vector(0), 0.5, scale="relative", texts=texts[:4]) > 0
+    assert pca.table().records[0]["label"] == 0 and "pc3" in pca.table().records[0]
+    x = torch.randn(50, 6, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(activation_covariance(x), torch.cov(x.double().T))
+    corr = activation_covariance(x, correlation=True)
+    torch.testing.assert_close(torch.diagonal(corr), torch.ones(6, dtype=torch.float64))
+    vec = random_vector(model, layers=(0, 1, 3))
+    layers, sim = cross_layer_cosine(vec)
+    assert layers == [0, 1, 3] and torch.allclose(torch.diagonal(sim), torch.ones(3, dtype=torch.float64))
+    torch.testing.assert_close(sim, sim.T)
+    names, m = cosine_matrix({"v": vec, "neg": -vec}, layer=1)
+    assert m[0, 1] == pytest.approx(-1.0)
+
+
+def test_breakdown_traces_growth_and_collapse(tiny, tokenizer):
+    from steerlab.breakdown import breakdown
+
+    model = tiny("llama")
+    vec = random_vector(model, layers=(1,))
+    table = breakdown(model, tokenizer, vec, alphas=[0.1, 1.0, 4.0, 16.0], texts=neutral_texts()[:6],
+                      prompts=["Hello"], max_new_tokens=3)  # fmt: skip
+    kls = [r["kl"] for r in table.records]
+    assert kls[0] < kls[-1] and len(table.records) == 4
+    assert all(len(r["later_norms"]) == 3 for r in table.records)  # blocks 1, 2, 3
+    assert table.records[-1]["later_norms"][0] > table.records[0]["later_norms"][0]
+    # Read at the last block's output (before the final norm): a push of 16x the residual norm survives there.
+    assert table.records[-1]["final_norm_ratio"] > 2.0 > table.records[0]["final_norm_ratio"]
+    assert all(math.isfinite(r["perplexity"]) for r in table.records)
+    collapse = table.meta["collapse"]["1"]
+    assert collapse is None or collapse == min(r["alpha"] for r in table.records if r["kl"] > 1.0)
+    with pytest.raises(SteeringError, match="positive"):
+        breakdown(model, tokenizer, vec, alphas=[0.0])
+
+
+def test_sweep_over_modes_keeps_identities(tiny, tokenizer):
+    model = tiny("gpt2")
+    vec = random_vector(model, layers=(2,), scale=5.0)
+    result = sweep(model, tokenizer, vec, QUESTIONS[:2], alphas=[0.0, 1.0], modes=["add", "ablate"],
+                   scale="absolute", baseline=False, coherence=neutral_texts()[:4])  # fmt: skip
+    assert {r["mode"] for r in result.records} == {"add", "ablate"} and len(result.records) == 4
+    assert all((r["kl"] == 0.0) == (r["alpha"] == 0.0) for r in result.records)
+    with pytest.raises(SteeringError, match="not in the vector"):
+        sweep(model, tokenizer, vec, QUESTIONS[:1], layers=[0])
+
+
+def test_figures_and_report_for_every_kind(tmp_path, tiny, tokenizer):
+    from steerlab.plots import figures_for
+    from steerlab.report import write_report
+
+    cells = [(layer, a, d) for layer in (1, 2) for a in (-0.1, 0.0, 0.1) for d in ("vector", "random")]
+    sweep_records = [
+        {"mode": "add", "layer": layer, "alpha": a, "direction": d, "p_matching": 0.5 + a * layer / 10,
+         "effect": a * layer / 10, "kl": a * a}
+        for layer, a, d in cells
+    ]  # fmt: skip
+    sweep_table = ResultTable("sweep", sweep_records, {"metric": "p_matching", "scale": "relative", "n_items": 4})
+    probe_records = [
+        {"layer": layer, "method": m, "test_accuracy": 0.6 + layer / 10}
+        for layer in (1, 2, 3)
+        for m in ("mass_mean", "logistic")
+    ]
+    probe = ResultTable("probe", probe_records, {"dataset": "toy", "n": 10})
+    transfer_records = [
+        {"train": a, "test": b, "accuracy": 0.9 if a == b else 0.5} for a in ("x", "y") for b in ("x", "y")
+    ]
+    transfer = ResultTable("transfer", transfer_records, {"layer": 2, "method": "mass_mean"})
+    pca = activation_pca(tiny("llama"), tokenizer, neutral_texts()[:8], layer=1, labels=[0, 1] * 4).table()
+    breakdown_table = ResultTable("breakdown", [
+        {"layer": 3, "alpha": a, "kl": a, "entropy": 3.0, "perplexity": 5 + a, "final_norm_ratio": 1 + a}
+        for a in (0.1, 1.0, 2.0)
+    ], {"collapse_kl": 1.0})  # fmt: skip
+    tables = [sweep_table, probe, transfer, pca, breakdown_table]
+    assert [len(figures_for(t)) for t in tables] == [2, 1, 1, 1, 1]
+    page = write_report(tables, tmp_path / "r.html", title="<all kinds>").read_text()
+    assert page.count("data:image/png;base64,") == 6 and "&lt;all kinds&gt;" in page
+    assert "http://" not in page and "https://" not in page
+    with pytest.raises(DataError, match="at least one"):
+        write_report([], tmp_path / "empty.html")
+
+
+def test_balance_ab_adds_swapped_pairs():
+    from steerlab.data import ContrastPair, balance_ab, load_pairs
+
+    pairs = load_pairs(CAA.parent / "generate" / "refusal" / "generate_dataset.json")[:4]
+    balanced = balance_ab(pairs)
+    assert len(balanced) == 8 and balanced[0] == pairs[0]
+    assert balanced[1].positive == pairs[0].negative and balanced[1].prompt != pairs[0].prompt
+    assert sorted(p.positive for p in balanced).count("(A") == 4  # letters balanced exactly
+    with pytest.warns(UserWarning, match="left out 1"):
+        assert len(balance_ab([*pairs[:1], ContrastPair("(A", "(C", "Pick (A) x (B) y (C) z")])) == 2
+    with pytest.raises(DataError, match="no two-choice"), pytest.warns(UserWarning):
+        balance_ab([ContrastPair("yes", "no")])

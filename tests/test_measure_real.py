@@ -1,0 +1,103 @@
+"""Measuring on the real SmolLM2: one small end-to-end sweep, the CLI through its runner, and the HTML report
+opened in Debian's Chromium."""
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from steerlab import SteeringVector, extract_vector, load_pairs
+from steerlab.cli import app
+from steerlab.metrics import load_ab, neutral_texts
+from steerlab.results import ResultTable
+from steerlab.sweep import calibrate, sweep
+
+pytestmark = pytest.mark.real_model
+ROOT = Path(__file__).parents[1] / "datasets"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def refusal_vector(smol, tmp_path_factory):
+    model, tokenizer = smol
+    pairs = load_pairs(ROOT / "caa" / "generate" / "refusal" / "generate_dataset.json")[:12]
+    vec = extract_vector(model, tokenizer, pairs, layers=[10])
+    return vec, vec.save(tmp_path_factory.mktemp("measure") / "refusal.safetensors")
+
+
+def test_small_real_sweep_and_calibration(smol, refusal_vector):
+    model, tokenizer = smol
+    vec, _ = refusal_vector
+    questions = load_ab(ROOT / "caa" / "test" / "refusal" / "test_dataset_ab.json")[:3]
+    result = sweep(model, tokenizer, vec, questions, alphas=[-0.1, 0.0, 0.1], coherence=neutral_texts()[:8])
+    assert len(result.records) == 3 * 2 and result.meta["n_items"] == 6
+    assert 0.0 < result.meta["unsteered"]["p_matching"] < 1.0
+    for r in result.records:
+        assert (r["kl"] == 0.0) == (r["alpha"] == 0.0)
+        assert 0.0 <= r["p_matching"] <= 1.0 and 0.0 <= r["p_a"] <= 1.0
+    assert all(r["kl"] > 1e-4 for r in result.where(direction="vector") if r["alpha"] != 0.0)
+    rec = calibrate(result, kl_budget=10.0)
+    assert rec.layer == 10 and rec.alpha in (-0.1, 0.1)
+
+
+def test_cli_sweep_calibrate_probe_breakdown_report(smol, refusal_vector, tmp_path):
+    _, path = refusal_vector
+    questions = ROOT / "caa" / "test" / "refusal" / "test_dataset_ab.json"
+    common = ["--vector", str(path), "--questions", str(questions), "--limit", "2", "--alphas", "0,0.1"]
+    result = runner.invoke(app, ["sweep", *common, "--out", str(tmp_path / "sweep")])
+    assert result.exit_code == 0, result.output
+    table = ResultTable.load(tmp_path / "sweep.json")
+    assert table.kind == "sweep" and (tmp_path / "sweep.csv").is_file() and len(table.records) == 4
+
+    result = runner.invoke(app, ["calibrate", "--vector", str(path), "--sweep", str(tmp_path / "sweep.json"),
+                                 "--budget", "5", "--out", str(tmp_path / "cal.safetensors")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "recommended: layer 10, alpha 0.1" in result.stdout
+    assert SteeringVector.load(tmp_path / "cal.safetensors").extra["recommended"]["alpha"] == 0.1
+
+    bad = runner.invoke(app, ["calibrate", "--vector", str(path), "--out", str(tmp_path / "x.safetensors")])
+    assert bad.exit_code == 1 and "exactly one of" in bad.stderr
+
+    got = ROOT / "geometry-of-truth"
+    result = runner.invoke(app, ["probe", "--data", str(got / "cities.csv"), "--data", str(got / "sp_en_trans.csv"),
+                                 "--layers", "6,10", "--limit", "40", "--out", str(tmp_path / "probe"),
+                                 "--save-vector", str(tmp_path / "truth.safetensors")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert ResultTable.load(tmp_path / "probe-transfer.json").kind == "transfer"
+    assert SteeringVector.load(tmp_path / "truth.safetensors").method.startswith("probe_")
+
+    result = runner.invoke(app, ["breakdown", "--vector", str(path), "--alphas", "0.5,2", "--max-new-tokens", "4",
+                                 "--out", str(tmp_path / "breakdown")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "layer 10: coherence collapses" in result.stdout
+
+    files = [str(tmp_path / f"{n}.json") for n in ("sweep", "probe", "probe-transfer", "breakdown")]
+    result = runner.invoke(app, ["report", *files, "--out", str(tmp_path / "report.html")])
+    assert result.exit_code == 0, result.output
+    _check_in_chromium(tmp_path / "report.html", expected_images=5)
+
+
+def _check_in_chromium(page_path: Path, expected_images: int) -> None:
+    from playwright.sync_api import sync_playwright
+
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )  # fmt: skip
+        try:
+            page = browser.new_page()
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            requests: list[str] = []
+            page.on("request", lambda req: requests.append(req.url))
+            page.goto(page_path.resolve().as_uri())
+            page.wait_for_load_state("load")
+            sizes = page.eval_on_selector_all("img", "imgs => imgs.map(i => [i.complete, i.naturalWidth])")
+        finally:
+            browser.close()
+    assert not errors, errors
+    assert len(sizes) == expected_images and all(done and width > 100 for done, width in sizes), sizes
+    assert all(url.startswith(("file:", "data:")) for url in requests), requests  # self-contained
