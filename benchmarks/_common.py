@@ -130,23 +130,12 @@ def chat_batch(tokenizer, prompts: list[str]):
 
 
 def greedy(model, tokenizer, batch, new_tokens: int):
-    """Exactly ``new_tokens`` greedy tokens per row with the model's own ``generate`` (no early stop, so every
-    contender does the same work); returns the generated ids."""
-    import torch
-
+    """Exactly ``new_tokens`` greedy tokens per row with steerlab's decode loop (the model's own ``generate``;
+    no early stop, so every contender does the same work); returns the generated ids."""
+    from steerlab.generate import generate_batch
     from steerlab.text import pad_id
 
     input_ids, mask = batch
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=mask,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            pad_token_id=pad_id(tokenizer),
-        )
-    return out[:, input_ids.shape[1] :]
+    return generate_batch(
+        model, input_ids, mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad_id(tokenizer)
+    )
