@@ -71,10 +71,20 @@ def test_cli_sweep_calibrate_probe_breakdown_report(smol, refusal_vector, tmp_pa
     assert result.exit_code == 0, result.output
     assert "layer 10: coherence collapses" in result.stdout
 
-    files = [str(tmp_path / f"{n}.json") for n in ("sweep", "probe", "probe-transfer", "breakdown")]
+    result = runner.invoke(app, ["pca", "--data", str(got / "cities.csv"), "--layer", "10", "--limit", "40",
+                                 "--components", "3", "--out", str(tmp_path / "pca"),
+                                 "--save-vector", str(tmp_path / "pc0.safetensors")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "layer 10 axis 0:" in result.stdout
+    pca = ResultTable.load(tmp_path / "pca.json")
+    assert pca.kind == "pca" and len(pca.records) == 40 and {r["label"] for r in pca.records} == {0, 1}
+    axis = SteeringVector.load(tmp_path / "pc0.safetensors")
+    assert axis.layers == [10] and abs(float(axis.directions[10].norm()) - 1.0) < 1e-4
+
+    files = [str(tmp_path / f"{n}.json") for n in ("sweep", "probe", "probe-transfer", "breakdown", "pca")]
     result = runner.invoke(app, ["report", *files, "--out", str(tmp_path / "report.html")])
     assert result.exit_code == 0, result.output
-    _check_in_chromium(tmp_path / "report.html", expected_images=5)
+    _check_in_chromium(tmp_path / "report.html", expected_images=6)
 
 
 def _check_in_chromium(page_path: Path, expected_images: int) -> None:

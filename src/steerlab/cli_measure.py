@@ -1,4 +1,5 @@
-"""The measuring commands of the ``steerlab`` CLI: ``sweep``, ``calibrate``, ``probe``, ``breakdown``, ``report``.
+"""The measuring commands of the ``steerlab`` CLI: ``sweep``, ``calibrate``, ``probe``, ``pca``, ``breakdown``,
+``report``.
 
 Kept apart from :mod:`steerlab.cli` (which imports this module to register them) so each stays small; every
 command is a thin layer over :mod:`steerlab.sweep`, :mod:`steerlab.probes`, :mod:`steerlab.breakdown` and
@@ -26,7 +27,14 @@ from steerlab.cli import (
 )
 from steerlab.errors import SteerlabError
 
-__all__ = ["breakdown_command", "calibrate_command", "probe_command", "report_command", "sweep_command"]
+__all__ = [
+    "breakdown_command",
+    "calibrate_command",
+    "pca_command",
+    "probe_command",
+    "report_command",
+    "sweep_command",
+]
 
 QUESTIONS_OPT = typer.Option(
     ..., "--questions", help="CAA A/B questions (e.g. datasets/caa/test/<b>/test_dataset_ab.json)."
@@ -177,6 +185,46 @@ def probe_command(
             out.print(f"train {r['train']} -> test {r['test']}: {r['accuracy']:.3f}")
     if save_vector is not None:
         best.to_vector(lm).save(save_vector)
+        written.append(save_vector)
+    err.print("wrote " + ", ".join(str(p) for p in written))
+
+
+@app.command("pca")
+@user_errors
+def pca_command(
+    layer: int = typer.Option(..., "--layer", help="Block whose output (resid_post) is analysed."),
+    out_prefix: Path = typer.Option(..., "--out", help="Output prefix: writes PREFIX.csv and PREFIX.json."),
+    data: Path | None = typer.Option(None, "--data", help="Statement CSV (statement,label): points get labels."),
+    texts: Path | None = typer.Option(None, "--texts", help="Or a text file, one text per line (no labels)."),
+    limit: int | None = typer.Option(None, "--limit", help="Use at most N texts."),
+    components: int = typer.Option(4, "--components", help="How many principal axes to keep."),
+    save_vector: Path | None = typer.Option(None, "--save-vector", help="Save one axis as a steering vector."),
+    component: int = typer.Option(0, "--component", help="Which axis --save-vector saves (0 = the first)."),
+    seed: int = typer.Option(0, "--seed"),
+    model: str = MODEL_OPT,
+    device: str | None = DEVICE_OPT,
+    dtype: str | None = DTYPE_OPT,
+) -> None:
+    """PCA of the activations of a set of texts at one layer; an axis can be saved as a steering vector."""
+    from steerlab.data import load_statements
+    from steerlab.structure import activation_pca
+
+    if (data is None) == (texts is None):
+        raise SteerlabError("give exactly one of --data (a statement CSV with labels) or --texts (one per line).")
+    labels: list[int] | None = None
+    if data is not None:
+        items, labels = load_statements(data, limit=limit, seed=seed)
+    elif texts is not None and texts.is_file():
+        items = [line.strip() for line in texts.read_text().splitlines() if line.strip()][:limit]
+    else:
+        raise SteerlabError(f"text file '{texts}' does not exist; give a file with one text per line.")
+    lm, tokenizer = _load(model, device, dtype)
+    pca = activation_pca(lm, tokenizer, items, layer=layer, n_components=components, labels=labels)
+    for i, share in enumerate(pca.explained):
+        out.print(f"layer {layer} axis {i}: {share:.1%} of the variance")
+    written = _write(pca.table(), out_prefix)
+    if save_vector is not None:
+        pca.vector(component).save(save_vector)
         written.append(save_vector)
     err.print("wrote " + ", ".join(str(p) for p in written))
 
