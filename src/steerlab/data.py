@@ -100,6 +100,17 @@ def pairs_from_records(records: Iterable[Any], *, source: str = "input") -> list
     return pairs
 
 
+def read_json_file(path: str | Path, what: str, expected: str) -> Any:
+    """Parse a JSON file, or a clear error naming ``what`` it should be and ``expected`` content."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} '{path}' does not exist.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"'{path}' is not valid JSON ({err.msg}); expected {expected}.") from err
+
+
 def load_pairs(path: str | Path) -> list[ContrastPair]:
     """Read contrast pairs from a JSON or JSON Lines file (see the module doc for the formats).
 

@@ -120,7 +120,7 @@ class PairStatistics:
         self.seen = torch.zeros(2 * n_pairs, dtype=torch.bool)
         self.total = torch.zeros(width, dtype=torch.float64)
         # float32 like the activations themselves: half the memory of float64; the SVD runs in float64.
-        self.diffs = torch.zeros(n_pairs, width, dtype=torch.float32) if method in _PCA else None
+        self.diffs = torch.zeros(n_pairs, width, dtype=torch.float32) if method in _FROM_DIFFS else None
 
     def add(self, text_ids: Sequence[int], values: torch.Tensor) -> None:
         """Fold in activations: row ``i`` belongs to text ``text_ids[i]``, where text ``k < n_pairs`` is the
@@ -144,14 +144,11 @@ class PairStatistics:
         if not bool(self.seen.all()):
             raise ExtractionError(f"{self.method}: {int(self.seen.sum())} of {2 * self.n_pairs} texts were read.")
         if self.diffs is not None:
-            diffs = self.diffs.double()
-            found = _pca_diff(diffs) if self.method == "pca_diff" else _pca_center(diffs)
-        else:
-            found = self.total / self.n_pairs
-        return found.float()
+            return _FROM_DIFFS[self.method](self.diffs.double()).float()
+        return (self.total / self.n_pairs).float()
 
 
-_PCA = ("pca_diff", "pca_center")
+_FROM_DIFFS = {"pca_diff": _pca_diff, "pca_center": _pca_center}
 # Prefix sharing costs an extra forward call per batch; it pays when pairs share at least this many tokens and
 # the shared tokens are at least this fraction of all (sentiment pairs share ~16% and run faster whole; CAA A/B
 # pairs share ~50% and extract twice as fast shared).

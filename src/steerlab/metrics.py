@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from steerlab.data import swap_choice_text
+from steerlab.data import read_json_file, swap_choice_text
 from steerlab.errors import DataError, SteeringError
 from steerlab.interventions import Alpha
 from steerlab.positions import PositionSpec
@@ -168,12 +168,7 @@ def load_ab(path: str | Path) -> list[ABQuestion]:
         >>> questions = load_ab("datasets/caa/test/sycophancy/test_dataset_ab.json")
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"A/B question file '{path}' does not exist.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON ({err.msg}); expected a JSON list of CAA A/B records.") from err
+    data = read_json_file(path, "A/B question file", "a JSON list of CAA A/B records")
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of A/B records, found {type(data).__name__}.")
     out, skipped = [], 0

@@ -70,13 +70,10 @@ class ResultTable:
     @classmethod
     def load(cls, path: str | Path) -> ResultTable:
         """Read a table written by :meth:`to_json`."""
+        from steerlab.data import read_json_file
+
         path = Path(path)
-        if not path.is_file():
-            raise DataError(f"result file '{path}' does not exist.")
-        try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise DataError(f"'{path}' is not valid JSON ({err.msg}); expected a file written by to_json.") from err
+        payload = read_json_file(path, "result file", "a file written by to_json")
         if not isinstance(payload, dict) or payload.get("format") != "steerlab.results":
             raise DataError(f"'{path}' is not a steerlab result file (no 'format': 'steerlab.results').")
         return cls(str(payload.get("kind")), list(payload.get("records") or []), dict(payload.get("meta") or {}))
