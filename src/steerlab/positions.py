@@ -5,18 +5,20 @@ call of ``generate`` and one token per row after that (with a KV cache), or the 
 every step (without one). Libraries that count positions per call therefore steer the wrong tokens once a
 cache is used. Here a pre-hook on the top-level model reads the 2-D attention mask, which covers the past
 and the current tokens, and gives every current token its index among the *real* (non-padding) tokens of
-its row, and it remembers how long each row's prompt was.
+its row, and it remembers how long each row's prompt was. Where there is no mask (transformers drops it for an
+unpadded batch), the past length comes from the KV cache, under whichever name the installed release passes it
+(:mod:`steerlab.calling`); a call whose past cannot be read raises instead of guessing.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from steerlab.calling import describe_call, past_length, transformers_version
 from steerlab.errors import SteeringError
 from steerlab.hooks import HookSet
 
@@ -74,7 +76,6 @@ class PositionTracker:
     def __init__(self) -> None:
         self._call: _Call | None = None
         self._prev_ids: torch.Tensor | None = None
-        self._warned_4d = False
 
     def attach(self, hooks: HookSet, model: nn.Module) -> None:
         hooks.pre_forward(model, self._before_forward, with_kwargs=True)
@@ -85,22 +86,24 @@ class PositionTracker:
             ids = args[0]
         embeds = kwargs.get("inputs_embeds")
         ref = ids if ids is not None else embeds
-        if ref is None:
+        if ref is None:  # nothing to count: forget the last call so select() cannot answer with stale positions
+            self._call = self._prev_ids = None
             return
         batch, length = ref.shape[0], ref.shape[1]
         mask = kwargs.get("attention_mask")
         if mask is None and len(args) > 1 and isinstance(args[1], torch.Tensor):
             mask = args[1]
         if mask is not None and mask.dim() != 2:
-            if not self._warned_4d:
-                warnings.warn(
-                    "a non 2-D attention mask was passed; steerlab treats every token as real "
-                    "(padding cannot be detected).",
-                    stacklevel=2,
-                )
-                self._warned_4d = True
-            mask = None
-        past = self._past_length(kwargs, mask, length)
+            # A 4-D mask (static caches, compiled generation) hides which tokens are padding: refuse rather than
+            # count padding as prompt.
+            raise SteeringError(
+                "positional steering needs the 2-D (batch, tokens) attention mask, but the model was called with a "
+                f"{mask.dim()}-D mask (transformers {transformers_version()}; call seen: "
+                f"{describe_call(args, kwargs)}). "
+                "Generate with the default dynamic cache (no cache_implementation='static', no torch.compile), or "
+                "steer with positions='all'."
+            )
+        past = past_length(args, kwargs, mask, length)
         index = real_token_index(mask, batch, length, past, ref.device)
 
         if past > 0 and self._call is not None and self._call.prompt_length.shape[0] == batch:
@@ -115,15 +118,6 @@ class PositionTracker:
             prompt_length = (index >= 0).sum(-1)
         self._prev_ids = ids
         self._call = _Call(index, prompt_length.to(index.device))
-
-    @staticmethod
-    def _past_length(kwargs: dict[str, Any], mask: torch.Tensor | None, length: int) -> int:
-        if mask is not None:
-            return mask.shape[1] - length
-        cache = kwargs.get("past_key_values")
-        if cache is not None and hasattr(cache, "get_seq_length"):
-            return int(cache.get_seq_length())
-        return 0
 
     def _extends_previous(self, ids: torch.Tensor | None) -> bool:
         prev = self._prev_ids

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from steerlab.arch.registry import check_layer_index, check_site, get_layout
+from steerlab.calling import cache_argument
 from steerlab.errors import ArchitectureError, DataError
 from steerlab.hooks import HookSet
 from steerlab.text import encode, forward_kwargs, pad_batch, pad_id, position_ids_from_mask, takes_position_ids
@@ -226,6 +227,7 @@ class ActivationReader:
             raise DataError("run_pairs reads the last token of models that take position ids; use run().")
         n = len(first)
         device = next(self.model.parameters()).device
+        cache_name = cache_argument(self.model)  # `cache` from transformers 5.24 on, `past_key_values` before
         state: dict[str, Any] = {}
         with self._hooked(state):
             for group in track(groups, description="recording", disable=not progress, transient=True):
@@ -240,7 +242,7 @@ class ActivationReader:
                 # The prefix counts twice in the norms: run() would have read it once in each text.
                 state.update(mask=prefix_mask, order=prefix_mask.cumsum(-1), out={}, weight=2)
                 kwargs = {**forward_kwargs(self.model, prefix_ids, prefix_mask), "use_cache": True}
-                self._forward(state, **kwargs, past_key_values=cache)
+                self._forward(state, **kwargs, **{cache_name: cache})
                 cache.batch_repeat_interleave(2)
                 rows = [index for i in group for index in (i, n + i)]  # interleaved, as the repeated cache
                 rests = [list(text[k:]) for i, k in zip(group, common, strict=True) for text in (first[i], second[i])]
@@ -255,7 +257,7 @@ class ActivationReader:
                     input_ids=rest_ids,
                     attention_mask=full_mask,
                     position_ids=position_ids_from_mask(full_mask)[:, -width:],
-                    past_key_values=cache,
+                    **{cache_name: cache},
                     use_cache=True,
                 )
                 yield rows, state["out"]
