@@ -63,10 +63,8 @@ def cache_argument(model: nn.Module) -> str:
 
 def _is_cache(value: Any) -> bool:
     """A transformers cache object, or the legacy tuple of per-layer (key, value) tensors."""
-    try:
-        from transformers.cache_utils import Cache
-    except ImportError:  # pragma: no cover - every supported release has it
-        Cache = ()  # type: ignore[assignment]  # noqa: N806
+    from transformers.cache_utils import Cache  # here, not at the top: keeps `import steerlab` ~0.4 s faster
+
     if isinstance(value, Cache) or hasattr(value, "get_seq_length"):
         return True
     return (

@@ -104,20 +104,14 @@ def _vector(model: nn.Module, seed: int = 1, scale: float = 8.0):
 
 
 def _greedy(model: nn.Module, rows: list[list[int]], *, use_cache: bool = True) -> torch.Tensor:
+    """Greedy new tokens through steerlab's one decode loop (``eos_token_id=None``: always ``_NEW_TOKENS``)."""
+    from steerlab.generate import generate_batch
     from steerlab.text import pad_batch
 
     ids, mask = pad_batch(rows, 2, side="left")
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=_NEW_TOKENS,
-            do_sample=False,
-            use_cache=use_cache,
-            pad_token_id=2,
-            eos_token_id=None,
-        )
-    return out[:, ids.shape[1] :]
+    return generate_batch(
+        model, ids, mask, max_new_tokens=_NEW_TOKENS, pad_token_id=2, use_cache=use_cache, eos_token_id=None
+    )
 
 
 def _block_output(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -211,15 +205,16 @@ def run_checks(archs: tuple[str, ...] = ("llama", "gptj")) -> list[Check]:
     """Run every check on tiny random models of ``archs``; a check that raises counts as failed, with the error."""
     from steerlab.calling import cache_argument
 
+    def cache_convention(model: nn.Module) -> Iterator[Check]:
+        yield Check(f"forward takes its KV cache as {cache_argument(model)!r}", True)
+
     checks: list[Check] = []
-    with torch.random.fork_rng(devices=[]):
-        for arch in archs:
-            model = _tiny(arch)
-            checks.append(Check(f"[{arch}] forward takes its KV cache as {cache_argument(model)!r}", True))
-            for group in (_operators, _positions, _per_row):
-                try:
-                    checks.extend(Check(f"[{arch}] {c.name}", c.ok, c.detail) for c in group(model))
-                except Exception as error:  # noqa: BLE001 - a crash is a finding, reported with the others
-                    last = traceback.format_exception_only(type(error), error)[-1].strip()
-                    checks.append(Check(f"[{arch}] {group.__name__.strip('_')} checks", False, last))
+    for arch in archs:
+        model = _tiny(arch)  # seeded inside its own fork of the RNG; the checks themselves draw no random numbers
+        for group in (cache_convention, _operators, _positions, _per_row):
+            try:
+                checks.extend(Check(f"[{arch}] {c.name}", c.ok, c.detail) for c in group(model))
+            except Exception as error:  # noqa: BLE001 - a crash is a finding, reported with the others
+                last = traceback.format_exception_only(type(error), error)[-1].strip()
+                checks.append(Check(f"[{arch}] {group.__name__.strip('_')} checks", False, last))
     return checks
