@@ -102,6 +102,7 @@ bench: $(BENCH_STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts examples benchmarks
 	$(BIN)/ruff format --check src tests scripts examples benchmarks
+	$(BIN)/lint-imports
 
 clean-cache:
 	rm -rf $${STEERLAB_CACHE:-$$HOME/.cache/steerlab}

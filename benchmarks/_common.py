@@ -62,7 +62,7 @@ def peers(skip: bool) -> dict[str, Any]:
 
 
 def middle_layer(model) -> int:
-    from steerlab.arch import get_layout
+    from steerlab import get_layout
 
     return get_layout(model).num_layers // 2
 
@@ -123,7 +123,7 @@ def finish(args: argparse.Namespace, name: str, result: dict[str, Any], markdown
 
 def chat_batch(tokenizer, prompts: list[str]):
     """The prompts in the chat template (when there is one), left-padded: ``(input_ids, attention_mask)``."""
-    from steerlab.text import apply_chat, encode, pad_batch, pad_id
+    from steerlab.engines import apply_chat, encode, pad_batch, pad_id
 
     texts = [apply_chat(tokenizer, p) for p in prompts]
     return pad_batch(encode(tokenizer, texts), pad_id(tokenizer), side="left")
@@ -132,8 +132,7 @@ def chat_batch(tokenizer, prompts: list[str]):
 def greedy(model, tokenizer, batch, new_tokens: int):
     """Exactly ``new_tokens`` greedy tokens per row with steerlab's decode loop (the model's own ``generate``;
     no early stop, so every contender does the same work); returns the generated ids."""
-    from steerlab.generate import generate_batch
-    from steerlab.text import pad_id
+    from steerlab.engines import generate_batch, pad_id
 
     input_ids, mask = batch
     return generate_batch(

@@ -24,7 +24,7 @@ def measure(
     model, tokenizer, pairs, chat: bool, layer: int, found: dict[str, Any], repeats: int, slow_default: bool
 ) -> dict[str, Any]:
     from steerlab import extract_vector
-    from steerlab.data import pair_texts
+    from steerlab.datasets import pair_texts
 
     pos, neg = pair_texts(pairs, tokenizer, chat=chat)
     out: dict[str, torch.Tensor] = {}

@@ -45,8 +45,7 @@ def child(contender: str, n: int, model_spec: str, threads: int) -> dict[str, fl
     import torch
 
     torch.set_num_threads(threads)
-    from steerlab import ContrastPair, extract_vector, load_model
-    from steerlab.arch import get_layout
+    from steerlab import ContrastPair, extract_vector, get_layout, load_model
 
     model, tokenizer = load_model(model_spec)
     layers = list(range(get_layout(model).num_layers))

@@ -18,9 +18,8 @@ from _common import chat_batch, finish, greedy, interleaved, load, median, parse
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], new_tokens=32)
-    from steerlab import Intervention, extract_vector, sentiment_pairs, steer, steer_rows
-    from steerlab.arch import get_layout
-    from steerlab.data import NEUTRAL_PROMPTS
+    from steerlab import Intervention, extract_vector, get_layout, sentiment_pairs, steer, steer_rows
+    from steerlab.datasets import NEUTRAL_PROMPTS
 
     model, tokenizer = load(args.model)
     depth = get_layout(model).num_layers

@@ -29,7 +29,7 @@ import httpx
 import torch
 
 from steerlab import extract_vector, load_model, sentiment_pairs
-from steerlab.data import NEUTRAL_PROMPTS
+from steerlab.datasets import NEUTRAL_PROMPTS
 
 
 def steering_for(client: int) -> list[dict]:

@@ -18,14 +18,13 @@ from _common import chat_batch, finish, greedy, interleaved, load, median, middl
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], new_tokens=32, strength=0.15)
     from steerlab import Intervention, extract_vector, sentiment_pairs, steer
-    from steerlab.data import NEUTRAL_PROMPTS
-    from steerlab.steer import resolve_deltas
+    from steerlab.datasets import NEUTRAL_PROMPTS
 
     model, tokenizer = load(args.model)
     layer = middle_layer(model)
     vec = extract_vector(model, tokenizer, sentiment_pairs(), layers=[layer], progress=False)
-    delta = resolve_deltas(vec, [layer], "relative")[layer] * args.strength  # the vector every contender adds
     intervention = Intervention(vec, alpha=args.strength, scale="relative")
+    delta = intervention.deltas()[layer] * args.strength  # the vector every contender adds
     found = peers(args.no_peers)
     results: dict[str, dict[str, float]] = {}
     same_tokens: dict[str, bool] = {}

@@ -1,6 +1,6 @@
 """Target 4: 10 strengths at layer 15 of 30 cost at most 0.65x of 10 full forward passes, same numbers out.
 
-``steerlab.prefix.logits_over_alphas`` runs blocks 0-14 once and replays blocks 15-29 and the head for each
+``steerlab.evaluate.logits_over_alphas`` runs blocks 0-14 once and replays blocks 15-29 and the head for each
 further strength; the baseline is the same call with ``reuse_prefix=False`` (a full steered forward pass per
 strength). Measured for full-sequence logits (what a KL-on-neutral-text metric needs) and for the last
 position only (what an A/B next-token metric needs). The peers have no sweep primitive.
@@ -17,10 +17,9 @@ from _common import chat_batch, finish, interleaved, load, median, middle_layer,
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], alphas=10)
-    from steerlab import Intervention, extract_vector, sentiment_pairs
-    from steerlab.arch import get_layout
-    from steerlab.data import NEUTRAL_PROMPTS
-    from steerlab.prefix import logits_over_alphas
+    from steerlab import Intervention, extract_vector, get_layout, sentiment_pairs
+    from steerlab.datasets import NEUTRAL_PROMPTS
+    from steerlab.evaluate import logits_over_alphas
 
     model, tokenizer = load(args.model)
     layer = middle_layer(model)

@@ -4,7 +4,7 @@
 
 The vector is the mean difference of the residual stream at the answer letter between the answer that shows
 the behaviour and the one that does not, over pairs asked in both choice orders (so it does not encode "letter A").
-The effect is read with steerlab.metrics.p_matching: the probability of
+The effect is read with steerlab.evaluate.p_matching: the probability of
 the matching answer letter on the held-out questions, each asked in both choice orders (small models prefer the
 letter "A"), against a random direction of the same norm (at this model size CAA vectors move the A/B preference
 only a little: always compare with the random baseline). Strengths are relative to the residual norm.
@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from steerlab import extract_vector, load_model, load_pairs
-from steerlab.data import balance_ab
-from steerlab.metrics import load_ab, p_matching
+from steerlab.datasets import balance_ab
+from steerlab.evaluate import load_ab, p_matching
 
 ROOT = Path(__file__).resolve().parents[1] / "datasets" / "caa"
 behaviour = sys.argv[1] if len(sys.argv) > 1 else "survival-instinct"

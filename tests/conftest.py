@@ -69,6 +69,6 @@ def tiny():
 @pytest.fixture(scope="session")
 def refusal_judge():
     """The embedding refusal classifier, trained once on the CAA refusal answers shipped in datasets/."""
-    from steerlab.judges import RefusalClassifier
+    from steerlab.evaluate.judges import RefusalClassifier
 
     return RefusalClassifier.train(Path(__file__).parents[1] / "datasets/caa/generate/refusal/generate_dataset.json")

@@ -1,13 +1,7 @@
 import pytest
 import torch
 
-from steerlab.arch import (
-    ArchSpec,
-    get_layout,
-    register_architecture,
-    registered_architectures,
-    set_architecture,
-)
+from steerlab.arch import ArchSpec, get_layout, register_architecture, registered_architectures, set_architecture
 from steerlab.errors import ArchitectureError
 from tiny import ARCHS, LAYERS, WIDTH
 

@@ -12,9 +12,9 @@ from torch import nn
 from transformers import DynamicCache
 
 from steerlab import SteeringError, steer
-from steerlab.calling import CACHE_ARGUMENTS, cache_argument, past_length, transformers_version
-from steerlab.hooks import HookSet
-from steerlab.positions import PositionTracker
+from steerlab._calling import CACHE_ARGUMENTS, cache_argument, past_length, transformers_version
+from steerlab._hooks import HookSet
+from steerlab._positions import PositionTracker
 from tiny import PROMPTS, greedy, random_vector
 
 
@@ -182,13 +182,13 @@ def test_doctor_fails_on_a_tracker_that_never_sees_the_past(monkeypatch):
     looked to the tracker before issue 11, and the known bug of other libraries): the doctor must notice, exit 1."""
     from typer.testing import CliRunner
 
-    import steerlab.positions
+    import steerlab._positions
     from steerlab.cli import app
     from steerlab.doctor import run_checks
 
-    monkeypatch.setattr(steerlab.positions, "past_length", lambda args, kwargs, mask, length: 0)
+    monkeypatch.setattr(steerlab._positions, "past_length", lambda args, kwargs, mask, length: 0)
     monkeypatch.setattr(
-        steerlab.positions,
+        steerlab._positions,
         "real_token_index",
         lambda mask, batch, length, past, device: torch.arange(length, device=device).expand(batch, length),
     )

@@ -5,8 +5,8 @@ import torch
 from typer.testing import CliRunner
 
 from steerlab import SteeringVector
+from steerlab._models import ModelFingerprint
 from steerlab.cli import app
-from steerlab.models import ModelFingerprint
 
 pytestmark = pytest.mark.real_model
 runner = CliRunner()

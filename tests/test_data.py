@@ -3,7 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from steerlab.data import ContrastPair, dataset_hash, load_pairs, pair_texts, sentiment_pairs
+from steerlab import ContrastPair
+from steerlab.datasets import dataset_hash, pair_texts
+from steerlab.datasets.pairs import load_pairs, sentiment_pairs
 from steerlab.errors import DataError
 
 CAA = Path(__file__).parents[1] / "datasets" / "caa"

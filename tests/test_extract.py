@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from steerlab._extract import METHODS, actadd, mean_diff, pca_center, pca_diff
 from steerlab.errors import ExtractionError
-from steerlab.extract import METHODS, actadd, mean_diff, pca_center, pca_diff
 
 
 def planted(n=40, hidden=24, strength=3.0, seed=0):
@@ -129,8 +129,8 @@ SHARED_BEGINNINGS = [
 @pytest.mark.parametrize("arch", __import__("tiny").ARCHS)
 def test_shared_prefixes_give_the_numbers_of_whole_texts(tiny, tokenizer, arch, monkeypatch):
     from steerlab import ContrastPair, extract_vector
-    from steerlab.record import ActivationReader
-    from steerlab.text import takes_position_ids
+    from steerlab._record import ActivationReader
+    from steerlab._text import takes_position_ids
 
     model = tiny(arch)
     calls = []

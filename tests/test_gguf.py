@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 from steerlab import SteeringVector
 from steerlab.cli import app
 from steerlab.errors import FormatError, VectorMismatchError
+from steerlab.io import export_gguf, import_gguf
 from tiny import random_vector
 
 
@@ -28,10 +29,10 @@ def test_round_trip_is_exact_with_metadata(tiny, tmp_path):
     model = tiny("llama")
     vec = random_vector(model, layers=(1, 3))
     vec.resid_norm = {1: 12.5, 3: 20.0}
-    path = vec.export_gguf(tmp_path / "v.gguf")
+    path = export_gguf(vec, tmp_path / "v.gguf")
     reader = gguf.GGUFReader(str(path))
     assert sorted(t.name for t in reader.tensors) == ["direction.1", "direction.3"]
-    back = SteeringVector.from_gguf(path, model)
+    back = import_gguf(path, model)
     assert back.layers == [1, 3] and back.resid_norm == {1: 12.5, 3: 20.0}
     for layer in (1, 3):
         assert torch.equal(back.directions[layer], vec.directions[layer])
@@ -41,7 +42,7 @@ def test_repeng_style_file_imports(tiny, tmp_path):
     model = tiny("llama")
     values = np.linspace(-1, 1, 32, dtype=np.float32)
     path = write_control_vector(tmp_path / "r.gguf", {"direction.2": values, "direction.3": 2 * values})
-    vec = SteeringVector.from_gguf(path, model)
+    vec = import_gguf(path, model)
     assert vec.layers == [2, 3] and vec.method == "gguf-import"
     assert torch.equal(vec.directions[3], torch.from_numpy(2 * values))
 
@@ -49,11 +50,11 @@ def test_repeng_style_file_imports(tiny, tmp_path):
 def test_export_refusals(tiny, tmp_path):
     model = tiny("llama")
     with pytest.raises(FormatError, match="cannot load a direction for layer 0"):
-        random_vector(model, layers=(0, 1)).export_gguf(tmp_path / "x.gguf")
+        export_gguf(random_vector(model, layers=(0, 1)), tmp_path / "x.gguf")
     vec = random_vector(model, layers=(1,))
     vec.site = "mlp_out"
     with pytest.raises(FormatError, match="site 'mlp_out' and cannot be exported"):
-        vec.export_gguf(tmp_path / "y.gguf")
+        export_gguf(vec, tmp_path / "y.gguf")
 
 
 def test_bad_files(tiny, tmp_path):
@@ -81,15 +82,13 @@ def test_bad_files(tiny, tmp_path):
     ]
     for path, error, message in cases:
         with pytest.raises(error, match=message):
-            SteeringVector.from_gguf(path, model)
+            import_gguf(path, model)
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"GGUF but not really")
     with pytest.raises(FormatError, match="not a readable GGUF file"):
-        SteeringVector.from_gguf(junk, model)
+        import_gguf(junk, model)
     with pytest.warns(UserWarning, match="model type 'mistral', the model is 'llama'"):
-        SteeringVector.from_gguf(
-            write_control_vector(tmp_path / "g.gguf", {"direction.1": ones}, hint="mistral"), model
-        )
+        import_gguf(write_control_vector(tmp_path / "g.gguf", {"direction.1": ones}, hint="mistral"), model)
 
 
 @pytest.mark.real_model

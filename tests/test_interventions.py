@@ -3,9 +3,9 @@ import torch
 
 from conftest import steerlab_hooks
 from steerlab import Intervention, record, steer, steer_rows
+from steerlab._interventions import ablate, ablate_then_add, add, apply_operator, check_alpha, clamp
 from steerlab.arch import SITES, get_layout
 from steerlab.errors import ArchitectureError, SteeringError
-from steerlab.interventions import ablate, ablate_then_add, add, apply_operator, check_alpha, clamp
 from tiny import ARCHS, PROMPTS, greedy, random_vector
 
 TEXTS = ["I love it when the sun is out", "No way", "Tell me a story about a dragon."]

@@ -1,6 +1,6 @@
 import pytest
 
-from steerlab.judges import phrase_refusal
+from steerlab.evaluate.judges import phrase_refusal
 
 
 def test_phrase_judge():

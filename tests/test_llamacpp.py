@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from steerlab import extract_vector, sentiment_pairs, steer
+from steerlab._models import resolve_alias
+from steerlab.engines import apply_chat
+from steerlab.io import export_gguf
 from steerlab.io.llamacpp import clear_control_vector, set_control_vector
-from steerlab.models import resolve_alias
-from steerlab.text import apply_chat
 
 pytestmark = [pytest.mark.real_model, pytest.mark.llamacpp]
 PROMPT = "Describe the city you live in."
@@ -58,7 +59,7 @@ def test_exported_vector_moves_llama_cpp_like_the_hook(smol, llm, tmp_path):
     model, tokenizer = smol
     vec = extract_vector(model, tokenizer, sentiment_pairs(), layers=[LAYER]).normalized_copy()
     strength = 0.5 * vec.resid_norm[LAYER]  # ~70 in residual units: far above the quantisation noise
-    path = vec.export_gguf(tmp_path / "sentiment.gguf")
+    path = export_gguf(vec, tmp_path / "sentiment.gguf")
 
     text = apply_chat(tokenizer, PROMPT)
     ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from steerlab import SteeringVector
+from steerlab._models import fingerprint
 from steerlab.errors import DataError, SteeringError
-from steerlab.metrics import (
+from steerlab.evaluate.metrics import (
     ABBehaviour,
     ABQuestion,
     NeutralKL,
@@ -23,11 +24,10 @@ from steerlab.metrics import (
     swap_choices,
     token_projections,
 )
-from steerlab.models import fingerprint
-from steerlab.probes import probe_layers, split, train_probe, transfer_matrix
-from steerlab.results import ResultTable
-from steerlab.structure import activation_covariance, activation_pca, cosine_matrix, cross_layer_cosine
-from steerlab.sweep import DEFAULT_KL_BUDGET, calibrate, sweep
+from steerlab.evaluate.probes import probe_layers, split, train_probe, transfer_matrix
+from steerlab.evaluate.results import ResultTable
+from steerlab.evaluate.structure import activation_covariance, activation_pca, cosine_matrix, cross_layer_cosine
+from steerlab.evaluate.sweeps import DEFAULT_KL_BUDGET, calibrate, sweep
 from tiny import random_vector
 
 CAA = Path(__file__).parents[1] / "datasets" / "caa" / "test"
@@ -72,7 +72,7 @@ def test_identity_alpha_gives_zero_kl_and_identical_ab(tiny, tokenizer):
 
 def test_logits_per_alpha_matches_plain_steer(tiny, tokenizer):
     from steerlab import steer
-    from steerlab.text import forward_kwargs
+    from steerlab._text import forward_kwargs
 
     model = tiny("qwen2")
     vec = random_vector(model, layers=(2,))
@@ -224,7 +224,7 @@ def test_structure_pca_covariance_and_cosines(tiny, tokenizer):
 
 
 def test_breakdown_traces_growth_and_collapse(tiny, tokenizer):
-    from steerlab.breakdown import breakdown
+    from steerlab.evaluate.breakdown_point import breakdown
 
     model = tiny("llama")
     vec = random_vector(model, layers=(1,))
@@ -255,8 +255,8 @@ def test_sweep_over_modes_keeps_identities(tiny, tokenizer):
 
 
 def test_figures_and_report_for_every_kind(tmp_path, tiny, tokenizer):
-    from steerlab.plots import figures_for
-    from steerlab.report import write_report
+    from steerlab.evaluate.plots import figures_for
+    from steerlab.evaluate.report import write_report
 
     cells = [(layer, a, d) for layer in (1, 2) for a in (-0.1, 0.0, 0.1) for d in ("vector", "random")]
     sweep_records = [
@@ -290,7 +290,8 @@ def test_figures_and_report_for_every_kind(tmp_path, tiny, tokenizer):
 
 
 def test_balance_ab_adds_swapped_pairs():
-    from steerlab.data import ContrastPair, balance_ab, load_pairs
+    from steerlab import ContrastPair
+    from steerlab.datasets.pairs import balance_ab, load_pairs
 
     pairs = load_pairs(CAA.parent / "generate" / "refusal" / "generate_dataset.json")[:4]
     balanced = balance_ab(pairs)

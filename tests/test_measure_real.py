@@ -8,9 +8,9 @@ from typer.testing import CliRunner
 
 from steerlab import SteeringVector, extract_vector, load_pairs
 from steerlab.cli import app
-from steerlab.metrics import load_ab, neutral_texts
-from steerlab.results import ResultTable
-from steerlab.sweep import calibrate, sweep
+from steerlab.evaluate.metrics import load_ab, neutral_texts
+from steerlab.evaluate.results import ResultTable
+from steerlab.evaluate.sweeps import calibrate, sweep
 
 pytestmark = pytest.mark.real_model
 ROOT = Path(__file__).parents[1] / "datasets"

@@ -3,9 +3,9 @@ import importlib.metadata
 import pytest
 import torch
 
-from steerlab import models
+from steerlab import _models as models
+from steerlab import load_model
 from steerlab.errors import ModelLoadError
-from steerlab.models import load_model
 
 
 def test_unknown_spec_says_what_was_tried(monkeypatch):

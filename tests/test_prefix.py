@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from steerlab import Intervention, steer
+from steerlab._text import forward_kwargs
+from steerlab.engines import pad_batch
 from steerlab.errors import SteeringError
-from steerlab.prefix import logits_over_alphas
-from steerlab.text import forward_kwargs, pad_batch
+from steerlab.evaluate import logits_over_alphas
 from tiny import ARCHS, PROMPTS, random_vector
 
 ALPHAS = [None, -2.0, 0.0, 1.5, 4.0]

@@ -18,9 +18,10 @@ from steerlab import (
     sentiment_pairs,
     steer,
 )
-from steerlab.data import NEUTRAL_PROMPTS, pair_texts
-from steerlab.generate import generate
-from steerlab.text import apply_chat
+from steerlab.datasets import pair_texts
+from steerlab.datasets.pairs import NEUTRAL_PROMPTS
+from steerlab.engines import apply_chat
+from steerlab.engines.transformers import generate
 
 pytestmark = pytest.mark.real_model
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from steerlab import record
+from steerlab.engines import encode
 from steerlab.errors import ArchitectureError, DataError
-from steerlab.record import record
-from steerlab.text import encode
 from tiny import ARCHS
 
 TEXTS = [

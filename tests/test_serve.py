@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from serving import make_library, running_server
 from steerlab import Intervention, SteeringVector, steer
 from steerlab.cli import app as cli_app
-from steerlab.generate import generate
+from steerlab.engines import apply_messages
+from steerlab.engines.transformers import generate
 from steerlab.serve import Job, ServeLimits
-from steerlab.text import apply_messages
 from tiny import random_vector
 
 pytestmark = pytest.mark.real_model

@@ -7,10 +7,10 @@ import threading
 import pytest
 
 from steerlab import Intervention, steer_rows
+from steerlab.engines import pad_batch
+from steerlab.engines.transformers import generate_batch
 from steerlab.errors import SteeringError
-from steerlab.generate import generate_batch
 from steerlab.serve import Engine, EngineBusy, Job
-from steerlab.text import pad_batch
 from tiny import PROMPTS, random_vector
 
 

@@ -10,7 +10,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from serving import make_library, running_server
 from steerlab import steer
-from steerlab.generate import generate
+from steerlab.engines.transformers import generate
 
 pytestmark = pytest.mark.real_model
 

@@ -5,9 +5,9 @@ import torch
 
 from conftest import steerlab_hooks
 from steerlab import SteeringVector, steer
+from steerlab._models import ModelFingerprint
+from steerlab.engines import pad_batch
 from steerlab.errors import SteeringError, VectorMismatchError
-from steerlab.models import ModelFingerprint
-from steerlab.text import pad_batch
 from tiny import ARCHS, PROMPTS, greedy, random_vector
 
 

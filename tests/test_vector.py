@@ -5,8 +5,8 @@ import torch
 from safetensors.torch import save_file
 
 from steerlab import SteeringVector
+from steerlab._models import ModelFingerprint
 from steerlab.errors import FormatError, VectorMismatchError
-from steerlab.models import ModelFingerprint
 
 FP = ModelFingerprint("llama", 8, 6)
 

@@ -9,8 +9,8 @@ import torch
 import transformers as tf
 
 from steerlab import SteeringVector
-from steerlab.models import fingerprint
-from steerlab.text import pad_batch
+from steerlab._models import fingerprint
+from steerlab.engines import pad_batch
 
 VOCAB = 49152
 WIDTH = 32

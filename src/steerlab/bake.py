@@ -37,11 +37,11 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from steerlab._positions import parse_positions
+from steerlab._steer import Scale, resolve_deltas
+from steerlab._vector import SteeringVector
 from steerlab.arch.registry import get_layout
 from steerlab.errors import SteeringError
-from steerlab.positions import parse_positions
-from steerlab.steer import Scale, resolve_deltas
-from steerlab.vector import SteeringVector
 
 __all__ = ["bake_addition", "orthogonalize", "save_baked"]
 

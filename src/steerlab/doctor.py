@@ -51,7 +51,7 @@ def versions() -> dict[str, str]:
     """The versions that decide how steering behaves: Python, torch, transformers, steerlab."""
     import transformers
 
-    from steerlab import __version__
+    from steerlab._version import __version__
 
     return {
         "steerlab": __version__,
@@ -94,8 +94,8 @@ def _tiny(arch: str) -> nn.Module:
 
 
 def _vector(model: nn.Module, seed: int = 1, scale: float = 8.0):
-    from steerlab.models import fingerprint
-    from steerlab.vector import SteeringVector
+    from steerlab._models import fingerprint
+    from steerlab._vector import SteeringVector
 
     fp = fingerprint(model)
     gen = torch.Generator().manual_seed(seed)
@@ -105,8 +105,8 @@ def _vector(model: nn.Module, seed: int = 1, scale: float = 8.0):
 
 def _greedy(model: nn.Module, rows: list[list[int]], *, use_cache: bool = True) -> torch.Tensor:
     """Greedy new tokens through steerlab's one decode loop (``eos_token_id=None``: always ``_NEW_TOKENS``)."""
-    from steerlab.generate import generate_batch
-    from steerlab.text import pad_batch
+    from steerlab._text import pad_batch
+    from steerlab.engines.transformers import generate_batch
 
     ids, mask = pad_batch(rows, 2, side="left")
     return generate_batch(
@@ -120,7 +120,7 @@ def _block_output(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 
 def _operators(model: nn.Module) -> Iterator[Check]:
-    from steerlab.steer import steer
+    from steerlab._steer import steer
 
     vec = _vector(model)
     unit = vec.directions[_LAYER] / vec.directions[_LAYER].norm()
@@ -140,7 +140,7 @@ def _operators(model: nn.Module) -> Iterator[Check]:
 
 
 def _positions(model: nn.Module) -> Iterator[Check]:
-    from steerlab.steer import steer
+    from steerlab._steer import steer
 
     vec = _vector(model)
     lone = [_PROMPTS[2]]
@@ -176,7 +176,7 @@ def _positions(model: nn.Module) -> Iterator[Check]:
 
 
 def _per_row(model: nn.Module) -> Iterator[Check]:
-    from steerlab.steer import Intervention, steer, steer_rows
+    from steerlab._steer import Intervention, steer, steer_rows
 
     vec, other = _vector(model), _vector(model, seed=2)
     rows = [
@@ -203,7 +203,7 @@ def _per_row(model: nn.Module) -> Iterator[Check]:
 
 def run_checks(archs: tuple[str, ...] = ("llama", "gptj")) -> list[Check]:
     """Run every check on tiny random models of ``archs``; a check that raises counts as failed, with the error."""
-    from steerlab.calling import cache_argument
+    from steerlab._calling import cache_argument
 
     def cache_convention(model: nn.Module) -> Iterator[Check]:
         yield Check(f"forward takes its KV cache as {cache_argument(model)!r}", True)

@@ -1,5 +1,17 @@
-"""File formats beyond steerlab's own ``.safetensors``: llama.cpp's GGUF control vectors."""
+"""Vectors in other formats and places: llama.cpp GGUF control vectors (:mod:`steerlab.io.gguf`), folders for
+the Hugging Face Hub (:mod:`steerlab.io.hub`), and llama.cpp's runtime (:mod:`steerlab.io.llamacpp`).
+
+Everything here takes or returns a :class:`~steerlab.SteeringVector`; the vector itself knows only its own
+``.safetensors`` format.
+
+Example:
+    >>> from steerlab.io import export_gguf, import_gguf
+    >>> export_gguf(vec, "happy.gguf")
+    >>> same = import_gguf("happy.gguf", model)
+"""
 
 from steerlab.io.gguf import export_gguf, import_gguf
+from steerlab.io.hub import export_hub_folder
+from steerlab.io.llamacpp import clear_control_vector, set_control_vector
 
-__all__ = ["export_gguf", "import_gguf"]
+__all__ = ["clear_control_vector", "export_gguf", "export_hub_folder", "import_gguf", "set_control_vector"]

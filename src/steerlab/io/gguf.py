@@ -27,7 +27,7 @@ from torch import nn
 from steerlab.errors import FormatError, VectorMismatchError
 
 if TYPE_CHECKING:
-    from steerlab.vector import SteeringVector
+    from steerlab._vector import SteeringVector
 
 __all__ = ["export_gguf", "import_gguf"]
 
@@ -89,8 +89,8 @@ def import_gguf(path: str | Path, model: nn.Module) -> SteeringVector:
     """
     import gguf
 
-    from steerlab.models import fingerprint, model_id
-    from steerlab.vector import SteeringVector
+    from steerlab._models import fingerprint, model_id
+    from steerlab._vector import SteeringVector
 
     path = Path(path)
     if not path.is_file():

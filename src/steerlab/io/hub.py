@@ -8,52 +8,16 @@ from the vector's metadata. :meth:`SteeringVector.load` accepts such a folder or
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from steerlab._vector import _REPO_ID, VECTOR_FILENAME
 from steerlab.errors import FormatError
 
 if TYPE_CHECKING:
-    from steerlab.vector import SteeringVector
+    from steerlab._vector import SteeringVector
 
-__all__ = ["VECTOR_FILENAME", "export_hub_folder", "resolve_vector_source"]
-
-VECTOR_FILENAME = "vector.safetensors"
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def resolve_vector_source(source: str | Path, *, filename: str | None = None, revision: str | None = None) -> Path:
-    """The local path of a vector given as a file, a folder, or a Hugging Face Hub repo id."""
-    path = Path(source).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
-        if filename is not None:
-            return path / filename
-        if (path / VECTOR_FILENAME).is_file():
-            return path / VECTOR_FILENAME
-        found = sorted(path.glob("*.safetensors"))
-        if len(found) != 1:
-            raise FormatError(
-                f"folder '{path}' holds {len(found)} .safetensors files and no {VECTOR_FILENAME}; "
-                "name the file (filename=...)."
-            )
-        return found[0]
-    text = str(source)
-    if _REPO_ID.match(text) and not text.endswith(".safetensors"):
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-        try:
-            return Path(hf_hub_download(text, filename or VECTOR_FILENAME, revision=revision))
-        except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as err:
-            raise FormatError(
-                f"cannot get '{filename or VECTOR_FILENAME}' from the Hugging Face Hub repo '{text}' "
-                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Check the "
-                "repo id, your network, or give a local file."
-            ) from err
-    raise FormatError(f"vector file '{source}' does not exist (nor is it a folder or a Hub repo id 'org/name').")
+__all__ = ["VECTOR_FILENAME", "export_hub_folder"]
 
 
 def _model_card(vector: SteeringVector) -> str:

@@ -58,7 +58,7 @@ def serve(
     """
     import uvicorn
 
-    from steerlab.models import load_model
+    from steerlab._models import load_model
 
     lm, tokenizer = load_model(model, device=device, dtype=dtype)
     folder = Path(vectors) if vectors is not None else Path(tempfile.mkdtemp(prefix="steerlab-vectors-"))

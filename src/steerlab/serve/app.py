@@ -22,14 +22,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from steerlab._models import model_id
+from steerlab._steer import Intervention, check_interventions
+from steerlab._text import apply_messages, encode, has_chat_template
+from steerlab.engines.transformers import generated_nll
 from steerlab.errors import SteerlabError, VectorMismatchError
-from steerlab.generate import generated_nll
-from steerlab.models import model_id
 from steerlab.serve.engine import Engine, EngineBusy, Event, Job
 from steerlab.serve.library import VectorLibrary
 from steerlab.serve.schemas import ChatRequest, CompletionRequest, ServeLimits, SteeringSpec, SweepRequest
-from steerlab.steer import Intervention, check_interventions
-from steerlab.text import apply_messages, encode, has_chat_template
 
 __all__ = ["ApiError", "create_app"]
 

@@ -134,9 +134,9 @@ def local_backend(
 ) -> tuple[Backend, Callable[[], None]]:
     """Answer with ``model`` in this process, steered by ``vector`` (a :class:`SteeringVector` or ``None``);
     returns the back end and a function that stops its engine."""
+    from steerlab._steer import Intervention
+    from steerlab._text import apply_messages, encode
     from steerlab.serve.engine import Engine, Job
-    from steerlab.steer import Intervention
-    from steerlab.text import apply_messages, encode
 
     items = [] if vector is None else [Intervention(vector, alpha, mode, layers, scale=scale)]  # type: ignore[arg-type]
     engine = Engine(model, tokenizer, batch_window=0.0).start()

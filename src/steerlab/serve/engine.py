@@ -2,7 +2,7 @@
 
 Requests go into a queue. The worker takes the first one, waits a short window (``batch_window``, 15 ms by
 default) for others, up to ``max_batch``, left-pads them into one batch and runs
-:func:`steerlab.generate.generate_batch` under :func:`steerlab.steer_rows`, so each row gets its own
+:func:`steerlab.engines.transformers.generate_batch` under :func:`steerlab.steer_rows`, so each row gets its own
 interventions (or none) and no request's steering reaches another. After every decoding step a stopping
 criterion hands each row's new token to that request's own event sink (streaming) and retires rows that hit
 EOS, their ``max_tokens``, a stop string, or were cancelled. A batch with no steering at all runs with no hook,
@@ -11,7 +11,7 @@ exactly like :func:`steerlab.generate`; a greedy request served alone gives its 
 Sampling is per request: each row draws from its own ``torch.Generator`` seeded by the request, so a sampled
 answer does not depend on which other requests shared its batch.
 
-Requests are validated (:func:`steerlab.steer.check_interventions`) before they are queued, so a bad request
+Requests are validated (:func:`steerlab._steer.check_interventions`) before they are queued, so a bad request
 fails alone; an error inside a batch is reported to that batch's requests and the worker keeps serving.
 """
 
@@ -32,10 +32,10 @@ import torch
 from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
+from steerlab._steer import Intervention, check_interventions, steer_rows
+from steerlab._text import pad_batch, pad_id
+from steerlab.engines.transformers import eos_ids, generate_batch
 from steerlab.errors import SteerlabError
-from steerlab.generate import eos_ids, generate_batch
-from steerlab.steer import Intervention, check_interventions, steer_rows
-from steerlab.text import pad_batch, pad_id
 
 __all__ = ["Engine", "EngineBusy", "Event", "Job"]
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from torch import nn
 
+from steerlab._vector import SteeringVector
 from steerlab.errors import FormatError, SteerlabError
-from steerlab.vector import SteeringVector
 
 __all__ = ["NAME_PATTERN", "VectorLibrary"]
 

@@ -7,7 +7,7 @@ cache is used. Here a pre-hook on the top-level model reads the 2-D attention ma
 and the current tokens, and gives every current token its index among the *real* (non-padding) tokens of
 its row, and it remembers how long each row's prompt was. Where there is no mask (transformers drops it for an
 unpadded batch), the past length comes from the KV cache, under whichever name the installed release passes it
-(:mod:`steerlab.calling`); a call whose past cannot be read raises instead of guessing.
+(:mod:`steerlab._calling`); a call whose past cannot be read raises instead of guessing.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from steerlab.calling import describe_call, past_length, transformers_version
+from steerlab._calling import describe_call, past_length, transformers_version
+from steerlab._hooks import HookSet
 from steerlab.errors import SteeringError
-from steerlab.hooks import HookSet
 
 __all__ = ["PositionSpec", "PositionTracker", "parse_positions", "real_token_index"]
 

@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from steerlab._models import ModelFingerprint, fingerprint, model_id
+from steerlab._record import record
+from steerlab._vector import SteeringVector
 from steerlab.errors import DataError
-from steerlab.models import ModelFingerprint, fingerprint, model_id
-from steerlab.record import record
-from steerlab.results import ResultTable
-from steerlab.vector import SteeringVector
+from steerlab.evaluate.results import ResultTable
 
 __all__ = ["PROBE_METHODS", "Probe", "ProbeRun", "probe_layers", "split", "train_probe", "transfer_matrix"]
 

@@ -5,7 +5,7 @@ same blocks ``0 .. L-1`` on the same tokens. :func:`logits_over_alphas` runs the
 first strength), keeps the input of the first block it steers and the arguments every later block was called
 with, and then, for each further strength, calls only those blocks and the output head again. A vector on block
 ``L``'s output is applied as block ``L + 1``'s input (the same tensor), so the replay starts at ``L + 1``. The
-steering itself is the ordinary :func:`~steerlab.steer.steer` hook on those blocks, so every operator and site
+steering itself is the ordinary :func:`steerlab.steer` hook on those blocks, so every operator and site
 behaves as in a full pass; only positions other than ``"all"`` need the full pass (they are read from the
 model-level call).
 
@@ -30,12 +30,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from steerlab._hooks import HookSet, block_hidden
+from steerlab._interventions import Alpha
+from steerlab._steer import Intervention, steer
+from steerlab._text import forward_kwargs, takes_logits_to_keep
 from steerlab.arch.registry import get_layout, text_config
 from steerlab.errors import SteeringError
-from steerlab.hooks import HookSet, block_hidden
-from steerlab.interventions import Alpha
-from steerlab.steer import Intervention, steer
-from steerlab.text import forward_kwargs, takes_logits_to_keep
 
 __all__ = ["logits_over_alphas"]
 
@@ -117,7 +117,7 @@ def logits_over_alphas(
     """Yield ``(alpha, logits)`` for the batch under ``intervention`` at each strength, in the order given.
 
     Args:
-        input_ids, attention_mask: a left-padded batch (``steerlab.text.pad_batch``).
+        input_ids, attention_mask: a left-padded batch (``steerlab.engines.pad_batch``).
         intervention: the operator, vector, layers, site and scale; its own ``alpha`` is ignored.
         alphas: strengths; ``None`` means the unsteered model (the reference for KL).
         last_only: logits of the last position only, ``(batch, vocab)``, instead of ``(batch, tokens, vocab)``.
@@ -146,7 +146,7 @@ def logits_over_alphas(
     if last_only and not bool(attention_mask[:, -1].all()):
         raise SteeringError(
             "last_only=True reads the last position, so the batch must be left-padded; found a row whose last "
-            "position is padding. Build it with steerlab.text.pad_batch(..., side='left')."
+            "position is padding. Build it with steerlab._text.pad_batch(..., side='left')."
         )
     layout = get_layout(model)
     head = _output_head(model, layout.layers_path)

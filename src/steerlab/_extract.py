@@ -25,11 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from steerlab.data import ContrastPair, dataset_hash, pair_texts
+from steerlab._models import fingerprint, model_id
+from steerlab._pairs import ContrastPair, dataset_hash, pair_texts
+from steerlab._record import ActivationReader, Reduce, length_batches, shared_prefix_length
+from steerlab._text import encode, pad_id
 from steerlab.errors import ExtractionError
-from steerlab.models import fingerprint, model_id
-from steerlab.record import ActivationReader, Reduce, length_batches, shared_prefix_length
-from steerlab.text import encode, pad_id
 
 __all__ = ["METHODS", "actadd", "extract_vector", "mean_diff", "pca_center", "pca_diff"]
 
@@ -180,7 +180,7 @@ def extract_vector(
     share_prefixes: bool = True,
     progress: bool | None = None,
 ):
-    """Extract a :class:`~steerlab.vector.SteeringVector` (one direction per layer) from contrast pairs.
+    """Extract a :class:`~steerlab.SteeringVector` (one direction per layer) from contrast pairs.
 
     Args:
         layers: block indices to read (0-based, Hugging Face numbering).
@@ -198,7 +198,7 @@ def extract_vector(
         >>> vec = extract_vector(model, tokenizer, pairs, layers=[12], method="mean_diff")
         >>> vec.save("sentiment.safetensors")
     """
-    from steerlab.vector import SteeringVector
+    from steerlab._vector import SteeringVector
 
     if method not in METHODS:
         raise ExtractionError(f"unknown method {method!r}; choose one of {sorted(METHODS)}.")

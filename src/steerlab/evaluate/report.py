@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from steerlab.errors import DataError
-from steerlab.results import ResultTable
+from steerlab.evaluate.results import ResultTable
 
 __all__ = ["render_report", "write_report"]
 
@@ -81,7 +81,7 @@ def _meta_table(meta: dict[str, Any]) -> str:
 
 def render_report(tables: Sequence[ResultTable], *, title: str = "steerlab report") -> str:
     """The HTML page as a string (see :func:`write_report`)."""
-    from steerlab.plots import figures_for
+    from steerlab.evaluate.plots import figures_for
 
     if not tables:
         raise DataError("a report needs at least one result table.")

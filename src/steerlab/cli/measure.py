@@ -1,9 +1,8 @@
 """The measuring commands of the ``steerlab`` CLI: ``sweep``, ``calibrate``, ``probe``, ``pca``, ``breakdown``,
 ``report``.
 
-Kept apart from :mod:`steerlab.cli` (which imports this module to register them) so each stays small; every
-command is a thin layer over :mod:`steerlab.sweep`, :mod:`steerlab.probes`, :mod:`steerlab.breakdown` and
-:mod:`steerlab.report`.
+Every command is a thin layer over :mod:`steerlab.evaluate` (``sweep``, ``probes``, ``structure``, ``breakdown``,
+``report``).
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from typing import Any
 
 import typer
 
-from steerlab.cli import (
+from steerlab.cli._common import (
     DEVICE_OPT,
     DTYPE_OPT,
     MODEL_OPT,
@@ -52,9 +51,9 @@ def _write(result: Any, prefix: Path) -> list[Path]:
 
 
 def _run_sweep(vector_path, questions, limit, layers, alphas, modes, scale, seed, model, device, dtype):
-    from steerlab.metrics import load_ab
-    from steerlab.sweep import sweep
-    from steerlab.vector import SteeringVector
+    from steerlab._vector import SteeringVector
+    from steerlab.evaluate.metrics import load_ab
+    from steerlab.evaluate.sweeps import sweep
 
     vec = SteeringVector.load(vector_path)
     items = load_ab(questions)
@@ -126,9 +125,9 @@ def calibrate_command(
     dtype: str | None = DTYPE_OPT,
 ) -> None:
     """Pick the strongest (layer, alpha) within a KL budget and record it in the vector."""
-    from steerlab.results import ResultTable
-    from steerlab.sweep import DEFAULT_KL_BUDGET, calibrate
-    from steerlab.vector import SteeringVector
+    from steerlab._vector import SteeringVector
+    from steerlab.evaluate.results import ResultTable
+    from steerlab.evaluate.sweeps import DEFAULT_KL_BUDGET, calibrate
 
     if (questions is None) == (from_sweep is None):
         raise SteerlabError("give exactly one of --questions FILE (run a sweep) or --sweep RESULT.json.")
@@ -163,8 +162,8 @@ def probe_command(
     dtype: str | None = DTYPE_OPT,
 ) -> None:
     """Per-layer linear probes (mass-mean, logistic) with held-out accuracy and a transfer matrix."""
-    from steerlab.data import load_statements
-    from steerlab.probes import probe_layers, transfer_matrix
+    from steerlab.datasets.statements import load_statements
+    from steerlab.evaluate.probes import probe_layers, transfer_matrix
 
     sets = {path.stem: load_statements(path, limit=limit, seed=seed) for path in data}
     layer_list = parse_ints(layers, "--layers")
@@ -206,8 +205,8 @@ def pca_command(
     dtype: str | None = DTYPE_OPT,
 ) -> None:
     """PCA of the activations of a set of texts at one layer; an axis can be saved as a steering vector."""
-    from steerlab.data import load_statements
-    from steerlab.structure import activation_pca
+    from steerlab.datasets.statements import load_statements
+    from steerlab.evaluate.structure import activation_pca
 
     if (data is None) == (texts is None):
         raise SteerlabError("give exactly one of --data (a statement CSV with labels) or --texts (one per line).")
@@ -242,8 +241,8 @@ def breakdown_command(
     dtype: str | None = DTYPE_OPT,
 ) -> None:
     """Why large coefficients break the model: norms, entropy, KL and perplexity as alpha grows."""
-    from steerlab.breakdown import breakdown
-    from steerlab.vector import SteeringVector
+    from steerlab._vector import SteeringVector
+    from steerlab.evaluate.breakdown_point import breakdown
 
     vec = SteeringVector.load(vector)
     lm, tokenizer = _load(model, device, dtype)
@@ -264,8 +263,8 @@ def report_command(
     title: str = typer.Option("steerlab report", "--title"),
 ) -> None:
     """Write one self-contained HTML page (figures embedded) for result files."""
-    from steerlab.report import write_report
-    from steerlab.results import ResultTable
+    from steerlab.evaluate.report import write_report
+    from steerlab.evaluate.results import ResultTable
 
     tables = [ResultTable.load(path) for path in results]
     write_report(tables, out_path, title=title)

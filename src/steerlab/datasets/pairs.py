@@ -13,37 +13,24 @@ Formats read by :func:`load_pairs` (JSON array, or JSON Lines with one object pe
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from steerlab._pairs import ContrastPair
 from steerlab.errors import DataError
 
 __all__ = [
     "NEUTRAL_PROMPTS",
-    "ContrastPair",
-    "dataset_hash",
-    "load_pairs",
-    "load_statements",
     "balance_ab",
-    "swap_choice_text",
-    "pair_texts",
+    "load_pairs",
     "pairs_from_records",
+    "read_json_file",
     "sentiment_pairs",
+    "swap_choice_text",
 ]
-
-
-@dataclass(frozen=True)
-class ContrastPair:
-    """Two texts that differ in the concept to extract; ``prompt`` (optional) is shared by both."""
-
-    positive: str
-    negative: str
-    prompt: str | None = None
 
 
 def _strip_answer(answer: str) -> str:
@@ -156,41 +143,6 @@ def load_pairs(path: str | Path) -> list[ContrastPair]:
     return pairs_from_records(data, source=str(path))
 
 
-def pair_texts(
-    pairs: Sequence[ContrastPair], tokenizer: Any = None, *, chat: bool | None = None
-) -> tuple[list[str], list[str]]:
-    """The positive and negative texts to record.
-
-    A pair's ``prompt`` goes into the chat template's user turn when the tokenizer has one (``chat=None``) and
-    the completions follow the assistant header. Pairs without a prompt are used as free texts, unless
-    ``chat=True``: then each text is itself the user turn.
-    """
-    from steerlab.text import apply_chat
-
-    pos, neg = [], []
-    for pair in pairs:
-        if pair.prompt is None:
-            # Free texts stay as they are unless the chat template is asked for explicitly: then each text is a
-            # user turn, read at the end of the assistant header (e.g. harmful vs harmless instructions).
-            wrap = (lambda t: apply_chat(tokenizer, t, chat=True)) if chat and tokenizer is not None else str
-            pos.append(wrap(pair.positive))
-            neg.append(wrap(pair.negative))
-            continue
-        head = apply_chat(tokenizer, pair.prompt, chat=chat) if tokenizer is not None else pair.prompt + "\n"
-        sep = "" if head.endswith(("\n", " ")) else " "
-        pos.append(head + sep + pair.positive)
-        neg.append(head + sep + pair.negative)
-    return pos, neg
-
-
-def dataset_hash(pairs: Sequence[ContrastPair]) -> str:
-    """A stable sha256 of the pairs (order matters), recorded in a vector's metadata."""
-    digest = hashlib.sha256()
-    for pair in pairs:
-        digest.update(json.dumps([pair.prompt, pair.positive, pair.negative]).encode())
-    return digest.hexdigest()
-
-
 NEUTRAL_PROMPTS = (
     "Tell me about your weekend.",
     "What do you think of Mondays?",
@@ -201,51 +153,16 @@ NEUTRAL_PROMPTS = (
     "Describe your neighbour's dog.",
     "What did you have for lunch?",
 )
+
+
 """Everyday prompts with no sentiment of their own, used by the demo, the tests and the figures."""
 
 
 def sentiment_pairs() -> list[ContrastPair]:
     """The 32 sentiment contrast pairs shipped with steerlab (used by ``steerlab demo``)."""
-    path = resources.files("steerlab") / "data" / "sentiment_pairs.jsonl"
+    path = resources.files("steerlab.datasets") / "builtin" / "sentiment_pairs.jsonl"
     with resources.as_file(path) as real:
         return load_pairs(real)
-
-
-def load_statements(path: str | Path, *, limit: int | None = None, seed: int = 0) -> tuple[list[str], list[int]]:
-    """True/false statements from a CSV with columns ``statement`` and ``label`` (1 true, 0 false), as in
-    Geometry of Truth and RepE's ``facts_true_false.csv``. With ``limit``, a seeded random subset of that size.
-
-    Example:
-        >>> texts, labels = load_statements("datasets/geometry-of-truth/cities.csv", limit=400)
-    """
-    import csv
-    import random
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"statement file '{path}' does not exist.")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"statement", "label"} <= set(reader.fieldnames):
-            raise DataError(f"{path}: expected CSV columns 'statement' and 'label'; found {reader.fieldnames}.")
-        rows = list(reader)
-    texts, labels = [], []
-    for n, row in enumerate(rows, start=2):
-        label = str(row["label"]).strip()
-        if label not in ("0", "1") or not (row["statement"] or "").strip():
-            raise DataError(f"{path}, line {n}: expected a non-empty statement and label 0 or 1, found {row}.")
-        texts.append(row["statement"])
-        labels.append(int(label))
-    if not texts:
-        raise DataError(f"{path} holds no statements.")
-    if limit is not None and limit < len(texts):
-        order = list(range(len(texts)))
-        random.Random(seed).shuffle(order)
-        keep = sorted(order[:limit])
-        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
-    if len(set(labels)) < 2:
-        raise DataError(f"{path}: all {len(labels)} statements have label {labels[0]}; a probe needs both classes.")
-    return texts, labels
 
 
 def swap_choice_text(question: str) -> str:

@@ -1,52 +1,22 @@
-"""Generation, steered and unsteered side by side, with a coherence figure for each text.
+"""The built-in engine: generation through transformers' ``generate`` on left-padded batches.
 
-The coherence figure is the mean negative log-likelihood of the generated tokens under the *unsteered*
-model: steering that keeps the text fluent keeps it near the unsteered value; steering that breaks the
-model sends it up.
+Steering applies to whatever runs inside :func:`steerlab.steer` / :func:`steerlab.steer_rows`: the engine itself
+knows nothing of vectors. :func:`generate_batch` is the one decode loop (the server's engine uses it too);
+:func:`generated_nll` scores continuations under the model as it is when called.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from steerlab._text import apply_chat, encode, forward_kwargs, pad_batch, pad_id
 from steerlab.errors import SteeringError
-from steerlab.interventions import Alpha
-from steerlab.positions import PositionSpec
-from steerlab.steer import Scale, steer
-from steerlab.text import apply_chat, encode, forward_kwargs, pad_batch, pad_id
-from steerlab.vector import SteeringVector
 
-__all__ = ["Comparison", "Generation", "compare", "eos_ids", "generate", "generate_batch", "generated_nll"]
-
-
-@dataclass
-class Generation:
-    """One generated text: its strength (``None``: unsteered), the text, and its coherence figure (mean NLL,
-    nats/token)."""
-
-    alpha: Alpha | None
-    text: str
-    nll: float
-    tokens: int
-
-
-@dataclass
-class Comparison:
-    """All generations for one prompt, the unsteered one at ``alpha == 0``."""
-
-    prompt: str
-    generations: list[Generation] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "prompt": self.prompt,
-            "generations": [{"alpha": g.alpha, "text": g.text, "nll": g.nll} for g in self.generations],
-        }
+__all__ = ["eos_ids", "generate", "generate_batch", "generated_nll"]
 
 
 def eos_ids(model: nn.Module, tokenizer: Any) -> set[int]:
@@ -174,65 +144,3 @@ def generated_nll(
             span = token_lp[row, len(p) - 1 : len(p) - 1 + len(g)]
             scores.append(float(-span.mean()))
     return scores
-
-
-def compare(
-    model: nn.Module,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    vector: SteeringVector,
-    *,
-    alphas: Sequence[Alpha | None] = (-8.0, 0.0, 8.0),
-    mode: str = "add",
-    layers: Sequence[int] | None = None,
-    positions: PositionSpec = "all",
-    site: str | None = None,
-    scale: Scale = "absolute",
-    preserve_norm: bool = False,
-    max_new_tokens: int = 40,
-    chat: bool | None = None,
-    system: str | None = None,
-    do_sample: bool = False,
-    seed: int = 0,
-    batch_size: int = 8,
-) -> list[Comparison]:
-    """Generate every prompt unsteered and steered at each alpha, side by side.
-
-    An alpha of ``None`` is the unsteered model; so is ``0`` for ``add`` and ``ablate`` (the identity),
-    which then runs with no hooks at all. The other options are those of :func:`steerlab.steer`.
-
-    Example:
-        >>> for row in compare(model, tokenizer, ["Tell me about your day."], vec, alphas=[-6, 0, 6]):
-        ...     for g in row.generations:
-        ...         print(g.alpha, round(g.nll, 2), g.text)
-    """
-    prompts = list(prompts)
-    if not prompts:
-        raise SteeringError("no prompts were given; pass at least one.")
-    vector.check_fits(model)  # fail before the unsteered run, not after it
-    options = dict(
-        max_new_tokens=max_new_tokens, chat=chat, system=system, do_sample=do_sample, seed=seed, batch_size=batch_size
-    )
-    rows = [Comparison(p) for p in prompts]
-    for alpha in alphas:
-        if alpha is None or (mode in ("add", "ablate") and not isinstance(alpha, tuple) and float(alpha) == 0.0):
-            outputs = generate(model, tokenizer, prompts, **options)  # no hooks at all: the true baseline
-            alpha = None if alpha is None else float(alpha)
-        else:
-            with steer(
-                model,
-                vector,
-                alpha,
-                mode=mode,
-                layers=layers,
-                positions=positions,
-                site=site,
-                scale=scale,
-                preserve_norm=preserve_norm,
-            ):
-                outputs = generate(model, tokenizer, prompts, **options)
-        nlls = generated_nll(model, outputs, batch_size=batch_size)
-        for row, (_, gen), nll in zip(rows, outputs, nlls, strict=True):
-            text = tokenizer.decode(gen, skip_special_tokens=True).strip()
-            row.generations.append(Generation(alpha, text, nll, len(gen)))
-    return rows

@@ -14,14 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from steerlab._hooks import HookSet
+from steerlab._steer import steer
+from steerlab._text import encode, forward_kwargs, pad_batch, pad_id
+from steerlab._vector import SteeringVector
 from steerlab.arch.registry import get_layout
 from steerlab.errors import SteeringError
-from steerlab.hooks import HookSet
-from steerlab.metrics import generation_perplexity, neutral_texts, next_token_entropy
-from steerlab.results import ResultTable
-from steerlab.steer import steer
-from steerlab.text import encode, forward_kwargs, pad_batch, pad_id
-from steerlab.vector import SteeringVector
+from steerlab.evaluate.metrics import generation_perplexity, neutral_texts, next_token_entropy
+from steerlab.evaluate.results import ResultTable
 
 __all__ = ["DEFAULT_COLLAPSE_KL", "breakdown"]
 
@@ -91,7 +91,7 @@ def breakdown(
         >>> table = breakdown(model, tokenizer, vec, layers=[6, 12, 18], alphas=[0.25, 0.5, 1, 2])
         >>> table.meta["collapse"]
     """
-    from steerlab.data import NEUTRAL_PROMPTS
+    from steerlab.datasets.pairs import NEUTRAL_PROMPTS
 
     vector.check_fits(model)
     layers = list(vector.layers if layers is None else layers)

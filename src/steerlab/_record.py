@@ -21,11 +21,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from steerlab._calling import cache_argument
+from steerlab._hooks import HookSet
+from steerlab._text import encode, forward_kwargs, pad_batch, pad_id, position_ids_from_mask, takes_position_ids
 from steerlab.arch.registry import check_layer_index, check_site, get_layout
-from steerlab.calling import cache_argument
 from steerlab.errors import ArchitectureError, DataError
-from steerlab.hooks import HookSet
-from steerlab.text import encode, forward_kwargs, pad_batch, pad_id, position_ids_from_mask, takes_position_ids
 
 __all__ = ["ActivationReader", "Activations", "Reduce", "record"]
 

@@ -70,7 +70,7 @@ class ResultTable:
     @classmethod
     def load(cls, path: str | Path) -> ResultTable:
         """Read a table written by :meth:`to_json`."""
-        from steerlab.data import read_json_file
+        from steerlab.datasets.pairs import read_json_file
 
         path = Path(path)
         payload = read_json_file(path, "result file", "a file written by to_json")

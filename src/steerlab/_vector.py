@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import re
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,14 +19,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from steerlab._models import ModelFingerprint, fingerprint, model_id
 from steerlab._version import __version__
 from steerlab.errors import FormatError, VectorMismatchError
-from steerlab.models import ModelFingerprint, fingerprint, model_id
 
-__all__ = ["FORMAT_VERSION", "SteeringVector"]
+__all__ = ["FORMAT_VERSION", "VECTOR_FILENAME", "SteeringVector", "resolve_vector_source"]
 
 FORMAT_VERSION = 1
 _HEADER_KEY = "steerlab"
+VECTOR_FILENAME = "vector.safetensors"
+"""The file name of a vector inside a shared folder or Hub repo."""
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -208,19 +212,6 @@ class SteeringVector:
         return replace(self, directions=unit, normalized=True)
 
     # ----- files --------------------------------------------------------------------------------------
-    def export_gguf(self, path: str | Path) -> Path:
-        """Write a llama.cpp control vector (see :mod:`steerlab.io.gguf` for the layer numbering)."""
-        from steerlab.io.gguf import export_gguf
-
-        return export_gguf(self, path)
-
-    @classmethod
-    def from_gguf(cls, path: str | Path, model: nn.Module) -> SteeringVector:
-        """Read a llama.cpp control vector (written by steerlab or repeng) for ``model``."""
-        from steerlab.io.gguf import import_gguf
-
-        return import_gguf(path, model)
-
     def header(self) -> dict[str, Any]:
         return {
             "format": "steerlab.vector",
@@ -266,8 +257,6 @@ class SteeringVector:
             >>> vec = SteeringVector.load("someone/happy-smollm2", model=model)
         """
         from safetensors import SafetensorError, safe_open
-
-        from steerlab.io.hub import resolve_vector_source
 
         path = resolve_vector_source(source, filename=filename, revision=revision)
         if not path.is_file():
@@ -328,3 +317,36 @@ class SteeringVector:
         if model is not None:
             vector.check_fits(model)
         return vector
+
+
+def resolve_vector_source(source: str | Path, *, filename: str | None = None, revision: str | None = None) -> Path:
+    """The local path of a vector given as a file, a folder, or a Hugging Face Hub repo id."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        if filename is not None:
+            return path / filename
+        if (path / VECTOR_FILENAME).is_file():
+            return path / VECTOR_FILENAME
+        found = sorted(path.glob("*.safetensors"))
+        if len(found) != 1:
+            raise FormatError(
+                f"folder '{path}' holds {len(found)} .safetensors files and no {VECTOR_FILENAME}; "
+                "name the file (filename=...)."
+            )
+        return found[0]
+    text = str(source)
+    if _REPO_ID.match(text) and not text.endswith(".safetensors"):
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+        try:
+            return Path(hf_hub_download(text, filename or VECTOR_FILENAME, revision=revision))
+        except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as err:
+            raise FormatError(
+                f"cannot get '{filename or VECTOR_FILENAME}' from the Hugging Face Hub repo '{text}' "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Check the "
+                "repo id, your network, or give a local file."
+            ) from err
+    raise FormatError(f"vector file '{source}' does not exist (nor is it a folder or a Hub repo id 'org/name').")

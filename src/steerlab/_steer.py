@@ -10,7 +10,7 @@ hook points apply in forward order (layer by layer; within a layer resid_pre, at
 resid_post). Vector arithmetic (``a + 0.5 * b``) is composed before anything is applied.
 
 Only forward hooks are used (no module is replaced), registered through
-:class:`~steerlab.hooks.HookSet` and removed on exit, also when the body raises. Steering hooks are
+:class:`~steerlab._hooks.HookSet` and removed on exit, also when the body raises. Steering hooks are
 prepended, so any other observer of a block (recording, ``output_hidden_states``) sees the steered value.
 """
 
@@ -24,12 +24,12 @@ from typing import Literal
 import torch
 from torch import nn
 
+from steerlab._hooks import HookSet
+from steerlab._interventions import Alpha, apply_operator, check_alpha
+from steerlab._positions import PositionSpec, PositionTracker, parse_positions
+from steerlab._vector import SteeringVector
 from steerlab.arch.registry import SITES, check_site, get_layout
 from steerlab.errors import ArchitectureError, SteeringError
-from steerlab.hooks import HookSet
-from steerlab.interventions import Alpha, apply_operator, check_alpha
-from steerlab.positions import PositionSpec, PositionTracker, parse_positions
-from steerlab.vector import SteeringVector
 
 __all__ = [
     "Intervention",
@@ -75,6 +75,15 @@ class Intervention:
     site: str | None = None
     scale: Scale = "absolute"
     preserve_norm: bool = False
+
+    def deltas(self) -> dict[int, torch.Tensor]:
+        """The per-layer tensor that ``alpha = 1`` stands for at this intervention's layers and scale: for ``add``,
+        ``alpha * deltas()[layer]`` is what is added to the hidden state.
+
+        Example:
+            >>> Intervention(vec, alpha=0.2, scale="relative").deltas()[12].norm()   # the layer's mean norm
+        """
+        return resolve_deltas(self.vector, self.layers, self.scale)
 
 
 @dataclass

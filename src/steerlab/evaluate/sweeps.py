@@ -1,6 +1,6 @@
 """Sweep layers x strengths (x operators), measuring a behaviour and coherence, and calibrate from the sweep.
 
-Every cell of :func:`sweep` is one call of :func:`steerlab.metrics.logits_per_alpha` (one fixed token batch,
+Every cell of :func:`sweep` is one call of :func:`steerlab.evaluate.metrics.logits_per_alpha` (one fixed token batch,
 one intervention at one layer, many alphas) per metric, for the vector and for a random direction of the same
 norm (the baseline). :func:`calibrate` then picks the cell with the largest effect whose coherence cost stays
 within a budget and can record it in the vector's metadata (``extra["recommended"]``).
@@ -19,12 +19,12 @@ from typing import Any, Literal
 
 from torch import nn
 
+from steerlab._interventions import Alpha
+from steerlab._steer import Scale, resolve_deltas
+from steerlab._vector import SteeringVector
 from steerlab.errors import SteeringError
-from steerlab.interventions import Alpha
-from steerlab.metrics import ABBehaviour, ABQuestion, NeutralKL, is_identity, logits_per_alpha
-from steerlab.results import ResultTable
-from steerlab.steer import Scale, resolve_deltas
-from steerlab.vector import SteeringVector
+from steerlab.evaluate.metrics import ABBehaviour, ABQuestion, NeutralKL, is_identity, logits_per_alpha
+from steerlab.evaluate.results import ResultTable
 
 __all__ = ["DEFAULT_ALPHAS", "DEFAULT_KL_BUDGET", "Recommendation", "calibrate", "sweep"]
 
@@ -59,12 +59,12 @@ def sweep(
     direction (``baseline``).
 
     Args:
-        behaviour: an :class:`~steerlab.metrics.ABBehaviour` (or A/B questions, wrapped with A/B balancing), or
+        behaviour: an :class:`~steerlab.evaluate.metrics.ABBehaviour` (or A/B questions, wrapped with A/B balancing), or
             any object with ``name``, ``input_ids``, ``attention_mask``, ``last_only`` and ``score(logits) ->
             dict`` whose first key is the behaviour value.
         layers: layers to sweep, each one steered alone (default: all of the vector's layers).
         alphas: strengths; with ``scale="relative"`` (default) fractions of the layer's residual norm.
-        coherence: a :class:`~steerlab.metrics.NeutralKL`, or texts for one (default: the neutral set).
+        coherence: a :class:`~steerlab.evaluate.metrics.NeutralKL`, or texts for one (default: the neutral set).
 
     Returns a ``ResultTable(kind="sweep")`` with one record per cell: ``mode, layer, alpha, scale, direction``
     (``vector`` or ``random``), the behaviour's values, ``effect`` (the change from unsteered), ``kl``,

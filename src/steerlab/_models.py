@@ -64,7 +64,12 @@ def cache_dir() -> Path:
 
 
 def resolve_alias(name: str) -> Path:
-    """Path of the GGUF file behind an alias such as ``smollm2-135m``."""
+    """Path of the GGUF file behind an alias such as ``smollm2-135m`` (e.g. to open the same weights in llama.cpp).
+
+    Example:
+        >>> resolve_alias("smollm2-135m").name
+        'SmolLM2-135M-Instruct.Q4_1.gguf'
+    """
     dist_name, folder, filename, hint = _ALIASES[name]
     try:
         dist = importlib.metadata.distribution(dist_name)

@@ -1,6 +1,6 @@
 """Figures for result tables (matplotlib, Agg backend: no display needed).
 
-Each function takes a :class:`~steerlab.results.ResultTable` and returns a matplotlib ``Figure``;
+Each function takes a :class:`~steerlab.evaluate.results.ResultTable` and returns a matplotlib ``Figure``;
 :func:`figures_for` gives every figure that fits a table's kind, with a title. Needs the ``eval`` extra.
 
 Example:
@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from steerlab.errors import DataError  # noqa: E402
-from steerlab.results import ResultTable  # noqa: E402
+from steerlab.evaluate.results import ResultTable  # noqa: E402
 
 __all__ = [
     "breakdown_curves",
@@ -88,7 +88,7 @@ def sweep_heatmaps(table: ResultTable, *, mode: str | None = None) -> Figure:
 
 def frontier(table: ResultTable, *, budget: float | None = None) -> Figure:
     """Effect against coherence cost (KL) for every cell; the random baseline in grey."""
-    from steerlab.sweep import DEFAULT_KL_BUDGET
+    from steerlab.evaluate.sweeps import DEFAULT_KL_BUDGET
 
     _need(table, "sweep")
     fig, ax = plt.subplots(figsize=(6, 4.2))

@@ -28,14 +28,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from steerlab.data import read_json_file, swap_choice_text
+from steerlab._interventions import Alpha
+from steerlab._positions import PositionSpec
+from steerlab._replay import logits_over_alphas
+from steerlab._steer import Intervention, Scale
+from steerlab._text import apply_chat, encode, forward_kwargs, pad_batch, pad_id, takes_logits_to_keep
+from steerlab._vector import SteeringVector
+from steerlab.datasets.pairs import read_json_file, swap_choice_text
 from steerlab.errors import DataError, SteeringError
-from steerlab.interventions import Alpha
-from steerlab.positions import PositionSpec
-from steerlab.prefix import logits_over_alphas
-from steerlab.steer import Intervention, Scale
-from steerlab.text import apply_chat, encode, forward_kwargs, pad_batch, pad_id, takes_logits_to_keep
-from steerlab.vector import SteeringVector
 
 __all__ = [
     "ABBehaviour",
@@ -117,7 +117,7 @@ def logits_per_alpha(
         for alpha in alphas:
             yield alpha, _forward_logits(model, input_ids, attention_mask, last_only, batch_size)
         return
-    # The strengths of one chunk share its blocks below the layer (steerlab.prefix): one replaying generator per
+    # The strengths of one chunk share its blocks below the layer (steerlab._replay): one replaying generator per
     # chunk, advanced together, so only one strength's logits are held at a time.
     layers = None if layer is None else [layer]
     template = Intervention(vector, mode=mode, layers=layers, positions=positions, scale=scale)
@@ -364,7 +364,7 @@ def token_projections(
         >>> rows = token_projections(model, tokenizer, ["I love this"], vec, 12)
         >>> [(r["token"], round(r["projection"], 1)) for r in rows]
     """
-    from steerlab.record import record
+    from steerlab._record import record
 
     if layer not in vector.directions:
         raise SteeringError(f"layer {layer} is not in the vector, which has layers {vector.layers}.")
@@ -402,7 +402,7 @@ def sentiment(texts: Sequence[str]) -> list[float]:
 
 def neutral_texts() -> list[str]:
     """The 24 neutral sentences shipped with steerlab on which coherence (KL) is measured."""
-    path = resources.files("steerlab") / "data" / "neutral_texts.jsonl"
+    path = resources.files("steerlab.datasets") / "builtin" / "neutral_texts.jsonl"
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -501,7 +501,7 @@ def generation_perplexity(
     Example:
         >>> generation_perplexity(model, tokenizer, NEUTRAL_PROMPTS, vec, 0.2, layer=12, scale="relative")
     """
-    from steerlab.generate import compare
+    from steerlab.evaluate.comparison import compare
 
     layers = None if layer is None else [layer]
     rows = compare(model, tokenizer, prompts, vector, alphas=[alpha], mode=mode, layers=layers, scale=scale,

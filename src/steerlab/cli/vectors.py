@@ -1,92 +1,32 @@
-"""The ``steerlab`` command line: a thin layer over the library.
-
-Every command defaults ``--model`` to ``smollm2-135m`` and reports user errors as one line on stderr with
-exit code 1 (no traceback).
-"""
+"""Commands that make, use and move vectors: extract, generate, info, bake, export, import, demo."""
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from steerlab.data import NEUTRAL_PROMPTS
-from steerlab.errors import SteerlabError
-from steerlab.models import DEFAULT_MODEL
-
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="Extract steering vectors, steer generation, compare.",
+from steerlab.cli._common import (
+    DEVICE_OPT,
+    DTYPE_OPT,
+    MODEL_OPT,
+    _load,
+    app,
+    err,
+    load_combined,
+    out,
+    parse_alphas,
+    parse_ints,
+    show_comparison,
+    user_errors,
 )
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-MODEL_OPT = typer.Option(DEFAULT_MODEL, "--model", help="Alias, .gguf file, model folder or hub id.")
-DEVICE_OPT = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: transformers' choice).")
-DTYPE_OPT = typer.Option(None, "--dtype", help="float32, bfloat16, float16 or auto.")
-
-
-def user_errors(fn: F) -> F:
-    """Turn steerlab's errors into one clear line and exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except SteerlabError as error:
-            err.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def parse_ints(text: str, what: str) -> list[int]:
-    """``"10,12"`` or ``"8-12"`` or ``"8-10,14"`` -> list of ints."""
-    values: list[int] = []
-    try:
-        for part in (p.strip() for p in text.split(",") if p.strip()):
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                values.extend(range(int(lo), int(hi) + 1))
-            else:
-                values.append(int(part))
-    except ValueError:
-        raise SteerlabError(f"{what} '{text}' is not a list of integers; write e.g. 10,12 or 8-12.") from None
-    if not values:
-        raise SteerlabError(f"{what} is empty; write e.g. 10,12 or 8-12.")
-    return values
-
-
-def parse_floats(text: str, what: str) -> list[float]:
-    try:
-        values = [float(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise SteerlabError(f"{what} '{text}' is not a list of numbers; write e.g. -8,0,8.") from None
-    if not values:
-        raise SteerlabError(f"{what} is empty; write e.g. -8,0,8.")
-    return values
-
-
-def _load(model: str, device: str | None, dtype: str | None):
-    from transformers.utils import logging as hf_logging
-
-    from steerlab.models import load_model
-
-    hf_logging.disable_progress_bar()
-    with err.status(f"loading {model} ..."):
-        return load_model(model, device=device, dtype=dtype)
+from steerlab.datasets.pairs import NEUTRAL_PROMPTS
+from steerlab.errors import SteerlabError
+from steerlab.io.gguf import export_gguf, import_gguf
 
 
 @app.command()
@@ -104,8 +44,8 @@ def extract(
     dtype: str | None = DTYPE_OPT,
 ) -> None:
     """Extract a steering vector from contrast pairs and save it."""
-    from steerlab.data import load_pairs
-    from steerlab.extract import extract_vector
+    from steerlab._extract import extract_vector
+    from steerlab.datasets.pairs import load_pairs
 
     data = load_pairs(pairs)
     layer_list = parse_ints(layers, "--layers")
@@ -125,44 +65,6 @@ def extract(
     vec.save(out_path)
     norms = ", ".join(f"L{k}: {float(v.norm()):.2f}" for k, v in sorted(vec.directions.items()))
     err.print(f"extracted {method} from {len(data)} pairs in {seconds:.2f} s -> {out_path} (norms {norms})")
-
-
-def parse_alphas(text: str, mode: str) -> list:
-    """``-8,0,8`` for most modes; ``lo:hi`` bands for clamp (an empty end is unbounded: ``:2``, ``-1:``)."""
-    if mode != "clamp":
-        return parse_floats(text, "--alphas")
-    bands = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        lo, sep, hi = part.partition(":")
-        try:
-            if not sep:
-                raise ValueError
-            bands.append((float(lo) if lo.strip() else None, float(hi) if hi.strip() else None))
-        except ValueError:
-            raise SteerlabError(f"--alphas '{text}': mode clamp takes bands lo:hi, e.g. -2:2 or :3.") from None
-    if not bands:
-        raise SteerlabError("--alphas is empty; mode clamp takes bands lo:hi, e.g. -2:2.")
-    return bands
-
-
-def load_combined(specs: list[str]):
-    """``--vector PATH[:WEIGHT]`` repeated -> the weighted sum of the vectors."""
-    from steerlab.vector import SteeringVector
-
-    total = None
-    for spec in specs:
-        path, weight = spec, 1.0
-        head, sep, tail = spec.rpartition(":")
-        if sep and head:
-            try:
-                path, weight = head, float(tail)
-            except ValueError:
-                path, weight = spec, 1.0  # a ':' inside the path itself
-        vec = weight * SteeringVector.load(path)
-        total = vec if total is None else total + vec
-    if total is None:
-        raise SteerlabError("give at least one --vector PATH[:WEIGHT].")
-    return total
 
 
 @app.command()
@@ -195,8 +97,8 @@ def generate(
     dtype: str | None = DTYPE_OPT,
 ) -> None:
     """Generate unsteered and steered text side by side."""
-    from steerlab.generate import compare
-    from steerlab.interventions import OPERATORS
+    from steerlab._interventions import OPERATORS
+    from steerlab.evaluate.comparison import compare
 
     if (prompt is None) == (prompts is None):
         raise SteerlabError("give exactly one of --prompt TEXT or --prompts FILE.")
@@ -242,25 +144,6 @@ def generate(
         show_comparison(row)
 
 
-def alpha_label(alpha: Any) -> str:
-    if alpha is None:
-        return "unsteered"
-    if isinstance(alpha, tuple):
-        lo, hi = alpha
-        return f"[{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}]"
-    return f"{alpha:+g}" + ("\n(unsteered)" if alpha == 0 else "")
-
-
-def show_comparison(row: Any) -> None:
-    table = Table(title=row.prompt, title_justify="left", show_lines=True, expand=True)
-    table.add_column("alpha", justify="right", no_wrap=True)
-    table.add_column("nll", justify="right", no_wrap=True)
-    table.add_column("text", ratio=1)
-    for g in row.generations:
-        table.add_row(alpha_label(g.alpha), f"{g.nll:.2f}", g.text)
-    out.print(table)
-
-
 @app.command()
 @user_errors
 def info(
@@ -268,7 +151,7 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print the raw header as JSON."),
 ) -> None:
     """Print a vector's metadata."""
-    from steerlab.vector import SteeringVector
+    from steerlab._vector import SteeringVector
 
     vec = SteeringVector.load(vector)
     header = vec.header()
@@ -313,10 +196,10 @@ def bake(
     import torch
     from transformers import AutoModelForCausalLM
 
+    from steerlab._steer import directional_ablation, steer
+    from steerlab._text import apply_chat
+    from steerlab._vector import SteeringVector
     from steerlab.bake import bake_addition, orthogonalize, save_baked
-    from steerlab.steer import directional_ablation, steer
-    from steerlab.text import apply_chat
-    from steerlab.vector import SteeringVector
 
     vec = SteeringVector.load(vector)
     layer_list = parse_ints(layers, "--layers") if layers else None
@@ -363,14 +246,14 @@ def export_vector(
     ),
 ) -> None:
     """Export a vector for another tool (llama.cpp: `llama-cli --control-vector OUT`) or for sharing."""
+    from steerlab._vector import SteeringVector
     from steerlab.io.hub import export_hub_folder
-    from steerlab.vector import SteeringVector
 
     if fmt not in ("gguf", "hub"):
         raise SteerlabError(f"--format '{fmt}' is not supported; use gguf or hub.")
     vec = SteeringVector.load(vector)
     if fmt == "gguf":
-        vec.export_gguf(out_path)
+        export_gguf(vec, out_path)
         err.print(
             f"wrote {out_path}: llama.cpp control vector, direction.<k> for layers {vec.layers} "
             "(llama.cpp's block k = Hugging Face model.layers[k])."
@@ -391,10 +274,9 @@ def import_vector(
     model: str = MODEL_OPT,
 ) -> None:
     """Import a llama.cpp control vector, checked against the model it is for."""
-    from steerlab.vector import SteeringVector
 
     lm, _ = _load(model, None, None)
-    vec = SteeringVector.from_gguf(gguf_file, lm)
+    vec = import_gguf(gguf_file, lm)
     vec.save(out_path)
     err.print(f"imported {gguf_file} (layers {vec.layers}) -> {out_path}")
 
@@ -413,9 +295,9 @@ def demo(
     dtype: str | None = DTYPE_OPT,
 ) -> None:
     """Extract a sentiment vector from the shipped contrast pairs and steer both ways."""
-    from steerlab.data import sentiment_pairs
-    from steerlab.extract import extract_vector
-    from steerlab.generate import compare
+    from steerlab._extract import extract_vector
+    from steerlab.datasets.pairs import sentiment_pairs
+    from steerlab.evaluate.comparison import compare
 
     start = time.perf_counter()
     lm, tokenizer = _load(model, device, dtype)
@@ -444,137 +326,3 @@ def demo(
     )
     for row in rows:
         show_comparison(row)
-
-
-@app.command()
-@user_errors
-def serve(
-    model: str = MODEL_OPT,
-    vectors: Path | None = typer.Option(
-        None, "--vectors", help="Folder of .safetensors vectors (uploads go there too; default: a temporary folder)."
-    ),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default: no authentication)."),
-    port: int = typer.Option(8000, "--port"),
-    batch_window_ms: float = typer.Option(15.0, "--batch-window-ms", help="How long to wait for requests to batch."),
-    max_batch: int = typer.Option(16, "--max-batch", help="Most requests decoded together."),
-    device: str | None = DEVICE_OPT,
-    dtype: str | None = DTYPE_OPT,
-) -> None:
-    """Serve the model over an OpenAI-compatible API with per-request steering, and a playground at /."""
-    from steerlab.serve import serve as run_server
-
-    run_server(
-        model,
-        vectors=vectors,
-        host=host,
-        port=port,
-        device=device,
-        dtype=dtype,
-        batch_window=batch_window_ms / 1000,
-        max_batch=max_batch,
-    )
-
-
-@app.command()
-@user_errors
-def chat(
-    url: str | None = typer.Option(None, "--url", help="A running `steerlab serve`, e.g. http://127.0.0.1:8000."),
-    model: str | None = typer.Option(None, "--model", help="Or load this model here (alias, folder, .gguf, hub id)."),
-    vector: str | None = typer.Option(
-        None, "--vector", help="With --url: a vector name in the server's library; with --model: a .safetensors path."
-    ),
-    alpha: float = typer.Option(
-        0.15, "--alpha", help="Strength (a fraction of the residual norm with --scale relative)."
-    ),
-    layers: str | None = typer.Option(None, "--layers", help="Subset of the vector's layers (default: all)."),
-    mode: str = typer.Option("add", "--mode", help="add, ablate or ablate_then_add."),
-    scale: str = typer.Option("relative", "--scale", help="relative (to the residual norm) or absolute."),
-    system: str | None = typer.Option(None, "--system", help="A system prompt."),
-    max_tokens: int = typer.Option(128, "--max-tokens"),
-    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
-) -> None:
-    """Chat in the terminal with a steered model (type /quit or end the input to leave)."""
-    from steerlab.serve.chat import Conversation, local_backend, remote_backend
-
-    if (url is None) == (model is None):
-        raise SteerlabError("give exactly one of --url (a running server) or --model (load it here).")
-    layer_list = parse_ints(layers, "--layers") if layers else None
-    options = dict(
-        alpha=alpha, layers=layer_list, mode=mode, scale=scale, max_tokens=max_tokens, temperature=temperature
-    )
-    stop = None
-    if url is not None:
-        backend = remote_backend(url, vector=vector, **options)  # type: ignore[arg-type]
-    else:
-        from steerlab.vector import SteeringVector
-
-        vec = SteeringVector.load(vector) if vector else None
-        lm, tokenizer = _load(model or "", None, None)
-        backend, stop = local_backend(lm, tokenizer, vector=vec, **options)  # type: ignore[arg-type]
-    talk = Conversation(backend, system=system)
-    steering = f"{vector} x {alpha:g} ({mode}, {scale})" if vector else "unsteered"
-    err.print(f"chatting with {url or model}, {steering}; /quit to leave.")
-    try:
-        while True:
-            try:
-                line = input("you> ")
-            except EOFError:
-                break
-            if line.strip() in ("/quit", "/exit"):
-                break
-            if not line.strip():
-                continue
-            sys.stdout.write("model> ")
-            for piece in talk.say(line):
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-            sys.stdout.write("\n")
-    finally:
-        if stop is not None:
-            stop()
-
-
-@app.command()
-def doctor() -> None:
-    """Check that steering behaves on this installation (tiny random models, a few seconds); exit 1 if not.
-
-    Prints the versions in use, then each check: add / ablate / clamp, positions prompt / generated / k with and
-    without a KV cache, padded and not, and per-row steering. Paste the output into bug reports.
-    """
-    from rich.markup import escape
-
-    from steerlab.doctor import run_checks, versions
-
-    table = Table(show_header=False, box=None)
-    for name, version in versions().items():
-        table.add_row(name, version)
-    out.print(table)
-    with err.status("checking steering on tiny random models ..."):
-        checks = run_checks()
-    for check in checks:
-        mark = "[green]ok  [/]" if check.ok else "[bold red]FAIL[/]"
-        out.print(f"{mark} {escape(check.name)}", highlight=False)
-        if not check.ok:
-            out.print(f"     {check.detail}", highlight=False, markup=False)
-    failed = [check for check in checks if not check.ok]
-    if failed:
-        err.print(
-            f"[bold red]{len(failed)} of {len(checks)} checks failed:[/] steering is not reliable with these versions. "
-            "Install the tested versions (pip install -r requirements.lock in a steerlab checkout) and report this "
-            "output at the project's issue tracker.",
-            highlight=False,
-        )
-        raise typer.Exit(1)
-    out.print(f"all {len(checks)} checks passed.")
-
-
-# The measuring commands (sweep, calibrate, probe, breakdown, report) live in their own module.
-from steerlab import cli_measure  # noqa: E402, F401
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()

@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from steerlab._models import ModelFingerprint, fingerprint, model_id
+from steerlab._record import Reduce, record
+from steerlab._vector import SteeringVector
 from steerlab.errors import DataError
-from steerlab.models import ModelFingerprint, fingerprint, model_id
-from steerlab.record import Reduce, record
-from steerlab.results import ResultTable
-from steerlab.vector import SteeringVector
+from steerlab.evaluate.results import ResultTable
 
 __all__ = ["ActivationPCA", "activation_covariance", "activation_pca", "cosine_matrix", "cross_layer_cosine"]
 

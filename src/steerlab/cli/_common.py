@@ -1,0 +1,141 @@
+"""What every ``steerlab`` command shares: the app, consoles, options, error handling and argument parsers.
+
+Every command defaults ``--model`` to ``smollm2-135m`` and reports user errors as one line on stderr with
+exit code 1 (no traceback).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from steerlab._models import DEFAULT_MODEL
+from steerlab.errors import SteerlabError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Extract steering vectors, steer generation, compare.",
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+MODEL_OPT = typer.Option(DEFAULT_MODEL, "--model", help="Alias, .gguf file, model folder or hub id.")
+DEVICE_OPT = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: transformers' choice).")
+DTYPE_OPT = typer.Option(None, "--dtype", help="float32, bfloat16, float16 or auto.")
+
+
+def user_errors(fn: F) -> F:
+    """Turn steerlab's errors into one clear line and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SteerlabError as error:
+            err.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_ints(text: str, what: str) -> list[int]:
+    """``"10,12"`` or ``"8-12"`` or ``"8-10,14"`` -> list of ints."""
+    values: list[int] = []
+    try:
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                values.extend(range(int(lo), int(hi) + 1))
+            else:
+                values.append(int(part))
+    except ValueError:
+        raise SteerlabError(f"{what} '{text}' is not a list of integers; write e.g. 10,12 or 8-12.") from None
+    if not values:
+        raise SteerlabError(f"{what} is empty; write e.g. 10,12 or 8-12.")
+    return values
+
+
+def parse_floats(text: str, what: str) -> list[float]:
+    try:
+        values = [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise SteerlabError(f"{what} '{text}' is not a list of numbers; write e.g. -8,0,8.") from None
+    if not values:
+        raise SteerlabError(f"{what} is empty; write e.g. -8,0,8.")
+    return values
+
+
+def _load(model: str, device: str | None, dtype: str | None):
+    from transformers.utils import logging as hf_logging
+
+    from steerlab._models import load_model
+
+    hf_logging.disable_progress_bar()
+    with err.status(f"loading {model} ..."):
+        return load_model(model, device=device, dtype=dtype)
+
+
+def parse_alphas(text: str, mode: str) -> list:
+    """``-8,0,8`` for most modes; ``lo:hi`` bands for clamp (an empty end is unbounded: ``:2``, ``-1:``)."""
+    if mode != "clamp":
+        return parse_floats(text, "--alphas")
+    bands = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        lo, sep, hi = part.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            bands.append((float(lo) if lo.strip() else None, float(hi) if hi.strip() else None))
+        except ValueError:
+            raise SteerlabError(f"--alphas '{text}': mode clamp takes bands lo:hi, e.g. -2:2 or :3.") from None
+    if not bands:
+        raise SteerlabError("--alphas is empty; mode clamp takes bands lo:hi, e.g. -2:2.")
+    return bands
+
+
+def load_combined(specs: list[str]):
+    """``--vector PATH[:WEIGHT]`` repeated -> the weighted sum of the vectors."""
+    from steerlab._vector import SteeringVector
+
+    total = None
+    for spec in specs:
+        path, weight = spec, 1.0
+        head, sep, tail = spec.rpartition(":")
+        if sep and head:
+            try:
+                path, weight = head, float(tail)
+            except ValueError:
+                path, weight = spec, 1.0  # a ':' inside the path itself
+        vec = weight * SteeringVector.load(path)
+        total = vec if total is None else total + vec
+    if total is None:
+        raise SteerlabError("give at least one --vector PATH[:WEIGHT].")
+    return total
+
+
+def alpha_label(alpha: Any) -> str:
+    if alpha is None:
+        return "unsteered"
+    if isinstance(alpha, tuple):
+        lo, hi = alpha
+        return f"[{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}]"
+    return f"{alpha:+g}" + ("\n(unsteered)" if alpha == 0 else "")
+
+
+def show_comparison(row: Any) -> None:
+    table = Table(title=row.prompt, title_justify="left", show_lines=True, expand=True)
+    table.add_column("alpha", justify="right", no_wrap=True)
+    table.add_column("nll", justify="right", no_wrap=True)
+    table.add_column("text", ratio=1)
+    for g in row.generations:
+        table.add_row(alpha_label(g.alpha), f"{g.nll:.2f}", g.text)
+    out.print(table)

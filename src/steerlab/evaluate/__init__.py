@@ -1,0 +1,69 @@
+"""Measure what steering does: side-by-side generation, behaviour and coherence metrics, layer x strength
+sweeps and calibration, probes and activation structure, the breakdown point, judges, plots and reports.
+
+Built on the core (:mod:`steerlab`); nothing in the core imports it. Each submodule is public and documented;
+the names most analyses need are re-exported here.
+
+Example:
+    >>> from steerlab.evaluate import calibrate, load_ab, sweep
+    >>> questions = load_ab("datasets/caa/test/refusal/test_dataset_ab.json")[:20]
+    >>> table = sweep(model, tokenizer, vec, questions, layers=[10, 12], alphas=[-0.2, 0, 0.2])
+    >>> rec = calibrate(table, goal="increase")
+"""
+
+from steerlab._replay import logits_over_alphas
+from steerlab.evaluate.breakdown_point import breakdown
+from steerlab.evaluate.comparison import Comparison, Generation, compare
+from steerlab.evaluate.judges import RefusalClassifier, phrase_refusal
+from steerlab.evaluate.metrics import (
+    ABBehaviour,
+    ABQuestion,
+    NeutralKL,
+    generation_perplexity,
+    kl_from_unsteered,
+    load_ab,
+    logit_diff,
+    neutral_texts,
+    p_matching,
+    sentiment,
+    token_projections,
+)
+from steerlab.evaluate.probes import probe_layers, train_probe, transfer_matrix
+from steerlab.evaluate.report import write_report
+from steerlab.evaluate.results import ResultTable
+from steerlab.evaluate.structure import activation_covariance, activation_pca, cosine_matrix, cross_layer_cosine
+from steerlab.evaluate.sweeps import DEFAULT_KL_BUDGET, Recommendation, calibrate, sweep
+
+__all__ = [
+    "DEFAULT_KL_BUDGET",
+    "ABBehaviour",
+    "ABQuestion",
+    "Comparison",
+    "Generation",
+    "NeutralKL",
+    "Recommendation",
+    "RefusalClassifier",
+    "ResultTable",
+    "activation_covariance",
+    "activation_pca",
+    "breakdown",
+    "calibrate",
+    "compare",
+    "cosine_matrix",
+    "cross_layer_cosine",
+    "generation_perplexity",
+    "kl_from_unsteered",
+    "load_ab",
+    "logit_diff",
+    "logits_over_alphas",
+    "neutral_texts",
+    "p_matching",
+    "phrase_refusal",
+    "probe_layers",
+    "sentiment",
+    "sweep",
+    "token_projections",
+    "train_probe",
+    "transfer_matrix",
+    "write_report",
+]
