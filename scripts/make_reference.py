@@ -17,6 +17,7 @@ API_MODULES = [
     # The core, then each public subpackage with its submodules (a name already listed is not repeated).
     "steerlab",
     "steerlab.errors",
+    "steerlab.types",
     "steerlab.engines",
     "steerlab.engines.transformers",
     "steerlab.datasets",

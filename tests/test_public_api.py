@@ -51,6 +51,9 @@ PUBLIC = {
         "sentiment", "sweep", "token_projections", "train_probe", "transfer_matrix", "write_report",
     ],
     "steerlab.io": ["clear_control_vector", "export_gguf", "export_hub_folder", "import_gguf", "set_control_vector"],
+    "steerlab.types": [
+        "Alpha", "MODES", "Mode", "NAMED_POSITIONS", "NamedPositions", "Positions", "SCALES", "SITES", "Scale", "Site",
+    ],
     "steerlab.serve": [
         "ApiError", "Engine", "EngineBusy", "Event", "Job", "ServeLimits", "VectorLibrary", "background_server",
         "create_app", "serve",
@@ -64,6 +67,16 @@ def test_public_names_are_pinned_and_importable(package):
     assert sorted(module.__all__) == sorted(PUBLIC[package]), f"{package}.__all__ changed: update PUBLIC"
     for name in module.__all__:
         assert hasattr(module, name), f"{package}.{name} is listed in __all__ but missing"
+
+
+def test_every_mode_has_one_operator_record():
+    """A new mode is one literal in steerlab.types and one record in the operator table: the two must agree."""
+    from typing import get_args
+
+    from steerlab._interventions import OPERATORS
+    from steerlab.types import Mode
+
+    assert tuple(OPERATORS) == get_args(Mode)
 
 
 def _packages():

@@ -13,22 +13,38 @@ operator           effect on a selected token                  alpha
 ``clamp``          projection ``h·v̂`` clipped into ``[lo, hi]``  ``(lo, hi)``, ``None`` = unbounded
 =================  ==========================================  ====================================
 
-:func:`apply_operator` adds the option, common to all, of giving each changed token back its original norm.
+:data:`OPERATORS` holds one :class:`Operator` record per mode: the function, what its alpha means, and the alpha
+that leaves ``h`` unchanged. Everything that depends on the mode (alpha checks, the identity, scaling alpha with a
+relative norm) reads that record, so a new operator is one function, one record here and one name in
+:data:`steerlab.types.Mode`. :func:`apply_operator` adds the option, common to all, of giving each changed token
+back its original norm.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Union
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from steerlab.errors import SteeringError
+from steerlab.types import MODES, Alpha
 
-__all__ = ["OPERATORS", "Alpha", "ablate", "ablate_then_add", "add", "apply_operator", "check_alpha", "clamp"]
-
-Alpha = Union[float, tuple[float | None, float | None]]  # noqa: UP007 - a runtime alias
+__all__ = [
+    "OPERATORS",
+    "Alpha",
+    "Operator",
+    "ablate",
+    "ablate_then_add",
+    "add",
+    "apply_operator",
+    "check_alpha",
+    "clamp",
+    "default_alpha",
+    "is_identity",
+]
 
 
 def _select(h: torch.Tensor, new: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -77,19 +93,54 @@ def clamp(
     return _select(h, new, mask)
 
 
-OPERATORS: dict[str, Callable[..., torch.Tensor]] = {
-    "add": add,
-    "ablate": ablate,
-    "ablate_then_add": ablate_then_add,
-    "clamp": clamp,
+@dataclass(frozen=True)
+class Operator:
+    """One intervention operator and what its alpha means.
+
+    Attributes:
+        fn: ``(h, v, alpha, mask) -> h'``.
+        alpha: ``"strength"`` (multiplies the direction), ``"fraction"`` (of the projection removed),
+            ``"projection"`` (a value of ``h·v̂`` to set) or ``"band"`` (a ``(lo, hi)`` range for ``h·v̂``). The
+            last two are activation values, so with ``scale="relative"`` they are fractions of the layer's norm.
+        identity: the alpha that leaves ``h`` unchanged (then nothing is hooked at all), or ``None``.
+        default: the alpha used when none is given, or ``None`` when the mode needs one stated (a projection value
+            or a band has no neutral choice).
+    """
+
+    fn: Callable[..., torch.Tensor]
+    alpha: Literal["strength", "fraction", "projection", "band"]
+    identity: float | None
+    default: float | None
+
+    @property
+    def in_activation_units(self) -> bool:
+        """Whether alpha is a value of the projection (scaled by a relative norm) rather than a factor."""
+        return self.alpha in ("projection", "band")
+
+
+OPERATORS: dict[str, Operator] = {
+    "add": Operator(add, "strength", identity=0.0, default=1.0),
+    "ablate": Operator(ablate, "fraction", identity=0.0, default=1.0),
+    "ablate_then_add": Operator(ablate_then_add, "projection", identity=None, default=None),
+    "clamp": Operator(clamp, "band", identity=None, default=None),
 }
+assert tuple(OPERATORS) == MODES, "steerlab.types.Mode and OPERATORS must list the same modes"
+
+
+def _operator(mode: str) -> Operator:
+    if mode not in OPERATORS:
+        raise SteeringError(f"unknown mode {mode!r}; choose one of {list(OPERATORS)}.")
+    return OPERATORS[mode]
+
+
+def default_alpha(mode: str) -> Alpha | None:
+    """The alpha ``mode`` uses when none is given (``None``: the mode needs one stated)."""
+    return _operator(mode).default
 
 
 def check_alpha(mode: str, alpha: object) -> Alpha:
     """Validate ``alpha`` for ``mode``; returns it normalised (floats, or a ``(lo, hi)`` band for clamp)."""
-    if mode not in OPERATORS:
-        raise SteeringError(f"unknown mode {mode!r}; choose one of {sorted(OPERATORS)}.")
-    if mode == "clamp":
+    if _operator(mode).alpha == "band":
         if not isinstance(alpha, (tuple, list)) or len(alpha) != 2:
             raise SteeringError(
                 f"mode 'clamp' takes alpha=(lo, hi), a band for the projection (either end may be None), got {alpha!r}."
@@ -105,6 +156,25 @@ def check_alpha(mode: str, alpha: object) -> Alpha:
     return float(alpha)
 
 
+def is_identity(mode: str, alpha: Alpha | None) -> bool:
+    """True when ``alpha`` leaves the model unchanged (``None``, or the operator's identity, e.g. 0 for ``add`` and
+    ``ablate``): such a strength runs with no hooks at all, the true unsteered baseline."""
+    if alpha is None:
+        return True
+    identity = _operator(mode).identity
+    return identity is not None and not isinstance(alpha, (tuple, list)) and float(alpha) == identity
+
+
+def scaled_alpha(mode: str, alpha: Alpha, factor: float) -> Alpha:
+    """``alpha`` in activation units when it is a projection value or band given relative to a norm ``factor``."""
+    if not _operator(mode).in_activation_units:
+        return alpha
+    if isinstance(alpha, tuple):
+        lo, hi = alpha
+        return (None if lo is None else lo * factor, None if hi is None else hi * factor)
+    return float(alpha) * factor
+
+
 def apply_operator(
     mode: str,
     h: torch.Tensor,
@@ -114,7 +184,7 @@ def apply_operator(
     preserve_norm: bool = False,
 ) -> torch.Tensor:
     """Apply operator ``mode``; with ``preserve_norm`` every token keeps the L2 norm it had before."""
-    new = OPERATORS[mode](h, v, alpha, mask)
+    new = _operator(mode).fn(h, v, alpha, mask)
     if not preserve_norm:
         return new
     before = h.float().norm(dim=-1, keepdim=True)

@@ -21,10 +21,11 @@ from torch import nn
 from steerlab._calling import describe_call, past_length, transformers_version
 from steerlab._hooks import HookSet
 from steerlab.errors import SteeringError
+from steerlab.types import Positions
 
 __all__ = ["PositionSpec", "PositionTracker", "parse_positions", "real_token_index"]
 
-PositionSpec = str | int
+PositionSpec = Positions
 """``"all"``, ``"prompt"``, ``"generated"``, or an int ``k``: tokens from real position ``k`` on."""
 
 

@@ -16,24 +16,27 @@ prepended, so any other observer of a block (recording, ``output_hidden_states``
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from steerlab._hooks import HookSet
-from steerlab._interventions import Alpha, apply_operator, check_alpha
+from steerlab._interventions import Alpha, apply_operator, check_alpha, default_alpha, is_identity, scaled_alpha
 from steerlab._positions import PositionSpec, PositionTracker, parse_positions
 from steerlab._vector import SteeringVector
 from steerlab.arch.registry import SITES, check_site, get_layout
 from steerlab.errors import ArchitectureError, SteeringError
+from steerlab.types import SCALES, Mode, Positions, Scale, Site
 
 __all__ = [
     "Intervention",
     "Scale",
+    "as_interventions",
     "check_interventions",
     "directional_ablation",
     "resolve_deltas",
@@ -41,21 +44,26 @@ __all__ = [
     "steer_rows",
 ]
 
-Scale = Literal["absolute", "relative"]
-
 
 @dataclass(frozen=True, eq=False)
 class Intervention:
-    """One intervention: a vector, an operator and where to apply it.
+    """One intervention: a vector, an operator and where to apply it. The one way, below :func:`steer`, to say how
+    to steer: :func:`compare`, baking, the replay, the metrics, sweeps and the server all take one.
+
+    Every field is checked when the intervention is made (an unknown mode, a bad alpha, a layer the vector lacks,
+    an unknown site or positions raise :class:`~steerlab.SteeringError` here, not later inside a forward pass);
+    what depends on the model (the vector fitting it) is checked when it is applied.
 
     Attributes:
         vector: the :class:`SteeringVector` (its directions give the layers and ``v``).
-        alpha: strength for ``add``; fraction removed for ``ablate`` (1 = all); the projection to set for
-            ``ablate_then_add``; a ``(lo, hi)`` band for ``clamp``.
-        mode: ``add``, ``ablate``, ``ablate_then_add`` or ``clamp``.
-        layers: which of the vector's layers to use (default: all of them).
+        alpha: strength for ``add`` (default 1: the vector as it is); fraction removed for ``ablate`` (default 1:
+            all of it); the projection to set for ``ablate_then_add``; a ``(lo, hi)`` band for ``clamp``. The last
+            two have no default: an Intervention without one is a template, to be given a strength with
+            :meth:`at` before it is applied.
+        mode: ``add``, ``ablate``, ``ablate_then_add`` or ``clamp`` (:data:`steerlab.types.Mode`).
+        layers: which of the vector's layers to use (default: all of them); kept as a sorted tuple.
         positions: ``"all"``, ``"prompt"``, ``"generated"``, or an int ``k`` (real tokens from ``k`` on).
-        site: where in the block (default: the vector's own site); see :data:`steerlab.arch.SITES`.
+        site: where in the block (default: the vector's own site); see :data:`steerlab.types.Site`.
         scale: ``"absolute"``, or ``"relative"`` to the mean activation norm recorded at extraction (then
             alpha, the projection target and the clamp band are fractions of that norm).
         preserve_norm: give every changed token back the L2 norm it had before.
@@ -65,16 +73,61 @@ class Intervention:
         >>> happier = Intervention(sentiment, alpha=0.15, scale="relative", positions="generated")
         >>> with steer(model, [refuse_less, happier]):
         ...     model.generate(**inputs)
+        >>> [happier.at(a).is_identity for a in (0.0, 0.1)]
+        [True, False]
     """
 
     vector: SteeringVector
-    alpha: Alpha = 1.0
-    mode: str = "add"
+    alpha: Alpha | None = None
+    mode: Mode = "add"
     layers: Sequence[int] | None = None
-    positions: PositionSpec = "all"
-    site: str | None = None
+    positions: Positions = "all"
+    site: Site | None = None
     scale: Scale = "absolute"
     preserve_norm: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.vector, SteeringVector):
+            raise SteeringError(
+                f"an Intervention needs a SteeringVector, got {type(self.vector).__name__}; load one with "
+                "SteeringVector.load(path) or make one with extract_vector(...)."
+            )
+        alpha = default_alpha(self.mode) if self.alpha is None else self.alpha
+        normalised = {
+            "alpha": None if alpha is None else check_alpha(self.mode, alpha),
+            "positions": parse_positions(self.positions),
+            "layers": None if self.layers is None else tuple(_check_layers(self.vector, self.layers)),
+            "preserve_norm": bool(self.preserve_norm),
+        }
+        if self.site is not None:
+            try:
+                check_site(self.site)
+            except ArchitectureError as err:
+                raise SteeringError(str(err)) from None
+        if self.scale not in SCALES:
+            raise SteeringError(f"scale={self.scale!r} is not valid; expected one of {list(SCALES)}.")
+        for name, value in normalised.items():  # frozen: normalise in place once, at construction
+            object.__setattr__(self, name, value)
+
+    def at(self, alpha: Alpha) -> Intervention:
+        """The same intervention at another strength (checked for this mode).
+
+        Example:
+            >>> template = Intervention(vec, scale="relative")
+            >>> [template.at(a) for a in (-0.2, 0.0, 0.2)]
+        """
+        return dataclasses.replace(self, alpha=alpha)
+
+    @property
+    def is_identity(self) -> bool:
+        """True when this intervention leaves the model unchanged (alpha 0 for ``add`` / ``ablate``): it is then
+        run with no hooks at all, the true unsteered baseline. A template without a strength is not."""
+        return self.alpha is not None and is_identity(self.mode, self.alpha)
+
+    @property
+    def resolved_site(self) -> Site:
+        """The site it acts at: its own, or the vector's."""
+        return self.site or self.vector.site  # type: ignore[return-value]
 
     def deltas(self) -> dict[int, torch.Tensor]:
         """The per-layer tensor that ``alpha = 1`` stands for at this intervention's layers and scale: for ``add``,
@@ -84,6 +137,50 @@ class Intervention:
             >>> Intervention(vec, alpha=0.2, scale="relative").deltas()[12].norm()   # the layer's mean norm
         """
         return resolve_deltas(self.vector, self.layers, self.scale)
+
+
+_OPTION_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Intervention) if f.name != "vector"}
+
+
+def as_interventions(
+    what: SteeringVector | Intervention | Sequence[Intervention], **options: Any
+) -> list[Intervention]:
+    """The one normaliser of "what to steer with": a vector with keyword options becomes one
+    :class:`Intervention`; an Intervention or a list of them is taken as it is, and then the keyword options must
+    be left at their defaults (each Intervention carries its own). Used by :func:`steer`, :func:`compare` and
+    baking, so every entry point accepts the same things and refuses the same mistakes.
+
+    Example:
+        >>> as_interventions(vec, alpha=0.1, scale="relative")
+        [Intervention(vector=..., alpha=0.1, ...)]
+    """
+    unknown = sorted(set(options) - set(_OPTION_DEFAULTS))
+    if unknown:
+        raise SteeringError(f"unknown steering options {unknown}; expected some of {sorted(_OPTION_DEFAULTS)}.")
+    if isinstance(what, SteeringVector):
+        return [Intervention(what, **options)]
+    changed = sorted(k for k, v in options.items() if v != _OPTION_DEFAULTS[k])
+    if changed:
+        raise SteeringError(
+            f"got Interventions and the keyword options {changed}; put the options in each Intervention instead "
+            "(e.g. Intervention(vector, alpha=0.1, scale='relative'))."
+        )
+    return _as_interventions(what)
+
+
+def _check_layers(vector: SteeringVector, layers: Sequence[int]) -> list[int]:
+    """The one check that chosen layers exist in the vector; returns them sorted and unique."""
+    try:
+        chosen = sorted({int(x) for x in layers})
+    except (TypeError, ValueError):
+        raise SteeringError(f"layers must be a list of layer indices, got {layers!r}.") from None
+    missing = [layer for layer in chosen if layer not in vector.directions]
+    if missing or not chosen:
+        raise SteeringError(
+            f"layers {missing or chosen} are not in the vector, which has layers {vector.layers}; "
+            "steer at layers the vector was extracted for."
+        )
+    return chosen
 
 
 @dataclass
@@ -104,13 +201,7 @@ def resolve_deltas(vector: SteeringVector, layers: Sequence[int] | None, scale: 
     ``scale="absolute"`` uses the stored directions as they are; ``scale="relative"`` rescales each to the
     mean activation norm recorded at extraction, so ``alpha = 0.5`` adds half a typical residual norm.
     """
-    chosen = vector.layers if layers is None else sorted({int(x) for x in layers})
-    missing = [layer for layer in chosen if layer not in vector.directions]
-    if missing or not chosen:
-        raise SteeringError(
-            f"layers {missing or chosen} are not in the vector, which has layers {vector.layers}; "
-            "steer at layers the vector was extracted for."
-        )
+    chosen = vector.layers if layers is None else _check_layers(vector, layers)
     if scale == "absolute":
         return {layer: vector.directions[layer] for layer in chosen}
     if scale != "relative":
@@ -125,39 +216,29 @@ def resolve_deltas(vector: SteeringVector, layers: Sequence[int] | None, scale: 
     return {layer: unit[layer] * vector.resid_norm[layer] for layer in chosen}
 
 
-def _scaled_alpha(mode: str, alpha: Alpha, factor: float) -> Alpha:
-    """Alpha in activation units: the projection target and the clamp band scale with a relative norm."""
-    if mode == "ablate_then_add":
-        return float(alpha) * factor  # type: ignore[arg-type]
-    if mode == "clamp":
-        lo, hi = alpha  # type: ignore[misc]
-        return (None if lo is None else lo * factor, None if hi is None else hi * factor)
-    return alpha
-
-
 def _resolve(
     model: nn.Module, item: Intervention, rows: list[int] | None
 ) -> tuple[dict[tuple[int, str], _Entry], bool]:
     """Validate one intervention and resolve it to entries per (layer, site); also: needs positions?"""
     vector = item.vector
-    if not isinstance(vector, SteeringVector):
-        raise SteeringError(f"an intervention needs a SteeringVector, got {type(vector).__name__}.")
+    if item.alpha is None:
+        raise SteeringError(
+            f"mode {item.mode!r} needs a strength: give alpha (a projection value for 'ablate_then_add', a band "
+            "(lo, hi) for 'clamp'), e.g. Intervention(vector, mode='clamp', alpha=(-2.0, 2.0)) or template.at(alpha)."
+        )
     vector.check_fits(model)
-    alpha = check_alpha(item.mode, item.alpha)
-    positions = parse_positions(item.positions)
-    site = item.site or vector.site
+    site = item.resolved_site
     try:
-        check_site(site)
+        check_site(site)  # a vector's own site, read from a file, is checked here
     except ArchitectureError as err:
         raise SteeringError(str(err)) from None
-    deltas = resolve_deltas(vector, item.layers, item.scale)
     entries = {}
-    for layer, delta in deltas.items():
+    for layer, delta in item.deltas().items():
         factor = vector.resid_norm.get(layer, 1.0) if item.scale == "relative" else 1.0
         entries[layer, site] = _Entry(
-            delta, item.mode, _scaled_alpha(item.mode, alpha, factor), positions, item.preserve_norm, rows
+            delta, item.mode, scaled_alpha(item.mode, item.alpha, factor), item.positions, item.preserve_norm, rows
         )
-    return entries, positions != "all"
+    return entries, item.positions != "all"
 
 
 def _as_interventions(what: Intervention | Sequence[Intervention]) -> list[Intervention]:
@@ -294,12 +375,12 @@ def _install(
 def steer(
     model: nn.Module,
     vector: SteeringVector | Intervention | Sequence[Intervention],
-    alpha: Alpha = 1.0,
+    alpha: Alpha | None = None,
     *,
-    mode: str = "add",
+    mode: Mode = "add",
     layers: Sequence[int] | None = None,
-    positions: PositionSpec = "all",
-    site: str | None = None,
+    positions: Positions = "all",
+    site: Site | None = None,
     scale: Scale = "absolute",
     preserve_norm: bool = False,
 ) -> Iterator[None]:
@@ -324,15 +405,16 @@ def steer(
         >>> with steer(model, refusal, mode="ablate"):
         ...     out = model.generate(**inputs, max_new_tokens=30)
     """
-    if isinstance(vector, SteeringVector):
-        items = [Intervention(vector, alpha, mode, layers, positions, site, scale, preserve_norm)]
-    else:
-        defaults = (alpha, mode, layers, positions, site, scale, preserve_norm)
-        if defaults != (1.0, "add", None, "all", None, "absolute", False):
-            raise SteeringError(
-                "steer() got interventions and keyword options; put the options in each Intervention instead."
-            )
-        items = _as_interventions(vector)
+    items = as_interventions(
+        vector,
+        alpha=alpha,
+        mode=mode,
+        layers=layers,
+        positions=positions,
+        site=site,
+        scale=scale,
+        preserve_norm=preserve_norm,
+    )
     with _install(model, [(items, None)], None):
         yield
 

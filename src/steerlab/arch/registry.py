@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from steerlab.errors import ArchitectureError
+from steerlab.types import SITES
 
 __all__ = [
     "SITES",
@@ -31,15 +32,7 @@ __all__ = [
 ]
 
 
-SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")
-"""Where in a block activations are read and changed, in forward order:
-
-* ``resid_pre``: the block's input (the residual stream before the block);
-* ``attn_out``: the attention sublayer's contribution to the residual stream (after its post-norm, where the
-  architecture has one, e.g. Gemma 2/3, OLMo 2);
-* ``mlp_out``: the MLP sublayer's contribution;
-* ``resid_post``: the block's output (the residual stream after the block), the default.
-"""
+# SITES (where in a block activations are read and changed) is defined with the other literals in steerlab.types.
 
 
 @dataclass(frozen=True)

@@ -196,8 +196,11 @@ def create_app(
                     "used; send scale='absolute'.",
                     param=f"{where}.scale",
                 )
-            items.append(Intervention(vector, alpha, spec.mode, spec.layers, spec.positions, scale=spec.scale))
-        try:
+            try:  # the library checks the intervention itself (mode, alpha, layers, positions) ...
+                items.append(Intervention(vector, alpha, spec.mode, spec.layers, spec.positions, scale=spec.scale))
+            except SteerlabError as error:
+                raise ApiError(400, f"{where}: {error}", param=where, code="invalid_steering") from None
+        try:  # ... and against the served model
             check_interventions(model, items)
         except SteerlabError as error:
             raise ApiError(400, f"steering: {error}", param="steering", code="invalid_steering") from None

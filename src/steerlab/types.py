@@ -1,0 +1,58 @@
+"""The vocabulary of an intervention, shared by the library, the server's request schemas and the CLI's choices.
+
+A new operator is added in one place (:data:`steerlab._interventions.OPERATORS`) plus its name here; the tests check
+that the two agree, and the server and CLI take their choices from these literals.
+
+Example:
+    >>> from typing import get_args
+    >>> from steerlab.types import Mode
+    >>> get_args(Mode)
+    ('add', 'ablate', 'ablate_then_add', 'clamp')
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union, get_args
+
+__all__ = [
+    "MODES",
+    "NAMED_POSITIONS",
+    "SCALES",
+    "SITES",
+    "Alpha",
+    "Mode",
+    "NamedPositions",
+    "Positions",
+    "Scale",
+    "Site",
+]
+
+Mode = Literal["add", "ablate", "ablate_then_add", "clamp"]
+"""How an intervention changes a hidden state ``h`` along a direction ``v`` (see :mod:`steerlab.steer`'s table)."""
+
+Site = Literal["resid_pre", "attn_out", "mlp_out", "resid_post"]
+"""Where in a block activations are read and changed, in forward order:
+
+* ``resid_pre``: the block's input (the residual stream before the block);
+* ``attn_out``: the attention sublayer's contribution to the residual stream (after its post-norm, where the
+  architecture has one, e.g. Gemma 2/3, OLMo 2);
+* ``mlp_out``: the MLP sublayer's contribution;
+* ``resid_post``: the block's output (the residual stream after the block), the default.
+"""
+
+Scale = Literal["absolute", "relative"]
+"""``absolute``: alpha multiplies the stored direction as it is; ``relative``: alpha is a fraction of the layer's
+mean residual-stream norm recorded at extraction (0.1 adds a tenth of a typical activation's norm)."""
+
+NamedPositions = Literal["all", "prompt", "generated"]
+Positions = Union[NamedPositions, int]  # noqa: UP007 - a runtime alias (pydantic and typer read it)
+"""``"all"`` tokens, the ``"prompt"`` only, ``"generated"`` tokens only, or an int ``k``: every real token from
+position ``k`` on (positions count real tokens of each row, so they stay right with left padding and a KV cache)."""
+
+Alpha = Union[float, tuple[Union[float, None], Union[float, None]]]  # noqa: UP007 - a runtime alias
+"""A strength: a number, or a ``(lo, hi)`` band (either end ``None``) for ``clamp``."""
+
+MODES: tuple[str, ...] = get_args(Mode)
+SITES: tuple[str, ...] = get_args(Site)
+SCALES: tuple[str, ...] = get_args(Scale)
+NAMED_POSITIONS: tuple[str, ...] = get_args(NamedPositions)
