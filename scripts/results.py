@@ -23,20 +23,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from steerlab import extract_vector, load_model, load_pairs  # noqa: E402
+from steerlab import Intervention, extract_vector, load_model, load_pairs  # noqa: E402
 from steerlab.datasets import balance_ab, load_statements  # noqa: E402
-from steerlab.evaluate import (  # noqa: E402  # noqa: E402  # noqa: E402
+from steerlab.evaluate import (  # noqa: E402
     DEFAULT_KL_BUDGET,
     ABBehaviour,
-    breakdown,  # noqa: E402
+    breakdown,
     calibrate,
     load_ab,
+    logits_over_alphas,
     probe_layers,
     sweep,
     transfer_matrix,
 )
 from steerlab.evaluate.breakdown_point import DEFAULT_COLLAPSE_KL  # noqa: E402
-from steerlab.evaluate.metrics import logits_per_alpha  # noqa: E402
 from steerlab.evaluate.plots import breakdown_curves, probe_accuracy, sweep_heatmaps, transfer_heatmap  # noqa: E402
 
 torch.set_num_threads(1)
@@ -90,7 +90,8 @@ for name in BEHAVIOURS:
         ("vector", vec, [-1.0, 0.0, 1.0]),
         ("random", vec.random_like(seed=0), [-1.0, 1.0]),
     ):
-        for alpha, logits in logits_per_alpha(model, ids, mask, direction, CAA_LAYER, alphas, last_only=True):
+        template = Intervention(direction, layers=[CAA_LAYER])
+        for alpha, logits in logits_over_alphas(model, ids, mask, template, alphas, last_only=True, batch_size=16):
             scores[label, alpha] = metric.score(logits)
     ratio = float(vec.directions[CAA_LAYER].norm()) / vec.resid_norm[CAA_LAYER]
     caa_rows.append((name, ratio, scores))

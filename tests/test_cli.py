@@ -98,6 +98,12 @@ def test_demo_runs(smol):
     assert "sentiment vector" in result.stdout and result.stdout.count("(unsteered)") == 3
 
 
+def usage_error(result, bad, choices):
+    """The parser's refusal of a value outside a steerlab.types literal: exit 2, the value and the choices named."""
+    text = " ".join(result.output.replace("│", " ").split())  # the message is boxed and wrapped
+    assert result.exit_code == 2 and f"'{bad}' is not one of" in text and choices in text, result.output
+
+
 def one_line_error(result, message):
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
@@ -118,10 +124,13 @@ def test_error_paths(pairs_file, vector_file, tmp_path):
         runner.invoke(app, ["extract", "--pairs", str(pairs_file), "--layers", "30", "--out", out]),
         "layer index 30 is out of range: this model has 30 decoder layers",
     )
-    one_line_error(
-        runner.invoke(app, ["extract", "--pairs", str(pairs_file), "--layers", "3", "--method", "magic", "--out", out]),
-        "unknown method 'magic'",
-    )
+    # Choices come from steerlab.types: the parser refuses an unknown one (usage error, exit 2) and lists them.
+    for args, choices in (
+        (["extract", "--pairs", str(pairs_file), "--layers", "3", "--method", "magic", "--out", out], "'mean_diff'"),
+        (["generate", "--vector", out, "--prompt", "hi", "--mode", "magic"], "'ablate_then_add', 'clamp'"),
+        (["generate", "--vector", out, "--prompt", "hi", "--scale", "magic"], "'absolute', 'relative'"),
+    ):
+        usage_error(runner.invoke(app, args), "magic", choices)
     bad = tmp_path / "bad.safetensors"
     bad.write_text("not a vector")
     one_line_error(runner.invoke(app, ["info", str(bad)]), "not a readable .safetensors file")
@@ -177,11 +186,9 @@ def test_generate_modes_sites_and_combined_vectors(vector_file):
         runner.invoke(app, [*base, "--vector", str(vector_file), "--mode", "clamp", "--alphas", "3"]),
         "mode clamp takes bands lo:hi",
     )
-    one_line_error(
-        runner.invoke(app, [*base, "--vector", str(vector_file), "--mode", "boost"]), "--mode 'boost' is not one of"
-    )
-    one_line_error(
-        runner.invoke(app, [*base, "--vector", str(vector_file), "--site", "resid_mid"]), "unknown site 'resid_mid'"
+    usage_error(runner.invoke(app, [*base, "--vector", str(vector_file), "--mode", "boost"]), "boost", "'clamp'")
+    usage_error(
+        runner.invoke(app, [*base, "--vector", str(vector_file), "--site", "resid_mid"]), "resid_mid", "'resid_post'"
     )
 
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from steerlab import SteeringVector
+from steerlab import Intervention, SteeringVector
 from steerlab._models import fingerprint
 from steerlab.errors import DataError, SteeringError
+from steerlab.evaluate import logits_over_alphas
 from steerlab.evaluate.metrics import (
     ABBehaviour,
     ABQuestion,
@@ -18,7 +19,6 @@ from steerlab.evaluate.metrics import (
     kl_from_unsteered,
     load_ab,
     logit_diff,
-    logits_per_alpha,
     neutral_texts,
     sentiment,
     swap_choices,
@@ -70,18 +70,24 @@ def test_identity_alpha_gives_zero_kl_and_identical_ab(tiny, tokenizer):
     assert {r["swapped"] for r in rows0} == {False, True}
 
 
-def test_logits_per_alpha_matches_plain_steer(tiny, tokenizer):
-    from steerlab import steer
+def test_chunked_logits_over_alphas_match_plain_steer(tiny, tokenizer):
+    """The metrics' path: a batch in chunks (each trimmed of its all-padding columns), identity strengths unhooked."""
+    from steerlab import Intervention, steer
     from steerlab._text import forward_kwargs
 
     model = tiny("qwen2")
     vec = random_vector(model, layers=(2,))
     metric = NeutralKL(tokenizer, neutral_texts()[:5])
-    got = dict(logits_per_alpha(model, metric.input_ids, metric.attention_mask, vec, 2, [0.0, 1.5]))
+    ids, mask = metric.input_ids, metric.attention_mask
+    template = Intervention(vec, layers=[2])
+    got = dict(logits_over_alphas(model, ids, mask, template, [0.0, 1.5], batch_size=2))
     with torch.no_grad(), steer(model, vec, 1.5):
-        want = model(**forward_kwargs(model, metric.input_ids, metric.attention_mask)).logits
+        want = model(**forward_kwargs(model, ids, mask)).logits
+    with torch.no_grad():
+        plain = model(**forward_kwargs(model, ids, mask)).logits
     torch.testing.assert_close(got[1.5], want.float())
-    last = dict(logits_per_alpha(model, metric.input_ids, metric.attention_mask, vec, 2, [1.5], last_only=True))
+    assert torch.equal(got[0.0], plain.float())  # alpha 0 runs with no hooks at all
+    last = dict(logits_over_alphas(model, ids, mask, template, [1.5], last_only=True, batch_size=2))
     torch.testing.assert_close(last[1.5], want[:, -1].float(), rtol=1e-4, atol=1e-4)
 
 
@@ -120,8 +126,8 @@ def test_balancing_cancels_a_letter_push(tiny, tokenizer):
     model = tiny("llama")
     behaviour = ABBehaviour(tokenizer, QUESTIONS, balance=True)
     vec = _planted(model, behaviour.letter_ids.tolist(), layers=(3,))
-    (_, base), (_, pushed) = logits_per_alpha(
-        model, behaviour.input_ids, behaviour.attention_mask, vec, 3, [0.0, 2.0], last_only=True
+    (_, base), (_, pushed) = logits_over_alphas(
+        model, behaviour.input_ids, behaviour.attention_mask, Intervention(vec, layers=[3]), [0.0, 2.0], last_only=True
     )
     before, after = behaviour.score(base), behaviour.score(pushed)
     assert after["p_a"] - before["p_a"] > 0.2  # the push moves the letter strongly...

@@ -52,7 +52,8 @@ PUBLIC = {
     ],
     "steerlab.io": ["clear_control_vector", "export_gguf", "export_hub_folder", "import_gguf", "set_control_vector"],
     "steerlab.types": [
-        "Alpha", "MODES", "Mode", "NAMED_POSITIONS", "NamedPositions", "Positions", "SCALES", "SITES", "Scale", "Site",
+        "Alpha", "METHODS", "MODES", "Method", "Mode", "NAMED_POSITIONS", "NamedPositions", "Positions", "SCALES",
+        "SITES", "Scale", "Site",
     ],
     "steerlab.serve": [
         "ApiError", "Engine", "EngineBusy", "Event", "Job", "ServeLimits", "VectorLibrary", "background_server",
@@ -77,6 +78,15 @@ def test_every_mode_has_one_operator_record():
     from steerlab.types import Mode
 
     assert tuple(OPERATORS) == get_args(Mode)
+
+
+def test_the_method_literal_names_every_extraction_method():
+    from typing import get_args
+
+    from steerlab._extract import METHODS
+    from steerlab.types import Method
+
+    assert sorted(METHODS) == sorted(get_args(Method))
 
 
 def _packages():

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from steerlab._calling import cache_argument
+from steerlab._forward import input_device
 from steerlab._hooks import HookSet
 from steerlab._text import encode, forward_kwargs, pad_batch, pad_id, position_ids_from_mask, takes_position_ids
 from steerlab.arch.registry import check_layer_index, check_site, get_layout
@@ -187,7 +188,7 @@ class ActivationReader:
         are ``(batch, hidden)`` float32 tensors for ``last``/``mean``, a list of ``(tokens, hidden)`` for ``all``."""
         from rich.progress import track
 
-        device = next(self.model.parameters()).device
+        device = input_device(self.model)
         state: dict[str, Any] = {"weight": 1}
         with self._hooked(state):
             for rows in track(batches, description="recording", disable=not progress, transient=True):
@@ -226,7 +227,7 @@ class ActivationReader:
         if not self.can_share_prefixes():
             raise DataError("run_pairs reads the last token of models that take position ids; use run().")
         n = len(first)
-        device = next(self.model.parameters()).device
+        device = input_device(self.model)
         cache_name = cache_argument(self.model)  # `cache` from transformers 5.24 on, `past_key_values` before
         state: dict[str, Any] = {}
         with self._hooked(state):

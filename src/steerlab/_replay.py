@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from steerlab._forward import batched_logits, input_device, trim_left_padding
 from steerlab._hooks import HookSet, block_hidden
 from steerlab._interventions import Alpha
 from steerlab._steer import Intervention, steer
@@ -108,29 +109,35 @@ def logits_over_alphas(
     model: nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    intervention: Intervention,
+    intervention: Intervention | None,
     alphas: Sequence[Alpha | None],
     *,
     last_only: bool = False,
+    batch_size: int | None = None,
     reuse_prefix: bool = True,
 ) -> Iterator[tuple[Alpha | None, torch.Tensor]]:
-    """Yield ``(alpha, logits)`` for the batch under ``intervention`` at each strength, in the order given.
+    """Yield ``(alpha, logits)`` for a fixed batch under ``intervention`` at each strength, in the order given: the
+    unit of work of every sweep cell and every logit metric.
 
     Args:
         input_ids, attention_mask: a left-padded batch (``steerlab.engines.pad_batch``).
-        intervention: the operator, vector, layers, site and scale; its own ``alpha`` is ignored.
-        alphas: strengths; ``None`` means the unsteered model (the reference for KL).
+        intervention: the operator, vector, layers, site and scale (its own ``alpha`` is ignored), or ``None``
+            for the unsteered model at every strength.
+        alphas: strengths; ``None``, and an identity strength (0 for ``add`` / ``ablate``), run the unsteered
+            model with no hooks (the reference for KL).
         last_only: logits of the last position only, ``(batch, vocab)``, instead of ``(batch, tokens, vocab)``.
+        batch_size: rows per forward pass (default: the whole batch at once). The chunks' replays advance
+            together, so only one strength's logits are held at a time.
         reuse_prefix: compute blocks below the intervention once (default). ``False`` runs full passes.
 
-    Logits are float32 on the model's device and equal a full steered forward pass up to float rounding.
+    Logits are float32 on the CPU and equal a full steered forward pass up to float rounding.
 
     Example:
         >>> template = Intervention(vec, mode="add", scale="relative")
         >>> for alpha, logits in logits_over_alphas(model, ids, mask, template, [None, -0.2, 0.2]):
         ...     print(alpha, logits.shape)
     """
-    if not isinstance(intervention, Intervention):
+    if intervention is not None and not isinstance(intervention, Intervention):
         raise SteeringError(
             f"logits_over_alphas needs an Intervention as the template, got {type(intervention).__name__}; "
             "wrap the vector: Intervention(vector, mode='add')."
@@ -146,14 +153,43 @@ def logits_over_alphas(
     if last_only and not bool(attention_mask[:, -1].all()):
         raise SteeringError(
             "last_only=True reads the last position, so the batch must be left-padded; found a row whose last "
-            "position is padding. Build it with steerlab._text.pad_batch(..., side='left')."
+            "position is padding. Build it with steerlab.engines.pad_batch(..., side='left')."
         )
+    size = batch_size or input_ids.shape[0]
+    steps = [None if a is None or intervention is None or intervention.at(a).is_identity else a for a in alphas]
+    if all(step is None for step in steps):  # nothing to steer: one unsteered pass serves every strength
+        logits = batched_logits(model, input_ids, attention_mask, last_only=last_only, batch_size=size)
+        for alpha in alphas:
+            yield alpha, logits
+        return
+    device = input_device(model)
+    chunks = []
+    for start in range(0, input_ids.shape[0], size):
+        ids, mask = input_ids[start : start + size], attention_mask[start : start + size]
+        if last_only:
+            ids, mask = trim_left_padding(ids, mask)
+        chunk = _replay_chunk(model, ids.to(device), mask.to(device), intervention, steps, last_only, reuse_prefix)
+        chunks.append(chunk)
+    for alpha in alphas:
+        yield alpha, torch.cat([next(chunk).cpu() for chunk in chunks])
+
+
+def _replay_chunk(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    intervention: Intervention,
+    alphas: list[Alpha | None],
+    last_only: bool,
+    reuse_prefix: bool,
+) -> Iterator[torch.Tensor]:
+    """Logits of one batch (on the model's device) at each strength, reusing the blocks below the intervention."""
     layout = get_layout(model)
     head = _output_head(model, layout.layers_path)
     replayable = reuse_prefix and intervention.positions == "all" and head is not None and len(alphas) > 1
     if replayable:
         intervention = _as_next_block_input(intervention, layout.num_layers)
-    items = [None if a is None else dataclasses.replace(intervention, alpha=a) for a in alphas]
+    items = [None if a is None else intervention.at(a) for a in alphas]
     start = _layers_of(intervention)[0]
     kwargs = forward_kwargs(model, input_ids, attention_mask)
     if last_only and takes_logits_to_keep(model):
@@ -166,8 +202,8 @@ def logits_over_alphas(
 
     with torch.inference_mode():
         if not replayable:
-            for alpha, item in zip(alphas, items, strict=True):
-                yield alpha, full_pass(item)
+            for item in items:
+                yield full_pass(item)
             return
 
         calls: dict[int, tuple[tuple, dict[str, Any]]] = {}
@@ -201,7 +237,7 @@ def logits_over_alphas(
             reference = first if last_only else first[:, -1]
             tolerance = 1e-4 * max(1.0, float(reference.abs().max()))
             chained = bool(torch.allclose(recomputed, reference, rtol=1e-4, atol=tolerance))
-        yield alphas[0], first
+        yield first
         if not chained:
             warnings.warn(
                 f"cannot replay the blocks above layer {start} of this {type(model).__name__} exactly (its blocks "
@@ -209,15 +245,15 @@ def logits_over_alphas(
                 "running full forward passes instead.",
                 stacklevel=2,
             )
-            for alpha, item in zip(alphas[1:], items[1:], strict=True):
-                yield alpha, full_pass(item)
+            for item in items[1:]:
+                yield full_pass(item)
             return
         start_input = hidden_in[start].clone()
         outputs.clear()  # only the input of the first replayed block is needed from here on
-        for alpha, item in zip(alphas[1:], items[1:], strict=True):
+        for item in items[1:]:
             hidden = start_input
             with steer(model, [item]) if item is not None else nullcontext():
                 for index in range(start, layout.num_layers):
                     args, kw = calls[index]
                     hidden = _call_block(layout.block(index), hidden, args, kw)
-            yield alpha, head(hidden[:, -1] if last_only else hidden).float()
+            yield head(hidden[:, -1] if last_only else hidden).float()

@@ -37,11 +37,11 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from steerlab._positions import parse_positions
-from steerlab._steer import Scale, resolve_deltas
+from steerlab._steer import Intervention, as_interventions
 from steerlab._vector import SteeringVector
 from steerlab.arch.registry import get_layout
 from steerlab.errors import SteeringError
+from steerlab.types import Positions, Scale, Site
 
 __all__ = ["bake_addition", "orthogonalize", "save_baked"]
 
@@ -94,45 +94,53 @@ def _add_bias(linear: nn.Module, delta: torch.Tensor) -> None:
 
 def bake_addition(
     model: nn.Module,
-    vector: SteeringVector,
-    alpha: float = 1.0,
+    vector: SteeringVector | Intervention,
+    alpha: float | None = None,
     *,
     layers: Sequence[int] | None = None,
-    site: str | None = None,
+    site: Site | None = None,
     scale: Scale = "absolute",
-    positions: str = "all",
+    positions: Positions = "all",
 ) -> nn.Module:
     """Make ``model`` (in place) behave like ``steer(model, vector, alpha, ...)`` with no hooks.
+
+    ``vector`` is a vector with the options here, or an :class:`~steerlab.Intervention` (mode ``add``, every
+    position, no norm preservation: what a bias can do) carrying them.
 
     Example:
         >>> bake_addition(model, vec, alpha=20.0)
         >>> save_baked(model, tokenizer, "smollm2-happy")   # loads with plain transformers
     """
-    if parse_positions(positions) != "all":
+    (item,) = as_interventions(vector, alpha=alpha, layers=layers, site=site, scale=scale, positions=positions)
+    if item.positions != "all":
         raise SteeringError(
-            f"positions={positions!r} cannot be baked: a bias acts on every token. Use hooks "
+            f"positions={item.positions!r} cannot be baked: a bias acts on every token. Use hooks "
             "(steerlab.steer) for position-dependent steering."
         )
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not torch.isfinite(torch.tensor(alpha)):
-        raise SteeringError(f"alpha must be a finite number, got {alpha!r}.")
-    vector.check_fits(model)
+    if item.mode != "add" or item.preserve_norm:
+        raise SteeringError(
+            f"only additions can be baked into biases, not mode={item.mode!r}"
+            + (" with preserve_norm" if item.preserve_norm else "")
+            + "; use orthogonalize() to remove a direction from the weights, or hooks (steerlab.steer)."
+        )
+    item.vector.check_fits(model)
     layout = get_layout(model)
-    site = site or vector.site
+    site = item.resolved_site
     _check_bakeable(layout, site)
-    deltas = resolve_deltas(vector, layers, scale)
+    deltas = item.deltas()
     target = "attn_out" if site == "attn_out" else "mlp_out"
     writers = {layer: _writer(layout, layer, target) for layer in deltas}
     for layer, delta in deltas.items():
-        _add_bias(writers[layer], float(alpha) * delta.float())
+        _add_bias(writers[layer], float(item.alpha) * delta.float())
     _record(
         model,
         {
             "kind": "add",
-            "alpha": float(alpha),
+            "alpha": float(item.alpha),
             "layers": sorted(deltas),
             "site": site,
-            "scale": scale,
-            "vector": vector.header(),
+            "scale": item.scale,
+            "vector": item.vector.header(),
         },
     )
     return model

@@ -20,6 +20,8 @@ __all__ = [
     "SCALES",
     "SITES",
     "Alpha",
+    "METHODS",
+    "Method",
     "Mode",
     "NamedPositions",
     "Positions",
@@ -49,10 +51,14 @@ Positions = Union[NamedPositions, int]  # noqa: UP007 - a runtime alias (pydanti
 """``"all"`` tokens, the ``"prompt"`` only, ``"generated"`` tokens only, or an int ``k``: every real token from
 position ``k`` on (positions count real tokens of each row, so they stay right with left padding and a KV cache)."""
 
+Method = Literal["mean_diff", "pca_diff", "pca_center", "actadd"]
+"""How a direction is read from contrast pairs (see :func:`steerlab.extract_vector`)."""
+
 Alpha = Union[float, tuple[Union[float, None], Union[float, None]]]  # noqa: UP007 - a runtime alias
 """A strength: a number, or a ``(lo, hi)`` band (either end ``None``) for ``clamp``."""
 
 MODES: tuple[str, ...] = get_args(Mode)
+METHODS: tuple[str, ...] = get_args(Method)
 SITES: tuple[str, ...] = get_args(Site)
 SCALES: tuple[str, ...] = get_args(Scale)
 NAMED_POSITIONS: tuple[str, ...] = get_args(NamedPositions)

@@ -8,7 +8,7 @@ Every command is a thin layer over :mod:`steerlab.evaluate` (``sweep``, ``probes
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
 
@@ -25,6 +25,7 @@ from steerlab.cli._common import (
     user_errors,
 )
 from steerlab.errors import SteerlabError
+from steerlab.types import Scale
 
 __all__ = [
     "breakdown_command",
@@ -92,7 +93,7 @@ def sweep_command(
     layers: str | None = typer.Option(None, "--layers", help="Layers to sweep (default: all of the vector's)."),
     alphas: str = SWEEP_ALPHAS_OPT,
     modes: str = typer.Option("add", "--modes", help="Operators, comma-separated (add, ablate, ...)."),
-    scale: str = typer.Option("relative", "--scale", help="relative (to the residual norm) or absolute."),
+    scale: Scale = typer.Option("relative", "--scale", help="relative (to the residual norm) or absolute."),
     limit: int | None = LIMIT_OPT,
     seed: int = typer.Option(0, "--seed", help="Seed of the same-norm random baseline direction."),
     model: str = MODEL_OPT,
@@ -113,11 +114,13 @@ def calibrate_command(
     questions: Path | None = typer.Option(None, "--questions", help="CAA A/B questions (to run a sweep)."),
     from_sweep: Path | None = typer.Option(None, "--sweep", help="Calibrate from this sweep JSON instead."),
     budget: float | None = typer.Option(None, "--budget", help="Max KL (nats/token); default 0.2."),
-    goal: str = typer.Option("increase", "--goal", help="increase or decrease the behaviour."),
+    goal: Literal["increase", "decrease"] = typer.Option(
+        "increase", "--goal", help="Which way the behaviour should move."
+    ),
     layers: str | None = typer.Option(None, "--layers", help="Layers to sweep (default: all of the vector's)."),
     alphas: str = SWEEP_ALPHAS_OPT,
     modes: str = typer.Option("add", "--modes", help="Operators, comma-separated."),
-    scale: str = typer.Option("relative", "--scale", help="relative (to the residual norm) or absolute."),
+    scale: Scale = typer.Option("relative", "--scale", help="relative (to the residual norm) or absolute."),
     limit: int | None = LIMIT_OPT,
     seed: int = typer.Option(0, "--seed"),
     model: str = MODEL_OPT,

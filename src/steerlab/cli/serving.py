@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Literal
 
 import typer
 
@@ -18,6 +19,7 @@ from steerlab.cli._common import (
     user_errors,
 )
 from steerlab.errors import SteerlabError
+from steerlab.types import Scale
 
 
 @app.command()
@@ -61,8 +63,8 @@ def chat(
         0.15, "--alpha", help="Strength (a fraction of the residual norm with --scale relative)."
     ),
     layers: str | None = typer.Option(None, "--layers", help="Subset of the vector's layers (default: all)."),
-    mode: str = typer.Option("add", "--mode", help="add, ablate or ablate_then_add."),
-    scale: str = typer.Option("relative", "--scale", help="relative (to the residual norm) or absolute."),
+    mode: Literal["add", "ablate", "ablate_then_add"] = typer.Option("add", "--mode", help="The operator."),
+    scale: Scale = typer.Option("relative", "--scale", help="relative (to the residual norm) or absolute."),
     system: str | None = typer.Option(None, "--system", help="A system prompt."),
     max_tokens: int = typer.Option(128, "--max-tokens"),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),

@@ -6,10 +6,12 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.table import Table
 
+from steerlab._forward import input_device
 from steerlab.cli._common import (
     DEVICE_OPT,
     DTYPE_OPT,
@@ -27,6 +29,7 @@ from steerlab.cli._common import (
 from steerlab.datasets.pairs import NEUTRAL_PROMPTS
 from steerlab.errors import SteerlabError
 from steerlab.io.gguf import export_gguf, import_gguf
+from steerlab.types import Method, Mode, Scale, Site
 
 
 @app.command()
@@ -35,8 +38,8 @@ def extract(
     pairs: Path = typer.Option(..., "--pairs", help="JSON/JSONL contrast pairs (plain or CAA A/B format)."),
     layers: str = typer.Option(..., "--layers", help="Layers to read, e.g. 10,12 or 8-14 (0-based)."),
     out_path: Path = typer.Option(..., "--out", help="Where to write the .safetensors vector."),
-    method: str = typer.Option("mean_diff", "--method", help="mean_diff, pca_diff, pca_center or actadd."),
-    reduce: str = typer.Option("last", "--reduce", help="Token read per text: last or mean."),
+    method: Method = typer.Option("mean_diff", "--method", help="How a direction is read from the pairs."),
+    reduce: Literal["last", "mean"] = typer.Option("last", "--reduce", help="Token read per text."),
     normalize: bool = typer.Option(False, "--normalize", help="Scale each layer's direction to unit norm."),
     batch_size: int = typer.Option(16, "--batch-size"),
     model: str = MODEL_OPT,
@@ -80,13 +83,11 @@ def generate(
     alphas: str = typer.Option(
         "-8,0,8", "--alphas", help="Strengths, e.g. -8,0,8 (0 = unsteered); for --mode clamp, bands lo:hi."
     ),
-    mode: str = typer.Option("add", "--mode", help="add, ablate, ablate_then_add or clamp."),
-    site: str | None = typer.Option(
-        None, "--site", help="resid_pre, attn_out, mlp_out or resid_post (default: the vector's site)."
-    ),
+    mode: Mode = typer.Option("add", "--mode", help="The operator."),
+    site: Site | None = typer.Option(None, "--site", help="Where in the block (default: the vector's site)."),
     layers: str | None = typer.Option(None, "--layers", help="Subset of the vector's layers (default: all)."),
     positions: str = typer.Option("all", "--positions", help="all, prompt, generated, or K (from token K on)."),
-    scale: str = typer.Option("absolute", "--scale", help="absolute, or relative to the residual norm."),
+    scale: Scale = typer.Option("absolute", "--scale", help="absolute, or relative to the residual norm."),
     preserve_norm: bool = typer.Option(False, "--preserve-norm", help="Keep each token's residual norm."),
     max_new_tokens: int = typer.Option(40, "--max-new-tokens"),
     sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
@@ -97,7 +98,6 @@ def generate(
     dtype: str | None = DTYPE_OPT,
 ) -> None:
     """Generate unsteered and steered text side by side."""
-    from steerlab._interventions import OPERATORS
     from steerlab.evaluate.comparison import compare
 
     if (prompt is None) == (prompts is None):
@@ -112,8 +112,6 @@ def generate(
         prompt_list = [prompt or ""]
         if not prompt_list[0].strip():
             raise SteerlabError("--prompt is empty.")
-    if mode not in OPERATORS:
-        raise SteerlabError(f"--mode '{mode}' is not one of {sorted(OPERATORS)}.")
     vec = load_combined(vector)
     alpha_list = parse_alphas(alphas, mode)
     if mode in ("ablate_then_add", "clamp"):
@@ -186,8 +184,10 @@ def bake(
         help="With --ablate: the vector layer whose direction is removed (default: the only one).",
     ),
     layers: str | None = typer.Option(None, "--layers", help="Subset of the vector's layers (default: all)."),
-    site: str | None = typer.Option(None, "--site", help="resid_post, mlp_out or attn_out (default: the vector's)."),
-    scale: str = typer.Option("absolute", "--scale", help="absolute, or relative to the residual norm."),
+    site: Literal["resid_post", "mlp_out", "attn_out"] | None = typer.Option(
+        None, "--site", help="Where the bias goes (default: the vector's site)."
+    ),
+    scale: Scale = typer.Option("absolute", "--scale", help="absolute, or relative to the residual norm."),
     model: str = MODEL_OPT,
     device: str | None = DEVICE_OPT,
     dtype: str | None = DTYPE_OPT,
@@ -207,7 +207,7 @@ def bake(
         raise SteerlabError(f"--out '{out_dir}' exists and is not empty; choose a new folder.")
     lm, tokenizer = _load(model, device, dtype)
     probe = tokenizer(apply_chat(tokenizer, "Tell me about your weekend."), return_tensors="pt")
-    probe = {k: v.to(next(lm.parameters()).device) for k, v in probe.items()}
+    probe = {k: v.to(input_device(lm)) for k, v in probe.items()}
     with torch.no_grad():  # the hooked model is the reference the baked one must reproduce
         if ablate:
             with steer(lm, directional_ablation(lm, vec, source_layer)):

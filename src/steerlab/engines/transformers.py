@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from steerlab._text import apply_chat, encode, forward_kwargs, pad_batch, pad_id
+from steerlab._forward import input_device, next_token_nll
+from steerlab._text import apply_chat, encode, pad_batch, pad_id
 from steerlab.errors import SteeringError
 
 __all__ = ["eos_ids", "generate", "generate_batch", "generated_nll"]
@@ -54,7 +55,7 @@ def generate(
         raise SteeringError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
     texts = [apply_chat(tokenizer, p, chat=chat, system=system) for p in prompts]
     ids = encode(tokenizer, texts)
-    device = next(model.parameters()).device
+    device = input_device(model)
     eos = eos_ids(model, tokenizer)
     pad = pad_id(tokenizer)
     results: list[tuple[list[int], list[int]]] = []
@@ -126,21 +127,12 @@ def generated_nll(
 ) -> list[float]:
     """Mean negative log-likelihood (nats/token) of each generated continuation under ``model`` as it is
     now (call it outside any steering to score against the unsteered model)."""
-    device = next(model.parameters()).device
     scores: list[float] = []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
-        seqs = [p + g for p, g in chunk]
-        input_ids, mask = pad_batch(seqs, 0, side="right")
-        with torch.inference_mode():
-            logits = model(**forward_kwargs(model, input_ids.to(device), mask.to(device))).logits.float()
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-        targets = input_ids[:, 1:].to(device)
-        token_lp = logprobs.gather(-1, targets[..., None])[..., 0]
+        input_ids, mask = pad_batch([p + g for p, g in chunk], 0, side="right")
+        nll = next_token_nll(model, input_ids, mask, batch_size=batch_size)
         for row, (p, g) in enumerate(chunk):
-            if not g:
-                scores.append(float("nan"))
-                continue
-            span = token_lp[row, len(p) - 1 : len(p) - 1 + len(g)]
-            scores.append(float(-span.mean()))
+            # Position t scores token t + 1: the continuation's tokens are scored from the prompt's last position.
+            scores.append(float(nll[row, len(p) - 1 : len(p) - 1 + len(g)].mean()) if g else float("nan"))
     return scores

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from steerlab._forward import input_device
 from steerlab._hooks import HookSet
 from steerlab._steer import steer
 from steerlab._text import encode, forward_kwargs, pad_batch, pad_id
@@ -38,7 +39,7 @@ def _run(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, batch_size: in
     stream.
     """
     layout = get_layout(model)
-    device = next(model.parameters()).device
+    device = input_device(model)
     logits, sums, count = [], torch.zeros(layout.num_layers, dtype=torch.float64), 0
     state: dict[str, torch.Tensor] = {}
 

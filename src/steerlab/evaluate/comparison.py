@@ -14,11 +14,11 @@ from typing import Any
 from torch import nn
 
 from steerlab._interventions import Alpha
-from steerlab._positions import PositionSpec
-from steerlab._steer import Scale, steer
+from steerlab._steer import Intervention, as_interventions, steer
 from steerlab._vector import SteeringVector
 from steerlab.engines.transformers import generate, generated_nll
 from steerlab.errors import SteeringError
+from steerlab.types import Mode, Positions, Scale, Site
 
 __all__ = ["Comparison", "Generation", "compare"]
 
@@ -52,13 +52,13 @@ def compare(
     model: nn.Module,
     tokenizer: Any,
     prompts: Sequence[str],
-    vector: SteeringVector,
+    vector: SteeringVector | Intervention,
     *,
     alphas: Sequence[Alpha | None] = (-8.0, 0.0, 8.0),
-    mode: str = "add",
+    mode: Mode = "add",
     layers: Sequence[int] | None = None,
-    positions: PositionSpec = "all",
-    site: str | None = None,
+    positions: Positions = "all",
+    site: Site | None = None,
     scale: Scale = "absolute",
     preserve_norm: bool = False,
     max_new_tokens: int = 40,
@@ -70,8 +70,10 @@ def compare(
 ) -> list[Comparison]:
     """Generate every prompt unsteered and steered at each alpha, side by side.
 
-    An alpha of ``None`` is the unsteered model; so is ``0`` for ``add`` and ``ablate`` (the identity),
-    which then runs with no hooks at all. The other options are those of :func:`steerlab.steer`.
+    ``vector`` is a :class:`~steerlab.SteeringVector` with the options below (those of :func:`steerlab.steer`),
+    or an :class:`~steerlab.Intervention` that carries them (then leave the options alone); its strength is
+    replaced by each alpha. An alpha of ``None`` is the unsteered model; so is an identity strength (0 for ``add``
+    and ``ablate``), which then runs with no hooks at all.
 
     Example:
         >>> for row in compare(model, tokenizer, ["Tell me about your day."], vec, alphas=[-6, 0, 6]):
@@ -81,30 +83,26 @@ def compare(
     prompts = list(prompts)
     if not prompts:
         raise SteeringError("no prompts were given; pass at least one.")
-    vector.check_fits(model)  # fail before the unsteered run, not after it
+    items = as_interventions(
+        vector, mode=mode, layers=layers, positions=positions, site=site, scale=scale, preserve_norm=preserve_norm
+    )
+    if len(items) != 1:
+        raise SteeringError(f"compare varies the strength of one intervention; got {len(items)}.")
+    template = items[0]
+    template.vector.check_fits(model)  # fail before the unsteered run, not after it
+    steps = [None if alpha is None else template.at(alpha) for alpha in alphas]  # every strength checked up front
     options = dict(
         max_new_tokens=max_new_tokens, chat=chat, system=system, do_sample=do_sample, seed=seed, batch_size=batch_size
     )
     rows = [Comparison(p) for p in prompts]
-    for alpha in alphas:
-        if alpha is None or (mode in ("add", "ablate") and not isinstance(alpha, tuple) and float(alpha) == 0.0):
+    for step in steps:
+        if step is None or step.is_identity:
             outputs = generate(model, tokenizer, prompts, **options)  # no hooks at all: the true baseline
-            alpha = None if alpha is None else float(alpha)
         else:
-            with steer(
-                model,
-                vector,
-                alpha,
-                mode=mode,
-                layers=layers,
-                positions=positions,
-                site=site,
-                scale=scale,
-                preserve_norm=preserve_norm,
-            ):
+            with steer(model, step):
                 outputs = generate(model, tokenizer, prompts, **options)
         nlls = generated_nll(model, outputs, batch_size=batch_size)
         for row, (_, gen), nll in zip(rows, outputs, nlls, strict=True):
             text = tokenizer.decode(gen, skip_special_tokens=True).strip()
-            row.generations.append(Generation(alpha, text, nll, len(gen)))
+            row.generations.append(Generation(None if step is None else step.alpha, text, nll, len(gen)))
     return rows

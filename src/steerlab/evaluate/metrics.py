@@ -2,8 +2,9 @@
 
 Every metric works alone and returns plain numbers or tidy records (one dict per item). The two that sweeps
 use, :class:`ABBehaviour` (CAA multiple choice) and :class:`NeutralKL` (coherence), are *logit metrics*: a
-fixed token batch and a ``score(logits)`` function, so :func:`logits_per_alpha` runs the batch once per strength
-and the metric turns the logits into numbers.
+fixed token batch and a ``score(logits)`` function, so :func:`steerlab.evaluate.logits_over_alphas` runs the batch
+once per strength (reusing the blocks below the steered layer) and the metric turns the logits into numbers. A
+``vector`` argument may also be an :class:`~steerlab.Intervention` (then the layer/mode/scale options stay unset).
 
 Lessons from measuring CAA on SmolLM2-135M (see docs/measure.md): the unsteered model prefers the letter "A"
 (p = 0.61), so every A/B question is also asked with its choices swapped (``balance=True``) and the behaviour is
@@ -19,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -28,11 +29,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from steerlab._forward import batched_logits, kl_per_token, mean_entropy
 from steerlab._interventions import Alpha
-from steerlab._positions import PositionSpec
 from steerlab._replay import logits_over_alphas
-from steerlab._steer import Intervention, Scale
-from steerlab._text import apply_chat, encode, forward_kwargs, pad_batch, pad_id, takes_logits_to_keep
+from steerlab._steer import Intervention, Scale, as_interventions
+from steerlab._text import apply_chat, encode, pad_batch, pad_id
 from steerlab._vector import SteeringVector
 from steerlab.datasets.pairs import read_json_file, swap_choice_text
 from steerlab.errors import DataError, SteeringError
@@ -43,11 +44,9 @@ __all__ = [
     "NeutralKL",
     "ab_probabilities",
     "generation_perplexity",
-    "is_identity",
     "kl_from_unsteered",
     "load_ab",
     "logit_diff",
-    "logits_per_alpha",
     "neutral_texts",
     "next_token_entropy",
     "p_matching",
@@ -60,78 +59,20 @@ __all__ = [
 # ----- the shared inner loop ------------------------------------------------------------------------------
 
 
-def is_identity(mode: str, alpha: Alpha | None) -> bool:
-    """True when ``alpha`` leaves the model unchanged (``None``, or 0 for ``add``/``ablate``): run without hooks."""
-    return alpha is None or (mode in ("add", "ablate") and not isinstance(alpha, tuple) and float(alpha) == 0.0)
-
-
-def _forward_logits(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, last_only: bool, batch_size: int):
-    device = next(model.parameters()).device
-    parts = []
-    extra = {"logits_to_keep": 1} if last_only and takes_logits_to_keep(model) else {}
-    with torch.inference_mode():
-        for start in range(0, input_ids.shape[0], batch_size):
-            ids, m = input_ids[start : start + batch_size], mask[start : start + batch_size]
-            if last_only:  # drop the columns that are padding in every row of this batch (left padding)
-                first = int(m.any(0).long().argmax())
-                ids, m = ids[:, first:], m[:, first:]
-            ids, m = ids.to(device), m.to(device)
-            # Only the last position's logits are needed: skip the unembedding of the others (most of the cost).
-            logits = model(**forward_kwargs(model, ids, m), **extra).logits
-            # Left padding puts every row's last real token in the last column.
-            parts.append((logits[:, -1] if last_only else logits).float().cpu())
-    return torch.cat(parts)
-
-
-def logits_per_alpha(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    vector: SteeringVector | None,
-    layer: int | None,
-    alphas: Sequence[Alpha | None],
+def _template(
+    vector: SteeringVector | Intervention | None,
     *,
+    layer: int | None = None,
     mode: str = "add",
     scale: Scale = "absolute",
-    positions: PositionSpec = "all",
-    last_only: bool = False,
-    batch_size: int = 16,
-) -> Iterator[tuple[Alpha | None, torch.Tensor]]:
-    """Logits of one fixed, left-padded token batch under one intervention at one layer, for each alpha.
-
-    This is the unit of work of every sweep cell. Yields ``(alpha, logits)`` with logits ``(n, length, vocab)``,
-    or ``(n, vocab)`` at the last token with ``last_only=True``. An identity alpha (see :func:`is_identity`)
-    runs with no hooks at all.
-
-    Example:
-        >>> for alpha, logits in logits_per_alpha(model, ids, mask, vec, 10, [-0.2, 0, 0.2], scale="relative"):
-        ...     print(alpha, logits.shape)
-    """
-    if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
-        raise DataError(
-            f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} must be the same "
-            "2-D (batch, length) shape."
-        )
-    alphas = list(alphas)
+) -> Intervention | None:
+    """The intervention a metric measures: ``vector`` with the options, or an Intervention given as it is."""
     if vector is None:
-        for alpha in alphas:
-            yield alpha, _forward_logits(model, input_ids, attention_mask, last_only, batch_size)
-        return
-    # The strengths of one chunk share its blocks below the layer (steerlab._replay): one replaying generator per
-    # chunk, advanced together, so only one strength's logits are held at a time.
-    layers = None if layer is None else [layer]
-    template = Intervention(vector, mode=mode, layers=layers, positions=positions, scale=scale)
-    steps = [None if is_identity(mode, a) else a for a in alphas]
-    device = next(model.parameters()).device
-    chunks = []
-    for start in range(0, input_ids.shape[0], batch_size):
-        ids, m = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
-        if last_only:  # drop the columns that are padding in every row of this chunk (left padding)
-            first = int(m.any(0).long().argmax())
-            ids, m = ids[:, first:], m[:, first:]
-        chunks.append(logits_over_alphas(model, ids.to(device), m.to(device), template, steps, last_only=last_only))
-    for alpha in alphas:
-        yield alpha, torch.cat([next(chunk)[1].cpu() for chunk in chunks])
+        return None
+    items = as_interventions(vector, layers=None if layer is None else [layer], mode=mode, scale=scale)
+    if len(items) != 1:
+        raise SteeringError(f"a metric measures one intervention at a time; got {len(items)}.")
+    return items[0]
 
 
 # ----- A/B multiple choice (CAA) --------------------------------------------------------------------------
@@ -209,8 +150,9 @@ class ABBehaviour:
 
     Example:
         >>> metric = ABBehaviour(tokenizer, load_ab("datasets/caa/test/refusal/test_dataset_ab.json")[:20])
-        >>> for alpha, logits in logits_per_alpha(model, metric.input_ids, metric.attention_mask, vec, 12,
-        ...                                       [0, 4], last_only=True):
+        >>> template = Intervention(vec, layers=[12])
+        >>> for alpha, logits in logits_over_alphas(model, metric.input_ids, metric.attention_mask, template,
+        ...                                         [0, 4], last_only=True):
         ...     print(alpha, metric.score(logits))
     """
 
@@ -279,10 +221,10 @@ def ab_probabilities(
         >>> sum(r["p_matching"] for r in rows) / len(rows)
     """
     metric = ABBehaviour(tokenizer, questions, balance=balance)
-    (_, logits), *_ = logits_per_alpha(
-        model, metric.input_ids, metric.attention_mask, vector, layer, [alpha], mode=mode, scale=scale,
-        last_only=True, batch_size=batch_size,
-    )  # fmt: skip
+    template = _template(vector, layer=layer, mode=mode, scale=scale)
+    ((_, logits),) = logits_over_alphas(
+        model, metric.input_ids, metric.attention_mask, template, [alpha], last_only=True, batch_size=batch_size
+    )
     return metric.per_item(logits)
 
 
@@ -347,9 +289,8 @@ def logit_diff(
     if not prompts:
         raise DataError("no prompts were given for logit_diff.")
     ids, mask = pad_batch(encode(tokenizer, prompts), pad_id(tokenizer), side="left")
-    (_, logits), *_ = logits_per_alpha(
-        model, ids, mask, vector, layer, [alpha], mode=mode, scale=scale, last_only=True, batch_size=batch_size
-    )
+    template = _template(vector, layer=layer, mode=mode, scale=scale)
+    ((_, logits),) = logits_over_alphas(model, ids, mask, template, [alpha], last_only=True, batch_size=batch_size)
     diff = logits[:, pos].mean(-1) - logits[:, neg].mean(-1)
     return [float(x) for x in diff]
 
@@ -406,17 +347,7 @@ def neutral_texts() -> list[str]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _kl_per_token(steered: torch.Tensor, reference_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    logp = torch.log_softmax(steered.double(), -1)
-    kl = (logp.exp() * (logp - reference_logp)).sum(-1)
-    return kl[mask.bool()]
-
-
-def next_token_entropy(logits: torch.Tensor, mask: torch.Tensor | None = None) -> float:
-    """Mean entropy (nats) of the next-token distributions in ``logits`` over the real tokens of ``mask``."""
-    logp = torch.log_softmax(logits.double(), -1)
-    ent = -(logp.exp() * logp).sum(-1)
-    return float(ent[mask.bool()].mean() if mask is not None else ent.mean())
+next_token_entropy = mean_entropy  # the public name of the one entropy function (steerlab._forward)
 
 
 class NeutralKL:
@@ -427,7 +358,8 @@ class NeutralKL:
     Example:
         >>> kl = NeutralKL(tokenizer)
         >>> kl.reference(model)
-        >>> for alpha, logits in logits_per_alpha(model, kl.input_ids, kl.attention_mask, vec, 12, [0.1]):
+        >>> template = Intervention(vec, layers=[12], scale="relative")
+        >>> for alpha, logits in logits_over_alphas(model, kl.input_ids, kl.attention_mask, template, [0.1]):
         ...     print(kl.score(logits))
     """
 
@@ -445,7 +377,7 @@ class NeutralKL:
     def reference(self, model: nn.Module, batch_size: int = 16) -> torch.Tensor:
         """Unsteered log-probabilities ``(n, length, vocab)`` (computed once; call outside any steering)."""
         if self._reference is None:
-            logits = _forward_logits(model, self.input_ids, self.attention_mask, False, batch_size)
+            logits = batched_logits(model, self.input_ids, self.attention_mask, batch_size=batch_size)
             self._reference = torch.log_softmax(logits.double(), -1).float()
         return self._reference
 
@@ -453,7 +385,7 @@ class NeutralKL:
         """Mean KL from the reference and mean next-token entropy over the real tokens."""
         if self._reference is None:
             raise SteeringError("NeutralKL.reference(model) must be called (unsteered) before score().")
-        kl = _kl_per_token(logits, self._reference.double(), self.attention_mask)
+        kl = kl_per_token(logits, self._reference, self.attention_mask)
         return {"kl": float(kl.mean().clamp_min(0.0)), "entropy": next_token_entropy(logits, self.attention_mask)}
 
 
@@ -476,10 +408,10 @@ def kl_from_unsteered(
     """
     metric = NeutralKL(tokenizer, texts)
     metric.reference(model, batch_size)
-    (_, logits), *_ = logits_per_alpha(
-        model, metric.input_ids, metric.attention_mask, vector, layer, [alpha], mode=mode, scale=scale,
-        batch_size=batch_size,
-    )  # fmt: skip
+    template = _template(vector, layer=layer, mode=mode, scale=scale)
+    ((_, logits),) = logits_over_alphas(
+        model, metric.input_ids, metric.attention_mask, template, [alpha], batch_size=batch_size
+    )
     return metric.score(logits)["kl"]
 
 
@@ -503,9 +435,8 @@ def generation_perplexity(
     """
     from steerlab.evaluate.comparison import compare
 
-    layers = None if layer is None else [layer]
-    rows = compare(model, tokenizer, prompts, vector, alphas=[alpha], mode=mode, layers=layers, scale=scale,
-                   max_new_tokens=max_new_tokens)  # fmt: skip
+    template = _template(vector, layer=layer, mode=mode, scale=scale)
+    rows = compare(model, tokenizer, prompts, template, alphas=[alpha], max_new_tokens=max_new_tokens)
     total = sum(g.nll * g.tokens for r in rows for g in r.generations if g.tokens and math.isfinite(g.nll))
     count = sum(g.tokens for r in rows for g in r.generations if g.tokens and math.isfinite(g.nll))
     return math.exp(total / count) if count else float("nan")

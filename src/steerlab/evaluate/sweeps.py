@@ -1,6 +1,6 @@
 """Sweep layers x strengths (x operators), measuring a behaviour and coherence, and calibrate from the sweep.
 
-Every cell of :func:`sweep` is one call of :func:`steerlab.evaluate.metrics.logits_per_alpha` (one fixed token batch,
+Every cell of :func:`sweep` is one call of :func:`steerlab.evaluate.logits_over_alphas` (one fixed token batch,
 one intervention at one layer, many alphas) per metric, for the vector and for a random direction of the same
 norm (the baseline). :func:`calibrate` then picks the cell with the largest effect whose coherence cost stays
 within a budget and can record it in the vector's metadata (``extra["recommended"]``).
@@ -19,11 +19,12 @@ from typing import Any, Literal
 
 from torch import nn
 
-from steerlab._interventions import Alpha
-from steerlab._steer import Scale, resolve_deltas
+from steerlab._interventions import Alpha, is_identity
+from steerlab._replay import logits_over_alphas
+from steerlab._steer import Intervention, Scale
 from steerlab._vector import SteeringVector
 from steerlab.errors import SteeringError
-from steerlab.evaluate.metrics import ABBehaviour, ABQuestion, NeutralKL, is_identity, logits_per_alpha
+from steerlab.evaluate.metrics import ABBehaviour, ABQuestion, NeutralKL
 from steerlab.evaluate.results import ResultTable
 
 __all__ = ["DEFAULT_ALPHAS", "DEFAULT_KL_BUDGET", "Recommendation", "calibrate", "sweep"]
@@ -82,10 +83,7 @@ def sweep(
         behaviour = ABBehaviour(tokenizer, list(behaviour))
     if not isinstance(coherence, NeutralKL):
         coherence = NeutralKL(tokenizer, coherence)
-    layers = list(vector.layers if layers is None else layers)
-    missing = [layer for layer in layers if layer not in vector.directions]
-    if missing:
-        raise SteeringError(f"layers {missing} are not in the vector, which has layers {vector.layers}.")
+    layers = list(vector.layers if layers is None else Intervention(vector, layers=layers).layers)
     alphas = list(alphas)
     if not alphas or not layers or not modes:
         raise SteeringError("a sweep needs at least one layer, one alpha and one mode.")
@@ -94,26 +92,26 @@ def sweep(
     if baseline:
         directions["random"] = vector.random_like(seed=seed)
 
-    def measure(metric: Any, vec: SteeringVector | None, layer: int | None, mode: str, cell_alphas: list):
+    def measure(metric: Any, template: Intervention | None, cell_alphas: list):
         out = {}
-        for alpha, logits in logits_per_alpha(
-            model, metric.input_ids, metric.attention_mask, vec, layer, cell_alphas, mode=mode, scale=scale,
-            last_only=metric.last_only, batch_size=batch_size,
+        for alpha, logits in logits_over_alphas(
+            model, metric.input_ids, metric.attention_mask, template, cell_alphas, last_only=metric.last_only,
+            batch_size=batch_size,
         ):  # fmt: skip
             out[repr(alpha)] = metric.score(logits)
         return out
 
-    unsteered = measure(behaviour, None, None, "add", [None])[repr(None)]
+    unsteered = measure(behaviour, None, [None])[repr(None)]
     first = next(iter(unsteered))
     cells = [(mode, layer, name) for mode in modes for layer in layers for name in directions]
     show = progress if progress is not None else len(cells) > 4
     records = []
     for mode, layer, name in track(cells, description="sweeping", disable=not show, transient=True):
-        vec = directions[name]
+        template = Intervention(directions[name], mode=mode, layers=[layer], scale=scale)
         moving = [a for a in alphas if not is_identity(mode, a)]
-        scores = measure(behaviour, vec, layer, mode, moving) if moving else {}
-        kls = measure(coherence, vec, layer, mode, moving) if moving else {}
-        delta_norm = float(resolve_deltas(vec, [layer], scale)[layer].norm())
+        scores = measure(behaviour, template, moving) if moving else {}
+        kls = measure(coherence, template, moving) if moving else {}
+        delta_norm = float(template.deltas()[layer].norm())
         for alpha in alphas:
             key = repr(alpha)
             values = scores.get(key, unsteered)
