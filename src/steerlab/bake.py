@@ -23,13 +23,16 @@ A baked model saves with ``save_pretrained`` and loads in plain transformers whe
 has a switch that creates the bias (Llama's ``mlp_bias``, ``attention_bias``; GPT-2, GPT-NeoX, GPT-J, GPT-Neo,
 OPT and Phi have biases already). For others (e.g. Mistral, Qwen2, Phi-3) the baked model works in memory
 (useful with ``torch.compile``, which ignores hooks added after compiling), and :func:`save_baked` refuses
-to write a folder that would silently lose the bias.
+to write a folder that would silently lose the bias. :func:`verify_baked` reloads a saved folder with plain
+transformers and compares its logits with the hooked model's (:func:`probe_logits`, taken before baking).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +40,15 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from steerlab._steer import Intervention, as_interventions
+from steerlab._forward import batched_logits
+from steerlab._steer import Intervention, as_interventions, steer
+from steerlab._text import apply_chat, encode, pad_batch, pad_id
 from steerlab._vector import SteeringVector
 from steerlab.arch.registry import get_layout
 from steerlab.errors import SteeringError
 from steerlab.types import Positions, Scale, Site
 
-__all__ = ["bake_addition", "orthogonalize", "save_baked"]
+__all__ = ["PROBE_PROMPT", "BakeCheck", "bake_addition", "orthogonalize", "probe_logits", "save_baked", "verify_baked"]
 
 _BIAS_FLAGS = ("mlp_bias", "attention_bias", "bias", "use_bias", "add_bias_linear")
 
@@ -261,3 +266,60 @@ def _fill_new_biases(model: nn.Module, names: set[str]) -> None:
         weight = owner.weight
         size = weight.shape[1] if isinstance(owner, Conv1D) else weight.shape[0]
         owner.bias = nn.Parameter(torch.zeros(size, dtype=weight.dtype, device=weight.device))
+
+
+PROBE_PROMPT = "Tell me about your weekend."
+"""The prompt on which a baked model is compared with the hooked one."""
+
+
+@dataclass(frozen=True)
+class BakeCheck:
+    """How closely a saved baked model reproduces the hooked model's logits on :data:`PROBE_PROMPT`."""
+
+    max_diff: float
+    logit_scale: float
+
+    @property
+    def ok(self) -> bool:
+        """Within float rounding: at most 1e-3 of the largest logit."""
+        return self.max_diff <= 1e-3 * max(self.logit_scale, 1.0)
+
+
+def probe_logits(
+    model: nn.Module,
+    tokenizer: Any,
+    steering: SteeringVector | Intervention | Sequence[Intervention] | None = None,
+    prompt: str = PROBE_PROMPT,
+) -> torch.Tensor:
+    """Float32 logits of ``prompt`` (in the chat template when there is one) under ``steering`` (hooks), or of
+    the model as it is: the reference a baked model must reproduce. Take it before baking, which changes the model.
+
+    Example:
+        >>> reference = probe_logits(model, tokenizer, Intervention(vec, alpha=0.1, scale="relative"))
+    """
+    ids = encode(tokenizer, [apply_chat(tokenizer, prompt)])
+    input_ids, mask = pad_batch(ids, pad_id(tokenizer), side="left")
+    with steer(model, steering) if steering is not None else contextlib.nullcontext():
+        return batched_logits(model, input_ids, mask, batch_size=1)
+
+
+def verify_baked(folder: str | Path, tokenizer: Any, reference: torch.Tensor, prompt: str = PROBE_PROMPT) -> BakeCheck:
+    """Load ``folder`` with plain transformers (no steerlab) and compare its logits on ``prompt`` with
+    ``reference`` (from :func:`probe_logits` on the hooked model).
+
+    Example:
+        >>> reference = probe_logits(model, tokenizer, Intervention(vec, alpha=0.1, scale="relative"))
+        >>> save_baked(bake_addition(model, vec, alpha=0.1, scale="relative"), tokenizer, "smollm2-happy")
+        >>> verify_baked("smollm2-happy", tokenizer, reference).ok
+        True
+    """
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(folder).eval()
+    reloaded = probe_logits(plain, tokenizer, None, prompt)
+    if reloaded.shape != reference.shape:
+        raise SteeringError(
+            f"the reference logits have shape {tuple(reference.shape)} but the saved model gives "
+            f"{tuple(reloaded.shape)}; take the reference with probe_logits(...) on the same prompt."
+        )
+    return BakeCheck(float((reloaded - reference).abs().max()), float(reference.abs().max()))

@@ -11,7 +11,6 @@ from typing import Literal
 import typer
 from rich.table import Table
 
-from steerlab._forward import input_device
 from steerlab.cli._common import (
     DEVICE_OPT,
     DTYPE_OPT,
@@ -193,44 +192,33 @@ def bake(
     dtype: str | None = DTYPE_OPT,
 ) -> None:
     """Bake a steering vector into the weights and save a model that plain transformers loads."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from steerlab._steer import directional_ablation, steer
-    from steerlab._text import apply_chat
+    from steerlab._steer import Intervention, directional_ablation
     from steerlab._vector import SteeringVector
-    from steerlab.bake import bake_addition, orthogonalize, save_baked
+    from steerlab.bake import bake_addition, orthogonalize, probe_logits, save_baked, verify_baked
 
     vec = SteeringVector.load(vector)
     layer_list = parse_ints(layers, "--layers") if layers else None
     if out_dir.exists() and any(out_dir.iterdir()):
         raise SteerlabError(f"--out '{out_dir}' exists and is not empty; choose a new folder.")
     lm, tokenizer = _load(model, device, dtype)
-    probe = tokenizer(apply_chat(tokenizer, "Tell me about your weekend."), return_tensors="pt")
-    probe = {k: v.to(input_device(lm)) for k, v in probe.items()}
-    with torch.no_grad():  # the hooked model is the reference the baked one must reproduce
-        if ablate:
-            with steer(lm, directional_ablation(lm, vec, source_layer)):
-                reference = lm(**probe).logits.float()
-            orthogonalize(lm, vec, source_layer)
-        else:
-            with steer(lm, vec, alpha, layers=layer_list, site=site, scale=scale):  # type: ignore[arg-type]
-                reference = lm(**probe).logits.float()
-            bake_addition(lm, vec, alpha, layers=layer_list, site=site, scale=scale)  # type: ignore[arg-type]
+    if ablate:
+        steering = directional_ablation(lm, vec, source_layer)
+        reference = probe_logits(lm, tokenizer, steering)  # the hooked model is what the baked one must reproduce
+        orthogonalize(lm, vec, source_layer)
+    else:
+        steering = Intervention(vec, alpha, layers=layer_list, site=site, scale=scale)
+        reference = probe_logits(lm, tokenizer, steering)
+        bake_addition(lm, steering)
     save_baked(lm, tokenizer, out_dir)
     with err.status("checking the saved folder with plain transformers ..."):
-        plain = AutoModelForCausalLM.from_pretrained(out_dir).to(reference.device).eval()
-        with torch.no_grad():
-            reloaded = plain(**probe).logits.float()
-    gap = float((reloaded - reference).abs().max())
-    scale_ = float(reference.abs().max())
+        check = verify_baked(out_dir, tokenizer, reference)
     what = "orthogonalised against" if ablate else f"alpha={alpha:g} x"
     err.print(
         f"baked ({what} {vector.name}) -> {out_dir}; plain transformers reproduces the hooked logits to "
-        f"max |diff| {gap:.2e} (logits up to {scale_:.1f})."
+        f"max |diff| {check.max_diff:.2e} (logits up to {check.logit_scale:.1f})."
     )
-    if gap > 1e-3 * max(scale_, 1.0):
-        raise SteerlabError(f"the saved model differs from the hooked one by {gap:.3g}; please report this.")
+    if not check.ok:
+        raise SteerlabError(f"the saved model differs from the hooked one by {check.max_diff:.3g}; please report this.")
 
 
 @app.command("export")

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from steerlab._forward import input_device
+from steerlab._forward import input_device, kl_per_token
 from steerlab._hooks import HookSet
-from steerlab._steer import steer
+from steerlab._steer import Intervention, steer
 from steerlab._text import encode, forward_kwargs, pad_batch, pad_id
 from steerlab._vector import SteeringVector
 from steerlab.arch.registry import get_layout
@@ -95,10 +95,7 @@ def breakdown(
     from steerlab.datasets.pairs import NEUTRAL_PROMPTS
 
     vector.check_fits(model)
-    layers = list(vector.layers if layers is None else layers)
-    missing = [layer for layer in layers if layer not in vector.directions]
-    if missing:
-        raise SteeringError(f"layers {missing} are not in the vector, which has layers {vector.layers}.")
+    layers = list(vector.layers if layers is None else Intervention(vector, layers=layers).layers)
     alphas = sorted(float(a) for a in alphas)
     if not alphas or any(a <= 0 for a in alphas):
         raise SteeringError(f"breakdown alphas must be positive multiples of the residual norm, got {alphas}.")
@@ -106,7 +103,7 @@ def breakdown(
     prompts = list(prompts) if prompts is not None else list(NEUTRAL_PROMPTS[:4])
     ids, mask = pad_batch(encode(tokenizer, texts), pad_id(tokenizer), side="left")
     base_logits, base_norms = _run(model, ids, mask, batch_size)
-    base_logp = torch.log_softmax(base_logits.double(), -1)
+    base_logp = torch.log_softmax(base_logits.double(), -1)  # the reference, once
     base_entropy = next_token_entropy(base_logits, mask)
     base_ppl = (
         generation_perplexity(model, tokenizer, prompts, vector, 0.0, layer=layers[0], max_new_tokens=max_new_tokens)
@@ -119,14 +116,13 @@ def breakdown(
         natural = float(base_norms[layer])
         for alpha in alphas:
             scaled = unit * (alpha * natural)
-            with steer(model, scaled, 1.0, layers=[layer]):
+            with steer(model, scaled, 1.0, layers=[layer], scale="absolute"):
                 logits, norms = _run(model, ids, mask, batch_size)
-            logp = torch.log_softmax(logits.double(), -1)
-            kl = (logp.exp() * (logp - base_logp)).sum(-1)[mask.bool()].mean().clamp_min(0.0)
+            kl = kl_per_token(logits, base_logp, mask).mean().clamp_min(0.0)
             ppl = None
             if max_new_tokens > 0:
                 ppl = generation_perplexity(
-                    model, tokenizer, prompts, scaled, 1.0, layer=layer, max_new_tokens=max_new_tokens
+                    model, tokenizer, prompts, scaled, 1.0, layer=layer, scale="absolute", max_new_tokens=max_new_tokens
                 )
             records.append({
                 "layer": layer, "alpha": alpha, "added_norm": alpha * natural, "natural_norm": natural,
