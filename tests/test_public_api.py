@@ -28,7 +28,9 @@ PUBLIC = {
         "ArchSpec", "ModelLayout", "SITES", "get_layout", "register_architecture", "registered_architectures",
         "set_architecture",
     ],
-    "steerlab.bake": ["BakeCheck", "PROBE_PROMPT", "bake_addition", "orthogonalize", "probe_logits", "save_baked", "verify_baked"],
+    "steerlab.bake": [
+        "BakeCheck", "PROBE_PROMPT", "bake_addition", "orthogonalize", "probe_logits", "save_baked", "verify_baked",
+    ],
     "steerlab.cli": ["app", "main"],
     "steerlab.datasets": [
         "ContrastPair", "NEUTRAL_PROMPTS", "balance_ab", "dataset_hash", "load_pairs", "load_statements", "pair_texts",
