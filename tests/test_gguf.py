@@ -47,6 +47,26 @@ def test_repeng_style_file_imports(tiny, tmp_path):
     assert torch.equal(vec.directions[3], torch.from_numpy(2 * values))
 
 
+def test_a_file_without_norms_gets_them_measured_so_relative_strengths_work(tiny, tokenizer, tmp_path):
+    from steerlab import Intervention, record, steer
+    from steerlab.errors import SteeringError
+
+    model = tiny("llama")
+    values = np.linspace(-1, 1, 32, dtype=np.float32)
+    path = write_control_vector(tmp_path / "r.gguf", {"direction.2": values})
+    bare = import_gguf(path, model)
+    with pytest.raises(SteeringError, match="scale='relative' needs the residual norm"):
+        Intervention(bare, alpha=0.1, scale="relative").deltas()
+    texts = ["The weather is mild today.", "A train leaves the station at noon."]
+    vec = import_gguf(path, model, tokenizer=tokenizer, norm_texts=texts)
+    want = record(model, tokenizer, texts, layers=[2], reduce="mean").resid_norm[2]
+    assert vec.resid_norm == {2: pytest.approx(want)} and vec.extra["resid_norm_measured_on"] == "2 texts at import"
+    with steer(model, vec, alpha=0.1, scale="relative"):
+        pass  # resolves: the measured norm makes a relative strength usable
+    with pytest.raises(FormatError, match="norm_texts"):
+        import_gguf(path, model, tokenizer=tokenizer)
+
+
 def test_export_refusals(tiny, tmp_path):
     model = tiny("llama")
     with pytest.raises(FormatError, match="cannot load a direction for layer 0"):

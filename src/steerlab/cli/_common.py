@@ -26,6 +26,24 @@ app = typer.Typer(
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from steerlab._version import __version__
+
+        out.print(f"steerlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", help="Print steerlab's version and exit.", callback=_print_version, is_eager=True
+    ),
+) -> None:
+    """Extract steering vectors, steer generation, compare."""
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 MODEL_OPT = typer.Option(DEFAULT_MODEL, "--model", help="Alias, .gguf file, model folder or hub id.")

@@ -68,6 +68,8 @@ def chat(
     system: str | None = typer.Option(None, "--system", help="A system prompt."),
     max_tokens: int = typer.Option(128, "--max-tokens"),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
+    device: str | None = DEVICE_OPT,
+    dtype: str | None = DTYPE_OPT,
 ) -> None:
     """Chat in the terminal with a steered model (type /quit or end the input to leave)."""
     from steerlab.serve.chat import Conversation, local_backend, remote_backend
@@ -85,7 +87,7 @@ def chat(
         from steerlab._vector import SteeringVector
 
         vec = SteeringVector.load(vector) if vector else None
-        lm, tokenizer = _load(model or "", None, None)
+        lm, tokenizer = _load(model or "", device, dtype)
         backend, stop = local_backend(lm, tokenizer, vector=vec, **options)  # type: ignore[arg-type]
     talk = Conversation(backend, system=system)
     steering = f"{vector} x {alpha:g} ({mode}, {scale})" if vector else "unsteered"

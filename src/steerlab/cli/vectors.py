@@ -40,6 +40,7 @@ def extract(
     method: Method = typer.Option("mean_diff", "--method", help="How a direction is read from the pairs."),
     reduce: Literal["last", "mean"] = typer.Option("last", "--reduce", help="Token read per text."),
     normalize: bool = typer.Option(False, "--normalize", help="Scale each layer's direction to unit norm."),
+    site: Site = typer.Option("resid_post", "--site", help="Where in the block activations are read."),
     batch_size: int = typer.Option(16, "--batch-size"),
     model: str = MODEL_OPT,
     device: str | None = DEVICE_OPT,
@@ -61,6 +62,7 @@ def extract(
         method=method,
         reduce=reduce,  # type: ignore[arg-type]
         normalize=normalize,
+        site=site,
         batch_size=batch_size,
     )
     seconds = time.perf_counter() - start
@@ -200,6 +202,10 @@ def bake(
     layer_list = parse_ints(layers, "--layers") if layers else None
     if out_dir.exists() and any(out_dir.iterdir()):
         raise SteerlabError(f"--out '{out_dir}' exists and is not empty; choose a new folder.")
+    if ablate and source_layer is None and len(vec.layers) != 1:
+        raise SteerlabError(
+            f"the vector has layers {vec.layers}; say whose direction to remove everywhere with --source-layer L."
+        )
     lm, tokenizer = _load(model, device, dtype)
     if ablate:
         steering = directional_ablation(lm, vec, source_layer)
@@ -260,13 +266,21 @@ def import_vector(
     gguf_file: Path = typer.Argument(..., help="A llama.cpp control vector (.gguf), from steerlab or repeng."),
     out_path: Path = typer.Option(..., "--out", help="Where to write the .safetensors vector."),
     model: str = MODEL_OPT,
+    device: str | None = DEVICE_OPT,
+    dtype: str | None = DTYPE_OPT,
 ) -> None:
-    """Import a llama.cpp control vector, checked against the model it is for."""
+    """Import a llama.cpp control vector, checked against the model it is for.
 
-    lm, _ = _load(model, None, None)
-    vec = import_gguf(gguf_file, lm)
+    A file without steerlab's header (repeng, llama.cpp's own tools) carries no residual norms; they are measured
+    here on steerlab's neutral texts, so relative strengths (the server's and chat's default) work on it.
+    """
+    from steerlab.evaluate.metrics import neutral_texts
+
+    lm, tokenizer = _load(model, device, dtype)
+    vec = import_gguf(gguf_file, lm, tokenizer=tokenizer, norm_texts=neutral_texts())
     vec.save(out_path)
-    err.print(f"imported {gguf_file} (layers {vec.layers}) -> {out_path}")
+    measured = " (residual norms measured on the neutral texts)" if "resid_norm_measured_on" in vec.extra else ""
+    err.print(f"imported {gguf_file} (layers {vec.layers}) -> {out_path}{measured}")
 
 
 DEMO_PROMPTS = NEUTRAL_PROMPTS[:3]

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import nn
@@ -79,13 +80,23 @@ def _string_field(reader, key: str) -> str | None:
         raise FormatError(f"GGUF key '{key}' is not a readable string.") from None
 
 
-def import_gguf(path: str | Path, model: nn.Module) -> SteeringVector:
+def import_gguf(
+    path: str | Path,
+    model: nn.Module,
+    *,
+    tokenizer: Any = None,
+    norm_texts: Sequence[str] | None = None,
+) -> SteeringVector:
     """Read a llama.cpp control vector (ours or repeng's) for ``model``, checking it fits.
 
-    The model is needed because the file does not record the model's width and depth, only a type hint.
+    The model is needed because the file does not record the model's width and depth, only a type hint. A file
+    written by another tool has no residual norms, so ``scale="relative"`` cannot be used with it; give
+    ``tokenizer`` and ``norm_texts`` and the mean residual norm at each of its layers is measured on those texts
+    (recorded in ``extra["resid_norm_measured_on"]``).
 
     Example:
         >>> vec = import_gguf("happy.gguf", model)
+        >>> vec = import_gguf("repeng.gguf", model, tokenizer=tokenizer, norm_texts=neutral_texts())
     """
     import gguf
 
@@ -151,7 +162,7 @@ def import_gguf(path: str | Path, model: nn.Module) -> SteeringVector:
             header = json.loads(raw)
         except json.JSONDecodeError:
             raise FormatError(f"'{path}': the steerlab header is not valid JSON.") from None
-    return SteeringVector(
+    vector = SteeringVector(
         directions=directions,
         model_id=str(header.get("model_id", model_id(model))),
         fingerprint=fp,
@@ -161,3 +172,14 @@ def import_gguf(path: str | Path, model: nn.Module) -> SteeringVector:
         resid_norm={int(k): float(v) for k, v in (header.get("resid_norm") or {}).items() if int(k) in directions},
         extra={**dict(header.get("extra") or {}), "imported_from": path.name},
     )
+    missing = [layer for layer in vector.layers if layer not in vector.resid_norm]
+    if missing and tokenizer is not None:
+        if not norm_texts:
+            raise FormatError("give the texts to measure the residual norms on (norm_texts=...), or no tokenizer.")
+        from steerlab._record import record
+
+        texts = list(norm_texts)
+        acts = record(model, tokenizer, texts, layers=vector.layers, reduce="mean", site=vector.site)
+        vector.resid_norm = {**acts.resid_norm, **vector.resid_norm}
+        vector.extra["resid_norm_measured_on"] = f"{len(texts)} texts at import"
+    return vector
