@@ -200,16 +200,16 @@ def schema_error(model, body) -> ApiError:
     [
         ({"model": SERVED}, "messages", "messages: this field is required"),
         ({"model": SERVED, "messages": HELLO, "temperature": 3}, "temperature", "less than or equal to 2"),
-        ({"model": SERVED, "messages": HELLO, "steering": entry(colour=1)}, "steering.0.colour", "Extra inputs"),
-        ({"model": SERVED, "messages": HELLO, "steering": entry(mode="twist")}, "steering.0.mode", "'add'"),
+        ({"model": SERVED, "messages": HELLO, "steering": entry(colour=1)}, "steering[0].colour", "Extra inputs"),
+        ({"model": SERVED, "messages": HELLO, "steering": entry(mode="twist")}, "steering[0].mode", "'add'"),
         (
             {"model": SERVED, "messages": HELLO, "steering": entry(mode="clamp")},
-            "steering.0.alpha",
-            r"^steering.0.alpha: mode 'clamp' takes alpha as \[lo, hi\]",
+            "steering[0].alpha",
+            r"^steering\[0\].alpha: mode 'clamp' takes alpha as \[lo, hi\]",
         ),
         (
             {"model": SERVED, "messages": HELLO, "steering": entry(alpha=[0, 1])},
-            "steering.0.alpha",
+            "steering[0].alpha",
             r"mode 'add' takes alpha as a number, got \[0.0, 1.0\]",
         ),
     ],

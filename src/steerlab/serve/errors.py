@@ -29,7 +29,9 @@ class ApiError(Exception):
         'not_found_error'
     """
 
-    def __init__(self, status: int, message: str, *, code: str, param: str | None = None, kind: str | None = None):
+    def __init__(
+        self, status: int, message: str, *, code: str, param: str | None = None, kind: str | None = None
+    ) -> None:
         if not code:
             # The point of issue 13: a client must always be able to branch on the code, never on the message.
             raise ValueError(f"ApiError({status}, {message!r}) needs a code, e.g. code='invalid_value'.")

@@ -247,9 +247,20 @@ def request_error(errors: Sequence[dict[str, Any]]) -> ApiError:
     first = dict(errors[0]) if errors else {}
     if first.get("type") == "json_invalid":
         return ApiError(400, f"the body is not valid JSON: {first.get('msg')}", code="invalid_json")
-    param = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or None
+    param = _field(first.get("loc", ()))
     if first.get("type") == "missing":
         return ApiError(400, f"{param}: this field is required", param=param, code="invalid_value")
     # pydantic prefixes the messages of the schemas' own checks with "Value error, "; the field name says enough.
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     return ApiError(400, f"{param or 'body'}: {message}", param=param, code="invalid_value")
+
+
+def _field(loc: Sequence[str | int]) -> str | None:
+    """A pydantic location as the validator names fields: ``("body", "steering", 0, "alpha")`` ->
+    ``"steering[0].alpha"``; ``None`` for the body itself."""
+    name = ""
+    for part in loc:
+        if part == "body" and not name:
+            continue
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or None
