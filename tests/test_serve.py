@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
@@ -183,6 +184,51 @@ def test_upload_errors(smol, server, tiny, tmp_path):
     status, error = upload("big", b"\0" * (LIMITS.max_vector_bytes + 1))
     assert status == 413 and error["code"] == "body_too_large"
     assert sorted(p.name for p in folder.iterdir()) == before  # nothing half-written was left behind
+
+
+def test_every_error_has_a_code_and_none_shows_the_servers_folder(server, model_name, tmp_path):
+    """Issue 13: some errors answered ``"code": null`` (a relative strength on a vector without residual norms,
+    the router's own 404 / 405...), and a refused upload named the server's temporary file."""
+    url, app = server
+    folder = str(app.state.library.folder)
+    bare = dataclasses.replace(app.state.library.get("sentiment"), resid_norm={})  # no norms: no relative scale
+    uploaded = httpx.post(
+        url + "/v1/vectors", params={"name": "bare"}, content=bare.save(tmp_path / "bare.safetensors").read_bytes()
+    )
+    assert uploaded.status_code == 201, uploaded.text
+    chat_body = {"model": model_name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    cases = [
+        ("POST", "/v1/chat/completions", {"json": {**chat_body, "steering": [{"vector": "bare", "alpha": 0.1}]}},
+         400, "invalid_steering"),
+        ("GET", "/nowhere", {}, 404, "not_found"),
+        ("DELETE", "/v1/models", {}, 405, "method_not_allowed"),
+        ("GET", "/v1/models/gpt-4o", {}, 404, "model_not_found"),
+        ("GET", "/v1/vectors/nope", {}, 404, "vector_not_found"),
+        ("DELETE", "/v1/vectors/nope", {}, 404, "vector_not_found"),
+        ("GET", "/playground/secrets.txt", {}, 404, "not_found"),
+        ("POST", "/v1/chat/completions", {"json": {"model": model_name}}, 400, "invalid_value"),
+        ("POST", "/v1/completions", {"json": {"model": model_name, "prompt": ["a", "b"]}}, 400,
+         "one_prompt_per_request"),
+        ("POST", "/v1/chat/completions", {"json": {**chat_body, "max_tokens": 0}}, 400, "max_tokens_out_of_range"),
+        ("POST", "/v1/sweep", {"json": {"prompt": "Hi", "vector": "sentiment", "alphas": [0.1] * 10}}, 400,
+         "too_many_alphas"),
+        ("POST", "/v1/vectors", {"content": b"x"}, 400, "invalid_value"),  # no ?name=
+        ("POST", "/v1/vectors?name=../up", {"content": b"x"}, 400, "invalid_vector_name"),
+        ("POST", "/v1/vectors?name=junk", {"content": b"not safetensors"}, 400, "invalid_vector"),
+        ("POST", "/v1/vectors?name=empty", {"content": b""}, 400, "invalid_vector"),
+        ("POST", "/v1/vectors?name=big", {"content": b"\0" * (LIMITS.max_vector_bytes + 1)}, 413, "body_too_large"),
+    ]  # fmt: skip
+    try:
+        for method, path, kw, status, code in cases:
+            response = httpx.request(method, url + path, timeout=60, **kw)
+            error = response.json()["error"]
+            assert (response.status_code, error["code"]) == (status, code), (method, path, response.text)
+            assert error["message"] and folder not in error["message"] and ".upload-" not in error["message"]
+            assert error["type"] == ("not_found_error" if status == 404 else "invalid_request_error")
+        refused = httpx.post(url + "/v1/vectors", params={"name": "junk"}, content=b"not safetensors").json()
+        assert refused["error"]["message"].startswith("the upload was refused: the upload is not a readable")
+    finally:
+        httpx.delete(url + "/v1/vectors/bare")
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from steerlab.serve.app import ApiError, create_app
+from steerlab.serve.app import create_app
 from steerlab.serve.engine import Engine, EngineBusy, Event, Job
+from steerlab.serve.errors import ApiError
 from steerlab.serve.library import VectorLibrary
 from steerlab.serve.schemas import ServeLimits
 

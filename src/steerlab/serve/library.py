@@ -110,6 +110,7 @@ class VectorLibrary:
 
         Raises :class:`FormatError` (bad name, too large, not a steerlab vector), :class:`VectorMismatchError`
         (made for another model) or :class:`FileExistsError` (the name is taken and ``overwrite`` is false).
+        Messages call the file "the upload", never by a path on the server.
         """
         self.check_name(name)
         if len(data) > self.max_bytes:
@@ -121,7 +122,13 @@ class VectorLibrary:
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
-            vec = self._load(Path(tmp))  # safetensors parse + header + fingerprint check against the served model
+            try:  # safetensors parse + header + fingerprint check against the served model
+                vec = self._load(Path(tmp))
+            except SteerlabError as error:
+                # The message names the temporary file, a path on the server that means nothing to the uploader
+                # and shows the server's folder layout: name the upload instead (same error type, same text).
+                message = str(error).replace(f"'{tmp}'", "the upload").replace(tmp, "the upload")
+                raise type(error)(message) from None
             with self._lock:
                 if name in self._vectors and not overwrite:
                     raise FileExistsError(name)

@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from steerlab.types import Mode, Positions, Scale
 
 __all__ = ["ChatMessage", "ChatRequest", "CompletionRequest", "ServeLimits", "SteeringSpec", "SweepRequest"]
 
@@ -47,16 +49,32 @@ class SteeringSpec(BaseModel):
     ``alpha`` is a number, or ``[lo, hi]`` for ``mode="clamp"`` (``null`` = unbounded). With the default
     ``scale="relative"`` it is a fraction of the layer's mean residual norm (0.15 adds 15%); ``"absolute"``
     multiplies the stored direction as it is. ``layers`` picks a subset of the vector's layers.
+
+    The schema checks only the JSON form; the values are checked by :class:`steerlab.Intervention` (see
+    :mod:`steerlab.serve.validate`), and the choices come from :mod:`steerlab.types`, so a new mode reaches the
+    server without an edit here.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     vector: str
+    mode: Mode = "add"  # before alpha: alpha's validator reads it
     alpha: float | tuple[float | None, float | None]
     layers: list[int] | None = None
-    mode: Literal["add", "ablate", "ablate_then_add", "clamp"] = "add"
-    positions: Literal["all", "prompt", "generated"] | int = "all"
-    scale: Literal["relative", "absolute"] = "relative"
+    positions: Positions = "all"
+    scale: Scale = "relative"
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_form(cls, alpha: float | tuple, info: ValidationInfo) -> float | tuple:
+        # Which JSON form alpha takes depends on the mode; said here in the request's own notation ([lo, hi]),
+        # where the library would say it in Python's ((lo, hi)).
+        mode = info.data.get("mode")  # absent when mode itself was refused: that error is reported instead
+        if mode == "clamp" and not isinstance(alpha, tuple):
+            raise ValueError(f"mode 'clamp' takes alpha as [lo, hi] (null: unbounded), got {alpha}.")
+        if mode is not None and mode != "clamp" and isinstance(alpha, tuple):
+            raise ValueError(f"mode '{mode}' takes alpha as a number, got {list(alpha)}.")
+        return alpha
 
 
 class _Sampling(BaseModel):
@@ -117,7 +135,8 @@ class SweepRequest(BaseModel):
     vector: str
     alphas: list[float] = Field(min_length=1)
     layers: list[int] | None = None
+    # Narrower than steerlab.types.Mode: a sweep varies one number, and clamp's strength is a band.
     mode: Literal["add", "ablate", "ablate_then_add"] = "add"
-    positions: Literal["all", "prompt", "generated"] | int = "all"
-    scale: Literal["relative", "absolute"] = "relative"
+    positions: Positions = "all"
+    scale: Scale = "relative"
     max_tokens: int = 24
