@@ -113,7 +113,13 @@ def _dequantize_to_cache(gguf: Path, target: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "steerlab_source.txt").write_text(str(gguf.resolve()) + "\n")
-        os.replace(tmp, target)  # atomic: a half-written cache is never used
+        try:
+            os.replace(tmp, target)  # atomic: a half-written cache is never used
+        except OSError:
+            if not target.is_dir():
+                raise
+            # Another process finished the same cache first (same GGUF, same key): use theirs.
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
