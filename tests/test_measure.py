@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from steerlab import SteeringVector
-from steerlab._models import fingerprint
+from steerlab._models import fingerprint, model_id
 from steerlab.errors import DataError, SteeringError
 from steerlab.evaluate.metrics import (
     ABBehaviour,
@@ -94,7 +94,7 @@ def _planted(model, letter_ids, layers=(0, 1, 2, 3), planted_layer=3, norm=6.0):
     for layer in layers:
         d = push if layer == planted_layer else torch.randn(push.shape[0], generator=gen)
         dirs[layer] = d / d.norm() * norm
-    return SteeringVector(dirs, model_id=model._steerlab_model_id, fingerprint=fingerprint(model))
+    return SteeringVector(dirs, model_id=model_id(model), fingerprint=fingerprint(model))
 
 
 def test_sweep_and_calibrate_find_the_planted_cell(tiny, tokenizer):
