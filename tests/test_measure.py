@@ -25,7 +25,7 @@ from steerlab.evaluate.metrics import (
     token_projections,
 )
 from steerlab.evaluate.probes import probe_layers, split, train_probe, transfer_matrix
-from steerlab.evaluate.results import ResultTable
+from steerlab.evaluate.results import KINDS, ResultTable
 from steerlab.evaluate.structure import activation_covariance, activation_pca, cosine_matrix, cross_layer_cosine
 from steerlab.evaluate.sweeps import DEFAULT_KL_BUDGET, calibrate, sweep
 from tiny import random_vector
@@ -281,7 +281,9 @@ def test_figures_and_report_for_every_kind(tmp_path, tiny, tokenizer):
         for a in (0.1, 1.0, 2.0)
     ], {"collapse_kl": 1.0})  # fmt: skip
     tables = [sweep_table, probe, transfer, pca, breakdown_table]
+    assert sorted(t.kind for t in tables) == sorted(KINDS), "a result kind without a table in this test"
     assert [len(figures_for(t)) for t in tables] == [2, 1, 1, 1, 1]
+    assert [title for title, _ in figures_for(sweep_table)] == ["Layer x alpha", "Effect vs coherence"]
     page = write_report(tables, tmp_path / "r.html", title="<all kinds>").read_text()
     assert page.count("data:image/png;base64,") == 6 and "&lt;all kinds&gt;" in page
     assert "http://" not in page and "https://" not in page
