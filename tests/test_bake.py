@@ -19,7 +19,7 @@ NOT_BAKEABLE = {
 }
 BAKEABLE = [a for a in ARCHS if a not in NOT_BAKEABLE]
 # Architectures whose config has a switch creating the biases that baking needs (or that have them already).
-SAVEABLE_RESID = {"llama", "gpt2", "gpt_neox", "gptj", "gpt_neo", "falcon", "granite", "opt", "phi"}
+SAVEABLE_RESID = {"llama", "gpt2", "gpt_neox", "gptj", "gpt_neo", "falcon", "granite", "phi"}
 IDS = torch.tensor([PROMPTS[2]])
 
 

@@ -21,8 +21,8 @@ output is exactly a sublayer's contribution (``ArchSpec.attn_out`` / ``mlp_out``
 residual inside its sublayers).
 
 A baked model saves with ``save_pretrained`` and loads in plain transformers when the architecture's config
-has a switch that creates the bias (Llama's ``mlp_bias``, ``attention_bias``; GPT-2, GPT-NeoX, GPT-J, GPT-Neo,
-OPT and Phi have biases already). For others (e.g. Mistral, Qwen2, Phi-3) the baked model works in memory
+has a switch that creates the bias (Llama's ``mlp_bias``, ``attention_bias``; GPT-2, GPT-NeoX, GPT-J,
+GPT-Neo and Phi have biases already). For others (e.g. Mistral, Qwen2, Phi-3) the baked model works in memory
 (useful with ``torch.compile``, which ignores hooks added after compiling), and :func:`save_baked` refuses
 to write a folder that would silently lose the bias.
 """

@@ -109,10 +109,12 @@ _REGISTRY: dict[str, ArchSpec] = {
     "gpt_neox": ArchSpec(
         layers=("gpt_neox.layers",), attn_out="attention", mlp_out="mlp", final_norm="final_layer_norm"
     ),
+    # OPT's blocks flatten the tokens before the MLP (fc1, fc2 sit in the block; no MLP module): fc2's output is
+    # (batch * tokens, hidden), where neither recording nor positional steering can find a token. No mlp_out.
     "opt": ArchSpec(
         layers=("model.decoder.layers",),
         attn_out="self_attn",
-        mlp_out="fc2",
+        mlp_out=None,
         final_norm="final_layer_norm",
         project_out="project_out",
     ),
