@@ -5,14 +5,21 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from steerlab import directional_ablation, steer
+from steerlab.arch import registered_architectures
 from steerlab.bake import bake_addition, orthogonalize, save_baked
 from steerlab.errors import SteeringError
 from tiny import ARCHS, PROMPTS, make_tiny, random_vector
 
-NOT_BAKEABLE = {"gemma2", "gemma3_text", "olmo2", "bloom"}
+# From the architectures' facts: sublayer outputs normalised after their projection (Gemma 2/3, OLMo 2), or no
+# module whose output is exactly a sublayer's contribution (Bloom). test_arch checks those facts against the modules.
+NOT_BAKEABLE = {
+    arch
+    for arch, spec in registered_architectures().items()
+    if arch in ARCHS and (spec.post_norms or spec.attn_out is None or spec.mlp_out is None)
+}
 BAKEABLE = [a for a in ARCHS if a not in NOT_BAKEABLE]
 # Architectures whose config has a switch creating the biases that baking needs (or that have them already).
-SAVEABLE_RESID = {"llama", "gpt2", "gpt_neox", "gptj", "gpt_neo", "falcon"}
+SAVEABLE_RESID = {"llama", "gpt2", "gpt_neox", "gptj", "gpt_neo", "falcon", "granite", "phi"}
 IDS = torch.tensor([PROMPTS[2]])
 
 

@@ -53,7 +53,7 @@ def test_pca_diff_is_the_axis_of_variation_of_the_differences():
 def test_actadd_single_pair():
     pos, neg = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.5, -1.0]])
     assert torch.equal(actadd(pos, neg), torch.tensor([0.5, 3.0]))
-    with pytest.raises(ExtractionError, match="exactly one contrast pair, found 2"):
+    with pytest.raises(ExtractionError, match="actadd needs exactly 1 pair, found 2"):
         actadd(torch.zeros(2, 2), torch.ones(2, 2))
 
 

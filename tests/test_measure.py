@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from steerlab import Intervention, SteeringVector
-from steerlab._models import fingerprint
+from steerlab._models import fingerprint, model_id
 from steerlab.errors import DataError, SteeringError
 from steerlab.evaluate import logits_over_alphas
 from steerlab.evaluate.metrics import (
@@ -25,7 +25,7 @@ from steerlab.evaluate.metrics import (
     token_projections,
 )
 from steerlab.evaluate.probes import probe_layers, split, train_probe, transfer_matrix
-from steerlab.evaluate.results import ResultTable
+from steerlab.evaluate.results import KINDS, ResultTable
 from steerlab.evaluate.structure import activation_covariance, activation_pca, cosine_matrix, cross_layer_cosine
 from steerlab.evaluate.sweeps import DEFAULT_KL_BUDGET, calibrate, sweep
 from tiny import random_vector
@@ -100,7 +100,7 @@ def _planted(model, letter_ids, layers=(0, 1, 2, 3), planted_layer=3, norm=6.0):
     for layer in layers:
         d = push if layer == planted_layer else torch.randn(push.shape[0], generator=gen)
         dirs[layer] = d / d.norm() * norm
-    return SteeringVector(dirs, model_id=model._steerlab_model_id, fingerprint=fingerprint(model))
+    return SteeringVector(dirs, model_id=model_id(model), fingerprint=fingerprint(model))
 
 
 def test_sweep_and_calibrate_find_the_planted_cell(tiny, tokenizer):
@@ -287,7 +287,9 @@ def test_figures_and_report_for_every_kind(tmp_path, tiny, tokenizer):
         for a in (0.1, 1.0, 2.0)
     ], {"collapse_kl": 1.0})  # fmt: skip
     tables = [sweep_table, probe, transfer, pca, breakdown_table]
+    assert sorted(t.kind for t in tables) == sorted(KINDS), "a result kind without a table in this test"
     assert [len(figures_for(t)) for t in tables] == [2, 1, 1, 1, 1]
+    assert [title for title, _ in figures_for(sweep_table)] == ["Layer x alpha", "Effect vs coherence"]
     page = write_report(tables, tmp_path / "r.html", title="<all kinds>").read_text()
     assert page.count("data:image/png;base64,") == 6 and "&lt;all kinds&gt;" in page
     assert "http://" not in page and "https://" not in page

@@ -5,6 +5,7 @@ import torch
 
 from steerlab import _models as models
 from steerlab import load_model
+from steerlab._state import state
 from steerlab.errors import ModelLoadError
 
 
@@ -88,7 +89,7 @@ def test_device_map_with_disk_offload_steers_like_the_plain_model(tmp_path, tiny
     }
     placed, _ = load_model(str(tmp_path / "m"), device_map=device_map, offload_folder=tmp_path / "offload")
     assert placed.model.layers[1].self_attn.q_proj.weight.device.type == "meta"  # really offloaded
-    placed._steerlab_model_id = plain._steerlab_model_id
+    state(placed).model_id = models.model_id(plain)
     vec = random_vector(plain, layers=(1, 2), scale=4.0)
     ids = torch.tensor([[5, 17, 923, 44, 8]])
     with torch.no_grad():

@@ -1,5 +1,6 @@
 """The prefix-reuse sweep gives the numbers of full steered forward passes, on every architecture."""
 
+import dataclasses
 import warnings
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 
 from steerlab import Intervention, steer
 from steerlab._text import forward_kwargs
+from steerlab.arch import get_layout, set_architecture
 from steerlab.engines import pad_batch
 from steerlab.errors import SteeringError
 from steerlab.evaluate import logits_over_alphas
@@ -66,9 +68,14 @@ def test_falls_back_with_a_warning_when_the_head_is_unknown(tiny, monkeypatch):
     model = tiny("llama")
     ids, mask = pad_batch(PROMPTS, 2, side="left")
     template = Intervention(random_vector(model, layers=(1,)))
-    monkeypatch.setattr(model.config, "logit_scale", 3.0, raising=False)  # the head now disagrees with the model
-    with pytest.warns(UserWarning, match="running full forward passes"):
-        got = list(logits_over_alphas(model, ids, mask, template, [1.0, 2.0]))
+    # An ArchSpec claiming a logit scale this model does not apply: the recomputed head disagrees with the model.
+    monkeypatch.setattr(model.config, "logit_scale", 3.0, raising=False)
+    set_architecture(model, dataclasses.replace(get_layout(model).spec, logit_scale="logit_scale"))
+    try:
+        with pytest.warns(UserWarning, match="running full forward passes"):
+            got = list(logits_over_alphas(model, ids, mask, template, [1.0, 2.0]))
+    finally:
+        set_architecture(model, None)
     torch.testing.assert_close(got[1][1], full_logits(model, ids, mask, template, 2.0))
 
 

@@ -197,5 +197,5 @@ def test_wrong_layout_width_is_reported(tiny):
         ):
             model(input_ids=torch.tensor([PROMPTS[0]]))
     finally:
-        del model._steerlab_arch
+        set_architecture(model, None)
         del model._steerlab_fake

@@ -1,6 +1,7 @@
 """Tiny random-initialised causal LMs of every registered architecture, for exact invariants.
 
-They use SmolLM2's vocabulary size so that the real tokenizer can feed them text.
+A registered model type without a config here must be listed in tests/test_arch.py's ALIASES (the test there
+fails otherwise). They use SmolLM2's vocabulary size so that the real tokenizer can feed them text.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import torch
 import transformers as tf
 
 from steerlab import SteeringVector
-from steerlab._models import fingerprint
+from steerlab._models import fingerprint, model_id
 from steerlab.engines import pad_batch
 
 VOCAB = 49152
@@ -38,6 +39,21 @@ CONFIGS = {
     "gpt_neox": lambda: tf.GPTNeoXConfig(**_COMMON),
     "olmo": lambda: tf.OlmoConfig(**_COMMON),
     "olmo2": lambda: tf.Olmo2Config(**_COMMON),
+    "phi": lambda: tf.PhiConfig(**_COMMON),
+    # Logits multiplied by config.logit_scale; attention and MLP in parallel.
+    "cohere": lambda: tf.CohereConfig(**_COMMON, num_key_value_heads=2),
+    # Logits divided by config.logits_scaling, sublayer outputs multiplied by config.residual_multiplier before
+    # the residual add (both 1.0 by default, which would hide a fact steerlab forgot).
+    "granite": lambda: tf.GraniteConfig(**_COMMON, num_key_value_heads=2, logits_scaling=4.0, residual_multiplier=0.5),
+    "opt": lambda: tf.OPTConfig(
+        vocab_size=VOCAB,
+        hidden_size=WIDTH,
+        word_embed_proj_dim=WIDTH,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        ffn_dim=64,
+        max_position_embeddings=256,
+    ),
     # These four still return tuples from their decoder layers in transformers 5.
     "gpt_neo": lambda: tf.GPTNeoConfig(
         vocab_size=VOCAB,
@@ -69,7 +85,7 @@ def make_tiny(arch: str, seed: int = 0) -> torch.nn.Module:
     with torch.no_grad():
         model.get_input_embeddings().weight.mul_(20.0)
     model.eval()
-    model._steerlab_model_id = f"tiny-{arch}"
+    model.config.name_or_path = f"tiny-{arch}"  # what from_pretrained would set: the name model_id() reports
     return model
 
 
@@ -80,7 +96,7 @@ def random_vector(model, layers=(1,), seed=1, scale=3.0) -> SteeringVector:
     gen = torch.Generator().manual_seed(seed)
     fp = fingerprint(model)
     dirs = {layer: torch.randn(fp.hidden_size, generator=gen) * scale for layer in layers}
-    return SteeringVector(dirs, model_id=model._steerlab_model_id, fingerprint=fp)
+    return SteeringVector(dirs, model_id=model_id(model), fingerprint=fp)
 
 
 def greedy(model, rows, *, use_cache=True, new=6):

@@ -1,8 +1,10 @@
 """Directions from contrasting activations.
 
 The functions at the top are pure: ``(positives, negatives) -> direction`` on ``(n_pairs, hidden)``
-tensors, row ``i`` of each forming pair ``i``. :func:`extract_vector` runs the model and applies one of them
-at every layer.
+tensors, row ``i`` of each forming pair ``i``. :data:`METHODS` holds one :class:`Method` record per method (the
+function, how many pairs it takes, and whether it needs every pair's difference or only their mean), which
+everything that depends on the method reads. :func:`extract_vector` runs the model and folds the activations
+into each layer's direction as the record says.
 
 Methods:
 
@@ -20,6 +22,7 @@ higher than the negative one (ties broken by the mean projection).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,18 +34,17 @@ from steerlab._record import ActivationReader, Reduce, length_batches, shared_pr
 from steerlab._text import encode, pad_id
 from steerlab.errors import ExtractionError
 
-__all__ = ["METHODS", "actadd", "extract_vector", "mean_diff", "pca_center", "pca_diff"]
+__all__ = ["METHODS", "Method", "actadd", "extract_vector", "mean_diff", "pca_center", "pca_diff"]
 
 
-def _check(pos: torch.Tensor, neg: torch.Tensor, *, min_pairs: int = 1, method: str = "") -> torch.Tensor:
-    """Validate a (positives, negatives) pair of tensors and return their differences in float64."""
+def _check(pos: torch.Tensor, neg: torch.Tensor, method: str) -> torch.Tensor:
+    """Validate a (positives, negatives) pair of tensors for ``method`` and return their differences in float64."""
     if pos.dim() != 2 or pos.shape != neg.shape:
         raise ExtractionError(
             f"{method}: positives and negatives must both be (n_pairs, hidden) with the same shape; found "
             f"{tuple(pos.shape)} and {tuple(neg.shape)}. Pass one positive and one negative per pair."
         )
-    if pos.shape[0] < min_pairs:
-        raise ExtractionError(f"{method} needs at least {min_pairs} pairs, found {pos.shape[0]}.")
+    METHODS[method].check_pairs(pos.shape[0])
     bad = ~(torch.isfinite(pos).all(-1) & torch.isfinite(neg).all(-1))
     if bad.any():
         raise ExtractionError(
@@ -83,44 +85,106 @@ def _pca_center(diffs: torch.Tensor) -> torch.Tensor:
 
 def mean_diff(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """Mean of ``pos - neg`` (CAA). Not normalised: its norm is the typical separation of the pairs."""
-    return _check(pos, neg, method="mean_diff").mean(0).to(pos.dtype)
+    return _check(pos, neg, "mean_diff").mean(0).to(pos.dtype)
 
 
 def actadd(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """The difference of a single pair (ActAdd: e.g. "Love" minus "Hate")."""
-    if pos.shape[0] != 1:
-        raise ExtractionError(
-            f"actadd uses exactly one contrast pair, found {pos.shape[0]}; use mean_diff for several pairs."
-        )
-    return _check(pos, neg, method="actadd")[0].to(pos.dtype)
+    return _check(pos, neg, "actadd")[0].to(pos.dtype)
 
 
 def pca_diff(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """First principal component of the centred pair differences (repeng ``pca_diff``), unit norm."""
-    return _pca_diff(_check(pos, neg, min_pairs=2, method="pca_diff")).to(pos.dtype)
+    return _pca_diff(_check(pos, neg, "pca_diff")).to(pos.dtype)
 
 
 def pca_center(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """First principal component of the activations centred on each pair's midpoint (RepE), unit norm."""
-    return _pca_center(_check(pos, neg, min_pairs=2, method="pca_center")).to(pos.dtype)
+    return _pca_center(_check(pos, neg, "pca_center")).to(pos.dtype)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One extraction method.
+
+    Attributes:
+        name: what ``extract_vector(method=...)`` and ``steerlab extract --method`` take.
+        function: ``(positives, negatives) -> direction`` on ``(n_pairs, hidden)`` tensors (row ``i`` of each
+            forming pair ``i``); calling the record calls it.
+        from_differences: the same direction from the ``(n_pairs, hidden)`` float64 pair differences, for a method
+            that needs each pair's difference (the PCA methods: an axis and a vote over pairs); ``None`` when the
+            mean difference is all it needs, which :class:`PairStatistics` keeps as a running sum (memory
+            independent of the number of pairs).
+        min_pairs, max_pairs: how many pairs it takes (``max_pairs=None``: no limit).
+
+    Example:
+        >>> METHODS["pca_diff"].per_pair, METHODS["pca_diff"](pos, neg).shape
+        (True, torch.Size([576]))
+    """
+
+    name: str
+    function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    from_differences: Callable[[torch.Tensor], torch.Tensor] | None = None
+    min_pairs: int = 1
+    max_pairs: int | None = None
+
+    def __call__(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        return self.function(pos, neg)
+
+    @property
+    def per_pair(self) -> bool:
+        """Whether the direction needs every pair's difference (``False``: their mean is enough)."""
+        return self.from_differences is not None
+
+    def check_pairs(self, n_pairs: int) -> None:
+        """Raise unless the method can use ``n_pairs`` pairs."""
+        if self.max_pairs == self.min_pairs and n_pairs != self.min_pairs:
+            raise ExtractionError(
+                f"{self.name} needs exactly {self.min_pairs} pair{'s' * (self.min_pairs != 1)}, found {n_pairs}; "
+                "use mean_diff for several pairs."
+            )
+        if n_pairs < self.min_pairs:
+            raise ExtractionError(f"{self.name} needs at least {self.min_pairs} pairs, found {n_pairs}.")
+        if self.max_pairs is not None and n_pairs > self.max_pairs:
+            raise ExtractionError(f"{self.name} needs at most {self.max_pairs} pairs, found {n_pairs}.")
+
+
+METHODS: dict[str, Method] = {
+    method.name: method
+    for method in (
+        Method("mean_diff", mean_diff),
+        Method("pca_diff", pca_diff, from_differences=_pca_diff, min_pairs=2),
+        Method("pca_center", pca_center, from_differences=_pca_center, min_pairs=2),
+        Method("actadd", actadd, min_pairs=1, max_pairs=1),
+    )
+}
+
+
+def method_record(name: str) -> Method:
+    """The record of method ``name``, or an error listing the methods."""
+    if name not in METHODS:
+        raise ExtractionError(f"unknown method {name!r}; choose one of {sorted(METHODS)}.")
+    return METHODS[name]
 
 
 class PairStatistics:
     """What one layer's direction needs from the pairs, folded in text by text, in any order.
 
-    ``mean_diff`` and ``actadd`` keep a running float64 sum (positives added, negatives subtracted): memory
-    independent of the number of pairs. The PCA methods keep one float32 difference per pair (``n_pairs x hidden``),
-    the least that orienting the axis by a vote over pairs needs; never the activations of the other tokens.
-    A pair's two texts may arrive in different batches.
+    A method whose direction is the mean difference (``mean_diff``, ``actadd``) keeps a running float64 sum
+    (positives added, negatives subtracted): memory independent of the number of pairs. One that needs each pair's
+    difference (:attr:`Method.per_pair`: the PCA methods) keeps one float32 difference per pair
+    (``n_pairs x hidden``), the least that orienting the axis by a vote over pairs needs; never the activations
+    of the other tokens. A pair's two texts may arrive in different batches.
     """
 
     def __init__(self, method: str, n_pairs: int, width: int) -> None:
+        self.record = method_record(method)
         self.method = method
         self.n_pairs = n_pairs
         self.seen = torch.zeros(2 * n_pairs, dtype=torch.bool)
         self.total = torch.zeros(width, dtype=torch.float64)
         # float32 like the activations themselves: half the memory of float64; the SVD runs in float64.
-        self.diffs = torch.zeros(n_pairs, width, dtype=torch.float32) if method in _FROM_DIFFS else None
+        self.diffs = torch.zeros(n_pairs, width, dtype=torch.float32) if self.record.per_pair else None
 
     def add(self, text_ids: Sequence[int], values: torch.Tensor) -> None:
         """Fold in activations: row ``i`` belongs to text ``text_ids[i]``, where text ``k < n_pairs`` is the
@@ -143,26 +207,16 @@ class PairStatistics:
         """The layer's direction (float32) from everything folded in."""
         if not bool(self.seen.all()):
             raise ExtractionError(f"{self.method}: {int(self.seen.sum())} of {2 * self.n_pairs} texts were read.")
-        if self.diffs is not None:
-            return _FROM_DIFFS[self.method](self.diffs.double()).float()
+        if self.record.from_differences is not None:
+            return self.record.from_differences(self.diffs.double()).float()
         return (self.total / self.n_pairs).float()
 
 
-_FROM_DIFFS = {"pca_diff": _pca_diff, "pca_center": _pca_center}
 # Prefix sharing costs an extra forward call per batch; it pays when pairs share at least this many tokens and
 # the shared tokens are at least this fraction of all (sentiment pairs share ~16% and run faster whole; CAA A/B
 # pairs share ~50% and extract twice as fast shared).
 _MIN_SHARED = 4
 _MIN_SAVED = 0.25
-_MIN_PAIRS = {"mean_diff": 1, "actadd": 1, "pca_diff": 2, "pca_center": 2}
-
-
-METHODS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "mean_diff": mean_diff,
-    "pca_diff": pca_diff,
-    "pca_center": pca_center,
-    "actadd": actadd,
-}
 
 
 def extract_vector(
@@ -184,7 +238,7 @@ def extract_vector(
 
     Args:
         layers: block indices to read (0-based, Hugging Face numbering).
-        method: one of ``mean_diff``, ``pca_diff``, ``pca_center``, ``actadd``.
+        method: one of :data:`METHODS`: ``mean_diff``, ``pca_diff``, ``pca_center``, ``actadd``.
         reduce: which tokens stand for a text: ``last`` (default) or ``mean`` (first token excluded).
         site: where in the block to read (``resid_post`` default; see :data:`steerlab.arch.SITES`).
         normalize: scale each layer's direction to unit norm, so ``alpha`` is a force in residual units.
@@ -200,17 +254,14 @@ def extract_vector(
     """
     from steerlab._vector import SteeringVector
 
-    if method not in METHODS:
-        raise ExtractionError(f"unknown method {method!r}; choose one of {sorted(METHODS)}.")
+    record = method_record(method)
     if reduce == "all":
         raise ExtractionError("reduce='all' gives one row per token, not per pair; use 'last' or 'mean'.")
     pairs = list(pairs)
     if not pairs:
         raise ExtractionError("no contrast pairs were given; at least one is needed (two for PCA methods).")
     n = len(pairs)
-    if n < _MIN_PAIRS[method] or (method == "actadd" and n != 1):
-        want = "exactly 1 pair" if method == "actadd" else f"at least {_MIN_PAIRS[method]} pairs"
-        raise ExtractionError(f"{method} needs {want}, found {n}.")
+    record.check_pairs(n)
     pos_texts, neg_texts = pair_texts(pairs, tokenizer, chat=chat)
     reader = ActivationReader(model, layers=layers, reduce=reduce, site=site, pad_id=pad_id(tokenizer))
     token_ids = encode(tokenizer, pos_texts + neg_texts)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from steerlab._state import peek, state
 from steerlab.errors import ModelLoadError
 
 __all__ = [
@@ -232,13 +233,14 @@ def load_model(
         # GPT-2 style tokenizers have no pad token; batching needs one and the EOS is never attended.
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
-    model._steerlab_model_id = text
+    state(model).model_id = text
     return model, tokenizer
 
 
 def model_id(model: nn.Module) -> str:
     """The name the model was loaded under (alias, path or hub id), else its config's name_or_path."""
-    return getattr(model, "_steerlab_model_id", None) or getattr(model.config, "name_or_path", "") or "unknown"
+    known = peek(model)
+    return (known and known.model_id) or getattr(model.config, "name_or_path", "") or "unknown"
 
 
 def fingerprint(model: nn.Module) -> ModelFingerprint:

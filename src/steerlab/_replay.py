@@ -35,40 +35,39 @@ from steerlab._hooks import HookSet, block_hidden
 from steerlab._interventions import Alpha
 from steerlab._steer import Intervention, steer
 from steerlab._text import forward_kwargs, takes_logits_to_keep
-from steerlab.arch.registry import get_layout, text_config
+from steerlab.arch.registry import ModelLayout, get_layout, text_config
 from steerlab.errors import SteeringError
 
 __all__ = ["logits_over_alphas"]
 
-# Names of the final norm on the module that holds the decoder blocks, across the registry's architectures.
-_FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f")
 
-
-def _output_head(model: nn.Module, blocks_path: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """``last block output -> logits`` as the model computes it, or ``None`` when its parts are not found."""
-    parent: Any = model
-    for part in blocks_path.split(".")[:-1]:
-        parent = getattr(parent, part)
-    norms = [getattr(parent, name) for name in _FINAL_NORMS if isinstance(getattr(parent, name, None), nn.Module)]
+def _output_head(model: nn.Module, layout: ModelLayout) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``last block output -> logits`` as the model computes it (the parts named by the layout's
+    :class:`~steerlab.arch.ArchSpec`), or ``None`` when its final norm or unembedding is not found."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if len(norms) != 1 or head is None:
+    norm, project_out, spec = layout.final_norm, layout.project_out, layout.spec
+    if norm is None or head is None:
         return None
-    norm = norms[0]
-    project_out = getattr(parent, "project_out", None)  # OPT variants whose embedding width differs
     config = text_config(model)
-    logit_scale = getattr(config, "logit_scale", None)  # Cohere multiplies the logits
-    logits_scaling = getattr(config, "logits_scaling", None)  # Granite divides them
-    softcap = getattr(config, "final_logit_softcapping", None)  # Gemma 2/3
+
+    def setting(name: str | None) -> float | None:
+        return None if name is None else getattr(config, name, None)
+
+    logit_scale, logit_divisor, softcap = (
+        setting(spec.logit_scale),
+        setting(spec.logit_divisor),
+        setting(spec.logit_softcap),
+    )
 
     def apply(hidden: torch.Tensor) -> torch.Tensor:
         hidden = norm(hidden)
-        if isinstance(project_out, nn.Module):
+        if project_out is not None:
             hidden = project_out(hidden)
         logits = head(hidden)
         if logit_scale is not None:
             logits = logits * logit_scale
-        if logits_scaling is not None:
-            logits = logits / logits_scaling
+        if logit_divisor is not None:
+            logits = logits / logit_divisor
         if softcap is not None:
             logits = torch.tanh(logits / softcap) * softcap
         return logits
@@ -185,7 +184,7 @@ def _replay_chunk(
 ) -> Iterator[torch.Tensor]:
     """Logits of one batch (on the model's device) at each strength, reusing the blocks below the intervention."""
     layout = get_layout(model)
-    head = _output_head(model, layout.layers_path)
+    head = _output_head(model, layout)
     replayable = reuse_prefix and intervention.positions == "all" and head is not None and len(alphas) > 1
     if replayable:
         intervention = _as_next_block_input(intervention, layout.num_layers)

@@ -15,13 +15,14 @@ What cannot be baked, and is refused with a :class:`~steerlab.errors.SteeringErr
 steering (``positions`` other than ``"all"``: a bias acts on every token), ``clamp`` and ``ablate_then_add``
 (they depend on each token's own projection, which no fixed weight change reproduces), ``ablate`` at chosen
 layers only (it is not a change of weights unless it applies everywhere), per-row steering, ``resid_pre``,
-and architectures whose sublayers are normalised after their output projection (Gemma 2/3, OLMo 2: a bias or
-an orthogonal projection before a norm does not survive the norm) or add the residual inside the sublayer
-(Bloom).
+and architectures whose sublayers are normalised after their output projection (``ArchSpec.post_norms``: Gemma
+2/3, OLMo 2; a bias or an orthogonal projection before a norm does not survive the norm) or have no module whose
+output is exactly a sublayer's contribution (``ArchSpec.attn_out`` / ``mlp_out`` of ``None``: Bloom adds the
+residual inside its sublayers).
 
 A baked model saves with ``save_pretrained`` and loads in plain transformers when the architecture's config
-has a switch that creates the bias (Llama's ``mlp_bias``, ``attention_bias``; GPT-2, GPT-NeoX, GPT-J, GPT-Neo,
-OPT and Phi have biases already). For others (e.g. Mistral, Qwen2, Phi-3) the baked model works in memory
+has a switch that creates the bias (Llama's ``mlp_bias``, ``attention_bias``; GPT-2, GPT-NeoX, GPT-J,
+GPT-Neo and Phi have biases already). For others (e.g. Mistral, Qwen2, Phi-3) the baked model works in memory
 (useful with ``torch.compile``, which ignores hooks added after compiling), and :func:`save_baked` refuses
 to write a folder that would silently lose the bias. :func:`verify_baked` reloads a saved folder with plain
 transformers and compares its logits with the hooked model's (:func:`probe_logits`, taken before baking).
@@ -41,10 +42,11 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from steerlab._forward import batched_logits
+from steerlab._state import state
 from steerlab._steer import Intervention, as_interventions, steer
 from steerlab._text import apply_chat, encode, pad_batch, pad_id
 from steerlab._vector import SteeringVector
-from steerlab.arch.registry import get_layout
+from steerlab.arch.registry import ModelLayout, get_layout, text_config
 from steerlab.errors import SteeringError
 from steerlab.types import Positions, Scale, Site
 
@@ -71,22 +73,41 @@ def _writer(layout, layer: int, site: str) -> nn.Module:
     return writers[-1]
 
 
-def _check_bakeable(layout, site: str) -> None:
-    if layout.model_type in ("gemma2", "gemma3", "gemma3_text", "olmo2", "bloom"):
-        why = (
-            "normalises each sublayer's output after its projection"
-            if layout.model_type != "bloom"
-            else "adds the residual inside its sublayers"
-        )
+def _check_bakeable(layout: ModelLayout, site: str, sublayers: tuple[str, ...]) -> None:
+    """Refuse what no weight change reproduces exactly: from the architecture's facts (its ArchSpec) and the
+    site; ``sublayers`` are the sites whose output projections the bake will change."""
+    spec, name = layout.spec, layout.model_type
+    if spec.post_norms:
         raise SteeringError(
-            f"'{layout.model_type}' {why}, so steering cannot be baked into its weights exactly; "
-            "steer it with hooks (steerlab.steer) instead."
+            f"'{name}' normalises each sublayer's output after its projection, so steering cannot be baked into "
+            "its weights exactly (a bias or projection before the norm does not survive it); steer it with hooks "
+            "(steerlab.steer) instead."
+        )
+    missing = [sub for sub in sublayers if getattr(spec, sub) is None]
+    if missing:
+        raise SteeringError(
+            f"'{name}' has no module whose output is exactly its {' or '.join(missing)} contribution (its "
+            f"sublayers add the residual inside, or its layout was guessed: source '{layout.source}'), so steering "
+            "cannot be baked into its weights exactly; steer it with hooks (steerlab.steer) instead, or register "
+            "the architecture with its sublayer paths (steerlab.arch.register_architecture)."
         )
     if site not in ("resid_post", "mlp_out", "attn_out"):
         raise SteeringError(
             f"an addition at site '{site}' cannot be baked: only resid_post, mlp_out and attn_out "
             "are outputs of a weight that can carry a bias."
         )
+
+
+def _residual_multiplier(model: nn.Module, layout: ModelLayout) -> float:
+    name = layout.spec.residual_multiplier
+    value = 1.0 if name is None else getattr(text_config(model), name, None)
+    if value is None or not isinstance(value, (int, float)) or value == 0:
+        raise SteeringError(
+            f"'{layout.model_type}' multiplies each sublayer's output by config.{name} before the residual add, "
+            f"but that is {value!r}, not a non-zero number; steering at resid_post cannot be baked. Steer it with "
+            "hooks (steerlab.steer), or bake at site='mlp_out'."
+        )
+    return float(value)
 
 
 def _add_bias(linear: nn.Module, delta: torch.Tensor) -> None:
@@ -131,12 +152,15 @@ def bake_addition(
     item.vector.check_fits(model)
     layout = get_layout(model)
     site = item.resolved_site
-    _check_bakeable(layout, site)
-    deltas = item.deltas()
     target = "attn_out" if site == "attn_out" else "mlp_out"
+    _check_bakeable(layout, site, (target,))
+    deltas = item.deltas()
     writers = {layer: _writer(layout, layer, target) for layer in deltas}
+    # A bias on the MLP's projection reaches the block output times the architecture's residual multiplier
+    # (Granite); at the sublayer sites the hook's addition is multiplied the same way, so only resid_post divides.
+    factor = 1.0 / _residual_multiplier(model, layout) if site == "resid_post" else 1.0
     for layer, delta in deltas.items():
-        _add_bias(writers[layer], float(item.alpha) * delta.float())
+        _add_bias(writers[layer], float(item.alpha) * factor * delta.float())
     _record(
         model,
         {
@@ -180,7 +204,7 @@ def orthogonalize(model: nn.Module, vector: SteeringVector, source: int | None =
     """
     vector.check_fits(model)
     layout = get_layout(model)
-    _check_bakeable(layout, "resid_post")
+    _check_bakeable(layout, "resid_post", ("attn_out", "mlp_out"))
     one = vector.at_layers([0], source).normalized_copy()
     unit = one.directions[0].float()
     writers = [_writer(layout, layer, site) for layer in range(layout.num_layers) for site in ("attn_out", "mlp_out")]
@@ -211,7 +235,7 @@ def _untie_output_embeddings(model: nn.Module) -> None:
 
 
 def _record(model: nn.Module, entry: dict[str, Any]) -> None:
-    model._steerlab_baked = [*getattr(model, "_steerlab_baked", []), entry]
+    state(model).baked.append(entry)
 
 
 def _expected_keys(model: nn.Module, config: Any) -> set[str]:

@@ -89,18 +89,18 @@ def _tiny(arch: str) -> nn.Module:
         with torch.no_grad():
             model.get_input_embeddings().weight.mul_(20.0)
     model.eval()
-    model._steerlab_model_id = f"doctor-{arch}"
+    model.config.name_or_path = f"doctor-{arch}"  # what from_pretrained would set: the name model_id() reports
     return model
 
 
 def _vector(model: nn.Module, seed: int = 1, scale: float = 8.0):
-    from steerlab._models import fingerprint
+    from steerlab._models import fingerprint, model_id
     from steerlab._vector import SteeringVector
 
     fp = fingerprint(model)
     gen = torch.Generator().manual_seed(seed)
     direction = torch.randn(fp.hidden_size, generator=gen) * scale
-    return SteeringVector({_LAYER: direction}, model_id=model._steerlab_model_id, fingerprint=fp)
+    return SteeringVector({_LAYER: direction}, model_id=model_id(model), fingerprint=fp)
 
 
 def _greedy(model: nn.Module, rows: list[list[int]], *, use_cache: bool = True) -> torch.Tensor:

@@ -2,22 +2,29 @@
 
 Resolution order (first match wins):
 
-1. an override attached to this model object with :func:`set_architecture`;
+1. an override for this model object set with :func:`set_architecture`;
 2. the registry entry for ``config.model_type`` (built in, or added with :func:`register_architecture`);
 3. a heuristic: the ``nn.ModuleList`` whose length equals ``num_hidden_layers`` (warns, and says how to
    register the architecture so the warning goes away).
 
 Whatever is found is checked against the config: the number of blocks must equal ``num_hidden_layers``;
 the residual width is checked by :mod:`steerlab.record` on the first activation it sees.
+
+Every fact steerlab needs about an architecture is a field of its :class:`ArchSpec` (where the blocks, the
+sublayer outputs and the final norm are; whether sublayer outputs are normalised; how the logits are scaled), so
+code outside this package asks the layout, never the model type. The resolved :class:`ModelLayout` is cached per
+model object (in :mod:`steerlab._state`, not on the model) and resolved again when the override, the registry
+entry, the model type or the dimensions change.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from torch import nn
 
+from steerlab._state import state
 from steerlab.errors import ArchitectureError
 from steerlab.types import SITES
 
@@ -37,40 +44,85 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """Where to find the parts of a decoder-only transformer.
+    """Every fact steerlab needs about one decoder-only architecture.
+
+    Paths are dotted attribute paths. The defaults describe a Llama-like model, so a Llama clone needs only
+    ``layers``.
 
     Attributes:
-        layers: dotted paths from the top-level model to the ``ModuleList`` of decoder blocks; the first
-            that exists is used (multimodal wrappers nest the text model one level deeper).
-        attn_out: path from a block to the module whose output the block adds to the residual stream as
-            the attention's contribution, or ``None`` if there is none (the block adds the residual inside).
+        layers: paths from the top-level model to the ``ModuleList`` of decoder blocks; the first that exists is
+            used (multimodal wrappers nest the text model one level deeper).
+        attn_out: path from a block to the module whose output the block adds to the residual stream as the
+            attention's contribution, or ``None`` if there is none (the block adds the residual inside).
         mlp_out: the same for the MLP.
+        post_norms: each sublayer's output is normalised before it is added to the residual stream (Gemma 2/3,
+            OLMo 2: ``attn_out`` / ``mlp_out`` are then those norms). A bias or a projection before such a norm
+            does not survive it, so :mod:`steerlab.bake` refuses these architectures.
+        residual_multiplier: name of the config attribute each sublayer's output is multiplied by before it is
+            added to the residual stream (Granite's ``residual_multiplier``), or ``None``. :mod:`steerlab.bake`
+            divides a ``resid_post`` bias by it, so the block output still moves by exactly ``alpha * v``.
+        final_norm: path from the module holding the blocks (the parent of ``layers``) to the norm applied to
+            the last block's output before the unembedding, or ``None`` if unknown.
+        project_out: path from that same module to a projection between the final norm and the unembedding,
+            applied when the model has one (OPT variants whose embedding width differs from the residual's).
+        logit_scale: name of the config attribute the logits are multiplied by (Cohere's ``logit_scale``).
+        logit_divisor: name of the config attribute the logits are divided by (Granite's ``logits_scaling``).
+        logit_softcap: name of the config attribute ``c`` of the final soft cap ``c * tanh(logits / c)`` (Gemma
+            2/3's ``final_logit_softcapping``). Each of the three is skipped when the config's value is ``None``.
+
+    The last five describe the output head, ``last block output -> logits``, which
+    :func:`steerlab.evaluate.logits_over_alphas` recomputes to replay the blocks above a steered layer (and
+    checks against the model's own logits before trusting).
 
     Example:
-        >>> register_architecture("my_llama_clone", ArchSpec(layers=("backbone.blocks",)))
+        >>> register_architecture("my_llama_clone", ArchSpec(layers=("backbone.blocks",), final_norm="ln_out"))
     """
 
     layers: tuple[str, ...]
     attn_out: str | None = "self_attn"
     mlp_out: str | None = "mlp"
+    post_norms: bool = False
+    residual_multiplier: str | None = None
+    final_norm: str | None = "norm"
+    project_out: str | None = None
+    logit_scale: str | None = None
+    logit_divisor: str | None = None
+    logit_softcap: str | None = None
 
 
 _LAYERS = ("model.layers", "model.language_model.layers")
 _LLAMA_LIKE = ArchSpec(layers=_LAYERS)
+# GPT-2 and its descendants: blocks at transformer.h, final norm ln_f.
+_GPT2_LIKE = ArchSpec(layers=("transformer.h",), attn_out="attn", mlp_out="mlp", final_norm="ln_f")
 # Gemma 2/3 and OLMo 2 normalise each sublayer's output before adding it to the residual stream.
-_POST_NORM = ArchSpec(layers=_LAYERS, attn_out="post_attention_layernorm", mlp_out="post_feedforward_layernorm")
+_POST_NORM = ArchSpec(
+    layers=_LAYERS, attn_out="post_attention_layernorm", mlp_out="post_feedforward_layernorm", post_norms=True
+)
 
 _REGISTRY: dict[str, ArchSpec] = {
-    "gpt2": ArchSpec(layers=("transformer.h",), attn_out="attn", mlp_out="mlp"),
-    "gpt_neo": ArchSpec(layers=("transformer.h",), attn_out="attn", mlp_out="mlp"),
-    "gptj": ArchSpec(layers=("transformer.h",), attn_out="attn", mlp_out="mlp"),
-    "falcon": ArchSpec(layers=("transformer.h",), attn_out="self_attention", mlp_out="mlp"),
+    "gpt2": _GPT2_LIKE,
+    "gpt_neo": _GPT2_LIKE,
+    "gptj": _GPT2_LIKE,
+    "falcon": ArchSpec(layers=("transformer.h",), attn_out="self_attention", mlp_out="mlp", final_norm="ln_f"),
     # Bloom's attention and MLP add the residual inside themselves: no clean sublayer output to hook.
-    "bloom": ArchSpec(layers=("transformer.h",), attn_out=None, mlp_out=None),
-    "gpt_neox": ArchSpec(layers=("gpt_neox.layers",), attn_out="attention", mlp_out="mlp"),
-    "opt": ArchSpec(layers=("model.decoder.layers",), attn_out="self_attn", mlp_out="fc2"),
-    "phi": ArchSpec(layers=("model.layers",), attn_out="self_attn", mlp_out="mlp"),
-    **dict.fromkeys(("gemma2", "gemma3", "gemma3_text", "olmo2"), _POST_NORM),
+    "bloom": ArchSpec(layers=("transformer.h",), attn_out=None, mlp_out=None, final_norm="ln_f"),
+    "gpt_neox": ArchSpec(
+        layers=("gpt_neox.layers",), attn_out="attention", mlp_out="mlp", final_norm="final_layer_norm"
+    ),
+    # OPT's blocks flatten the tokens before the MLP (fc1, fc2 sit in the block; no MLP module): fc2's output is
+    # (batch * tokens, hidden), where neither recording nor positional steering can find a token. No mlp_out.
+    "opt": ArchSpec(
+        layers=("model.decoder.layers",),
+        attn_out="self_attn",
+        mlp_out=None,
+        final_norm="final_layer_norm",
+        project_out="project_out",
+    ),
+    "phi": ArchSpec(layers=("model.layers",), final_norm="final_layernorm"),
+    "olmo2": _POST_NORM,
+    **dict.fromkeys(("gemma2", "gemma3", "gemma3_text"), replace(_POST_NORM, logit_softcap="final_logit_softcapping")),
+    "cohere": replace(_LLAMA_LIKE, logit_scale="logit_scale"),
+    "granite": replace(_LLAMA_LIKE, residual_multiplier="residual_multiplier", logit_divisor="logits_scaling"),
     **dict.fromkeys(
         (
             "llama",
@@ -83,18 +135,35 @@ _REGISTRY: dict[str, ArchSpec] = {
             "gemma",
             "phi3",
             "olmo",
-            "granite",
-            "cohere",
             "smollm3",
         ),
         _LLAMA_LIKE,
     ),
 }
 
+# What the heuristic looks for when a model type is not registered: the final norm's usual names on the module
+# holding the blocks, and the config attributes that scale the logits (the fields of ArchSpec they fill).
+_FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f")
+_LOGIT_ATTRIBUTES = {
+    "logit_scale": "logit_scale",
+    "logit_divisor": "logits_scaling",
+    "logit_softcap": "final_logit_softcapping",
+}
+
 
 @dataclass
 class ModelLayout:
-    """The resolved layout of one model: its blocks and its dimensions."""
+    """The resolved layout of one model: its blocks, its dimensions and the parts of its output head.
+
+    Attributes:
+        model_type: the text config's ``model_type``.
+        layers: the ``ModuleList`` of decoder blocks, found at ``layers_path``.
+        spec: the :class:`ArchSpec` it was resolved with (for the heuristic, one built from what was found).
+        num_layers, hidden_size: from the config, checked against the blocks.
+        source: ``"override"``, ``"registry"`` or ``"heuristic"``.
+        final_norm: the module ``spec.final_norm`` names, or ``None`` when the model has none there.
+        project_out: the module ``spec.project_out`` names, or ``None`` when the model has none there.
+    """
 
     model_type: str
     layers: nn.ModuleList
@@ -103,6 +172,8 @@ class ModelLayout:
     num_layers: int
     hidden_size: int
     source: str = field(default="registry")  # "override", "registry" or "heuristic"
+    final_norm: nn.Module | None = None
+    project_out: nn.Module | None = None
 
     def block(self, index: int) -> nn.Module:
         """The decoder block at ``index`` (0-based, Hugging Face numbering)."""
@@ -146,7 +217,18 @@ def check_layer_index(index: int, num_layers: int) -> None:
 
 
 def register_architecture(model_type: str, spec: ArchSpec) -> None:
-    """Register (or replace) where the blocks are for every model whose ``config.model_type`` matches."""
+    """Register (or replace) the facts of every model whose ``config.model_type`` matches.
+
+    Models already in use pick the new entry up on their next :func:`get_layout`.
+
+    Example:
+        >>> register_architecture("my_llama_clone", ArchSpec(layers=("backbone.blocks",)))
+    """
+    if not isinstance(spec, ArchSpec):
+        raise ArchitectureError(
+            f"register_architecture needs an ArchSpec, got {type(spec).__name__}; "
+            "write ArchSpec(layers=('path.to.blocks',))."
+        )
     _REGISTRY[model_type] = spec
 
 
@@ -155,9 +237,26 @@ def registered_architectures() -> dict[str, ArchSpec]:
     return dict(_REGISTRY)
 
 
-def set_architecture(model: nn.Module, spec: ArchSpec) -> None:
-    """Override the layout for this one model object (wins over the registry)."""
-    model._steerlab_arch = spec  # an attribute, not a module: nothing of the model is replaced
+def set_architecture(model: nn.Module, spec: ArchSpec | None) -> None:
+    """Override the layout for this one model object (wins over the registry); ``None`` removes the override.
+
+    Nothing is written onto the model: the override is kept beside it (:mod:`steerlab._state`) and applies to
+    this object only (not to a ``copy.deepcopy`` of it).
+
+    Example:
+        >>> set_architecture(model, ArchSpec(layers=("model.decoder.blocks",), final_norm="ln_out"))
+        >>> get_layout(model).source
+        'override'
+        >>> set_architecture(model, None)   # back to the registry
+    """
+    if spec is not None and not isinstance(spec, ArchSpec):
+        raise ArchitectureError(
+            f"set_architecture needs an ArchSpec or None, got {type(spec).__name__}; "
+            "write ArchSpec(layers=('path.to.blocks',))."
+        )
+    found = state(model)
+    found.arch = spec
+    found.layout = found.layout_key = None  # resolve again on the next get_layout
 
 
 def text_config(model: nn.Module):
@@ -188,6 +287,12 @@ def _dims(model: nn.Module) -> tuple[int, int]:
     return int(n_layers), int(width)
 
 
+def _parent(model: nn.Module, layers_path: str) -> nn.Module:
+    """The module holding the block list (paths in an ArchSpec's head fields start there)."""
+    head, _, _ = layers_path.rpartition(".")
+    return _resolve_path(model, head) if head else model
+
+
 def _heuristic(model: nn.Module, n_layers: int) -> tuple[str, nn.ModuleList] | None:
     candidates = [
         (name, mod)
@@ -201,18 +306,74 @@ def _heuristic(model: nn.Module, n_layers: int) -> tuple[str, nn.ModuleList] | N
     return candidates[0]
 
 
+def _guessed_spec(model: nn.Module, path: str) -> ArchSpec:
+    """An ArchSpec for blocks found by the heuristic: no sublayer sites (their modules are unknown), and the
+    output head as far as the usual names show it (a wrong guess only costs the replay its shortcut: it checks
+    the head against the model's own logits first)."""
+    parent = _parent(model, path)
+    norms = [name for name in _FINAL_NORM_NAMES if isinstance(getattr(parent, name, None), nn.Module)]
+    config = text_config(model)
+    logits = {field_name: attr for field_name, attr in _LOGIT_ATTRIBUTES.items() if hasattr(config, attr)}
+    return ArchSpec(
+        layers=(path,),
+        attn_out=None,
+        mlp_out=None,
+        final_norm=norms[0] if len(norms) == 1 else None,
+        project_out="project_out",
+        **logits,
+    )
+
+
+def _layout(
+    model: nn.Module,
+    model_type: str,
+    layers: nn.ModuleList,
+    path: str,
+    spec: ArchSpec,
+    dims: tuple[int, int],
+    source: str,
+) -> ModelLayout:
+    parent = _parent(model, path)
+    final_norm = _resolve_path(parent, spec.final_norm) if spec.final_norm and parent is not None else None
+    project_out = _resolve_path(parent, spec.project_out) if spec.project_out and parent is not None else None
+    return ModelLayout(model_type, layers, path, spec, *dims, source, final_norm, project_out)
+
+
 def get_layout(model: nn.Module) -> ModelLayout:
     """Find the decoder blocks of ``model`` and check them against its config.
+
+    The layout is cached for this model object: a second call returns the same :class:`ModelLayout` until the
+    override (:func:`set_architecture`), the registry entry, the model type, the dimensions or the block list
+    change.
 
     Example:
         >>> layout = get_layout(model)
         >>> layout.num_layers, layout.hidden_size
         (30, 576)
     """
-    n_layers, width = _dims(model)
+    dims = _dims(model)
+    n_layers, width = dims
     model_type = getattr(text_config(model), "model_type", None) or getattr(model.config, "model_type", "?")
-    override: ArchSpec | None = getattr(model, "_steerlab_arch", None)
+    found_state = state(model)
+    override: ArchSpec | None = found_state.arch
     spec = override or _REGISTRY.get(model_type) or _REGISTRY.get(getattr(model.config, "model_type", ""))
+    key = (model_type, dims, spec)
+    cached = found_state.layout
+    if (
+        cached is not None
+        and found_state.layout_key == key
+        and _resolve_path(model, cached.layers_path) is cached.layers
+    ):
+        return cached
+    layout = _resolve(model, model_type, dims, spec, override is not None)
+    found_state.layout, found_state.layout_key = layout, key
+    return layout
+
+
+def _resolve(
+    model: nn.Module, model_type: str, dims: tuple[int, int], spec: ArchSpec | None, is_override: bool
+) -> ModelLayout:
+    n_layers = dims[0]
     if spec is not None:
         for path in spec.layers:
             found = _resolve_path(model, path)
@@ -223,9 +384,8 @@ def get_layout(model: nn.Module) -> ModelLayout:
                         "the registered layout does not fit this model. Override it with "
                         "steerlab.arch.set_architecture(model, ArchSpec(layers=('path.to.blocks',)))."
                     )
-                source = "override" if override is not None else "registry"
-                return ModelLayout(model_type, found, path, spec, n_layers, width, source)
-        if override is not None:
+                return _layout(model, model_type, found, path, spec, dims, "override" if is_override else "registry")
+        if is_override:
             raise ArchitectureError(
                 f"the architecture override names {list(spec.layers)}, but none of them is a ModuleList "
                 f"on this {type(model).__name__}. Check the dotted path."
@@ -240,18 +400,11 @@ def get_layout(model: nn.Module) -> ModelLayout:
             f"'{model_type}', ArchSpec(layers=('path.to.blocks',)))."
         )
     path, layers = guess
+    # stacklevel 3: the caller of get_layout (this function is called by it).
     warnings.warn(
         f"model_type '{model_type}' is not in steerlab's registry; guessed the decoder blocks at '{path}'. "
         f"If that is right, silence this with steerlab.arch.register_architecture('{model_type}', "
         f"ArchSpec(layers=('{path}',)))",
-        stacklevel=2,
+        stacklevel=3,
     )
-    return ModelLayout(
-        model_type,
-        layers,
-        path,
-        ArchSpec(layers=(path,), attn_out=None, mlp_out=None),
-        n_layers,
-        width,
-        "heuristic",
-    )
+    return _layout(model, model_type, layers, path, _guessed_spec(model, path), dims, "heuristic")

@@ -189,13 +189,5 @@ def breakdown_curves(table: ResultTable) -> Figure:
 
 
 def figures_for(table: ResultTable) -> list[tuple[str, Figure]]:
-    """Every figure that fits ``table``'s kind, as ``(title, figure)``."""
-    if table.kind == "sweep":
-        return [("Layer x alpha", sweep_heatmaps(table)), ("Effect vs coherence", frontier(table))]
-    if table.kind == "probe":
-        return [("Probe accuracy by layer", probe_accuracy(table))]
-    if table.kind == "transfer":
-        return [("Probe transfer", transfer_heatmap(table))]
-    if table.kind == "pca":
-        return [("Activation PCA", pca_scatter(table))]
-    return [("Breakdown of large coefficients", breakdown_curves(table))]
+    """Every figure that fits ``table``'s kind, as ``(title, figure)`` (the kind's :class:`ResultKind` names them)."""
+    return [(title, globals()[function](table)) for title, function in table.kind_record.figures]

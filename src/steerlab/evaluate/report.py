@@ -31,19 +31,6 @@ td, th { border: 1px solid #ddd; padding: .2em .5em; text-align: right; }
 th { background: #f4f4f4; } .meta td { text-align: left; } details { margin: .5em 0; }
 """
 
-_SUMMARY = {
-    "sweep": "Effect = change of the behaviour from the unsteered model; KL = mean KL(steered || unsteered) of the "
-    "next-token distributions on the neutral text set (nats/token). 'random' rows steer along a random direction of "
-    "the same norm: an effect is only meaningful if it clearly exceeds the random one.",
-    "probe": "Held-out accuracy of linear probes (mass-mean: difference of class means; logistic: L2 logistic "
-    "regression) on the last token of each statement, per layer.",
-    "transfer": "Accuracy of a probe trained on one data set (rows) on the held-out split of another (columns).",
-    "pca": "Texts projected on the first principal axes of their activations at one layer.",
-    "breakdown": "As the added vector grows (in units of the layer's natural residual norm), how the residual norms, "
-    "next-token entropy, KL from unsteered and the perplexity of generations change; collapse = first alpha with "
-    "KL above the threshold.",
-}
-
 
 def _png(fig: Any) -> str:
     import matplotlib.pyplot as plt
@@ -88,7 +75,7 @@ def render_report(tables: Sequence[ResultTable], *, title: str = "steerlab repor
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]  # fmt: skip
     for table in tables:
-        parts.append(f"<h2>{html.escape(table.kind)}</h2><p>{html.escape(_SUMMARY[table.kind])}</p>")
+        parts.append(f"<h2>{html.escape(table.kind)}</h2><p>{html.escape(table.kind_record.summary)}</p>")
         parts.append(_meta_table(table.meta))
         for name, fig in figures_for(table):
             parts.append(f"<h3>{html.escape(name)}</h3><img alt='{html.escape(name)}' "

@@ -3,6 +3,10 @@
 Sweeps, probe runs and breakdown runs all return a :class:`ResultTable`, written as CSV (the records) or JSON
 (records and meta, readable back with :meth:`ResultTable.load`); ``steerlab report`` turns the JSON into an
 HTML page.
+
+:data:`KINDS` holds one :class:`ResultKind` record per kind of table: its name, the paragraph a report prints
+above it, and its figures (by their names in :mod:`steerlab.evaluate.plots`, which needs the ``eval`` extra and
+is imported only when a figure is drawn). A new kind is one record here and its figure functions there.
 """
 
 from __future__ import annotations
@@ -15,14 +19,69 @@ from typing import Any
 
 from steerlab.errors import DataError
 
-__all__ = ["KINDS", "ResultTable"]
+__all__ = ["KINDS", "ResultKind", "ResultTable"]
 
-KINDS = ("sweep", "probe", "transfer", "breakdown", "pca")
+
+@dataclass(frozen=True)
+class ResultKind:
+    """One kind of result table.
+
+    Attributes:
+        name: the table's ``kind``.
+        summary: what the records mean, printed above the table in a report.
+        figures: ``(title, name of a function in steerlab.evaluate.plots)`` for each figure that fits the kind;
+            each function takes the table and returns a matplotlib ``Figure``.
+
+    Example:
+        >>> [title for title, _ in KINDS["sweep"].figures]
+        ['Layer x alpha', 'Effect vs coherence']
+    """
+
+    name: str
+    summary: str
+    figures: tuple[tuple[str, str], ...]
+
+
+KINDS: dict[str, ResultKind] = {
+    kind.name: kind
+    for kind in (
+        ResultKind(
+            "sweep",
+            "Effect = change of the behaviour from the unsteered model; KL = mean KL(steered || unsteered) of the "
+            "next-token distributions on the neutral text set (nats/token). 'random' rows steer along a random "
+            "direction of the same norm: an effect is only meaningful if it clearly exceeds the random one.",
+            (("Layer x alpha", "sweep_heatmaps"), ("Effect vs coherence", "frontier")),
+        ),
+        ResultKind(
+            "probe",
+            "Held-out accuracy of linear probes (mass-mean: difference of class means; logistic: L2 logistic "
+            "regression) on the last token of each statement, per layer.",
+            (("Probe accuracy by layer", "probe_accuracy"),),
+        ),
+        ResultKind(
+            "transfer",
+            "Accuracy of a probe trained on one data set (rows) on the held-out split of another (columns).",
+            (("Probe transfer", "transfer_heatmap"),),
+        ),
+        ResultKind(
+            "breakdown",
+            "As the added vector grows (in units of the layer's natural residual norm), how the residual norms, "
+            "next-token entropy, KL from unsteered and the perplexity of generations change; collapse = first "
+            "alpha with KL above the threshold.",
+            (("Breakdown of large coefficients", "breakdown_curves"),),
+        ),
+        ResultKind(
+            "pca",
+            "Texts projected on the first principal axes of their activations at one layer.",
+            (("Activation PCA", "pca_scatter"),),
+        ),
+    )
+}
 
 
 @dataclass
 class ResultTable:
-    """Records of one run. ``kind`` says what they are (one of :data:`KINDS`).
+    """Records of one run. ``kind`` says what they are (a name in :data:`KINDS`).
 
     Example:
         >>> result = sweep(model, tokenizer, vec, questions, layers=[8, 12], alphas=[-0.1, 0, 0.1])
@@ -36,7 +95,12 @@ class ResultTable:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise DataError(f"unknown result kind {self.kind!r}; expected one of {KINDS}.")
+            raise DataError(f"unknown result kind {self.kind!r}; expected one of {tuple(KINDS)}.")
+
+    @property
+    def kind_record(self) -> ResultKind:
+        """The :class:`ResultKind` of this table: its report summary and figures."""
+        return KINDS[self.kind]
 
     def where(self, **conditions: Any) -> list[dict[str, Any]]:
         """The records whose fields equal every given value."""
