@@ -25,6 +25,8 @@ from steerlab.cli._common import (
     user_errors,
 )
 from steerlab.errors import SteerlabError
+from steerlab.evaluate.breakdown_point import DEFAULT_BREAKDOWN_ALPHAS
+from steerlab.evaluate.sweeps import DEFAULT_ALPHAS, DEFAULT_KL_BUDGET
 from steerlab.types import Scale
 
 __all__ = [
@@ -40,8 +42,15 @@ QUESTIONS_OPT = typer.Option(
     ..., "--questions", help="CAA A/B questions (e.g. datasets/caa/test/<b>/test_dataset_ab.json)."
 )
 LIMIT_OPT = typer.Option(None, "--limit", help="Use only the first N questions (each is asked in both A/B orders).")
+
+
+def _listed(values: tuple[float, ...]) -> str:
+    """A library default as the comma-separated text an option takes, so the CLI's defaults are the library's."""
+    return ",".join(f"{v:g}" for v in values)
+
+
 SWEEP_ALPHAS_OPT = typer.Option(
-    "-0.3,-0.2,-0.1,-0.05,0,0.05,0.1,0.2,0.3", "--alphas", help="Strengths (relative to the residual norm by default)."
+    _listed(DEFAULT_ALPHAS), "--alphas", help="Strengths (relative to the residual norm by default)."
 )
 
 
@@ -113,7 +122,7 @@ def calibrate_command(
     out_path: Path = typer.Option(..., "--out", help="Where to save the vector with its recommendation."),
     questions: Path | None = typer.Option(None, "--questions", help="CAA A/B questions (to run a sweep)."),
     from_sweep: Path | None = typer.Option(None, "--sweep", help="Calibrate from this sweep JSON instead."),
-    budget: float | None = typer.Option(None, "--budget", help="Max KL (nats/token); default 0.2."),
+    budget: float = typer.Option(DEFAULT_KL_BUDGET, "--budget", help="Max KL (nats/token) of the chosen setting."),
     goal: Literal["increase", "decrease"] = typer.Option(
         "increase", "--goal", help="Which way the behaviour should move."
     ),
@@ -130,7 +139,7 @@ def calibrate_command(
     """Pick the strongest (layer, alpha) within a KL budget and record it in the vector."""
     from steerlab._vector import SteeringVector
     from steerlab.evaluate.results import ResultTable
-    from steerlab.evaluate.sweeps import DEFAULT_KL_BUDGET, calibrate
+    from steerlab.evaluate.sweeps import calibrate
 
     if (questions is None) == (from_sweep is None):
         raise SteerlabError("give exactly one of --questions FILE (run a sweep) or --sweep RESULT.json.")
@@ -140,7 +149,7 @@ def calibrate_command(
         vec, result = _run_sweep(vector, questions, limit, layers, alphas, modes, scale, seed, model, device, dtype)
         written = _write(result, out_path.with_name(out_path.stem + "-sweep"))
         err.print("wrote " + ", ".join(str(p) for p in written))
-    rec = calibrate(result, kl_budget=DEFAULT_KL_BUDGET if budget is None else budget, goal=goal)  # type: ignore[arg-type]
+    rec = calibrate(result, kl_budget=budget, goal=goal)
     rec.annotate(vec).save(out_path)
     random = "n/a" if rec.random_effect is None else f"{rec.random_effect:+.3f}"
     out.print(
@@ -237,7 +246,7 @@ def breakdown_command(
     vector: Path = typer.Option(..., "--vector", help="The .safetensors steering vector."),
     out_prefix: Path = typer.Option(..., "--out", help="Output prefix: writes PREFIX.csv and PREFIX.json."),
     layers: str | None = typer.Option(None, "--layers", help="Layers (default: all of the vector's)."),
-    alphas: str = typer.Option("0.1,0.2,0.3,0.5,0.75,1,1.5,2", "--alphas", help="Added norm / residual norm."),
+    alphas: str = typer.Option(_listed(DEFAULT_BREAKDOWN_ALPHAS), "--alphas", help="Added norm / residual norm."),
     max_new_tokens: int = typer.Option(24, "--max-new-tokens", help="Length of the generations scored (0: none)."),
     model: str = MODEL_OPT,
     device: str | None = DEVICE_OPT,

@@ -24,7 +24,10 @@ from steerlab.errors import SteeringError
 from steerlab.evaluate.metrics import generation_perplexity, neutral_texts, next_token_entropy
 from steerlab.evaluate.results import ResultTable
 
-__all__ = ["DEFAULT_COLLAPSE_KL", "breakdown"]
+__all__ = ["DEFAULT_BREAKDOWN_ALPHAS", "DEFAULT_COLLAPSE_KL", "breakdown"]
+
+DEFAULT_BREAKDOWN_ALPHAS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
+"""Added norms traced by :func:`breakdown`, as multiples of the layer's natural residual norm."""
 
 DEFAULT_COLLAPSE_KL = 1.0
 """KL (nats/token) above which :func:`breakdown` calls coherence collapsed: five times the calibration budget;
@@ -67,7 +70,7 @@ def breakdown(
     vector: SteeringVector,
     *,
     layers: Sequence[int] | None = None,
-    alphas: Sequence[float] = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0),
+    alphas: Sequence[float] = DEFAULT_BREAKDOWN_ALPHAS,
     texts: Sequence[str] | None = None,
     prompts: Sequence[str] | None = None,
     max_new_tokens: int = 24,
