@@ -27,8 +27,8 @@ refusal = extract_vector(model, tokenizer, pairs, layers=[20], chat=True, batch_
 prompt = [instructions("harmless_val")[0]]
 
 
-def show(label: str) -> None:
-    ((_, ids),) = generate(model, tokenizer, prompt, max_new_tokens=40)
+def show(label: str, lm=model) -> None:
+    ((_, ids),) = generate(lm, tokenizer, prompt, max_new_tokens=40)
     print(f"{label}: {tokenizer.decode(ids, skip_special_tokens=True)!r}")
 
 
@@ -37,5 +37,5 @@ with steer(model, refusal, alpha=1.0):
     show("refusal direction added at layer 20")
 with steer(model, directional_ablation(model, refusal)):
     show("refusal direction ablated everywhere")
-orthogonalize(model, refusal)  # the same ablation, now in the weights: no hooks
-show("orthogonalised weights")
+ablated = orthogonalize(model, refusal)  # the same ablation, now in the weights of a copy: no hooks
+show("orthogonalised weights", ablated)

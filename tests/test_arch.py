@@ -162,7 +162,7 @@ def test_steerlab_writes_nothing_onto_the_model(tmp_path, tokenizer):
     set_architecture(model, ArchSpec(layers=("model.layers",)))
     get_layout(model)
     set_architecture(model, None)
-    bake_addition(model, vec, alpha=1.0)
+    bake_addition(model, vec, alpha=1.0, inplace=True)
     assert [key for key in vars(model) if key.startswith("_steerlab")] == []
     state = peek(model)
     assert state.model_id == str(tmp_path / "m") == model_id(model)

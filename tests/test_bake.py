@@ -5,6 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from steerlab import directional_ablation, steer
+from steerlab._models import model_id
 from steerlab.arch import registered_architectures
 from steerlab.bake import bake_addition, orthogonalize, save_baked
 from steerlab.errors import SteeringError
@@ -117,3 +118,19 @@ def test_what_cannot_be_baked_is_refused():
             bake_addition(other, random_vector(other))
         with pytest.raises(SteeringError, match="cannot be baked into its weights exactly"):
             orthogonalize(other, random_vector(other))
+
+
+def test_baking_returns_a_copy_unless_asked_to_work_in_place(tiny):
+    """The model a user baked from keeps its own weights (issue 13: a README one-liner left the live model steered)."""
+    model = tiny("llama")
+    vec = random_vector(model, layers=(1,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    baked = bake_addition(model, vec, alpha=1.5)
+    assert baked is not model and model_id(baked) == model_id(model)
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    ortho = orthogonalize(model, vec)
+    assert ortho is not model and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    twin = copy.deepcopy(model)
+    assert bake_addition(twin, vec, alpha=1.5, inplace=True) is twin
+    assert set(twin.state_dict()) - set(before)  # the bias was created on twin itself

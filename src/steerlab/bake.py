@@ -42,7 +42,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from steerlab._forward import batched_logits
-from steerlab._state import state
+from steerlab._state import peek, state
 from steerlab._steer import Intervention, as_interventions, steer
 from steerlab._text import apply_chat, encode, pad_batch, pad_id
 from steerlab._vector import SteeringVector
@@ -127,15 +127,18 @@ def bake_addition(
     site: Site | None = None,
     scale: Scale = "absolute",
     positions: Positions = "all",
+    inplace: bool = False,
 ) -> nn.Module:
-    """Make ``model`` (in place) behave like ``steer(model, vector, alpha, ...)`` with no hooks.
+    """A copy of ``model`` (or ``model`` itself with ``inplace=True``) that behaves like
+    ``steer(model, vector, alpha, ...)`` with no hooks.
 
     ``vector`` is a vector with the options here, or an :class:`~steerlab.Intervention` (mode ``add``, every
-    position, no norm preservation: what a bias can do) carrying them.
+    position, no norm preservation: what a bias can do) carrying them. The copy costs a second set of weights;
+    ``inplace=True`` avoids it, and then ``model`` stays steered for as long as it lives.
 
     Example:
-        >>> bake_addition(model, vec, alpha=20.0)
-        >>> save_baked(model, tokenizer, "smollm2-happy")   # loads with plain transformers
+        >>> baked = bake_addition(model, vec, alpha=0.1, scale="relative")   # model itself is unchanged
+        >>> save_baked(baked, tokenizer, "smollm2-happy")   # loads with plain transformers
     """
     (item,) = as_interventions(vector, alpha=alpha, layers=layers, site=site, scale=scale, positions=positions)
     if item.positions != "all":
@@ -150,6 +153,10 @@ def bake_addition(
             + "; use orthogonalize() to remove a direction from the weights, or hooks (steerlab.steer)."
         )
     item.vector.check_fits(model)
+    _check_bakeable(
+        get_layout(model), item.resolved_site, ("attn_out" if item.resolved_site == "attn_out" else "mlp_out",)
+    )
+    model = model if inplace else _copy(model)  # checked first: a refused bake copies nothing
     layout = get_layout(model)
     site = item.resolved_site
     target = "attn_out" if site == "attn_out" else "mlp_out"
@@ -193,18 +200,22 @@ def _project_out_outputs(linear: nn.Module, unit: torch.Tensor) -> None:
         b.sub_(((b.float() @ unit) * unit).to(b.dtype))
 
 
-def orthogonalize(model: nn.Module, vector: SteeringVector, source: int | None = None) -> nn.Module:
-    """Project one direction out of every weight that writes to the residual stream (in place).
+def orthogonalize(
+    model: nn.Module, vector: SteeringVector, source: int | None = None, *, inplace: bool = False
+) -> nn.Module:
+    """A copy of ``model`` (or ``model`` itself with ``inplace=True``) with one direction projected out of every
+    weight that writes to the residual stream.
 
     Equivalent to ``steer(model, directional_ablation(model, vector, source))`` on every token.
 
     Example:
-        >>> orthogonalize(model, refusal, source=12)
-        >>> save_baked(model, tokenizer, "smollm2-no-refusal")
+        >>> ablated = orthogonalize(model, refusal, source=12)
+        >>> save_baked(ablated, tokenizer, "smollm2-no-refusal")
     """
     vector.check_fits(model)
+    _check_bakeable(get_layout(model), "resid_post", ("attn_out", "mlp_out"))
+    model = model if inplace else _copy(model)
     layout = get_layout(model)
-    _check_bakeable(layout, "resid_post", ("attn_out", "mlp_out"))
     one = vector.at_layers([0], source).normalized_copy()
     unit = one.directions[0].float()
     writers = [_writer(layout, layer, site) for layer in range(layout.num_layers) for site in ("attn_out", "mlp_out")]
@@ -232,6 +243,17 @@ def _untie_output_embeddings(model: nn.Module) -> None:
     output.weight = nn.Parameter(inputs.weight.detach().clone())
     for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
         config.tie_word_embeddings = False
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    """A deep copy that steerlab knows as the same model: the name it was loaded under, any architecture override
+    and what was baked before travel with it (the per-model state is keyed by the object, not copied by deepcopy)."""
+    twin = copy.deepcopy(model)
+    original = peek(model)
+    if original is not None:
+        mine = state(twin)
+        mine.arch, mine.model_id, mine.baked = original.arch, original.model_id, list(original.baked)
+    return twin
 
 
 def _record(model: nn.Module, entry: dict[str, Any]) -> None:

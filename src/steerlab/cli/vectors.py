@@ -210,11 +210,11 @@ def bake(
     if ablate:
         steering = directional_ablation(lm, vec, source_layer)
         reference = probe_logits(lm, tokenizer, steering)  # the hooked model is what the baked one must reproduce
-        orthogonalize(lm, vec, source_layer)
+        orthogonalize(lm, vec, source_layer, inplace=True)  # the CLI owns this model: no second copy
     else:
         steering = Intervention(vec, alpha, layers=layer_list, site=site, scale=scale)
         reference = probe_logits(lm, tokenizer, steering)
-        bake_addition(lm, steering)
+        bake_addition(lm, steering, inplace=True)
     save_baked(lm, tokenizer, out_dir)
     with err.status("checking the saved folder with plain transformers ..."):
         check = verify_baked(out_dir, tokenizer, reference)
