@@ -1,9 +1,18 @@
+import warnings
+
 import pytest
 import torch
 
-from steerlab.arch import ArchSpec, get_layout, register_architecture, registered_architectures, set_architecture
+from steerlab.arch import (
+    ArchSpec,
+    get_layout,
+    register_architecture,
+    registered_architectures,
+    registry,
+    set_architecture,
+)
 from steerlab.errors import ArchitectureError
-from tiny import ARCHS, LAYERS, WIDTH
+from tiny import ARCHS, LAYERS, WIDTH, make_tiny
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -31,32 +40,30 @@ def test_registry_covers_required_architectures():
     assert required <= set(registered_architectures())
 
 
-def test_unknown_model_type_falls_back_with_warning(tiny):
-    model = tiny("llama")
-    original = model.config.model_type
-    try:
-        model.config.model_type = "never_heard_of_it"
-        with pytest.warns(UserWarning, match="not in steerlab's registry.*model.layers"):
-            layout = get_layout(model)
-        assert layout.source == "heuristic" and layout.layers is model.model.layers
-    finally:
-        model.config.model_type = original
+def test_unknown_model_type_falls_back_with_warning():
+    model = make_tiny("llama")  # its config is changed below: a model of its own, not the shared one
+    model.config.model_type = "never_heard_of_it"
+    with pytest.warns(UserWarning, match="not in steerlab's registry.*model.layers"):
+        layout = get_layout(model)
+    assert layout.source == "heuristic" and layout.layers is model.model.layers
 
 
-def test_user_override_wins_and_registration_silences_warning(tiny):
-    model = tiny("llama")
+def test_user_override_wins_and_registration_silences_warning(monkeypatch):
+    # register_architecture writes the process-wide registry: work on a copy that monkeypatch puts back.
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    model = make_tiny("llama")
     set_architecture(model, ArchSpec(layers=("model.layers",)))
-    try:
-        assert get_layout(model).source == "override"
-    finally:
-        del model._steerlab_arch
-    original = model.config.model_type
-    try:
-        model.config.model_type = "my_clone"
-        register_architecture("my_clone", ArchSpec(layers=("model.layers",)))
-        assert get_layout(model).source == "registry"
-    finally:
-        model.config.model_type = original
+    assert get_layout(model).source == "override"
+
+    clone = make_tiny("llama")
+    clone.config.model_type = "my_clone"
+    with pytest.warns(UserWarning, match="model_type 'my_clone' is not in steerlab's registry"):
+        assert get_layout(clone).source == "heuristic"
+    register_architecture("my_clone", ArchSpec(layers=("model.layers",)))
+    assert registered_architectures()["my_clone"] == ArchSpec(layers=("model.layers",))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # registered: no warning any more
+        assert get_layout(clone).source == "registry"
 
 
 def test_wrong_override_and_wrong_count_are_clear(tiny):
