@@ -93,15 +93,22 @@ def test_sites_supported_exactly_as_listed_and_others_refused(tiny, tokenizer, a
                 pass
 
 
+_UNSTEERED = {}
+
+
+def unsteered(model, tokenizer, arch, site):
+    """The unsteered recording of TEXTS at layers 0 and 1 of ``site``: once per (arch, site), since the session's
+    tiny models never change and every site's test compares against all sites."""
+    if (arch, site) not in _UNSTEERED:
+        _UNSTEERED[arch, site] = record(model, tokenizer, TEXTS, layers=[0, 1], site=site, reduce="all")
+    return _UNSTEERED[arch, site]
+
+
 @pytest.mark.parametrize(("arch", "site"), SUPPORTED)
 def test_add_at_each_site_changes_only_that_site(tiny, tokenizer, arch, site):
     model = tiny(arch)
     vec = random_vector(model, layers=(1,), scale=5.0)
-    base = {
-        s: record(model, tokenizer, TEXTS, layers=[0, 1], site=s, reduce="all")
-        for s in SITES
-        if site_supported(model, s)
-    }
+    base = {s: unsteered(model, tokenizer, arch, s) for s in SITES if site_supported(model, s)}
     with steer(model, vec, alpha=1.0, site=site):
         moved = {s: record(model, tokenizer, TEXTS, layers=[0, 1], site=s, reduce="all") for s in base}
     shift = 1.0 * vec.directions[1]
