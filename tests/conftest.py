@@ -14,7 +14,112 @@ sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(int(os.environ.get("STEERLAB_TEST_THREADS", "1")))
 
 from steerlab import load_model  # noqa: E402
-from tiny import make_tiny  # noqa: E402
+from steerlab._hooks import live_hooks  # noqa: E402
+from steerlab.arch import registered_architectures  # noqa: E402
+from tiny import SMALL_VOCAB, SMOL_VOCAB, make_tiny  # noqa: E402
+
+# -- layers ------------------------------------------------------------------------------------------------------
+# Every test belongs to exactly one layer, given here (and only here: files carry no layer marks, so files can be
+# edited and merged without touching this table). A file's entry is the default for its tests; an entry
+# "file::test" (the function name, without parameters) overrides it for one test.
+#   unit  no model at all (tensors, files, parsing; SmolLM2's tokenizer is allowed)
+#   arch  tiny random models (tests/tiny.py), in process
+#   real  real pretrained weights: SmolLM2, the judges' sentence embedder, llama.cpp on SmolLM2's GGUF
+#   apps  the front ends: CLI, HTTP server, browser, subprocesses, the notebook, examples, benchmarks
+LAYER_NAMES = ("unit", "arch", "real", "apps")
+LAYERS = {
+    "test_arch.py": "arch",
+    "test_arch.py::test_registry_covers_required_architectures": "unit",
+    "test_arch.py::test_no_candidate_lists_what_was_found": "unit",
+    "test_bake.py": "arch",
+    "test_benchmarks.py": "apps",
+    "test_benchmarks.py::test_the_docs_page_is_built_from_result_files": "unit",
+    "test_calling.py": "arch",
+    "test_calling.py::test_each_release_convention_tells_prompt_from_generated": "unit",
+    "test_calling.py::test_past_length_reads_every_known_source": "unit",
+    "test_calling.py::test_a_cache_under_an_unknown_name_fails_loudly": "unit",
+    "test_calling.py::test_doctor_passes_here_and_exits_zero": "apps",
+    "test_calling.py::test_doctor_fails_on_a_tracker_that_never_sees_the_past": "apps",
+    "test_cli.py": "apps",
+    "test_data.py": "unit",
+    "test_docs.py": "unit",
+    "test_examples.py": "apps",
+    "test_extract.py": "unit",
+    "test_extract.py::test_streaming_extraction_equals_record_then_method": "arch",
+    "test_extract.py::test_too_few_pairs_fail_before_the_model_runs": "arch",
+    "test_extract.py::test_shared_prefixes_give_the_numbers_of_whole_texts": "arch",
+    "test_gguf.py": "arch",
+    "test_hooks.py": "unit",
+    "test_gguf.py::test_cli_export_import": "apps",
+    "test_hub.py": "arch",
+    "test_hub.py::test_cli_export_hub": "apps",
+    "test_interventions.py": "arch",
+    "test_interventions.py::test_operators_on_tensors": "unit",
+    "test_interventions.py::test_alpha_validation": "unit",
+    "test_judges.py": "real",
+    "test_layers.py": "unit",
+    "test_judges.py::test_phrase_judge": "unit",
+    "test_llamacpp.py": "real",
+    "test_measure.py": "arch",
+    "test_measure.py::test_swap_choices_exchanges_texts_and_letter": "unit",
+    "test_measure.py::test_load_ab_leaves_out_multiple_choice_with_a_warning": "unit",
+    "test_measure.py::test_probes_separable_data_and_errors": "unit",
+    "test_measure.py::test_balance_ab_adds_swapped_pairs": "unit",
+    "test_measure_real.py": "real",
+    "test_measure_real.py::test_cli_sweep_calibrate_probe_breakdown_report": "apps",
+    "test_models.py": "unit",
+    "test_models.py::test_local_folder_with_dtype": "arch",
+    "test_models.py::test_device_map_with_disk_offload_steers_like_the_plain_model": "arch",
+    "test_models.py::test_vector_follows_the_layer_dtype": "arch",
+    "test_models.py::test_cached_weights_equal_direct_gguf_load": "real",
+    "test_notebook.py": "apps",
+    "test_notebook.py::test_notebook_is_stored_without_outputs": "unit",
+    "test_prefix.py": "arch",
+    "test_public_api.py": "unit",
+    "test_real_smollm2.py": "real",
+    "test_record.py": "arch",
+    "test_serve.py": "apps",
+    "test_serve_app.py": "apps",
+    "test_serve_engine.py": "arch",
+    "test_serve_openai.py": "unit",
+    "test_serve_validate.py": "arch",
+    "test_serve_playground.py": "apps",
+    "test_steer.py": "arch",
+    "test_vector.py": "unit",
+}
+# What a layer's tests may not ask for: a unit test loads no model, an arch test no real weights.
+_FORBIDDEN_FIXTURES = {
+    "unit": {"tiny", "smol", "refusal_judge"},
+    "arch": {"smol", "refusal_judge"},
+}
+
+
+def layer_of(item: pytest.Item) -> str | None:
+    """The layer the table gives ``item``: its own entry, else its file's, else None."""
+    file = item.path.name
+    name = getattr(item, "originalname", None) or item.name
+    return LAYERS.get(f"{file}::{name}", LAYERS.get(file))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with its layer, and refuse a test with no layer, several, or fixtures beyond its layer."""
+    problems = []
+    for item in items:
+        layer = layer_of(item)
+        if layer is not None:
+            item.add_marker(getattr(pytest.mark, layer))
+        marked = [mark.name for mark in item.iter_markers() if mark.name in LAYER_NAMES]
+        if len(marked) != 1:
+            problems.append(f"{item.nodeid}: layer marks {marked}; give it exactly one in LAYERS (tests/conftest.py)")
+            continue
+        used = _FORBIDDEN_FIXTURES.get(marked[0], set()) & set(getattr(item, "fixturenames", ()))
+        if used:
+            problems.append(f"{item.nodeid}: a '{marked[0]}' test uses {sorted(used)}; correct LAYERS")
+    if problems:
+        raise pytest.UsageError("tests without exactly one fitting layer:\n  " + "\n  ".join(problems))
+
+
+# -- leak guards ---------------------------------------------------------------------------------------------------
 
 
 def steerlab_hooks(model: nn.Module) -> int:
@@ -26,42 +131,55 @@ def steerlab_hooks(model: nn.Module) -> int:
     return count
 
 
-_MODELS: list[nn.Module] = []
-
-
 @pytest.fixture(autouse=True)
-def no_hook_left_behind():
-    """Every test must leave no steerlab hook on any model it used, whatever happened inside."""
+def nothing_left_behind():
+    """Every test must remove every hook it added through steerlab, on whatever model (HookSet counts them; only
+    _hooks.py registers hooks, checked by tests/test_hooks.py), and leave the architecture registry as it was."""
+    hooks, registry = live_hooks(), registered_architectures()
     yield
-    for model in _MODELS:
-        assert steerlab_hooks(model) == 0, "a steerlab hook was left on the model after the test"
+    assert live_hooks() == hooks, f"{live_hooks() - hooks} steerlab hook(s) left registered after the test"
+    assert registered_architectures() == registry, "the test changed the architecture registry and left it so"
+
+
+# -- models --------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def smol():
     """The real SmolLM2-135M-Instruct (installed by `make test`; never skipped)."""
-    model, tokenizer = load_model("smollm2-135m")
-    _MODELS.append(model)
-    return model, tokenizer
+    return load_model("smollm2-135m")
 
 
 @pytest.fixture(scope="session")
-def tokenizer(smol):
-    return smol[1]
+def tokenizer():
+    """SmolLM2's tokenizer alone, for tiny models fed real text: read from the dequantized model's cache folder
+    (written once if missing) without loading the 135M weights."""
+    from transformers import AutoTokenizer
+
+    from steerlab._models import _dequantize_to_cache, _gguf_cache_path, resolve_alias
+
+    gguf = resolve_alias("smollm2-135m")
+    folder = _gguf_cache_path(gguf)
+    if not (folder / "config.json").is_file():  # load_model's own test for a finished cache
+        _dequantize_to_cache(gguf, folder)
+    return AutoTokenizer.from_pretrained(folder)
 
 
-_TINY_CACHE: dict[str, nn.Module] = {}
+_TINY_CACHE: dict[tuple[str, int], nn.Module] = {}
 
 
 @pytest.fixture
-def tiny():
-    """Factory: ``tiny(arch)`` gives a tiny random model of that architecture (shared per session)."""
+def tiny(request):
+    """Factory: ``tiny(arch)`` gives a tiny random model of that architecture (shared per session).
+
+    Its vocabulary is small, unless the test uses the ``tokenizer`` fixture: then it is SmolLM2's, so that real
+    text can feed it."""
+    vocab = SMOL_VOCAB if "tokenizer" in request.fixturenames else SMALL_VOCAB
 
     def get(arch: str) -> nn.Module:
-        if arch not in _TINY_CACHE:
-            _TINY_CACHE[arch] = make_tiny(arch)
-            _MODELS.append(_TINY_CACHE[arch])
-        return _TINY_CACHE[arch]
+        if (arch, vocab) not in _TINY_CACHE:
+            _TINY_CACHE[arch, vocab] = make_tiny(arch, vocab=vocab)
+        return _TINY_CACHE[arch, vocab]
 
     return get
 

@@ -22,7 +22,7 @@ from steerlab.arch import (
 )
 from steerlab.bake import bake_addition
 from steerlab.errors import ArchitectureError
-from tiny import ARCHS, CONFIGS, LAYERS, PROMPTS, VOCAB, WIDTH, make_tiny, random_vector
+from tiny import ARCHS, CONFIGS, LAYERS, PROMPTS, SMALL_VOCAB, WIDTH, make_tiny, random_vector
 
 # Registered model types without a tiny model of their own, each mapped to the tiny architecture whose
 # ArchSpec is the same record (checked below): every fact steerlab reads about them is exercised there.
@@ -97,7 +97,7 @@ def test_registered_facts_name_real_modules(model_type):
 
 def _opt_with_projection() -> torch.nn.Module:
     # OPT-350m's shape: embeddings narrower than the residual stream, projected in and out.
-    config = tf.OPTConfig(vocab_size=VOCAB, hidden_size=WIDTH, word_embed_proj_dim=16, num_hidden_layers=LAYERS,
+    config = tf.OPTConfig(vocab_size=SMALL_VOCAB, hidden_size=WIDTH, word_embed_proj_dim=16, num_hidden_layers=LAYERS,
                           num_attention_heads=4, ffn_dim=64, max_position_embeddings=64)  # fmt: skip
     torch.manual_seed(0)
     return tf.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
@@ -196,36 +196,30 @@ def test_registry_covers_required_architectures():
     assert required <= set(registered_architectures())
 
 
-def test_unknown_model_type_falls_back_with_warning(tiny):
-    model = tiny("llama")
-    original = model.config.model_type
-    try:
-        model.config.model_type = "never_heard_of_it"
-        with pytest.warns(UserWarning, match="not in steerlab's registry.*model.layers"):
-            layout = get_layout(model)
-        assert layout.source == "heuristic" and layout.layers is model.model.layers
-    finally:
-        model.config.model_type = original
+def test_unknown_model_type_falls_back_with_warning():
+    model = make_tiny("llama")  # its config is changed below: a model of its own, not the shared one
+    model.config.model_type = "never_heard_of_it"
+    with pytest.warns(UserWarning, match="not in steerlab's registry.*model.layers"):
+        layout = get_layout(model)
+    assert layout.source == "heuristic" and layout.layers is model.model.layers
 
 
-def test_user_override_wins_and_registration_silences_warning(tiny, own_registry):
-    model = tiny("llama")
+def test_user_override_wins_and_registration_silences_warning(monkeypatch):
+    # register_architecture writes the process-wide registry: work on a copy that monkeypatch puts back.
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    model = make_tiny("llama")
     set_architecture(model, ArchSpec(layers=("model.layers",)))
-    try:
-        assert get_layout(model).source == "override"
-    finally:
-        set_architecture(model, None)
-    original = model.config.model_type
-    try:
-        model.config.model_type = "my_clone"
-        with pytest.warns(UserWarning, match="not in steerlab's registry"):
-            assert get_layout(model).source == "heuristic"
-        register_architecture("my_clone", ArchSpec(layers=("model.layers",)))
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            assert get_layout(model).source == "registry"
-    finally:
-        model.config.model_type = original
+    assert get_layout(model).source == "override"
+
+    clone = make_tiny("llama")
+    clone.config.model_type = "my_clone"
+    with pytest.warns(UserWarning, match="model_type 'my_clone' is not in steerlab's registry"):
+        assert get_layout(clone).source == "heuristic"
+    register_architecture("my_clone", ArchSpec(layers=("model.layers",)))
+    assert registered_architectures()["my_clone"] == ArchSpec(layers=("model.layers",))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # registered: no warning any more
+        assert get_layout(clone).source == "registry"
 
 
 def test_wrong_override_and_wrong_count_are_clear(tiny):

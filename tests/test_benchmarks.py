@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny import make_tiny
+from tiny import SMOL_VOCAB, make_tiny
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -18,7 +18,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory, tokenizer):
     folder = tmp_path_factory.mktemp("tiny-llama")
-    make_tiny("llama").save_pretrained(folder)
+    make_tiny("llama", vocab=SMOL_VOCAB).save_pretrained(folder)  # the scripts feed it real text
     tokenizer.save_pretrained(folder)
     return folder
 

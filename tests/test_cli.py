@@ -8,7 +8,6 @@ from steerlab import SteeringVector
 from steerlab._models import ModelFingerprint
 from steerlab.cli import app
 
-pytestmark = pytest.mark.real_model
 runner = CliRunner()
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
-pytestmark = pytest.mark.real_model
 
 
 @pytest.mark.parametrize(

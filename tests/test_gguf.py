@@ -111,7 +111,6 @@ def test_bad_files(tiny, tmp_path):
         import_gguf(write_control_vector(tmp_path / "g.gguf", {"direction.1": ones}, hint="mistral"), model)
 
 
-@pytest.mark.real_model
 def test_cli_export_import(tmp_path, smol):
     runner = CliRunner()
     vec = random_vector(smol[0], layers=(5, 6))

@@ -20,7 +20,7 @@ from steerlab.engines import apply_chat
 from steerlab.io import export_gguf
 from steerlab.io.llamacpp import clear_control_vector, set_control_vector
 
-pytestmark = [pytest.mark.real_model, pytest.mark.llamacpp]
+pytestmark = pytest.mark.llamacpp
 PROMPT = "Describe the city you live in."
 LAYER = 16  # where neighbouring layers respond most differently (docs/llama-cpp.md), a sharp numbering check
 

@@ -234,8 +234,10 @@ def test_breakdown_traces_growth_and_collapse(tiny, tokenizer):
 
     model = tiny("llama")
     vec = random_vector(model, layers=(1,))
+    # A random tiny model predicts almost uniformly, so its KL stays small (here 7e-5, 0.004, 0.010, 0.012 nats):
+    # a collapse threshold between the second and third strengths puts the collapse at exactly alpha = 4.
     table = breakdown(model, tokenizer, vec, alphas=[0.1, 1.0, 4.0, 16.0], texts=neutral_texts()[:6],
-                      prompts=["Hello"], max_new_tokens=3)  # fmt: skip
+                      prompts=["Hello"], max_new_tokens=3, collapse_kl=0.006)  # fmt: skip
     kls = [r["kl"] for r in table.records]
     assert kls[0] < kls[-1] and len(table.records) == 4
     assert all(len(r["later_norms"]) == 3 for r in table.records)  # blocks 1, 2, 3
@@ -243,8 +245,10 @@ def test_breakdown_traces_growth_and_collapse(tiny, tokenizer):
     # Read at the last block's output (before the final norm): a push of 16x the residual norm survives there.
     assert table.records[-1]["final_norm_ratio"] > 2.0 > table.records[0]["final_norm_ratio"]
     assert all(math.isfinite(r["perplexity"]) for r in table.records)
-    collapse = table.meta["collapse"]["1"]
-    assert collapse is None or collapse == min(r["alpha"] for r in table.records if r["kl"] > 1.0)
+    assert kls[1] < 0.006 < kls[2]
+    assert table.meta["collapse"] == {"1": 4.0} and table.meta["collapse_kl"] == 0.006
+    never = breakdown(model, tokenizer, vec, alphas=[0.1, 16.0], texts=neutral_texts()[:6], max_new_tokens=0)
+    assert never.meta["collapse"] == {"1": None}  # the default threshold, 1 nat, is not reached
     with pytest.raises(SteeringError, match="positive"):
         breakdown(model, tokenizer, vec, alphas=[0.0])
 

@@ -12,7 +12,6 @@ from steerlab.evaluate.metrics import load_ab, neutral_texts
 from steerlab.evaluate.results import ResultTable
 from steerlab.evaluate.sweeps import calibrate, sweep
 
-pytestmark = pytest.mark.real_model
 ROOT = Path(__file__).parents[1] / "datasets"
 runner = CliRunner()
 

@@ -59,7 +59,6 @@ def test_local_folder_with_dtype(tmp_path, tiny, tokenizer):
     assert models.model_id(model) == str(tmp_path) and tok.pad_token is not None
 
 
-@pytest.mark.real_model
 def test_cached_weights_equal_direct_gguf_load(smol):
     cached, tokenizer = smol
     direct, _ = load_model("smollm2-135m", use_cache=False)

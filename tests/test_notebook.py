@@ -3,11 +3,9 @@
 from pathlib import Path
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 NOTEBOOK = Path(__file__).parents[1] / "examples" / "demo.ipynb"
-pytestmark = pytest.mark.real_model
 
 
 def test_notebook_is_stored_without_outputs():

@@ -23,8 +23,6 @@ from steerlab.datasets.pairs import NEUTRAL_PROMPTS
 from steerlab.engines import apply_chat
 from steerlab.engines.transformers import generate
 
-pytestmark = pytest.mark.real_model
-
 LAYER = 10
 ALPHAS = [-0.3, -0.15, 0.0, 0.15, 0.3]  # fractions of the mean residual norm at LAYER (~140)
 PROMPTS = list(NEUTRAL_PROMPTS)

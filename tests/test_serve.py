@@ -20,8 +20,6 @@ from steerlab.engines.transformers import generate
 from steerlab.serve import Job, ServeLimits
 from tiny import random_vector
 
-pytestmark = pytest.mark.real_model
-
 LIMITS = ServeLimits(max_body_bytes=64 * 1024, max_vector_bytes=256 * 1024, max_prompt_tokens=300, max_tokens=64)
 PROMPT = "Tell me about your weekend."
 

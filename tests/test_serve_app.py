@@ -7,12 +7,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from steerlab.serve import ServeLimits, VectorLibrary, create_app
-from tiny import make_tiny
+from tiny import SMOL_VOCAB, make_tiny
 
 
 @pytest.fixture(scope="module")
 def app(tokenizer, tmp_path_factory):
-    model = make_tiny("llama")
+    model = make_tiny("llama", vocab=SMOL_VOCAB)  # the real tokenizer feeds it
     library = VectorLibrary(tmp_path_factory.mktemp("vectors"), model)
     return create_app(model, tokenizer, library, limits=ServeLimits(max_body_bytes=1000), name="tiny")
 

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from serving import make_library, running_server
 from steerlab import steer
 from steerlab.engines.transformers import generate
-
-pytestmark = pytest.mark.real_model
 
 ARTIFACTS = Path(__file__).parents[1] / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"

@@ -18,7 +18,7 @@ from steerlab.errors import FormatError
 from steerlab.serve import ApiError, ServeLimits, VectorLibrary
 from steerlab.serve.schemas import ChatRequest, CompletionRequest, SweepRequest
 from steerlab.serve.validate import Validator, request_error
-from tiny import make_tiny, random_vector
+from tiny import SMOL_VOCAB, make_tiny, random_vector
 
 LIMITS = ServeLimits(max_prompt_tokens=200, max_tokens=64, max_interventions=3, max_sweep=4)
 SERVED = "tiny-llama"
@@ -28,7 +28,7 @@ HELLO = [{"role": "user", "content": "Hello there"}]
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A tiny Llama with a library of two vectors: one with residual norms (relative scale works), one without."""
-    model = make_tiny("llama")
+    model = make_tiny("llama", vocab=SMOL_VOCAB)  # the real tokenizer feeds it
     folder = tmp_path_factory.mktemp("vectors")
     raw = random_vector(model, layers=(1, 2), scale=4.0)
     dataclasses.replace(raw, resid_norm={1: 6.0, 2: 7.0}).save(folder / "normed.safetensors")

@@ -1,10 +1,13 @@
 import math
+from contextlib import nullcontext
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 from conftest import steerlab_hooks
 from steerlab import SteeringVector, steer
+from steerlab._calling import cache_argument
 from steerlab._models import ModelFingerprint
 from steerlab.engines import pad_batch
 from steerlab.errors import SteeringError, VectorMismatchError
@@ -66,7 +69,42 @@ def test_generation_same_with_and_without_kv_cache(tiny, arch, positions):
         cached = greedy(model, PROMPTS, use_cache=True)
         uncached = greedy(model, PROMPTS, use_cache=False)
     assert torch.equal(cached, uncached)
-    assert not torch.equal(cached, greedy(model, PROMPTS)) or positions == "prompt"
+    plain = greedy(model, PROMPTS)
+    assert not torch.equal(cached, plain)  # every choice of positions steers something here
+    # The first new token is read at the prompt's last token: steered by "all", "prompt" and 3 (for prompts of
+    # more than 3 tokens), not by "generated".
+    if positions == "generated":
+        assert torch.equal(cached[:, 0], plain[:, 0])
+    if positions == "prompt":  # the whole prompt pass is steered, as under "all"; generated tokens are not
+        with steer(model, vec, alpha=1.0, positions="all"):
+            everywhere = greedy(model, PROMPTS)
+        assert torch.equal(cached[:, 0], everywhere[:, 0])
+    if positions == 3:  # PROMPTS[1] has 2 tokens: its first two new tokens are read at indices 1 and 2 < 3
+        assert torch.equal(cached[1, :2], plain[1, :2]) and not torch.equal(cached[1], plain[1])
+
+
+@pytest.mark.parametrize("arch", ["llama", "gptj"])
+def test_prompt_positions_steer_the_prompt_pass_and_no_generated_token(tiny, arch):
+    """positions='prompt' is a decode whose prompt pass runs under positions='all' and whose later steps run
+    unsteered on the same KV cache (written out by hand here). On these two models steering the generated tokens
+    too changes the text, so steering them by mistake would show."""
+    model = tiny(arch)
+    vec = random_vector(model, layers=(1, 2), scale=8.0)
+    row = PROMPTS[2]
+    with steer(model, vec, alpha=1.0, positions="prompt"):
+        got = greedy(model, [row])[0].tolist()
+    cache, ids, expected = DynamicCache(config=model.config), torch.tensor([row]), []
+    with torch.no_grad():
+        for step in range(len(got)):
+            past = cache.get_seq_length()
+            kwargs = {"input_ids": ids, "position_ids": torch.arange(past, past + ids.shape[1])[None]}
+            kwargs |= {"use_cache": True, cache_argument(model): cache}
+            with steer(model, vec, alpha=1.0) if step == 0 else nullcontext():
+                ids = model(**kwargs).logits[:, -1:].argmax(-1)
+            expected.append(int(ids))
+    assert got == expected
+    with steer(model, vec, alpha=1.0):
+        assert greedy(model, [row])[0].tolist() != expected
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "falcon", "qwen3"])

@@ -7,6 +7,7 @@ hooks we added: never anyone else's, and no module is ever replaced.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
@@ -14,7 +15,24 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["HookSet", "block_hidden", "with_block_hidden"]
+__all__ = ["HookSet", "block_hidden", "with_block_hidden", "live_hooks"]
+
+# Hooks added by every HookSet and not yet removed, over all threads (the server adds and removes them on its
+# worker thread; the lock keeps the count exact where the GIL does not, as in free-threaded builds). The test
+# suite's leak guard reads it, so a leak is seen on any model, not only on models the tests know about.
+_live = 0
+_live_lock = threading.Lock()
+
+
+def live_hooks() -> int:
+    """How many hooks added through a :class:`HookSet` are still registered, in this process."""
+    return _live
+
+
+def _count(delta: int) -> None:
+    global _live
+    with _live_lock:
+        _live += delta
 
 
 def block_hidden(output: Any) -> torch.Tensor:
@@ -49,6 +67,16 @@ class HookSet:
     def __exit__(self, *exc: object) -> bool | None:
         return self._stack.__exit__(*exc)
 
+    def _keep(self, handle: torch.utils.hooks.RemovableHandle) -> None:
+        """Count ``handle`` as live until this set removes it (exactly once: the stack runs each callback once)."""
+        _count(1)
+
+        def remove() -> None:
+            handle.remove()
+            _count(-1)
+
+        self._stack.callback(remove)
+
     def forward(
         self, module: nn.Module, fn: Callable[..., Any], *, with_kwargs: bool = False, prepend: bool = False
     ) -> None:
@@ -57,15 +85,13 @@ class HookSet:
         ``prepend=True`` runs it before hooks already on the module: steering uses it so that every other
         observer, transformers' own ``output_hidden_states`` capture included, sees the steered output.
         """
-        handle = module.register_forward_hook(fn, with_kwargs=with_kwargs, prepend=prepend)
-        self._stack.callback(handle.remove)
+        self._keep(module.register_forward_hook(fn, with_kwargs=with_kwargs, prepend=prepend))
 
     def pre_forward(
         self, module: nn.Module, fn: Callable[..., Any], *, with_kwargs: bool = False, prepend: bool = False
     ) -> None:
         """Add a forward pre-hook ``fn(module, args)`` (or ``(module, args, kwargs)``)."""
-        handle = module.register_forward_pre_hook(fn, with_kwargs=with_kwargs, prepend=prepend)
-        self._stack.callback(handle.remove)
+        self._keep(module.register_forward_pre_hook(fn, with_kwargs=with_kwargs, prepend=prepend))
 
     def on_hidden(
         self,
