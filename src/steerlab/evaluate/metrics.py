@@ -307,8 +307,7 @@ def token_projections(
     """
     from steerlab._record import record
 
-    if layer not in vector.directions:
-        raise SteeringError(f"layer {layer} is not in the vector, which has layers {vector.layers}.")
+    Intervention(vector, layers=[layer])  # the one layer check
     vector.check_fits(model)
     texts = list(texts)
     acts = record(model, tokenizer, texts, layers=[layer], reduce="all", exclude_first_token=False,
