@@ -70,8 +70,9 @@ def main() -> None:
         "steering causes. Each row: a sentiment vector (mean_diff of the 32 shipped pairs at that layer, unit "
         "norm) at strength S, in llama.cpp at `direction.k` and in transformers at layers k-1, k, k+1.",
         "",
-        "| layer k | strength S | max shift in llama.cpp (nats) | corr. with hook at k-1 | at k | at k+1 |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| layer k | strength S | S / residual norm | max shift in llama.cpp (nats) | corr. with hook at k-1 | at k "
+        "| at k+1 |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     with tempfile.TemporaryDirectory() as tmp:
         for layer in (4, 10, 16, 22):
@@ -87,14 +88,14 @@ def main() -> None:
                     for k in (layer - 1, layer, layer + 1)
                 ]
                 lines.append(
-                    f"| {layer} | {strength:+.1f} | {np.abs(shift).max():.2f} | "
+                    f"| {layer} | {strength:+.1f} | {fraction:+.2f} | {np.abs(shift).max():.2f} | "
                     + " | ".join(f"{c:.3f}" for c in corr)
                     + " |"
                 )
     clear_control_vector(llm)
     lines += [
         "",
-        "The strength 0.05 rows use a vector of ~5% of the residual norm (the size of a typical "
+        "The rows at S / residual norm = +0.05 use a vector of 5% of the residual norm (the size of a typical "
         "difference of means): its shifts are comparable to the quantisation gap, so agreement is weaker. "
         "`tests/test_llamacpp.py` checks the strong case (correlation > 0.9 at k, clearly above k-1 and "
         "k+1) on every `make test`.",
