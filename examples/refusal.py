@@ -33,7 +33,7 @@ def show(label: str, lm=model) -> None:
 
 
 show("unsteered")
-with steer(model, refusal, alpha=1.0):
+with steer(model, refusal, alpha=1.0, scale="absolute"):  # the mean difference as it is (Arditi et al.)
     show("refusal direction added at layer 20")
 with steer(model, directional_ablation(model, refusal)):
     show("refusal direction ablated everywhere")

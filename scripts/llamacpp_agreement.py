@@ -46,7 +46,7 @@ def main() -> None:
             if vec is None:
                 logits = model(input_ids=ids).logits[0, -1]
             else:
-                with steer(model, vec.at_layers([layer], source=source), alpha):
+                with steer(model, vec.at_layers([layer], source=source), alpha, scale="absolute"):
                     logits = model(input_ids=ids).logits[0, -1]
         return torch.log_softmax(logits.double(), -1).numpy()
 
@@ -62,7 +62,8 @@ def main() -> None:
         "`llama-cli --control-vector` reads. `direction.<k>` is added to the output of llama.cpp's block `k`, "
         "which is Hugging Face's `model.layers[k]` and steerlab's layer `k` (site `resid_post`); llama.cpp has "
         "no slot for block 0 and rejects a file with `direction.0`. `--control-vector-scaled FILE S` equals "
-        "`steer(..., alpha=S)`. In llama-cpp-python, whose bindings lack the file loader, use "
+        '`steer(..., alpha=S, scale="absolute")` (llama.cpp scales the stored vector). In llama-cpp-python, '
+        "whose bindings lack the file loader, use "
         "`steerlab.io.llamacpp.set_control_vector(llm, FILE, S)`.",
         "",
         f"Before steering, llama.cpp (Q4_1) and transformers (dequantized) differ by up to {gap:.2f} nats on "

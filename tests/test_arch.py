@@ -157,12 +157,12 @@ def test_steerlab_writes_nothing_onto_the_model(tmp_path, tokenizer):
     tokenizer.save_pretrained(tmp_path / "m")
     model, _ = load_model(str(tmp_path / "m"))
     vec = random_vector(model, layers=(1,))
-    with steer(model, vec, alpha=1.0), torch.no_grad():
+    with steer(model, vec, alpha=1.0, scale="absolute"), torch.no_grad():
         model(input_ids=torch.tensor([PROMPTS[0]]))
     set_architecture(model, ArchSpec(layers=("model.layers",)))
     get_layout(model)
     set_architecture(model, None)
-    bake_addition(model, vec, alpha=1.0, inplace=True)
+    bake_addition(model, vec, alpha=1.0, inplace=True, scale="absolute")
     assert [key for key in vars(model) if key.startswith("_steerlab")] == []
     state = peek(model)
     assert state.model_id == str(tmp_path / "m") == model_id(model)

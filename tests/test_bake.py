@@ -42,9 +42,9 @@ def fresh(arch):
 def test_baked_addition_equals_hook(arch):
     model = fresh(arch)
     vec = random_vector(model, layers=(1, 2), scale=4.0)
-    with steer(model, vec, alpha=1.5):
+    with steer(model, vec, alpha=1.5, scale="absolute"):
         hooked = logits(model)
-    baked = bake_addition(copy.deepcopy(model), vec, alpha=1.5)
+    baked = bake_addition(copy.deepcopy(model), vec, alpha=1.5, scale="absolute")
     torch.testing.assert_close(logits(baked), hooked, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(logits(model), hooked)
 
@@ -54,9 +54,9 @@ def test_baked_addition_equals_hook(arch):
 def test_baked_sublayer_addition_equals_hook(arch, site):
     model = fresh(arch)
     vec = random_vector(model, layers=(2,), scale=4.0)
-    with steer(model, vec, alpha=-2.0, site=site):
+    with steer(model, vec, alpha=-2.0, site=site, scale="absolute"):
         hooked = logits(model)
-    baked = bake_addition(copy.deepcopy(model), vec, alpha=-2.0, site=site)
+    baked = bake_addition(copy.deepcopy(model), vec, alpha=-2.0, site=site, scale="absolute")
     torch.testing.assert_close(logits(baked), hooked, rtol=1e-4, atol=1e-4)
 
 
@@ -75,7 +75,7 @@ def test_orthogonalized_weights_equal_ablation_hooks(arch):
 def test_saved_folder_loads_in_plain_transformers(arch, tmp_path, tokenizer):
     model = fresh(arch)
     vec = random_vector(model, layers=(1, 3), scale=4.0)
-    baked = bake_addition(copy.deepcopy(model), vec, alpha=2.0)
+    baked = bake_addition(copy.deepcopy(model), vec, alpha=2.0, scale="absolute")
     if arch not in SAVEABLE_RESID:
         with pytest.raises(SteeringError, match="has no config switch that creates the baked parameters"):
             save_baked(baked, tokenizer, tmp_path / "x")
@@ -95,7 +95,7 @@ def test_saved_folder_loads_in_plain_transformers(arch, tmp_path, tokenizer):
 def test_attention_bias_switch_saves_attn_out_baking(tmp_path):
     model = fresh("qwen3")  # its MLP has no bias switch, its attention has one (attention_bias)
     vec = random_vector(model, layers=(2,), scale=4.0)
-    baked = bake_addition(copy.deepcopy(model), vec, alpha=1.0, site="attn_out")
+    baked = bake_addition(copy.deepcopy(model), vec, alpha=1.0, site="attn_out", scale="absolute")
     expected = logits(baked)
     save_baked(baked, None, tmp_path / "q")
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "q").eval()
@@ -107,15 +107,15 @@ def test_what_cannot_be_baked_is_refused():
     model = fresh("llama")
     vec = random_vector(model, layers=(1,))
     with pytest.raises(SteeringError, match="positions='generated' cannot be baked"):
-        bake_addition(model, vec, positions="generated")
+        bake_addition(model, vec, positions="generated", scale="absolute")
     with pytest.raises(SteeringError, match="site 'resid_pre' cannot be baked"):
-        bake_addition(model, vec, site="resid_pre")
+        bake_addition(model, vec, site="resid_pre", scale="absolute")
     with pytest.raises(SteeringError, match="alpha must be a finite number"):
-        bake_addition(model, vec, alpha=float("nan"))
+        bake_addition(model, vec, alpha=float("nan"), scale="absolute")
     for arch in NOT_BAKEABLE:
         other = make_tiny(arch)
         with pytest.raises(SteeringError, match="cannot be baked into its weights exactly"):
-            bake_addition(other, random_vector(other))
+            bake_addition(other, random_vector(other), scale="absolute")
         with pytest.raises(SteeringError, match="cannot be baked into its weights exactly"):
             orthogonalize(other, random_vector(other))
 
@@ -125,12 +125,12 @@ def test_baking_returns_a_copy_unless_asked_to_work_in_place(tiny):
     model = tiny("llama")
     vec = random_vector(model, layers=(1,))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    baked = bake_addition(model, vec, alpha=1.5)
+    baked = bake_addition(model, vec, alpha=1.5, scale="absolute")
     assert baked is not model and model_id(baked) == model_id(model)
     assert model.state_dict().keys() == before.keys()
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     ortho = orthogonalize(model, vec)
     assert ortho is not model and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     twin = copy.deepcopy(model)
-    assert bake_addition(twin, vec, alpha=1.5, inplace=True) is twin
+    assert bake_addition(twin, vec, alpha=1.5, inplace=True, scale="absolute") is twin
     assert set(twin.state_dict()) - set(before)  # the bias was created on twin itself

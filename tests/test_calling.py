@@ -136,11 +136,11 @@ def test_a_lone_unpadded_prompt_is_steered_during_generation(tiny, arch, positio
     vec = random_vector(model, layers=(1, 2), scale=8.0)
     row = [PROMPTS[0]]
     plain = greedy(model, row)
-    with steer(model, vec, alpha=1.0, positions=positions):
+    with steer(model, vec, alpha=1.0, positions=positions, scale="absolute"):
         steered = greedy(model, row)
         uncached = greedy(model, row, use_cache=False)  # re-feeds the whole sequence: positions are plain indices
     assert torch.equal(steered, uncached)
-    with steer(model, vec, alpha=1.0, positions="all"):
+    with steer(model, vec, alpha=1.0, positions="all", scale="absolute"):
         everywhere = greedy(model, row)
     assert not torch.equal(steered, plain)
     if positions == "generated":
@@ -152,7 +152,7 @@ def test_manual_decode_with_the_installed_cache_name_equals_generate(tiny):
     model = tiny("llama")
     vec = random_vector(model, layers=(1,), scale=8.0)
     row = PROMPTS[2]
-    with steer(model, vec, alpha=1.0, positions="generated"):
+    with steer(model, vec, alpha=1.0, positions="generated", scale="absolute"):
         expected = greedy(model, [row])[0].tolist()
         cache = DynamicCache(config=model.config)
         ids, got = torch.tensor([row]), []

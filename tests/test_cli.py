@@ -54,7 +54,7 @@ def test_generate_json_lines(vector_file, tmp_path):
             "--prompts",
             str(prompts),
             "--alphas",
-            "-4,0,4",
+            "-0.2,0,0.2",
             "--max-new-tokens",
             "6",
             "--json",
@@ -64,7 +64,8 @@ def test_generate_json_lines(vector_file, tmp_path):
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["prompt"] for line in lines] == ["Tell me about your day.", "Describe a cat."]
     for line in lines:
-        assert [g["alpha"] for g in line["generations"]] == [-4.0, 0.0, 4.0]
+        assert [g["alpha"] for g in line["generations"]] == [-0.2, 0.0, 0.2]  # relative: the default scale
+        assert [g["size"] for g in line["generations"]] == [0.2, None, 0.2]
         assert all(g["text"] and g["nll"] > 0 for g in line["generations"])
 
 
@@ -77,8 +78,6 @@ def test_generate_table(vector_file):
             str(vector_file),
             "--prompt",
             "Hi there",
-            "--alphas",
-            "0,6",
             "--layers",
             "9",
             "--positions",
@@ -89,6 +88,17 @@ def test_generate_table(vector_file):
     )
     assert result.exit_code == 0, result.output
     assert "unsteered" in result.stdout and "Hi there" in result.stdout
+    assert "size" in result.stdout and "-0.15" in result.stdout and "+0.15" in result.stdout  # the default alphas
+
+
+def test_generate_states_the_size_of_absolute_strengths_and_refuses_huge_ones(vector_file):
+    vec = SteeringVector.load(vector_file)
+    base = ["generate", "--vector", str(vector_file), "--prompt", "Hi", "--layers", "9", "--max-new-tokens", "3"]
+    result = runner.invoke(app, [*base, "--scale", "absolute", "--alphas", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    (steered,) = json.loads(result.stdout)["generations"]
+    assert steered["size"] == pytest.approx(4 * float(vec.directions[9].norm()) / vec.resid_norm[9])
+    one_line_error(runner.invoke(app, [*base, "--alphas", "1000"]), "past the limit of 3x")
 
 
 def test_demo_runs(smol):
@@ -170,14 +180,14 @@ def test_generate_modes_sites_and_combined_vectors(vector_file):
             "--mode",
             "ablate_then_add",
             "--alphas",
-            "-20,20",
+            "-0.1,0.1",
             "--site",
             "mlp_out",
         ],
     )
     assert result.exit_code == 0, result.output
     gens = json.loads(result.stdout)["generations"]
-    assert [g["alpha"] for g in gens] == [None, -20.0, 20.0]  # the unsteered model is shown first
+    assert [g["alpha"] for g in gens] == [None, -0.1, 0.1]  # the unsteered model is shown first
     result = runner.invoke(app, [*base, "--vector", str(vector_file), "--mode", "clamp", "--alphas", "-1:1,:0"])
     assert result.exit_code == 0, result.output
     assert [g["alpha"] for g in json.loads(result.stdout)["generations"]] == [None, [-1.0, 1.0], [None, 0.0]]
@@ -197,7 +207,7 @@ def test_bake_add_and_ablate(vector_file, tmp_path, smol):
     from steerlab import steer
 
     result = runner.invoke(
-        app, ["bake", "--vector", str(vector_file), "--alpha", "6", "--layers", "9", "--out", str(tmp_path / "baked")]
+        app, ["bake", "--vector", str(vector_file), "--alpha", "0.1", "--layers", "9", "--out", str(tmp_path / "baked")]
     )
     assert result.exit_code == 0, result.output
     assert "plain transformers reproduces the hooked logits" in result.stderr
@@ -206,7 +216,7 @@ def test_bake_add_and_ablate(vector_file, tmp_path, smol):
     ids = tokenizer("I think that", return_tensors="pt")
     vec = SteeringVector.load(vector_file)
     with torch.no_grad():
-        with steer(model, vec, 6.0, layers=[9]):
+        with steer(model, vec, 0.1, layers=[9]):
             hooked = model(**ids).logits
         torch.testing.assert_close(plain(**ids).logits, hooked, rtol=1e-4, atol=1e-4)
 
@@ -221,6 +231,10 @@ def test_bake_add_and_ablate(vector_file, tmp_path, smol):
     one_line_error(
         runner.invoke(app, ["bake", "--vector", str(vector_file), "--ablate", "--out", str(tmp_path / "o2")]),
         "the vector has layers [8, 9]; say whose direction to remove everywhere with --source-layer L.",
+    )
+    one_line_error(
+        runner.invoke(app, ["bake", "--vector", str(vector_file), "--out", str(tmp_path / "o3")]),
+        "give the strength with --alpha",
     )
 
 

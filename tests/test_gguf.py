@@ -55,7 +55,7 @@ def test_a_file_without_norms_gets_them_measured_so_relative_strengths_work(tiny
     values = np.linspace(-1, 1, 32, dtype=np.float32)
     path = write_control_vector(tmp_path / "r.gguf", {"direction.2": values})
     bare = import_gguf(path, model)
-    with pytest.raises(SteeringError, match="scale='relative' needs the residual norm"):
+    with pytest.raises(SteeringError, match=r"scale='relative' \(the default\) needs the residual norm"):
         Intervention(bare, alpha=0.1, scale="relative").deltas()
     texts = ["The weather is mild today.", "A train leaves the station at noon."]
     vec = import_gguf(path, model, tokenizer=tokenizer, norm_texts=texts)

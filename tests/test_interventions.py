@@ -89,7 +89,7 @@ def test_sites_supported_exactly_as_listed_and_others_refused(tiny, tokenizer, a
                 record(model, tokenizer, TEXTS, layers=[1], site=site)
             with (
                 pytest.raises(ArchitectureError, match=f"not available for model_type '{arch}'"),
-                steer(model, vec, site=site),
+                steer(model, vec, 1.0, site=site, scale="absolute"),
             ):
                 pass
 
@@ -110,7 +110,7 @@ def test_add_at_each_site_changes_only_that_site(tiny, tokenizer, arch, site):
     model = tiny(arch)
     vec = random_vector(model, layers=(1,), scale=5.0)
     base = {s: unsteered(model, tokenizer, arch, s) for s in SITES if site_supported(model, s)}
-    with steer(model, vec, alpha=1.0, site=site):
+    with steer(model, vec, alpha=1.0, site=site, scale="absolute"):
         moved = {s: record(model, tokenizer, TEXTS, layers=[0, 1], site=s, reduce="all") for s in base}
     shift = 1.0 * vec.directions[1]
     torch.testing.assert_close(
@@ -134,15 +134,15 @@ def test_ablate_clamp_and_norm_preservation_at_each_site(tiny, tokenizer, arch, 
     vec = random_vector(model, layers=(2,))
     unit = vec.directions[2] / vec.directions[2].norm()
     base = record(model, tokenizer, TEXTS, layers=[2], site=site, reduce="all", exclude_first_token=False)
-    with steer(model, vec, alpha=1.0, mode="ablate", site=site):
+    with steer(model, vec, alpha=1.0, mode="ablate", site=site, scale="absolute"):
         gone = record(model, tokenizer, TEXTS, layers=[2], site=site, reduce="all", exclude_first_token=False)
     assert (gone.values[2] @ unit).abs().max() < 1e-3 * base.values[2].norm(dim=-1).max()
     orth = lambda x: x - (x @ unit)[:, None] * unit  # noqa: E731
     torch.testing.assert_close(orth(gone.values[2]), orth(base.values[2]), rtol=1e-4, atol=1e-3)
-    with steer(model, vec, alpha=1.0, mode="ablate", site=site, preserve_norm=True):
+    with steer(model, vec, alpha=1.0, mode="ablate", site=site, preserve_norm=True, scale="absolute"):
         kept = record(model, tokenizer, TEXTS, layers=[2], site=site, reduce="all", exclude_first_token=False)
     torch.testing.assert_close(kept.values[2].norm(dim=-1), base.values[2].norm(dim=-1))
-    with steer(model, vec, alpha=(-0.5, 0.5), mode="clamp", site=site):
+    with steer(model, vec, alpha=(-0.5, 0.5), mode="clamp", site=site, scale="absolute"):
         banded = record(model, tokenizer, TEXTS, layers=[2], site=site, reduce="all", exclude_first_token=False)
     assert (banded.values[2] @ unit).abs().max() <= 0.5 + 1e-3
 
@@ -153,9 +153,13 @@ def test_several_interventions_apply_in_order(tiny):
     ids = torch.tensor([PROMPTS[2]])
     unit = a.directions[1] / a.directions[1].norm()
     with torch.no_grad():
-        with steer(model, [Intervention(a, alpha=2.0), Intervention(a, mode="ablate")]):
+        with steer(
+            model, [Intervention(a, alpha=2.0, scale="absolute"), Intervention(a, mode="ablate", scale="absolute")]
+        ):
             add_then_ablate = model(input_ids=ids, output_hidden_states=True).hidden_states[2]
-        with steer(model, [Intervention(a, mode="ablate"), Intervention(a, alpha=2.0)]):
+        with steer(
+            model, [Intervention(a, mode="ablate", scale="absolute"), Intervention(a, alpha=2.0, scale="absolute")]
+        ):
             ablate_then_adding = model(input_ids=ids, output_hidden_states=True).hidden_states[2]
     assert (add_then_ablate @ unit).abs().max() < 1e-3
     torch.testing.assert_close(
@@ -163,7 +167,7 @@ def test_several_interventions_apply_in_order(tiny):
     )
     with (
         pytest.raises(SteeringError, match="put the options in each Intervention"),
-        steer(model, [Intervention(a)], alpha=3.0),
+        steer(model, [Intervention(a, scale="absolute")], alpha=3.0),
     ):
         pass
 
@@ -173,9 +177,12 @@ def test_per_row_batch_equals_rows_alone(tiny, arch):
     model = tiny(arch)
     happy, sad = random_vector(model, layers=(1, 2), seed=3, scale=8), random_vector(model, layers=(2,), seed=4)
     rows = [
-        Intervention(happy, alpha=1.0),
+        Intervention(happy, alpha=1.0, scale="absolute"),
         None,
-        [Intervention(sad, alpha=-2.0, positions="generated"), Intervention(happy, mode="ablate", layers=[1])],
+        [
+            Intervention(sad, alpha=-2.0, positions="generated", scale="absolute"),
+            Intervention(happy, mode="ablate", layers=[1], scale="absolute"),
+        ],
     ]
     with steer_rows(model, rows):
         batched = greedy(model, PROMPTS)
@@ -196,7 +203,7 @@ def test_per_row_rejects_other_batch_sizes(tiny):
     vec = random_vector(model)
     with (
         pytest.raises(SteeringError, match="set up for a batch of 2 rows, but the model ran a batch of 3"),
-        steer_rows(model, [Intervention(vec), None]),
+        steer_rows(model, [Intervention(vec, 1.0, scale="absolute"), None]),
     ):
         greedy(model, PROMPTS)
     assert steerlab_hooks(model) == 0
@@ -205,9 +212,15 @@ def test_per_row_rejects_other_batch_sizes(tiny):
 def test_bad_interventions(tiny):
     model = tiny("llama")
     vec = random_vector(model)
-    with pytest.raises(SteeringError, match="unknown mode 'explode'"), steer(model, vec, mode="explode"):
+    with (
+        pytest.raises(SteeringError, match="unknown mode 'explode'"),
+        steer(model, vec, mode="explode", scale="absolute"),
+    ):
         pass
-    with pytest.raises(SteeringError, match="unknown site 'resid_middle'"), steer(model, vec, site="resid_middle"):
+    with (
+        pytest.raises(SteeringError, match="unknown site 'resid_middle'"),
+        steer(model, vec, site="resid_middle", scale="absolute"),
+    ):
         pass
     with pytest.raises(SteeringError, match="expected Intervention objects, found str"), steer(model, ["x"]):
         pass

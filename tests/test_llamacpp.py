@@ -50,7 +50,7 @@ def hf_logprobs(model, ids, vec=None, alpha=0.0, layer=None) -> np.ndarray:
         if vec is None:
             logits = model(input_ids=ids).logits[0, -1]
         else:
-            with steer(model, vec.at_layers([layer], source=LAYER), alpha):
+            with steer(model, vec.at_layers([layer], source=LAYER), alpha, scale="absolute"):
                 logits = model(input_ids=ids).logits[0, -1]
     return torch.log_softmax(logits.double(), -1).numpy()
 

@@ -62,11 +62,11 @@ def test_identity_alpha_gives_zero_kl_and_identical_ab(tiny, tokenizer):
     model = tiny("llama")
     vec = random_vector(model, layers=(1, 2), scale=4.0)
     rows0 = ab_probabilities(model, tokenizer, QUESTIONS)
-    rows_zero = ab_probabilities(model, tokenizer, QUESTIONS, vec, 0.0, layer=1)
+    rows_zero = ab_probabilities(model, tokenizer, QUESTIONS, vec, 0.0, layer=1, scale="absolute")
     assert [r["p_matching"] for r in rows0] == [r["p_matching"] for r in rows_zero]
     assert len(rows0) == 2 * len(QUESTIONS)  # balanced: both orders
-    assert kl_from_unsteered(model, tokenizer, vec, 0.0, layer=1) == pytest.approx(0.0, abs=1e-9)
-    assert kl_from_unsteered(model, tokenizer, vec, 3.0, layer=1) > 1e-4
+    assert kl_from_unsteered(model, tokenizer, vec, 0.0, layer=1, scale="absolute") == pytest.approx(0.0, abs=1e-9)
+    assert kl_from_unsteered(model, tokenizer, vec, 3.0, layer=1, scale="absolute") > 1e-4
     assert {r["swapped"] for r in rows0} == {False, True}
 
 
@@ -79,9 +79,9 @@ def test_chunked_logits_over_alphas_match_plain_steer(tiny, tokenizer):
     vec = random_vector(model, layers=(2,))
     metric = NeutralKL(tokenizer, neutral_texts()[:5])
     ids, mask = metric.input_ids, metric.attention_mask
-    template = Intervention(vec, layers=[2])
+    template = Intervention(vec, layers=[2], scale="absolute")
     got = dict(logits_over_alphas(model, ids, mask, template, [0.0, 1.5], batch_size=2))
-    with torch.no_grad(), steer(model, vec, 1.5):
+    with torch.no_grad(), steer(model, vec, 1.5, scale="absolute"):
         want = model(**forward_kwargs(model, ids, mask)).logits
     with torch.no_grad():
         plain = model(**forward_kwargs(model, ids, mask)).logits
@@ -127,7 +127,12 @@ def test_balancing_cancels_a_letter_push(tiny, tokenizer):
     behaviour = ABBehaviour(tokenizer, QUESTIONS, balance=True)
     vec = _planted(model, behaviour.letter_ids.tolist(), layers=(3,))
     (_, base), (_, pushed) = logits_over_alphas(
-        model, behaviour.input_ids, behaviour.attention_mask, Intervention(vec, layers=[3]), [0.0, 2.0], last_only=True
+        model,
+        behaviour.input_ids,
+        behaviour.attention_mask,
+        Intervention(vec, layers=[3], scale="absolute"),
+        [0.0, 2.0],
+        last_only=True,
     )
     before, after = behaviour.score(base), behaviour.score(pushed)
     assert after["p_a"] - before["p_a"] > 0.2  # the push moves the letter strongly...
@@ -165,7 +170,9 @@ def test_logit_diff_projections_and_sentiment(tiny, tokenizer):
     model = tiny("gpt2")
     vec = random_vector(model, layers=(1,))
     base = logit_diff(model, tokenizer, ["The film was", "I think it is"], [" good"], [" bad"])
-    steered = logit_diff(model, tokenizer, ["The film was", "I think it is"], [" good"], [" bad"], vec, 4.0, layer=1)
+    steered = logit_diff(
+        model, tokenizer, ["The film was", "I think it is"], [" good"], [" bad"], vec, 4.0, layer=1, scale="absolute"
+    )
     assert len(base) == 2 and base != steered
     rows = token_projections(model, tokenizer, ["hello there world"], vec, 1)
     assert [r["position"] for r in rows] == list(range(len(rows))) and rows[0]["sink"]
@@ -261,7 +268,7 @@ def test_sweep_over_modes_keeps_identities(tiny, tokenizer):
     assert {r["mode"] for r in result.records} == {"add", "ablate"} and len(result.records) == 4
     assert all((r["kl"] == 0.0) == (r["alpha"] == 0.0) for r in result.records)
     with pytest.raises(SteeringError, match="not in the vector"):
-        sweep(model, tokenizer, vec, QUESTIONS[:1], layers=[0])
+        sweep(model, tokenizer, vec, QUESTIONS[:1], layers=[0], scale="absolute")
 
 
 def test_figures_and_report_for_every_kind(tmp_path, tiny, tokenizer):

@@ -92,9 +92,9 @@ def test_device_map_with_disk_offload_steers_like_the_plain_model(tmp_path, tiny
     vec = random_vector(plain, layers=(1, 2), scale=4.0)
     ids = torch.tensor([[5, 17, 923, 44, 8]])
     with torch.no_grad():
-        with steer(plain, vec, 1.5):
+        with steer(plain, vec, 1.5, scale="absolute"):
             expected = plain(input_ids=ids).logits
-        with steer(placed, vec, 1.5):
+        with steer(placed, vec, 1.5, scale="absolute"):
             got = placed(input_ids=ids).logits
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -108,7 +108,7 @@ def test_vector_follows_the_layer_dtype():
     ids = torch.tensor([[5, 17, 923, 44, 8]])
     with torch.no_grad():
         base = model(input_ids=ids, output_hidden_states=True).hidden_states[2]
-        with steer(model, vec, 2.0):
+        with steer(model, vec, 2.0, scale="absolute"):
             moved = model(input_ids=ids, output_hidden_states=True).hidden_states[2]
     assert moved.dtype == torch.bfloat16
     shift = (moved - base).float()

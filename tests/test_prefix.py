@@ -21,7 +21,9 @@ def full_logits(model, ids, mask, template, alpha):
     with torch.no_grad():
         if alpha is None:
             return model(**forward_kwargs(model, ids, mask)).logits.float()
-        item = Intervention(template.vector, alpha, template.mode, template.layers, site=template.site)
+        item = Intervention(
+            template.vector, alpha, template.mode, template.layers, site=template.site, scale="absolute"
+        )
         with steer(model, [item]):
             return model(**forward_kwargs(model, ids, mask)).logits.float()
 
@@ -30,7 +32,7 @@ def full_logits(model, ids, mask, template, alpha):
 def test_replay_equals_full_passes(tiny, arch):
     model = tiny(arch)
     ids, mask = pad_batch(PROMPTS, 2, side="left")
-    template = Intervention(random_vector(model, layers=(1, 2)), layers=[1, 2])
+    template = Intervention(random_vector(model, layers=(1, 2)), layers=[1, 2], scale="absolute")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a fallback to full passes would warn: every registered arch replays
         got = list(logits_over_alphas(model, ids, mask, template, ALPHAS))
@@ -54,7 +56,7 @@ def test_replay_at_the_ends_of_the_stack(tiny, layer):
 def test_replay_handles_every_site_and_operator(tiny, site, mode):
     model = tiny("llama")
     ids, mask = pad_batch(PROMPTS, 2, side="left")
-    template = Intervention(random_vector(model, layers=(2,)), mode=mode, site=site)
+    template = Intervention(random_vector(model, layers=(2,)), mode=mode, site=site, scale="absolute")
     alphas = [(-1.0, 1.0), (0.0, 0.5)] if mode == "clamp" else [0.5, 1.0]
     for (alpha, logits), expected in zip(
         logits_over_alphas(model, ids, mask, template, alphas, last_only=True),
@@ -67,7 +69,7 @@ def test_replay_handles_every_site_and_operator(tiny, site, mode):
 def test_falls_back_with_a_warning_when_the_head_is_unknown(tiny, monkeypatch):
     model = tiny("llama")
     ids, mask = pad_batch(PROMPTS, 2, side="left")
-    template = Intervention(random_vector(model, layers=(1,)))
+    template = Intervention(random_vector(model, layers=(1,)), scale="absolute")
     # An ArchSpec claiming a logit scale this model does not apply: the recomputed head disagrees with the model.
     monkeypatch.setattr(model.config, "logit_scale", 3.0, raising=False)
     set_architecture(model, dataclasses.replace(get_layout(model).spec, logit_scale="logit_scale"))
@@ -82,7 +84,7 @@ def test_falls_back_with_a_warning_when_the_head_is_unknown(tiny, monkeypatch):
 def test_bad_inputs_are_explained(tiny):
     model = tiny("llama")
     ids, mask = pad_batch(PROMPTS, 2, side="right")
-    template = Intervention(random_vector(model, layers=(1,)))
+    template = Intervention(random_vector(model, layers=(1,)), scale="absolute")
     with pytest.raises(SteeringError, match="left-padded"):
         list(logits_over_alphas(model, ids, mask, template, [1.0], last_only=True))
     with pytest.raises(SteeringError, match="at least one alpha"):

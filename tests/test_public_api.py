@@ -43,7 +43,7 @@ PUBLIC = {
     ],
     "steerlab.errors": [
         "ArchitectureError", "DataError", "ExtractionError", "FormatError", "ModelLoadError", "SteeringError",
-        "SteerlabError", "VectorMismatchError",
+        "SteerlabError", "StrengthWarning", "VectorMismatchError",
     ],
     "steerlab.evaluate": [
         "ABBehaviour", "ABQuestion", "Comparison", "DEFAULT_KL_BUDGET", "Generation", "NeutralKL", "Recommendation",
@@ -54,8 +54,8 @@ PUBLIC = {
     ],
     "steerlab.io": ["clear_control_vector", "export_gguf", "export_hub_folder", "import_gguf", "set_control_vector"],
     "steerlab.types": [
-        "Alpha", "METHODS", "MODES", "Method", "Mode", "NAMED_POSITIONS", "NamedPositions", "Positions", "SCALES",
-        "SITES", "Scale", "Site",
+        "Alpha", "BREAKDOWN_STRENGTH", "DEFAULT_SCALE", "MAX_STRENGTH", "METHODS", "MODES", "Method", "Mode",
+        "NAMED_POSITIONS", "NamedPositions", "Positions", "SCALES", "SITES", "Scale", "Site",
     ],
     "steerlab.serve": [
         "ApiError", "Engine", "EngineBusy", "Event", "Job", "ServeLimits", "VectorLibrary", "background_server",

@@ -1,6 +1,8 @@
 """Behaviour on the real SmolLM2-135M-Instruct (installed by `make test`; these tests never skip)."""
 
+import inspect
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -18,10 +20,14 @@ from steerlab import (
     sentiment_pairs,
     steer,
 )
+from steerlab.cli.serving import chat as chat_command
+from steerlab.cli.vectors import demo as demo_command
 from steerlab.datasets import pair_texts
 from steerlab.datasets.pairs import NEUTRAL_PROMPTS
 from steerlab.engines import apply_chat
 from steerlab.engines.transformers import generate
+from steerlab.errors import SteeringError, StrengthWarning
+from steerlab.evaluate.comparison import DEFAULT_COMPARE_ALPHAS
 
 LAYER = 10
 ALPHAS = [-0.3, -0.15, 0.0, 0.15, 0.3]  # fractions of the mean residual norm at LAYER (~140)
@@ -80,13 +86,86 @@ def test_methods_agree_on_sentiment(smol):
     assert cosine(vecs["pca_diff"], vecs["mean_diff"]) > 0.3  # same sign; pca_diff is the axis of variation
 
 
-def test_sentiment_vector_steers_both_ways_beyond_random(smol):
+ROOT = Path(__file__).parents[1]
+DOCUMENTED = [ROOT / "README.md", ROOT / "docs/guide.md"]
+NUMBER = r"-?\d+(?:\.\d+)?"
+
+
+def documented_strengths() -> set[tuple[float, str]]:
+    """Every ``add`` strength the README and the guide show in code, as (alpha, scale): ``alpha=``, ``alphas=[..]``,
+    ``--alpha``, ``--alphas``, ``"alpha":`` and positional ``Intervention(vec, 0.15)``; lines of other modes are left
+    out (their alpha is a fraction or a projection). The CLI's and chat's defaults count as documented too."""
+    found = {(float(a), "relative") for a in DEFAULT_COMPARE_ALPHAS}
+    for command, name in ((chat_command, "alpha"), (demo_command, "strength")):
+        option = inspect.signature(command).parameters[name].default  # a typer OptionInfo
+        found |= {(option.default, "relative"), (-option.default, "relative")}  # chat/demo steer both ways
+    for path in DOCUMENTED:
+        blocks = re.findall(r"```[a-z]*\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)
+        for line in "\n".join(blocks).replace("\\\n", " ").splitlines():  # shell lines continued with a backslash
+            code = line.split("#")[0]
+            if re.search(r"mode=\"(?!add)|--mode|--ablate|directional_ablation", code):
+                continue
+            scale = "absolute" if "absolute" in code else "relative"
+            values = re.findall(rf"(?:alpha=|--alpha |\"alpha\": |Intervention\(\w+, )({NUMBER})", code)
+            for group in re.findall(r"(?:alphas=\[|--alphas )([-\d., ]+)", code):
+                values += re.findall(NUMBER, group)
+            found |= {(float(v), scale) for v in values}
+    return found
+
+
+@pytest.fixture(scope="module")
+def sentiment_runs(smol):
+    """The README's vector (mean_diff of the shipped pairs at LAYER) and a same-norm random one, generated at the
+    sentiment test's strengths and at every documented one."""
     model, tokenizer = smol
     vec = extract_vector(model, tokenizer, sentiment_pairs(), layers=[LAYER])
-    random = vec.random_like(seed=0)
-    options = dict(alphas=ALPHAS, scale="relative", max_new_tokens=32)
-    steered = mean_sentiment(compare(model, tokenizer, PROMPTS, vec, **options))
-    baseline = mean_sentiment(compare(model, tokenizer, PROMPTS, random, **options))
+    documented = documented_strengths()
+    relative = sorted({*ALPHAS, *(a for a, scale in documented if scale == "relative")})
+    absolute = sorted(a for a, scale in documented if scale == "absolute")
+    return {
+        "vec": vec,
+        "documented": documented,
+        "steered": compare(model, tokenizer, PROMPTS, vec, alphas=relative, max_new_tokens=32),
+        "absolute": compare(model, tokenizer, PROMPTS, vec, alphas=absolute, scale="absolute", max_new_tokens=32),
+        "random": compare(model, tokenizer, PROMPTS, vec.random_like(seed=0), alphas=ALPHAS, max_new_tokens=32),
+    }
+
+
+def mean_nll(rows) -> dict:
+    nlls: dict = {}
+    for row in rows:
+        for g in row.generations:
+            nlls.setdefault(g.alpha, []).append(g.nll)
+    return {alpha: statistics.mean(v) for alpha, v in nlls.items()}
+
+
+GUIDE_NLL_RISE = 0.5  # docs/guide.md: every documented strength keeps the NLL rise under 0.5 nats/token
+
+
+def test_every_documented_strength_keeps_text_coherent(smol, sentiment_runs):
+    """Each strength the README and guide show (and the CLI's defaults) raises the NLL of the generated text
+    under the unsteered model by less than the guide says; the strength the README once showed (alpha=20
+    absolute, 1.06x the residual norm) does not, warns, and 1e4 is refused."""
+    documented = sentiment_runs["documented"]
+    assert {0.15, -0.15, 0.2} <= {a for a, _ in documented}, documented  # the parser reads the docs
+    relative, absolute = mean_nll(sentiment_runs["steered"]), mean_nll(sentiment_runs["absolute"])
+    base = relative[0.0]
+    for alpha, scale in sorted(documented):
+        rise = (relative if scale == "relative" else absolute)[alpha] - base
+        assert rise < GUIDE_NLL_RISE, (alpha, scale, rise, relative, absolute)
+    model, tokenizer = smol
+    vec = sentiment_runs["vec"]
+    with pytest.warns(StrengthWarning, match="1.0[0-9]x the residual norm"):
+        (row,) = compare(model, tokenizer, PROMPTS[:1], vec, alphas=[0.0, 20.0], scale="absolute", max_new_tokens=32)
+    assert row.generations[1].nll - row.generations[0].nll > GUIDE_NLL_RISE, row
+    assert row.generations[1].size == pytest.approx(20.0 * float(vec.directions[LAYER].norm()) / vec.resid_norm[LAYER])
+    with pytest.raises(SteeringError, match="past the limit"):
+        Intervention(vec, 1e4)
+
+
+def test_sentiment_vector_steers_both_ways_beyond_random(sentiment_runs):
+    steered = mean_sentiment(sentiment_runs["steered"])
+    baseline = mean_sentiment(sentiment_runs["random"])
     means = [steered[a] for a in ALPHAS]
     assert means == sorted(means) and means[0] < means[-1] - 0.5, steered  # monotone, and a real swing
     base = steered[0.0]
@@ -148,8 +227,8 @@ def test_refusal_direction_moves_refusal_both_ways_beyond_random(smol, refusal_v
 
     harmless, harmful = instructions("harmless_val")[:39], instructions("harmful_val")
     base = p_refusal(harmless)
-    added = p_refusal(harmless, [Intervention(vec, 1.0)]) - base
-    added_random = p_refusal(harmless, [Intervention(control, 1.0)]) - base
+    added = p_refusal(harmless, [Intervention(vec, 1.0, scale="absolute")]) - base  # the mean difference itself
+    added_random = p_refusal(harmless, [Intervention(control, 1.0, scale="absolute")]) - base
     assert added > 0.04 and added > added_random + 0.04, (added, added_random)
     base = p_refusal(harmful)
     removed = base - p_refusal(harmful, directional_ablation(model, vec))

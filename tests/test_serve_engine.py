@@ -23,7 +23,11 @@ def answer(engine: Engine, job: Job) -> list[int]:
 def test_batched_rows_equal_steer_rows_alone(tiny):
     model = tiny("llama")
     vec = random_vector(model, layers=(1, 2), scale=8.0)
-    steering = [[], [Intervention(vec, 1.0)], [Intervention(vec, -1.0, positions="generated")]]
+    steering = [
+        [],
+        [Intervention(vec, 1.0, scale="absolute")],
+        [Intervention(vec, -1.0, positions="generated", scale="absolute")],
+    ]
     engine = Engine(model, _Tok(), batch_window=0.2).start()
     try:
         jobs = [Job(prompt_ids=p, interventions=s, max_tokens=5) for p, s in zip(PROMPTS, steering, strict=True)]
@@ -76,7 +80,9 @@ def test_invalid_steering_is_refused_before_queueing_and_a_full_queue_is_busy(ti
     held.wait(30)
     try:
         with pytest.raises(SteeringError, match=r"layers \[3\] are not in the vector"):
-            engine.submit(Job(prompt_ids=PROMPTS[0], interventions=[Intervention(vec, 1.0, layers=[3])]))
+            engine.submit(
+                Job(prompt_ids=PROMPTS[0], interventions=[Intervention(vec, 1.0, layers=[3], scale="absolute")])
+            )
         engine.submit(Job(prompt_ids=PROMPTS[0], max_tokens=2))
         with pytest.raises(EngineBusy, match="1 requests are already waiting"):
             engine.submit(Job(prompt_ids=PROMPTS[1], max_tokens=2))

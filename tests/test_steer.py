@@ -21,9 +21,9 @@ def test_alpha_zero_is_identity_and_shift_is_exact(tiny, arch):
     ids = torch.tensor([PROMPTS[0]])
     with torch.no_grad():
         base = model(input_ids=ids, output_hidden_states=True)
-        with steer(model, vec, alpha=0.0):
+        with steer(model, vec, alpha=0.0, scale="absolute"):
             zero = model(input_ids=ids, output_hidden_states=True)
-        with steer(model, vec, alpha=2.5):
+        with steer(model, vec, alpha=2.5, scale="absolute"):
             moved = model(input_ids=ids, output_hidden_states=True)
     assert torch.equal(zero.logits, base.logits)
     for i in range(2):  # embeddings and block 0: before the steered block, bit-identical
@@ -39,7 +39,10 @@ def test_hooks_removed_when_body_raises_and_user_hooks_survive(tiny):
     seen = []
     handle = model.model.layers[2].register_forward_hook(lambda *a: seen.append(1))
     try:
-        with pytest.raises(RuntimeError, match="boom"), steer(model, vec, alpha=1.0, positions="generated"):
+        with (
+            pytest.raises(RuntimeError, match="boom"),
+            steer(model, vec, alpha=1.0, positions="generated", scale="absolute"),
+        ):
             assert steerlab_hooks(model) == 3  # two blocks + the position tracker
             raise RuntimeError("boom")
         assert steerlab_hooks(model) == 0
@@ -54,7 +57,7 @@ def test_setup_failure_leaves_no_hook(tiny):
     vec = random_vector(model, layers=(1,))
     with (
         pytest.raises(SteeringError, match=r"layers \[3\] are not in the vector"),
-        steer(model, vec, layers=[3]),
+        steer(model, vec, layers=[3], scale="absolute"),
     ):
         pass
     assert steerlab_hooks(model) == 0
@@ -65,7 +68,7 @@ def test_setup_failure_leaves_no_hook(tiny):
 def test_generation_same_with_and_without_kv_cache(tiny, arch, positions):
     model = tiny(arch)
     vec = random_vector(model, layers=(1, 2), scale=8.0)
-    with steer(model, vec, alpha=1.0, positions=positions):
+    with steer(model, vec, alpha=1.0, positions=positions, scale="absolute"):
         cached = greedy(model, PROMPTS, use_cache=True)
         uncached = greedy(model, PROMPTS, use_cache=False)
     assert torch.equal(cached, uncached)
@@ -76,7 +79,7 @@ def test_generation_same_with_and_without_kv_cache(tiny, arch, positions):
     if positions == "generated":
         assert torch.equal(cached[:, 0], plain[:, 0])
     if positions == "prompt":  # the whole prompt pass is steered, as under "all"; generated tokens are not
-        with steer(model, vec, alpha=1.0, positions="all"):
+        with steer(model, vec, alpha=1.0, positions="all", scale="absolute"):
             everywhere = greedy(model, PROMPTS)
         assert torch.equal(cached[:, 0], everywhere[:, 0])
     if positions == 3:  # PROMPTS[1] has 2 tokens: its first two new tokens are read at indices 1 and 2 < 3
@@ -91,7 +94,7 @@ def test_prompt_positions_steer_the_prompt_pass_and_no_generated_token(tiny, arc
     model = tiny(arch)
     vec = random_vector(model, layers=(1, 2), scale=8.0)
     row = PROMPTS[2]
-    with steer(model, vec, alpha=1.0, positions="prompt"):
+    with steer(model, vec, alpha=1.0, positions="prompt", scale="absolute"):
         got = greedy(model, [row])[0].tolist()
     cache, ids, expected = DynamicCache(config=model.config), torch.tensor([row]), []
     with torch.no_grad():
@@ -99,11 +102,11 @@ def test_prompt_positions_steer_the_prompt_pass_and_no_generated_token(tiny, arc
             past = cache.get_seq_length()
             kwargs = {"input_ids": ids, "position_ids": torch.arange(past, past + ids.shape[1])[None]}
             kwargs |= {"use_cache": True, cache_argument(model): cache}
-            with steer(model, vec, alpha=1.0) if step == 0 else nullcontext():
+            with steer(model, vec, alpha=1.0, scale="absolute") if step == 0 else nullcontext():
                 ids = model(**kwargs).logits[:, -1:].argmax(-1)
             expected.append(int(ids))
     assert got == expected
-    with steer(model, vec, alpha=1.0):
+    with steer(model, vec, alpha=1.0, scale="absolute"):
         assert greedy(model, [row])[0].tolist() != expected
 
 
@@ -112,7 +115,7 @@ def test_prompt_positions_steer_the_prompt_pass_and_no_generated_token(tiny, arc
 def test_left_padded_batch_equals_rows_alone(tiny, arch, positions):
     model = tiny(arch)
     vec = random_vector(model, layers=(2,), scale=8.0)
-    with steer(model, vec, alpha=1.0, positions=positions):
+    with steer(model, vec, alpha=1.0, positions=positions, scale="absolute"):
         batched = greedy(model, PROMPTS)
         alone = [greedy(model, [row])[0] for row in PROMPTS]
     for row, single in zip(batched, alone, strict=True):
@@ -135,7 +138,7 @@ def test_generated_only_leaves_prompt_logits_untouched(tiny):
     )
     with torch.no_grad():
         base = model.generate(**kwargs)
-        with steer(model, vec, alpha=1.0, positions="generated"):
+        with steer(model, vec, alpha=1.0, positions="generated", scale="absolute"):
             steered = model.generate(**kwargs)
             prompt_logits = model(input_ids=ids, attention_mask=mask).logits
         plain_logits = model(input_ids=ids, attention_mask=mask).logits
@@ -151,7 +154,7 @@ def test_from_token_k_changes_only_tokens_from_k(tiny):
     ids, mask = pad_batch([row, PROMPTS[1]], 2, side="left")
     with torch.no_grad():
         base = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[2]
-        with steer(model, vec, alpha=1.0, positions=4):
+        with steer(model, vec, alpha=1.0, positions=4, scale="absolute"):
             moved = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[2]
     diff = (moved - base).norm(dim=-1)
     assert torch.all(diff[0, :4] == 0) and torch.all(diff[0, 4:] > 1)
@@ -163,9 +166,9 @@ def test_nested_steering_adds_up(tiny):
     a, b = random_vector(model, seed=1), random_vector(model, seed=2)
     ids = torch.tensor([PROMPTS[0]])
     with torch.no_grad():
-        with steer(model, a, alpha=1.0), steer(model, b, alpha=0.5):
+        with steer(model, a, alpha=1.0, scale="absolute"), steer(model, b, alpha=0.5, scale="absolute"):
             nested = model(input_ids=ids).logits
-        with steer(model, a + 0.5 * b, alpha=1.0):
+        with steer(model, a + 0.5 * b, alpha=1.0, scale="absolute"):
             summed = model(input_ids=ids).logits
     torch.testing.assert_close(nested, summed, rtol=1e-4, atol=1e-4)
 
@@ -188,12 +191,12 @@ def test_bad_steering_requests(tiny):
     for alpha in (math.nan, math.inf, "2"):
         with (
             pytest.raises(SteeringError, match="alpha must be a finite number"),
-            steer(model, vec, alpha=alpha),
+            steer(model, vec, alpha=alpha, scale="absolute"),
         ):
             pass
     with (
         pytest.raises(SteeringError, match="positions='middle' is not valid"),
-        steer(model, vec, positions="middle"),
+        steer(model, vec, 1.0, positions="middle", scale="absolute"),
     ):
         pass
     with pytest.raises(SteeringError, match="relative"), steer(model, vec, scale="relative"):
@@ -201,11 +204,14 @@ def test_bad_steering_requests(tiny):
     other = SteeringVector({1: torch.ones(64)}, model_id="other", fingerprint=ModelFingerprint("llama", 64, 4))
     with (
         pytest.raises(VectorMismatchError, match=r"hidden size 64 \(vector\) vs 32 \(model\)"),
-        steer(model, other),
+        steer(model, other, 1.0, scale="absolute"),
     ):
         pass
     deep = SteeringVector({7: torch.ones(32)}, model_id="x", fingerprint=ModelFingerprint("llama", 32, 8))
-    with pytest.raises(VectorMismatchError, match=r"layers \[7\] do not exist"), steer(model, deep):
+    with (
+        pytest.raises(VectorMismatchError, match=r"layers \[7\] do not exist"),
+        steer(model, deep, 1.0, scale="absolute"),
+    ):
         pass
     assert steerlab_hooks(model) == 0
 
@@ -214,7 +220,7 @@ def test_other_model_id_with_same_shape_warns(tiny):
     model = tiny("llama")
     vec = random_vector(model)
     vec.model_id = "some/other-model"
-    with pytest.warns(UserWarning, match="extracted from 'some/other-model'"), steer(model, vec):
+    with pytest.warns(UserWarning, match="extracted from 'some/other-model'"), steer(model, vec, 1.0, scale="absolute"):
         pass
 
 
@@ -231,7 +237,7 @@ def test_wrong_layout_width_is_reported(tiny):
     try:
         with (
             pytest.raises(ArchitectureError, match="resid_post of block 1 has width 64 but the vector has width 32"),
-            steer(model, vec, alpha=1.0),
+            steer(model, vec, alpha=1.0, scale="absolute"),
         ):
             model(input_ids=torch.tensor([PROMPTS[0]]))
     finally:

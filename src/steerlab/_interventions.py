@@ -44,6 +44,7 @@ __all__ = [
     "clamp",
     "default_alpha",
     "is_identity",
+    "push_size",
 ]
 
 
@@ -103,8 +104,8 @@ class Operator:
             ``"projection"`` (a value of ``h·v̂`` to set) or ``"band"`` (a ``(lo, hi)`` range for ``h·v̂``). The
             last two are activation values, so with ``scale="relative"`` they are fractions of the layer's norm.
         identity: the alpha that leaves ``h`` unchanged (then nothing is hooked at all), or ``None``.
-        default: the alpha used when none is given, or ``None`` when the mode needs one stated (a projection value
-            or a band has no neutral choice).
+        default: the alpha used when none is given, or ``None`` when the mode needs one stated (a strength has no
+            size that suits every vector and layer; a projection value or a band has no neutral choice).
     """
 
     fn: Callable[..., torch.Tensor]
@@ -117,9 +118,15 @@ class Operator:
         """Whether alpha is a value of the projection (scaled by a relative norm) rather than a factor."""
         return self.alpha in ("projection", "band")
 
+    @property
+    def uses_scale(self) -> bool:
+        """Whether the scale changes anything: a fraction removed needs only the direction, so ``ablate`` works on
+        a vector without recorded norms whatever the scale."""
+        return self.alpha != "fraction"
+
 
 OPERATORS: dict[str, Operator] = {
-    "add": Operator(add, "strength", identity=0.0, default=1.0),
+    "add": Operator(add, "strength", identity=0.0, default=None),
     "ablate": Operator(ablate, "fraction", identity=0.0, default=1.0),
     "ablate_then_add": Operator(ablate_then_add, "projection", identity=None, default=None),
     "clamp": Operator(clamp, "band", identity=None, default=None),
@@ -173,6 +180,25 @@ def scaled_alpha(mode: str, alpha: Alpha, factor: float) -> Alpha:
         lo, hi = alpha
         return (None if lo is None else lo * factor, None if hi is None else hi * factor)
     return float(alpha) * factor
+
+
+def push_size(mode: str, alpha: Alpha) -> float | None:
+    """How far ``alpha`` pushes, in alpha's own units: ``|alpha|`` for a strength (times the direction's norm) or a
+    projection value; for a band, its distance from zero (the least the projection is forced to); ``None`` for a
+    fraction removed, whose push depends on the activation. :class:`~steerlab.Intervention` turns it into a
+    fraction of the residual norm to warn about strengths past the breakdown point.
+
+    Example:
+        >>> push_size("clamp", (0.2, None)), push_size("clamp", (-2.0, 2.0)), push_size("ablate", 1.0)
+        (0.2, 0.0, None)
+    """
+    kind = _operator(mode).alpha
+    if kind == "fraction":
+        return None
+    if kind == "band":
+        lo, hi = alpha  # type: ignore[misc]
+        return max(0.0 if lo is None else lo, 0.0 if hi is None else -hi, 0.0)
+    return abs(float(alpha))  # type: ignore[arg-type]
 
 
 def apply_operator(

@@ -17,6 +17,7 @@ prepended, so any other observer of a block (recording, ``output_hidden_states``
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,18 +27,28 @@ import torch
 from torch import nn
 
 from steerlab._hooks import HookSet
-from steerlab._interventions import Alpha, apply_operator, check_alpha, default_alpha, is_identity, scaled_alpha
+from steerlab._interventions import (
+    OPERATORS,
+    Alpha,
+    apply_operator,
+    check_alpha,
+    default_alpha,
+    is_identity,
+    push_size,
+    scaled_alpha,
+)
 from steerlab._positions import PositionSpec, PositionTracker, parse_positions
 from steerlab._vector import SteeringVector
 from steerlab.arch.registry import SITES, check_site, get_layout
-from steerlab.errors import ArchitectureError, SteeringError
-from steerlab.types import SCALES, Mode, Positions, Scale, Site
+from steerlab.errors import ArchitectureError, SteeringError, StrengthWarning
+from steerlab.types import BREAKDOWN_STRENGTH, DEFAULT_SCALE, MAX_STRENGTH, SCALES, Mode, Positions, Scale, Site
 
 __all__ = [
     "Intervention",
     "Scale",
     "as_interventions",
     "check_interventions",
+    "checked_layers",
     "directional_ablation",
     "resolve_deltas",
     "steer",
@@ -51,26 +62,34 @@ class Intervention:
     to steer: :func:`compare`, baking, the replay, the metrics, sweeps and the server all take one.
 
     Every field is checked when the intervention is made (an unknown mode, a bad alpha, a layer the vector lacks,
-    an unknown site or positions raise :class:`~steerlab.SteeringError` here, not later inside a forward pass);
-    what depends on the model (the vector fitting it) is checked when it is applied.
+    an unknown site or positions, a relative scale without recorded norms raise :class:`~steerlab.SteeringError`
+    here, not later inside a forward pass); what depends on the model (the vector fitting it) is checked when it
+    is applied.
+
+    Strength: with the default ``scale="relative"`` a strength is a fraction of the layer's mean residual norm, so
+    it means the same on every model, layer and vector (0.05-0.2 steers SmolLM2 visibly with coherent text).
+    :attr:`relative_size` gives that fraction for any scale; past
+    :data:`~steerlab.types.BREAKDOWN_STRENGTH` (0.3) an intervention warns with
+    :class:`~steerlab.errors.StrengthWarning`, past :data:`~steerlab.types.MAX_STRENGTH` (3.0) it is refused.
 
     Attributes:
         vector: the :class:`SteeringVector` (its directions give the layers and ``v``).
-        alpha: strength for ``add`` (default 1: the vector as it is); fraction removed for ``ablate`` (default 1:
-            all of it); the projection to set for ``ablate_then_add``; a ``(lo, hi)`` band for ``clamp``. The last
-            two have no default: an Intervention without one is a template, to be given a strength with
-            :meth:`at` before it is applied.
+        alpha: strength for ``add``; fraction removed for ``ablate`` (default 1: all of it); the projection to set
+            for ``ablate_then_add``; a ``(lo, hi)`` band for ``clamp``. Only ``ablate`` has a default: an
+            Intervention without a strength is a template, to be given one with :meth:`at` before it is applied.
         mode: ``add``, ``ablate``, ``ablate_then_add`` or ``clamp`` (:data:`steerlab.types.Mode`).
         layers: which of the vector's layers to use (default: all of them); kept as a sorted tuple.
         positions: ``"all"``, ``"prompt"``, ``"generated"``, or an int ``k`` (real tokens from ``k`` on).
         site: where in the block (default: the vector's own site); see :data:`steerlab.types.Site`.
-        scale: ``"absolute"``, or ``"relative"`` to the mean activation norm recorded at extraction (then
-            alpha, the projection target and the clamp band are fractions of that norm).
+        scale: ``"relative"`` (default) to the mean activation norm recorded at extraction: alpha, the projection
+            target and the clamp band are fractions of that norm, and ``add`` uses the direction rescaled to that
+            norm; or ``"absolute"``: alpha multiplies the stored direction as it is (a vector made outside
+            steerlab's extraction, without recorded norms, needs it).
         preserve_norm: give every changed token back the L2 norm it had before.
 
     Example:
         >>> refuse_less = Intervention(refusal, mode="ablate", alpha=1.0)
-        >>> happier = Intervention(sentiment, alpha=0.15, scale="relative", positions="generated")
+        >>> happier = Intervention(sentiment, alpha=0.15, positions="generated")  # 15% of the residual norm
         >>> with steer(model, [refuse_less, happier]):
         ...     model.generate(**inputs)
         >>> [happier.at(a).is_identity for a in (0.0, 0.1)]
@@ -83,7 +102,7 @@ class Intervention:
     layers: Sequence[int] | None = None
     positions: Positions = "all"
     site: Site | None = None
-    scale: Scale = "absolute"
+    scale: Scale = DEFAULT_SCALE
     preserve_norm: bool = False
 
     def __post_init__(self) -> None:
@@ -96,7 +115,7 @@ class Intervention:
         normalised = {
             "alpha": None if alpha is None else check_alpha(self.mode, alpha),
             "positions": parse_positions(self.positions),
-            "layers": None if self.layers is None else tuple(_check_layers(self.vector, self.layers)),
+            "layers": None if self.layers is None else tuple(checked_layers(self.vector, self.layers)),
             "preserve_norm": bool(self.preserve_norm),
         }
         if self.site is not None:
@@ -108,6 +127,67 @@ class Intervention:
             raise SteeringError(f"scale={self.scale!r} is not valid; expected one of {list(SCALES)}.")
         for name, value in normalised.items():  # frozen: normalise in place once, at construction
             object.__setattr__(self, name, value)
+        if self.scale == "relative" and OPERATORS[self.mode].uses_scale:
+            _check_norms(self.vector, self.layers)
+        self._check_strength()
+
+    def _check_strength(self) -> None:
+        """Refuse a push far past the breakdown point and warn past it (sweeps and the breakdown trace silence
+        the warning: exploring there is their job)."""
+        sizes = self.relative_size
+        if not sizes:
+            return
+        layer = max(sizes, key=sizes.get)
+        size = sizes[layer]
+        if size <= BREAKDOWN_STRENGTH:
+            return
+        what = (
+            f"{self.mode} with alpha={self.alpha!r} ({self.scale}) pushes {size:.2f}x the residual norm at layer "
+            f"{layer}"
+        )
+        hint = (
+            "give alpha as a fraction of the residual norm with scale='relative' (0.05-0.2 steers SmolLM2 with "
+            "coherent text)"
+            if self.scale == "absolute"
+            else "use a smaller alpha (0.05-0.2 is typical)"
+        )
+        if size > MAX_STRENGTH:
+            raise SteeringError(
+                f"{what}, past the limit of {MAX_STRENGTH:g}x: the push would swamp the activation it is added to. "
+                f"Expected a relative size under {MAX_STRENGTH:g}; {hint}."
+            )
+        warnings.warn(
+            f"{what}; text breaks down past {BREAKDOWN_STRENGTH:g}x (docs/guide.md). If you mean it, silence "
+            "steerlab.errors.StrengthWarning; otherwise " + hint + ".",
+            StrengthWarning,
+            stacklevel=4,
+        )
+
+    @property
+    def relative_size(self) -> dict[int, float] | None:
+        """Per layer, how far this intervention pushes as a fraction of the layer's mean residual norm: the
+        added norm for ``add`` (``alpha * |v| / norm`` on the absolute scale, ``|alpha|`` on the relative one), the
+        projection set for ``ablate_then_add``, the band's distance from zero for ``clamp``. ``None`` for a
+        template, for ``ablate`` (its push depends on the activation) and where the vector has no recorded norms.
+
+        Example:
+            >>> Intervention(vec, alpha=20.0, scale="absolute", layers=[10]).relative_size   # |v| 7.7, norm 145
+            {10: 1.06...}
+        """
+        if self.alpha is None:
+            return None
+        push = push_size(self.mode, self.alpha)
+        layers = self.vector.layers if self.layers is None else list(self.layers)
+        if push is None or any(layer not in self.vector.resid_norm for layer in layers):
+            return None
+        if self.scale == "relative":
+            return dict.fromkeys(layers, push)
+        if self.mode == "add":  # the stored direction's own norm multiplies alpha
+            return {
+                layer: push * float(self.vector.directions[layer].norm()) / self.vector.resid_norm[layer]
+                for layer in layers
+            }
+        return {layer: push / self.vector.resid_norm[layer] for layer in layers}
 
     def at(self, alpha: Alpha) -> Intervention:
         """The same intervention at another strength (checked for this mode).
@@ -136,7 +216,8 @@ class Intervention:
         Example:
             >>> Intervention(vec, alpha=0.2, scale="relative").deltas()[12].norm()   # the layer's mean norm
         """
-        return resolve_deltas(self.vector, self.layers, self.scale)
+        scale = self.scale if OPERATORS[self.mode].uses_scale else "absolute"  # ablate: only the direction counts
+        return resolve_deltas(self.vector, self.layers, scale)
 
 
 _OPTION_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Intervention) if f.name != "vector"}
@@ -168,8 +249,28 @@ def as_interventions(
     return _as_interventions(what)
 
 
-def _check_layers(vector: SteeringVector, layers: Sequence[int]) -> list[int]:
-    """The one check that chosen layers exist in the vector; returns them sorted and unique."""
+def _check_norms(vector: SteeringVector, layers: Sequence[int] | None) -> None:
+    """``scale="relative"`` needs the residual norm recorded at every chosen layer."""
+    chosen = vector.layers if layers is None else layers
+    absent = [layer for layer in chosen if layer not in vector.resid_norm]
+    if absent:
+        raise SteeringError(
+            f"scale='relative' (the default) needs the residual norm at layers {absent}, which this vector's metadata "
+            "lacks (it was not extracted by steerlab). Pass scale='absolute' to multiply the stored direction as it "
+            "is, or import it with steerlab.io.import_gguf(path, model), which measures the norms."
+        )
+
+
+def checked_layers(vector: SteeringVector, layers: Sequence[int] | None = None) -> list[int]:
+    """The one check that chosen layers exist in the vector; returns them sorted and unique (``None``: all of the
+    vector's layers).
+
+    Example:
+        >>> checked_layers(vec, [12, 10, 12])
+        [10, 12]
+    """
+    if layers is None:
+        return list(vector.layers)
     try:
         chosen = sorted({int(x) for x in layers})
     except (TypeError, ValueError):
@@ -201,17 +302,12 @@ def resolve_deltas(vector: SteeringVector, layers: Sequence[int] | None, scale: 
     ``scale="absolute"`` uses the stored directions as they are; ``scale="relative"`` rescales each to the
     mean activation norm recorded at extraction, so ``alpha = 0.5`` adds half a typical residual norm.
     """
-    chosen = vector.layers if layers is None else _check_layers(vector, layers)
+    chosen = checked_layers(vector, layers)
     if scale == "absolute":
         return {layer: vector.directions[layer] for layer in chosen}
     if scale != "relative":
         raise SteeringError(f"scale={scale!r} is not valid; expected 'absolute' or 'relative'.")
-    absent = [layer for layer in chosen if layer not in vector.resid_norm]
-    if absent:
-        raise SteeringError(
-            f"scale='relative' needs the residual norm at layers {absent}, which the vector's "
-            "metadata lacks (it was not extracted by steerlab); use scale='absolute'."
-        )
+    _check_norms(vector, chosen)
     unit = vector.normalized_copy().directions
     return {layer: unit[layer] * vector.resid_norm[layer] for layer in chosen}
 
@@ -223,8 +319,9 @@ def _resolve(
     vector = item.vector
     if item.alpha is None:
         raise SteeringError(
-            f"mode {item.mode!r} needs a strength: give alpha (a projection value for 'ablate_then_add', a band "
-            "(lo, hi) for 'clamp'), e.g. Intervention(vector, mode='clamp', alpha=(-2.0, 2.0)) or template.at(alpha)."
+            f"mode {item.mode!r} needs a strength: give alpha (for 'add' a fraction of the residual norm with the "
+            "default scale='relative', e.g. 0.1; a projection value for 'ablate_then_add', a band (lo, hi) for "
+            "'clamp'), e.g. Intervention(vector, alpha=0.1) or template.at(alpha)."
         )
     vector.check_fits(model)
     site = item.resolved_site
@@ -246,7 +343,7 @@ def _as_interventions(what: Intervention | Sequence[Intervention]) -> list[Inter
         return [what]
     if isinstance(what, SteeringVector):
         raise SteeringError(
-            "give each row an Intervention with its strength, e.g. Intervention(vector, alpha=8.0), "
+            "give each row an Intervention with its strength, e.g. Intervention(vector, alpha=0.1), "
             "not a bare SteeringVector."
         )
     items = list(what)
@@ -268,7 +365,7 @@ def check_interventions(model: nn.Module, items: Intervention | Sequence[Interve
     to call while another thread runs the model (a server checks each request before it joins a batch).
 
     Example:
-        >>> check_interventions(model, [Intervention(vec, alpha=0.2, scale="relative", layers=[10])])
+        >>> check_interventions(model, [Intervention(vec, alpha=0.2, layers=[10])])
     """
     for item in _as_interventions(items):
         _resolve(model, item, None)
@@ -381,7 +478,7 @@ def steer(
     layers: Sequence[int] | None = None,
     positions: Positions = "all",
     site: Site | None = None,
-    scale: Scale = "absolute",
+    scale: Scale = DEFAULT_SCALE,
     preserve_norm: bool = False,
 ) -> Iterator[None]:
     """Apply a vector (with the options below), or a list of :class:`Intervention`, while the block runs.
@@ -389,18 +486,19 @@ def steer(
     Args:
         vector: a :class:`SteeringVector` that fits ``model`` (checked; a mismatch raises), or
             interventions, which carry their own options (the keyword options here must then be left alone).
-        alpha: the strength (see :class:`Intervention` for what it means per mode).
+        alpha: the strength (see :class:`Intervention` for what it means per mode); for ``add`` a fraction of
+            the layer's residual norm by default (0.05-0.2 typical; warned past 0.3, refused past 3).
         mode: ``add`` (default), ``ablate``, ``ablate_then_add`` or ``clamp``.
         layers: which of the vector's layers to use (default: all of them).
         positions: ``"all"`` tokens, the ``"prompt"`` only, ``"generated"`` tokens only, or an int ``k``:
             every real token from position ``k`` on. Positions count real tokens of each row, so they stay
             right with left padding and with a KV cache.
         site: where in the block (default: the vector's site, usually ``resid_post``).
-        scale: ``"absolute"`` or ``"relative"`` (alpha in units of the layer's mean residual norm).
+        scale: ``"relative"`` (default: alpha in units of the layer's mean residual norm) or ``"absolute"``.
         preserve_norm: keep each changed token's original L2 norm.
 
     Example:
-        >>> with steer(model, vec, alpha=8.0, positions="generated"):
+        >>> with steer(model, vec, alpha=0.15, positions="generated"):  # 15% of the residual norm
         ...     out = model.generate(**inputs, max_new_tokens=30)
         >>> with steer(model, refusal, mode="ablate"):
         ...     out = model.generate(**inputs, max_new_tokens=30)
@@ -428,7 +526,7 @@ def steer_rows(
     run alone under ``steer(model, rows[i])``.
 
     Example:
-        >>> rows = [Intervention(happy, alpha=0.2, scale="relative"), None, Intervention(sad, alpha=6.0)]
+        >>> rows = [Intervention(happy, alpha=0.2), None, Intervention(sad, alpha=6.0, scale="absolute")]
         >>> with steer_rows(model, rows):
         ...     out = model.generate(**left_padded_batch_of_3, max_new_tokens=30)
     """

@@ -48,7 +48,7 @@ from steerlab._text import apply_chat, encode, pad_batch, pad_id
 from steerlab._vector import SteeringVector
 from steerlab.arch.registry import ModelLayout, get_layout, text_config
 from steerlab.errors import SteeringError
-from steerlab.types import Positions, Scale, Site
+from steerlab.types import DEFAULT_SCALE, Positions, Scale, Site
 
 __all__ = ["PROBE_PROMPT", "BakeCheck", "bake_addition", "orthogonalize", "probe_logits", "save_baked", "verify_baked"]
 
@@ -125,7 +125,7 @@ def bake_addition(
     *,
     layers: Sequence[int] | None = None,
     site: Site | None = None,
-    scale: Scale = "absolute",
+    scale: Scale = DEFAULT_SCALE,
     positions: Positions = "all",
     inplace: bool = False,
 ) -> nn.Module:

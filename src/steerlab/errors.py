@@ -15,6 +15,7 @@ __all__ = [
     "VectorMismatchError",
     "FormatError",
     "SteeringError",
+    "StrengthWarning",
 ]
 
 
@@ -48,3 +49,9 @@ class FormatError(SteerlabError):
 
 class SteeringError(SteerlabError):
     """A steering request is invalid (unknown position spec, layer not in the vector, NaN alpha)."""
+
+
+class StrengthWarning(UserWarning):
+    """An intervention pushes harder than the documented breakdown point
+    (:data:`steerlab.types.BREAKDOWN_STRENGTH` of the residual norm): expect broken text. Silence it with
+    ``warnings.simplefilter("ignore", StrengthWarning)`` when that is what you are measuring."""

@@ -15,6 +15,9 @@ from __future__ import annotations
 from typing import Literal, Union, get_args
 
 __all__ = [
+    "BREAKDOWN_STRENGTH",
+    "DEFAULT_SCALE",
+    "MAX_STRENGTH",
     "MODES",
     "NAMED_POSITIONS",
     "SCALES",
@@ -45,6 +48,19 @@ Site = Literal["resid_pre", "attn_out", "mlp_out", "resid_post"]
 Scale = Literal["absolute", "relative"]
 """``absolute``: alpha multiplies the stored direction as it is; ``relative``: alpha is a fraction of the layer's
 mean residual-stream norm recorded at extraction (0.1 adds a tenth of a typical activation's norm)."""
+
+DEFAULT_SCALE: Scale = "relative"
+"""The one default of every entry point that takes a strength (library, CLI, server, playground): a strength means
+the same on every model and layer, and the documented ones keep text coherent on the shipped model."""
+
+BREAKDOWN_STRENGTH = 0.3
+"""The relative strength (a push of this fraction of the layer's residual norm) past which SmolLM2's text breaks
+down (docs/core-figures.md): a stronger intervention warns with :class:`steerlab.errors.StrengthWarning`."""
+
+MAX_STRENGTH = 10 * BREAKDOWN_STRENGTH
+"""The relative strength past which an intervention is refused: the push would be several times the activation
+it is added to, and no model keeps text there (a typo such as ``alpha=1e4`` or an absolute number given as
+relative lands here)."""
 
 NamedPositions = Literal["all", "prompt", "generated"]
 Positions = Union[NamedPositions, int]  # noqa: UP007 - a runtime alias (pydantic and typer read it)

@@ -152,8 +152,9 @@ def alpha_label(alpha: Any) -> str:
 def show_comparison(row: Any) -> None:
     table = Table(title=row.prompt, title_justify="left", show_lines=True, expand=True)
     table.add_column("alpha", justify="right", no_wrap=True)
+    table.add_column("size", justify="right", no_wrap=True)  # the push, as a fraction of the residual norm
     table.add_column("nll", justify="right", no_wrap=True)
     table.add_column("text", ratio=1)
     for g in row.generations:
-        table.add_row(alpha_label(g.alpha), f"{g.nll:.2f}", g.text)
+        table.add_row(alpha_label(g.alpha), "-" if g.size is None else f"{g.size:.2f}", f"{g.nll:.2f}", g.text)
     out.print(table)

@@ -27,7 +27,7 @@ from steerlab.cli._common import (
 from steerlab.errors import SteerlabError
 from steerlab.evaluate.breakdown_point import DEFAULT_BREAKDOWN_ALPHAS
 from steerlab.evaluate.sweeps import DEFAULT_ALPHAS, DEFAULT_KL_BUDGET
-from steerlab.types import Scale
+from steerlab.types import DEFAULT_SCALE, Scale
 
 __all__ = [
     "breakdown_command",
@@ -102,7 +102,7 @@ def sweep_command(
     layers: str | None = typer.Option(None, "--layers", help="Layers to sweep (default: all of the vector's)."),
     alphas: str = SWEEP_ALPHAS_OPT,
     modes: str = typer.Option("add", "--modes", help="Operators, comma-separated (add, ablate, ...)."),
-    scale: Scale = typer.Option("relative", "--scale", help="relative (to the residual norm) or absolute."),
+    scale: Scale = typer.Option(DEFAULT_SCALE, "--scale", help="relative (to the residual norm) or absolute."),
     limit: int | None = LIMIT_OPT,
     seed: int = typer.Option(0, "--seed", help="Seed of the same-norm random baseline direction."),
     model: str = MODEL_OPT,
@@ -129,7 +129,7 @@ def calibrate_command(
     layers: str | None = typer.Option(None, "--layers", help="Layers to sweep (default: all of the vector's)."),
     alphas: str = SWEEP_ALPHAS_OPT,
     modes: str = typer.Option("add", "--modes", help="Operators, comma-separated."),
-    scale: Scale = typer.Option("relative", "--scale", help="relative (to the residual norm) or absolute."),
+    scale: Scale = typer.Option(DEFAULT_SCALE, "--scale", help="relative (to the residual norm) or absolute."),
     limit: int | None = LIMIT_OPT,
     seed: int = typer.Option(0, "--seed"),
     model: str = MODEL_OPT,

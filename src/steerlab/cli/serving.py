@@ -19,7 +19,7 @@ from steerlab.cli._common import (
     user_errors,
 )
 from steerlab.errors import SteerlabError
-from steerlab.types import Scale
+from steerlab.types import DEFAULT_SCALE, Scale
 
 
 @app.command()
@@ -64,7 +64,7 @@ def chat(
     ),
     layers: str | None = typer.Option(None, "--layers", help="Subset of the vector's layers (default: all)."),
     mode: Literal["add", "ablate", "ablate_then_add"] = typer.Option("add", "--mode", help="The operator."),
-    scale: Scale = typer.Option("relative", "--scale", help="relative (to the residual norm) or absolute."),
+    scale: Scale = typer.Option(DEFAULT_SCALE, "--scale", help="relative (to the residual norm) or absolute."),
     system: str | None = typer.Option(None, "--system", help="A system prompt."),
     max_tokens: int = typer.Option(128, "--max-tokens"),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),

@@ -27,8 +27,9 @@ from steerlab.cli._common import (
 )
 from steerlab.datasets.pairs import NEUTRAL_PROMPTS
 from steerlab.errors import SteerlabError
+from steerlab.evaluate.comparison import DEFAULT_COMPARE_ALPHAS
 from steerlab.io.gguf import export_gguf, import_gguf
-from steerlab.types import Method, Mode, Scale, Site
+from steerlab.types import BREAKDOWN_STRENGTH, DEFAULT_SCALE, Method, Mode, Scale, Site
 
 
 @app.command()
@@ -82,13 +83,16 @@ def generate(
     prompt: str | None = typer.Option(None, "--prompt", help="One prompt."),
     prompts: Path | None = typer.Option(None, "--prompts", help="A file with one prompt per line."),
     alphas: str = typer.Option(
-        "-8,0,8", "--alphas", help="Strengths, e.g. -8,0,8 (0 = unsteered); for --mode clamp, bands lo:hi."
+        ",".join(f"{a:g}" for a in DEFAULT_COMPARE_ALPHAS),
+        "--alphas",
+        help="Strengths (fractions of the residual norm with the default --scale relative; 0 = unsteered); "
+        "for --mode clamp, bands lo:hi.",
     ),
     mode: Mode = typer.Option("add", "--mode", help="The operator."),
     site: Site | None = typer.Option(None, "--site", help="Where in the block (default: the vector's site)."),
     layers: str | None = typer.Option(None, "--layers", help="Subset of the vector's layers (default: all)."),
     positions: str = typer.Option("all", "--positions", help="all, prompt, generated, or K (from token K on)."),
-    scale: Scale = typer.Option("absolute", "--scale", help="absolute, or relative to the residual norm."),
+    scale: Scale = typer.Option(DEFAULT_SCALE, "--scale", help="relative (to the residual norm) or absolute."),
     preserve_norm: bool = typer.Option(False, "--preserve-norm", help="Keep each token's residual norm."),
     max_new_tokens: int = typer.Option(40, "--max-new-tokens"),
     sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
@@ -163,11 +167,21 @@ def info(
             continue
         table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
     out.print(table)
-    layers = Table("layer", "norm", "residual norm (extraction data)")
+    # "relative size": what alpha=1 on the absolute scale pushes, as a fraction of the residual norm (text breaks
+    # past ~0.3); on the relative scale alpha is that fraction itself.
+    layers = Table("layer", "norm", "residual norm (extraction data)", "relative size of alpha=1 absolute")
     for layer, direction in sorted(vec.directions.items()):
         resid = vec.resid_norm.get(layer)
-        layers.add_row(str(layer), f"{float(direction.norm()):.3f}", f"{resid:.1f}" if resid else "-")
+        norm = float(direction.norm())
+        layers.add_row(
+            str(layer), f"{norm:.3f}", f"{resid:.1f}" if resid else "-", f"{norm / resid:.3f}" if resid else "-"
+        )
     out.print(layers)
+    if vec.resid_norm:
+        out.print(
+            "With the default scale (relative), alpha is a fraction of the residual norm; text breaks past "
+            f"~{BREAKDOWN_STRENGTH:g}."
+        )
 
 
 @app.command()
@@ -175,7 +189,9 @@ def info(
 def bake(
     vector: Path = typer.Option(..., "--vector", help="A .safetensors steering vector."),
     out_dir: Path = typer.Option(..., "--out", help="Folder to write the baked model and tokenizer to."),
-    alpha: float = typer.Option(1.0, "--alpha", help="Strength of the addition."),
+    alpha: float | None = typer.Option(
+        None, "--alpha", help="Strength of the addition (a fraction of the residual norm with --scale relative)."
+    ),
     ablate: bool = typer.Option(
         False, "--ablate", help="Orthogonalise the weights against the direction instead (ablation at every layer)."
     ),
@@ -188,7 +204,7 @@ def bake(
     site: Literal["resid_post", "mlp_out", "attn_out"] | None = typer.Option(
         None, "--site", help="Where the bias goes (default: the vector's site)."
     ),
-    scale: Scale = typer.Option("absolute", "--scale", help="absolute, or relative to the residual norm."),
+    scale: Scale = typer.Option(DEFAULT_SCALE, "--scale", help="relative (to the residual norm) or absolute."),
     model: str = MODEL_OPT,
     device: str | None = DEVICE_OPT,
     dtype: str | None = DTYPE_OPT,
@@ -202,6 +218,8 @@ def bake(
     layer_list = parse_ints(layers, "--layers") if layers else None
     if out_dir.exists() and any(out_dir.iterdir()):
         raise SteerlabError(f"--out '{out_dir}' exists and is not empty; choose a new folder.")
+    if not ablate and alpha is None:
+        raise SteerlabError("give the strength with --alpha (e.g. --alpha 0.1: 10% of the residual norm), or --ablate.")
     if ablate and source_layer is None and len(vec.layers) != 1:
         raise SteerlabError(
             f"the vector has layers {vec.layers}; say whose direction to remove everywhere with --source-layer L."
@@ -218,7 +236,7 @@ def bake(
     save_baked(lm, tokenizer, out_dir)
     with err.status("checking the saved folder with plain transformers ..."):
         check = verify_baked(out_dir, tokenizer, reference)
-    what = "orthogonalised against" if ablate else f"alpha={alpha:g} x"
+    what = "orthogonalised against" if ablate else f"alpha={alpha:g} ({scale}) x"
     err.print(
         f"baked ({what} {vector.name}) -> {out_dir}; plain transformers reproduces the hooked logits to "
         f"max |diff| {check.max_diff:.2e} (logits up to {check.logit_scale:.1f})."
@@ -323,7 +341,6 @@ def demo(
         DEMO_PROMPTS,
         vec,
         alphas=[-strength, 0.0, strength],
-        scale="relative",
         max_new_tokens=max_new_tokens,
     )
     for row in rows:

@@ -8,6 +8,7 @@ model, and reports the strength at which coherence collapses (KL above ``collaps
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +17,7 @@ from torch import nn
 
 from steerlab._forward import input_device, kl_per_token
 from steerlab._hooks import HookSet
-from steerlab._steer import Intervention, steer
+from steerlab._steer import checked_layers, steer
 from steerlab._text import encode, forward_kwargs, pad_batch, pad_id
 from steerlab._vector import SteeringVector
 from steerlab.arch.registry import get_layout
@@ -98,7 +99,7 @@ def breakdown(
     from steerlab.datasets.pairs import NEUTRAL_PROMPTS
 
     vector.check_fits(model)
-    layers = list(vector.layers if layers is None else Intervention(vector, layers=layers).layers)
+    layers = checked_layers(vector, layers)
     alphas = sorted(float(a) for a in alphas)
     if not alphas or any(a <= 0 for a in alphas):
         raise SteeringError(f"breakdown alphas must be positive multiples of the residual norm, got {alphas}.")
@@ -109,7 +110,9 @@ def breakdown(
     base_logp = torch.log_softmax(base_logits.double(), -1)  # the reference, once
     base_entropy = next_token_entropy(base_logits, mask)
     base_ppl = (
-        generation_perplexity(model, tokenizer, prompts, vector, 0.0, layer=layers[0], max_new_tokens=max_new_tokens)
+        generation_perplexity(
+            model, tokenizer, prompts, vector, 0.0, layer=layers[0], scale="absolute", max_new_tokens=max_new_tokens
+        )
         if max_new_tokens > 0 else None
     )  # fmt: skip
     num_layers = get_layout(model).num_layers
@@ -118,7 +121,9 @@ def breakdown(
     for layer in layers:
         natural = float(base_norms[layer])
         for alpha in alphas:
-            scaled = unit * (alpha * natural)
+            # The trace goes past the breakdown point on purpose: the scaled copy carries no recorded norm, so no
+            # strength check (warning or limit) applies to it.
+            scaled = dataclasses.replace(unit * (alpha * natural), resid_norm={})
             with steer(model, scaled, 1.0, layers=[layer], scale="absolute"):
                 logits, norms = _run(model, ids, mask, batch_size)
             kl = kl_per_token(logits, base_logp, mask).mean().clamp_min(0.0)

@@ -18,20 +18,23 @@ from steerlab._steer import Intervention, as_interventions, steer
 from steerlab._vector import SteeringVector
 from steerlab.engines.transformers import generate, generated_nll
 from steerlab.errors import SteeringError
-from steerlab.types import Mode, Positions, Scale, Site
+from steerlab.types import DEFAULT_SCALE, Mode, Positions, Scale, Site
 
-__all__ = ["Comparison", "Generation", "compare"]
+__all__ = ["DEFAULT_COMPARE_ALPHAS", "Comparison", "Generation", "compare"]
 
 
 @dataclass
 class Generation:
-    """One generated text: its strength (``None``: unsteered), the text, and its coherence figure (mean NLL,
-    nats/token)."""
+    """One generated text: its strength (``None``: unsteered), the text, its coherence figure (mean NLL,
+    nats/token), and ``size``: how far the strength pushes as a fraction of the residual norm (the largest of
+    :attr:`~steerlab.Intervention.relative_size` over the layers; ``None`` unsteered or where it is not known),
+    so an absolute strength can be read against the breakdown point (~0.3)."""
 
     alpha: Alpha | None
     text: str
     nll: float
     tokens: int
+    size: float | None = None
 
 
 @dataclass
@@ -44,8 +47,13 @@ class Comparison:
     def as_dict(self) -> dict[str, Any]:
         return {
             "prompt": self.prompt,
-            "generations": [{"alpha": g.alpha, "text": g.text, "nll": g.nll} for g in self.generations],
+            "generations": [{"alpha": g.alpha, "size": g.size, "text": g.text, "nll": g.nll} for g in self.generations],
         }
+
+
+DEFAULT_COMPARE_ALPHAS: tuple[float, ...] = (-0.15, 0.0, 0.15)
+"""Strengths :func:`compare` and ``steerlab generate`` show by default: both ways and unsteered, as fractions of the
+residual norm (the default scale), within the range that keeps SmolLM2's text coherent."""
 
 
 def compare(
@@ -54,12 +62,12 @@ def compare(
     prompts: Sequence[str],
     vector: SteeringVector | Intervention,
     *,
-    alphas: Sequence[Alpha | None] = (-8.0, 0.0, 8.0),
+    alphas: Sequence[Alpha | None] = DEFAULT_COMPARE_ALPHAS,
     mode: Mode = "add",
     layers: Sequence[int] | None = None,
     positions: Positions = "all",
     site: Site | None = None,
-    scale: Scale = "absolute",
+    scale: Scale = DEFAULT_SCALE,
     preserve_norm: bool = False,
     max_new_tokens: int = 40,
     chat: bool | None = None,
@@ -76,7 +84,7 @@ def compare(
     and ``ablate``), which then runs with no hooks at all.
 
     Example:
-        >>> for row in compare(model, tokenizer, ["Tell me about your day."], vec, alphas=[-6, 0, 6]):
+        >>> for row in compare(model, tokenizer, ["Tell me about your day."], vec, alphas=[-0.15, 0, 0.15]):
         ...     for g in row.generations:
         ...         print(g.alpha, round(g.nll, 2), g.text)
     """
@@ -102,7 +110,9 @@ def compare(
             with steer(model, step):
                 outputs = generate(model, tokenizer, prompts, **options)
         nlls = generated_nll(model, outputs, batch_size=batch_size)
+        sizes = None if step is None else step.relative_size
+        size = max(sizes.values()) if sizes else None
         for row, (_, gen), nll in zip(rows, outputs, nlls, strict=True):
             text = tokenizer.decode(gen, skip_special_tokens=True).strip()
-            row.generations.append(Generation(None if step is None else step.alpha, text, nll, len(gen)))
+            row.generations.append(Generation(None if step is None else step.alpha, text, nll, len(gen), size))
     return rows

@@ -32,11 +32,12 @@ from torch import nn
 from steerlab._forward import batched_logits, kl_per_token, mean_entropy
 from steerlab._interventions import Alpha
 from steerlab._replay import logits_over_alphas
-from steerlab._steer import Intervention, Scale, as_interventions
+from steerlab._steer import Intervention, Scale, as_interventions, checked_layers
 from steerlab._text import apply_chat, encode, pad_batch, pad_id
 from steerlab._vector import SteeringVector
 from steerlab.datasets.pairs import read_json_file, swap_choice_text
 from steerlab.errors import DataError, SteeringError
+from steerlab.types import DEFAULT_SCALE
 
 __all__ = [
     "ABBehaviour",
@@ -64,7 +65,7 @@ def _template(
     *,
     layer: int | None = None,
     mode: str = "add",
-    scale: Scale = "absolute",
+    scale: Scale = DEFAULT_SCALE,
 ) -> Intervention | None:
     """The intervention a metric measures: ``vector`` with the options, or an Intervention given as it is."""
     if vector is None:
@@ -210,7 +211,7 @@ def ab_probabilities(
     *,
     layer: int | None = None,
     mode: str = "add",
-    scale: Scale = "absolute",
+    scale: Scale = DEFAULT_SCALE,
     balance: bool = True,
     batch_size: int = 16,
 ) -> list[dict[str, Any]]:
@@ -276,7 +277,7 @@ def logit_diff(
     *,
     layer: int | None = None,
     mode: str = "add",
-    scale: Scale = "absolute",
+    scale: Scale = DEFAULT_SCALE,
     batch_size: int = 16,
 ) -> list[float]:
     """Per prompt: mean next-token logit of the ``positive`` tokens minus that of the ``negative`` ones.
@@ -307,7 +308,7 @@ def token_projections(
     """
     from steerlab._record import record
 
-    Intervention(vector, layers=[layer])  # the one layer check
+    checked_layers(vector, [layer])
     vector.check_fits(model)
     texts = list(texts)
     acts = record(model, tokenizer, texts, layers=[layer], reduce="all", exclude_first_token=False,
@@ -396,7 +397,7 @@ def kl_from_unsteered(
     *,
     layer: int | None = None,
     mode: str = "add",
-    scale: Scale = "absolute",
+    scale: Scale = DEFAULT_SCALE,
     texts: Sequence[str] | None = None,
     batch_size: int = 16,
 ) -> float:
@@ -423,7 +424,7 @@ def generation_perplexity(
     *,
     layer: int | None = None,
     mode: str = "add",
-    scale: Scale = "absolute",
+    scale: Scale = DEFAULT_SCALE,
     max_new_tokens: int = 32,
 ) -> float:
     """Perplexity under the *unsteered* model of greedy generations made with steering (exp of the mean

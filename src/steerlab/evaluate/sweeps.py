@@ -13,6 +13,7 @@ a relative strength of 0.2 (a push of 20% of the residual norm), and text breaks
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
@@ -21,11 +22,12 @@ from torch import nn
 
 from steerlab._interventions import Alpha, is_identity
 from steerlab._replay import logits_over_alphas
-from steerlab._steer import Intervention, Scale
+from steerlab._steer import Intervention, Scale, checked_layers
 from steerlab._vector import SteeringVector
-from steerlab.errors import SteeringError
+from steerlab.errors import SteeringError, StrengthWarning
 from steerlab.evaluate.metrics import ABBehaviour, ABQuestion, NeutralKL
 from steerlab.evaluate.results import ResultTable
+from steerlab.types import DEFAULT_SCALE
 
 __all__ = ["DEFAULT_ALPHAS", "DEFAULT_KL_BUDGET", "Recommendation", "calibrate", "sweep"]
 
@@ -49,7 +51,7 @@ def sweep(
     layers: Sequence[int] | None = None,
     alphas: Sequence[Alpha] = DEFAULT_ALPHAS,
     modes: Sequence[str] = ("add",),
-    scale: Scale = "relative",
+    scale: Scale = DEFAULT_SCALE,
     coherence: NeutralKL | Sequence[str] | None = None,
     baseline: bool = True,
     seed: int = 0,
@@ -83,7 +85,7 @@ def sweep(
         behaviour = ABBehaviour(tokenizer, list(behaviour))
     if not isinstance(coherence, NeutralKL):
         coherence = NeutralKL(tokenizer, coherence)
-    layers = list(vector.layers if layers is None else Intervention(vector, layers=layers).layers)
+    layers = checked_layers(vector, layers)
     alphas = list(alphas)
     if not alphas or not layers or not modes:
         raise SteeringError("a sweep needs at least one layer, one alpha and one mode.")
@@ -106,22 +108,24 @@ def sweep(
     cells = [(mode, layer, name) for mode in modes for layer in layers for name in directions]
     show = progress if progress is not None else len(cells) > 4
     records = []
-    for mode, layer, name in track(cells, description="sweeping", disable=not show, transient=True):
-        template = Intervention(directions[name], mode=mode, layers=[layer], scale=scale)
-        moving = [a for a in alphas if not is_identity(mode, a)]
-        scores = measure(behaviour, template, moving) if moving else {}
-        kls = measure(coherence, template, moving) if moving else {}
-        delta_norm = float(template.deltas()[layer].norm())
-        for alpha in alphas:
-            key = repr(alpha)
-            values = scores.get(key, unsteered)
-            coh = kls.get(key, {"kl": 0.0, "entropy": None})
-            rec = {"mode": mode, "layer": layer, "alpha": _alpha_key(alpha), "scale": scale, "direction": name}
-            rec.update(values)
-            rec["effect"] = values[first] - unsteered[first]
-            rec.update(coh)
-            rec["added_norm"] = abs(float(alpha)) * delta_norm if mode == "add" else None
-            records.append(rec)
+    with warnings.catch_warnings():  # a sweep measures what strong pushes cost: no StrengthWarning per cell
+        warnings.simplefilter("ignore", StrengthWarning)
+        for mode, layer, name in track(cells, description="sweeping", disable=not show, transient=True):
+            template = Intervention(directions[name], mode=mode, layers=[layer], scale=scale)
+            moving = [a for a in alphas if not is_identity(mode, a)]
+            scores = measure(behaviour, template, moving) if moving else {}
+            kls = measure(coherence, template, moving) if moving else {}
+            delta_norm = float(template.deltas()[layer].norm())
+            for alpha in alphas:
+                key = repr(alpha)
+                values = scores.get(key, unsteered)
+                coh = kls.get(key, {"kl": 0.0, "entropy": None})
+                rec = {"mode": mode, "layer": layer, "alpha": _alpha_key(alpha), "scale": scale, "direction": name}
+                rec.update(values)
+                rec["effect"] = values[first] - unsteered[first]
+                rec.update(coh)
+                rec["added_norm"] = abs(float(alpha)) * delta_norm if mode == "add" else None
+                records.append(rec)
     meta = {
         "metric": first,
         "behaviour": getattr(behaviour, "name", first),

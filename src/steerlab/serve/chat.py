@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from steerlab.errors import SteerlabError
+from steerlab.types import DEFAULT_SCALE, Scale
 
 __all__ = ["Conversation", "local_backend", "remote_backend"]
 
@@ -59,7 +60,7 @@ def remote_backend(
     alpha: float = 0.0,
     layers: Sequence[int] | None = None,
     mode: str = "add",
-    scale: str = "relative",
+    scale: Scale = DEFAULT_SCALE,
     max_tokens: int = 128,
     temperature: float = 0.0,
     timeout: float = 300.0,
@@ -128,7 +129,7 @@ def local_backend(
     alpha: float = 0.0,
     layers: Sequence[int] | None = None,
     mode: str = "add",
-    scale: str = "relative",
+    scale: Scale = DEFAULT_SCALE,
     max_tokens: int = 128,
     temperature: float = 0.0,
 ) -> tuple[Backend, Callable[[], None]]:

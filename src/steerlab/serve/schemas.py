@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from steerlab.types import Mode, Positions, Scale
+from steerlab.types import DEFAULT_SCALE, Mode, Positions, Scale
 
 __all__ = ["ChatMessage", "ChatRequest", "CompletionRequest", "ServeLimits", "SteeringSpec", "SweepRequest"]
 
@@ -62,7 +62,7 @@ class SteeringSpec(BaseModel):
     alpha: float | tuple[float | None, float | None]
     layers: list[int] | None = None
     positions: Positions = "all"
-    scale: Scale = "relative"
+    scale: Scale = DEFAULT_SCALE
 
     @field_validator("alpha")
     @classmethod
@@ -138,5 +138,5 @@ class SweepRequest(BaseModel):
     # Narrower than steerlab.types.Mode: a sweep varies one number, and clamp's strength is a band.
     mode: Literal["add", "ablate", "ablate_then_add"] = "add"
     positions: Positions = "all"
-    scale: Scale = "relative"
+    scale: Scale = DEFAULT_SCALE
     max_tokens: int = 24

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -145,8 +146,9 @@ class Validator:
         return [self.intervention(spec, f"steering[{i}]") for i, spec in enumerate(specs)]
 
     def intervention(self, spec: SteeringSpec, where: str) -> Intervention:
-        """One entry: the vector from the library, an :class:`Intervention` the library checks, then the server's
-        alpha limits. ``where`` names the entry in messages and ``param`` (``"steering[0]"``)."""
+        """One entry: the server's alpha limits, the vector from the library, then an :class:`Intervention` the
+        library checks (the strength's size against the residual norm included). ``where`` names the entry in
+        messages and ``param`` (``"steering[0]"``)."""
         try:
             vector = self.library.get(spec.vector)  # one lookup: a concurrent DELETE cannot slip in between
         except KeyError:
@@ -157,29 +159,30 @@ class Validator:
                 param=f"{where}.vector",
                 code="vector_not_found",
             ) from None
+        self._check_alpha_limit(spec, where)  # first: the server's own limits, with their own code
         try:
             item = Intervention(vector, spec.alpha, spec.mode, spec.layers, spec.positions, scale=spec.scale)
             check_interventions(self.model, item)  # fits the served model; relative scale has its norms
         except SteerlabError as error:
             raise ApiError(400, f"{where}: {error}", param=where, code="invalid_steering") from None
-        self._check_alpha_limit(item, where)
         return item
 
-    def _check_alpha_limit(self, item: Intervention, where: str) -> None:
+    def _check_alpha_limit(self, spec: SteeringSpec, where: str) -> None:
         limits = self.limits
-        if item.mode == "ablate":
+        if spec.mode == "ablate":
             lo, hi, what = 0.0, 1.0, "the fraction removed"
-        elif item.scale == "relative":
+        elif spec.scale == "relative":
             lo, hi, what = -limits.max_relative_alpha, limits.max_relative_alpha, "a fraction of the residual norm"
         else:
             lo, hi, what = -limits.max_absolute_alpha, limits.max_absolute_alpha, "an absolute strength"
-        # The library has checked the alpha's form for the mode (a finite number, or a clamp band lo <= hi).
-        ends = [x for x in item.alpha if x is not None] if isinstance(item.alpha, tuple) else [item.alpha]
-        if not all(lo <= x <= hi for x in ends):
-            shown = list(item.alpha) if isinstance(item.alpha, tuple) else item.alpha
+        # The schema has checked alpha's form for the mode (a number, or [lo, hi] for clamp); a NaN or infinity is
+        # left to the library's check (invalid_steering: "alpha must be a finite number").
+        ends = [x for x in spec.alpha if x is not None] if isinstance(spec.alpha, tuple) else [spec.alpha]
+        if not all(lo <= x <= hi for x in ends if math.isfinite(x)):
+            shown = list(spec.alpha) if isinstance(spec.alpha, tuple) else spec.alpha
             raise ApiError(
                 400,
-                f"{where}: alpha={shown} is out of range for mode '{item.mode}' with scale '{item.scale}' "
+                f"{where}: alpha={shown} is out of range for mode '{spec.mode}' with scale '{spec.scale}' "
                 f"({what}); allowed: [{lo}, {hi}].",
                 param=f"{where}.alpha",
                 code="alpha_out_of_range",
