@@ -242,10 +242,10 @@ def extract_vector(
             keys ``positive``/``negative`` (and optionally ``prompt``) or a ``DatasetEntry`` (repeng). Anything
             else raises :class:`~steerlab.DataError` naming the item's index.
         layers: block indices to read, 0-based (Hugging Face numbering) or negative from the last (``-1``: the
-            last block); the vector's layers are stored 0-based. ``None`` (default, as in repeng and
-            steering-vectors) reads every block: the forward pass then runs through the whole model instead of
-            stopping after the deepest layer asked for, the PCA methods keep ``n_pairs x hidden`` floats per
-            layer, and the vector holds one direction per block.
+            last block); the vector's layers are stored 0-based. ``None`` (default, as in steering-vectors)
+            reads every block: the forward pass then runs through the whole model instead of stopping after the
+            deepest layer asked for, the PCA methods keep ``n_pairs x hidden`` floats per layer, and the vector
+            holds one direction per block.
         method: one of :data:`METHODS`: ``mean_diff``, ``pca_diff``, ``pca_center``, ``actadd``.
         reduce: which tokens stand for a text: ``last`` (default) or ``mean`` (first token excluded).
         site: where in the block to read (``resid_post`` default; see :data:`steerlab.arch.SITES`).
