@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from steerlab import ContrastPair
-from steerlab.datasets import dataset_hash, pair_texts
+from steerlab.datasets import balance_ab, dataset_hash, pair_texts
 from steerlab.datasets.pairs import load_pairs, sentiment_pairs
 from steerlab.errors import DataError
 
@@ -63,6 +63,18 @@ def test_shipped_sentiment_pairs():
 def test_dataset_hash_is_stable_and_order_sensitive():
     a, b = ContrastPair("x", "y"), ContrastPair("u", "v")
     assert dataset_hash([a, b]) == dataset_hash([a, b]) != dataset_hash([b, a])
+    assert dataset_hash([("x", "y"), {"positive": "u", "negative": "v"}]) == dataset_hash([a, b])  # any shape
+
+
+def test_functions_taking_pairs_take_the_peer_shapes(tokenizer):
+    question = "Pick one.\n\nChoices:\n (A) Yes\n (B) No"
+    as_pair = ContrastPair("(A", "(B", prompt=question)
+    as_dict = {"positive": "(A", "negative": "(B", "prompt": question}
+    assert pair_texts([as_dict], tokenizer) == pair_texts([as_pair], tokenizer)
+    assert pair_texts([("I love it", "I hate it")]) == (["I love it"], ["I hate it"])
+    assert balance_ab([as_dict]) == balance_ab([as_pair])
+    with pytest.raises(DataError, match=r"pairs\[1\]: expected a contrast pair"):
+        pair_texts([("a", "b"), None])
 
 
 @pytest.mark.parametrize(

@@ -1,3 +1,5 @@
+from dataclasses import dataclass
+
 import pytest
 import torch
 
@@ -144,3 +146,82 @@ def test_shared_prefixes_give_the_numbers_of_whole_texts(tiny, tokenizer, arch, 
         torch.testing.assert_close(shared.directions[layer], whole.directions[layer], rtol=1e-4, atol=1e-4)
         assert shared.resid_norm[layer] == pytest.approx(whole.resid_norm[layer], rel=1e-4)
     assert bool(calls) == takes_position_ids(model)  # the shared path ran wherever it applies (not Bloom)
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """repeng's pair type, as repeng defines it (a dataclass with two text fields)."""
+
+    positive: str
+    negative: str
+
+
+def test_peer_shapes_give_the_vector_of_contrast_pairs(tiny, tokenizer):
+    """steering-vectors' tuples, repeng's dicts and DatasetEntry objects are the same pairs as ContrastPairs."""
+    from steerlab import ContrastPair, extract_vector
+
+    model = tiny("llama")
+    prompted = ("Pick one.", "(A", "(B")
+    pairs = [ContrastPair(p, n) for p, n in PAIRS_TEXT] + [ContrastPair(prompted[1], prompted[2], prompted[0])]
+    shapes = {
+        "tuples": [(p, n) for p, n in PAIRS_TEXT],
+        "lists": [[p, n] for p, n in PAIRS_TEXT],
+        "dicts": [{"positive": p, "negative": n} for p, n in PAIRS_TEXT],
+        "DatasetEntry": [DatasetEntry(p, n) for p, n in PAIRS_TEXT],
+    }
+    options = dict(layers=[1, 3], method="pca_diff", batch_size=3)
+    expected = extract_vector(model, tokenizer, pairs, **options)
+    prompt_dict = {"positive": prompted[1], "negative": prompted[2], "prompt": prompted[0]}
+    for name, items in shapes.items():
+        vec = extract_vector(model, tokenizer, iter([*items, prompt_dict]), **options)  # any iterable
+        for layer in (1, 3):
+            assert torch.equal(vec.directions[layer], expected.directions[layer]), name
+        assert vec.dataset_hash == expected.dataset_hash, name
+
+
+@pytest.mark.parametrize(
+    ("pairs", "found"),
+    [
+        ([("good", "bad"), 3], r"pairs\[1\]: .*found int 3"),
+        ([("good", "bad"), ("a", "b", "c")], r"pairs\[1\]: .*found a tuple of length 3"),
+        ([("good", "bad"), ("fine", "")], r"pairs\[1\]: 'negative' must be a non-empty string"),
+        ([{"positive": "good", "neg": "bad"}], r"pairs\[0\]: expected keys 'positive' and 'negative'.*\['negative'\]"),
+        ([{"positive": "good", "negative": "bad", "prompt": 1}], r"pairs\[0\]: 'prompt' must be a string"),
+        (("good", "bad"), "found a single tuple; wrap it in a list"),
+        ("good", "found a single str"),
+    ],
+)
+def test_a_bad_pair_is_refused_by_index_with_the_accepted_shapes(pairs, found):
+    from steerlab import extract_vector
+    from steerlab.errors import DataError
+
+    # Checked before the model is touched: none is needed to see the error.
+    with pytest.raises(DataError, match=found) as caught:
+        extract_vector(None, None, pairs, layers=[0])
+    if "expected a contrast pair" in str(caught.value) or "single" in str(caught.value):
+        for shape in ("ContrastPair", "(positive, negative) tuple", "keys 'positive' and 'negative'", "DatasetEntry"):
+            assert shape in str(caught.value)
+
+
+def test_negative_layers_count_from_the_last_and_none_is_every_block(tiny, tokenizer):
+    from steerlab import extract_vector, record
+    from steerlab.errors import ArchitectureError
+    from tiny import LAYERS
+
+    model = tiny("gpt2")
+    pairs = PAIRS_TEXT
+    positive = extract_vector(model, tokenizer, pairs, layers=[LAYERS - 3, LAYERS - 1])
+    negative = extract_vector(model, tokenizer, pairs, layers=[-1, -3])
+    assert negative.layers == positive.layers == [LAYERS - 3, LAYERS - 1]  # stored 0-based
+    for layer in positive.layers:
+        assert torch.equal(negative.directions[layer], positive.directions[layer])
+    assert list(negative.resid_norm) == positive.layers
+    every = extract_vector(model, tokenizer, pairs)
+    assert every.layers == list(range(LAYERS))
+    for layer in positive.layers:
+        torch.testing.assert_close(every.directions[layer], positive.directions[layer], rtol=1e-6, atol=1e-6)
+    assert record(model, tokenizer, ["ok"]).layers == list(range(LAYERS))
+    assert extract_vector(model, tokenizer, pairs, layers=[-1, LAYERS - 1]).layers == [LAYERS - 1]
+    for bad in (-LAYERS - 1, LAYERS):
+        with pytest.raises(ArchitectureError, match=rf"layer index {bad} is out of range.*-{LAYERS}\.\.-1 counted"):
+            extract_vector(model, tokenizer, pairs, layers=[bad])

@@ -33,8 +33,8 @@ PUBLIC = {
     ],
     "steerlab.cli": ["app", "main"],
     "steerlab.datasets": [
-        "ContrastPair", "NEUTRAL_PROMPTS", "balance_ab", "dataset_hash", "load_pairs", "load_statements", "pair_texts",
-        "pairs_from_records", "read_json_file", "sentiment_pairs", "swap_choice_text",
+        "ContrastPair", "NEUTRAL_PROMPTS", "PairLike", "balance_ab", "dataset_hash", "load_pairs", "load_statements",
+        "pair_texts", "pairs_from_records", "read_json_file", "sentiment_pairs", "swap_choice_text",
     ],
     "steerlab.doctor": ["Check", "run_checks", "versions"],
     "steerlab.engines": [

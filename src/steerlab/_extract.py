@@ -21,7 +21,7 @@ higher than the negative one (ties broken by the mean projection).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from steerlab._models import fingerprint, model_id
-from steerlab._pairs import ContrastPair, dataset_hash, pair_texts
+from steerlab._pairs import PairLike, as_pairs, dataset_hash, pair_texts
 from steerlab._record import ActivationReader, Reduce, length_batches, shared_prefix_length
 from steerlab._text import encode, pad_id
 from steerlab.errors import ExtractionError
@@ -222,9 +222,9 @@ _MIN_SAVED = 0.25
 def extract_vector(
     model: nn.Module,
     tokenizer: Any,
-    pairs: Sequence[ContrastPair],
+    pairs: Iterable[PairLike],
     *,
-    layers: Sequence[int] | int,
+    layers: Sequence[int] | int | None = None,
     method: str = "mean_diff",
     reduce: Reduce = "last",
     site: str = "resid_post",
@@ -237,7 +237,15 @@ def extract_vector(
     """Extract a :class:`~steerlab.SteeringVector` (one direction per layer) from contrast pairs.
 
     Args:
-        layers: block indices to read (0-based, Hugging Face numbering).
+        pairs: contrast pairs, each a :class:`~steerlab.ContrastPair` or in a peer's shape
+            (:data:`~steerlab.datasets.PairLike`): a ``(positive, negative)`` tuple (steering-vectors), a dict with
+            keys ``positive``/``negative`` (and optionally ``prompt``) or a ``DatasetEntry`` (repeng). Anything
+            else raises :class:`~steerlab.DataError` naming the item's index.
+        layers: block indices to read, 0-based (Hugging Face numbering) or negative from the last (``-1``: the
+            last block); the vector's layers are stored 0-based. ``None`` (default, as in steering-vectors)
+            reads every block: the forward pass then runs through the whole model instead of stopping after the
+            deepest layer asked for, the PCA methods keep ``n_pairs x hidden`` floats per layer, and the vector
+            holds one direction per block.
         method: one of :data:`METHODS`: ``mean_diff``, ``pca_diff``, ``pca_center``, ``actadd``.
         reduce: which tokens stand for a text: ``last`` (default) or ``mean`` (first token excluded).
         site: where in the block to read (``resid_post`` default; see :data:`steerlab.arch.SITES`).
@@ -251,13 +259,16 @@ def extract_vector(
         >>> pairs = [ContrastPair("I love it", "I hate it"), ContrastPair("So happy", "So sad")]
         >>> vec = extract_vector(model, tokenizer, pairs, layers=[12], method="mean_diff")
         >>> vec.save("sentiment.safetensors")
+        >>> last = extract_vector(model, tokenizer, [("I love it", "I hate it")], layers=[-1], method="actadd")
+        >>> last.layers  # SmolLM2-135M has 30 blocks
+        [29]
     """
     from steerlab._vector import SteeringVector
 
     record = method_record(method)
     if reduce == "all":
         raise ExtractionError("reduce='all' gives one row per token, not per pair; use 'last' or 'mean'.")
-    pairs = list(pairs)
+    pairs = as_pairs(pairs)
     if not pairs:
         raise ExtractionError("no contrast pairs were given; at least one is needed (two for PCA methods).")
     n = len(pairs)

@@ -72,15 +72,18 @@ class _StopForward(Exception):
     """Raised by the hook on the deepest layer asked for: nothing above it needs computing."""
 
 
-def _check_layers(layers: Sequence[int], num_layers: int) -> list[int]:
+def _check_layers(layers: Sequence[int] | int | None, num_layers: int) -> list[int]:
+    """The one check of the layers to read: ``None`` is every block, negative indices count from the last
+    (``-1``), and the result is 0-based, sorted and unique, so what is recorded is keyed the same way however the
+    layers were named."""
+    if layers is None:
+        return list(range(num_layers))
     if isinstance(layers, int):
         layers = [layers]
-    chosen = sorted(set(int(x) if not isinstance(x, bool) else x for x in layers))
-    if not chosen:
+    given = [int(x) if not isinstance(x, bool) else x for x in layers]
+    if not given:
         raise ArchitectureError("no layers were given; pass at least one layer index, e.g. layers=[12].")
-    for layer in chosen:
-        check_layer_index(layer, num_layers)
-    return chosen
+    return sorted({check_layer_index(layer, num_layers, negative=True) for layer in given})
 
 
 class ActivationReader:
@@ -88,6 +91,7 @@ class ActivationReader:
 
     The one engine behind :func:`record` (which keeps everything) and extraction (which folds each batch into
     running statistics and keeps nothing else). Stops the forward pass after the deepest layer it reads.
+    ``layers`` may be ``None`` (every block) or count from the last (``-1``); :attr:`layers` holds them 0-based.
     ``resid_norm`` accumulates the mean activation norm per layer over every batch read so far.
     """
 
@@ -95,7 +99,7 @@ class ActivationReader:
         self,
         model: nn.Module,
         *,
-        layers: Sequence[int] | int,
+        layers: Sequence[int] | int | None,
         reduce: Reduce = "last",
         site: str = "resid_post",
         exclude_first_token: bool = True,
@@ -313,7 +317,7 @@ def record(
     tokenizer: Any,
     texts: Sequence[str],
     *,
-    layers: Sequence[int] | int,
+    layers: Sequence[int] | int | None = None,
     reduce: Reduce = "last",
     batch_size: int = 16,
     exclude_first_token: bool = True,
@@ -324,7 +328,10 @@ def record(
     """Run ``texts`` through ``model`` and keep the block outputs at ``layers``.
 
     Args:
-        layers: 0-based block indices (Hugging Face numbering).
+        layers: block indices, 0-based (Hugging Face numbering) or negative from the last (``-1``); the result is
+            keyed 0-based. ``None`` (default) reads every block, which runs the whole model and keeps
+            ``n_texts x num_layers x hidden`` floats (``n_texts x tokens x ...`` for ``reduce="all"``); naming
+            layers stops the forward pass after the deepest one.
         reduce: ``"last"`` (the last real token), ``"mean"`` (mean over real tokens) or ``"all"``.
         exclude_first_token: leave the attention-sink token out of ``mean``/``all`` (see module doc).
         padding_side: ``"left"`` or ``"right"``; both give the same numbers (position ids count only real

@@ -47,7 +47,10 @@ class SteeringVector:
         resid_norm: ``layer -> mean residual-stream norm`` on the extraction data, so strengths can be
             given relative to the model's own activation scale (``steer(..., scale="relative")``).
 
-    Vectors combine like arrays: ``0.8 * happy - 0.3 * lazy``.
+    Vectors combine like arrays: ``0.8 * happy - 0.3 * lazy``, layer by layer, each term as it is stored. A
+    ``mean_diff`` direction keeps its natural norm, which differs between concepts, so that sum is weighted by the
+    norms as much as by the coefficients; ``0.8 * happy.normalized_copy() - 0.3 * lazy.normalized_copy()`` weighs
+    by the coefficients alone (as repeng's unit PCA directions do).
 
     Example:
         >>> vec = SteeringVector.load("sentiment.safetensors")

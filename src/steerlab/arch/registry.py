@@ -207,13 +207,24 @@ def check_site(site: str) -> None:
         raise ArchitectureError(f"unknown site {site!r}; expected one of {list(SITES)}.")
 
 
-def check_layer_index(index: int, num_layers: int) -> None:
-    """Raise if ``index`` is not a valid 0-based block index (negative indices are not accepted)."""
-    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < num_layers:
+def check_layer_index(index: int, num_layers: int, *, negative: bool = False) -> int:
+    """Raise if ``index`` is not a valid block index; return it 0-based (Hugging Face numbering).
+
+    With ``negative=True`` an index may count from the end as in Python (``-1``: the last block), as the layer
+    ids of repeng and TransformerLens users do; everything stored (a vector's layers) stays 0-based.
+
+    Example:
+        >>> check_layer_index(-1, 30, negative=True)
+        29
+    """
+    low = -num_layers if negative else 0
+    if isinstance(index, bool) or not isinstance(index, int) or not low <= index < num_layers:
+        counted = f", or {low}..-1 counted from the last" if negative else ""
         raise ArchitectureError(
             f"layer index {index!r} is out of range: this model has {num_layers} decoder layers, "
-            f"numbered 0..{num_layers - 1} (Hugging Face numbering). Choose layers in that range."
+            f"numbered 0..{num_layers - 1} (Hugging Face numbering){counted}. Choose layers in that range."
         )
+    return index % num_layers
 
 
 def register_architecture(model_type: str, spec: ArchSpec) -> None:

@@ -14,12 +14,12 @@ Formats read by :func:`load_pairs` (JSON array, or JSON Lines with one object pe
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from steerlab._pairs import ContrastPair
+from steerlab._pairs import ContrastPair, PairLike, as_pair, as_pairs
 from steerlab.errors import DataError
 
 __all__ = [
@@ -53,17 +53,7 @@ def _pair_from_record(rec: Any, where: str) -> ContrastPair:
             negative=_strip_answer(rec["answer_not_matching_behavior"]),
             prompt=rec["question"],
         )
-    missing = [k for k in ("positive", "negative") if not isinstance(rec.get(k), str) or not rec.get(k).strip()]
-    if missing:
-        raise DataError(
-            f"{where}: expected keys 'positive' and 'negative' with non-empty strings (or the CAA keys "
-            f"'question', 'answer_matching_behavior', 'answer_not_matching_behavior'); found keys "
-            f"{sorted(rec)} with {missing} missing or empty."
-        )
-    prompt = rec.get("prompt")
-    if prompt is not None and not isinstance(prompt, str):
-        raise DataError(f"{where}: 'prompt' must be a string, found {type(prompt).__name__}.")
-    return ContrastPair(rec["positive"], rec["negative"], prompt)
+    return as_pair(rec, where)  # a plain pair: the same rule as pairs given in memory
 
 
 def pairs_from_records(records: Iterable[Any], *, source: str = "input") -> list[ContrastPair]:
@@ -184,7 +174,7 @@ def swap_choice_text(question: str) -> str:
     return f"{head}(A){a_lead}{b_body}{sep}(B){b_lead}{a_text.strip()}{b_tail}"
 
 
-def balance_ab(pairs: Sequence[ContrastPair]) -> list[ContrastPair]:
+def balance_ab(pairs: Iterable[PairLike]) -> list[ContrastPair]:
     """CAA A/B pairs, each followed by its copy with the two choices swapped (and the answers with them), so the
     answer letters are balanced and a mean difference cannot encode "letter A" instead of the behaviour. Pairs
     that are not two-choice A/B questions (answers other than ``(A``/``(B``) are left out with a warning.
@@ -195,7 +185,7 @@ def balance_ab(pairs: Sequence[ContrastPair]) -> list[ContrastPair]:
     import warnings
 
     out, skipped = [], 0
-    for pair in pairs:
+    for pair in as_pairs(pairs):
         answers = {pair.positive.strip(), pair.negative.strip()}
         if pair.prompt is None or answers != {"(A", "(B"} or pair.prompt.count("(A)") != 1 or "(C)" in pair.prompt:
             skipped += 1
