@@ -26,7 +26,15 @@ import torch
 from torch import nn
 
 from steerlab._hooks import HookSet
-from steerlab._interventions import Alpha, apply_operator, check_alpha, default_alpha, is_identity, scaled_alpha
+from steerlab._interventions import (
+    Alpha,
+    apply_operator,
+    check_alpha,
+    default_alpha,
+    default_positions,
+    is_identity,
+    scaled_alpha,
+)
 from steerlab._positions import PositionSpec, PositionTracker, parse_positions
 from steerlab._vector import SteeringVector
 from steerlab.arch.registry import SITES, check_site, get_layout
@@ -62,7 +70,9 @@ class Intervention:
             :meth:`at` before it is applied.
         mode: ``add``, ``ablate``, ``ablate_then_add`` or ``clamp`` (:data:`steerlab.types.Mode`).
         layers: which of the vector's layers to use (default: all of them); kept as a sorted tuple.
-        positions: ``"all"``, ``"prompt"``, ``"generated"``, or an int ``k`` (real tokens from ``k`` on).
+        positions: ``"all"``, ``"prompt"``, ``"generated"``, or an int ``k`` (real tokens from ``k`` on). Default:
+            ``"all"`` for ``add``, ``1`` for the projection modes, which leave the attention sink (each row's first
+            real token) alone unless given ``"all"``.
         site: where in the block (default: the vector's own site); see :data:`steerlab.types.Site`.
         scale: ``"absolute"``, or ``"relative"`` to the mean activation norm recorded at extraction (then
             alpha, the projection target and the clamp band are fractions of that norm).
@@ -81,7 +91,7 @@ class Intervention:
     alpha: Alpha | None = None
     mode: Mode = "add"
     layers: Sequence[int] | None = None
-    positions: Positions = "all"
+    positions: Positions | None = None
     site: Site | None = None
     scale: Scale = "absolute"
     preserve_norm: bool = False
@@ -95,7 +105,7 @@ class Intervention:
         alpha = default_alpha(self.mode) if self.alpha is None else self.alpha
         normalised = {
             "alpha": None if alpha is None else check_alpha(self.mode, alpha),
-            "positions": parse_positions(self.positions),
+            "positions": parse_positions(default_positions(self.mode) if self.positions is None else self.positions),
             "layers": None if self.layers is None else tuple(_check_layers(self.vector, self.layers)),
             "preserve_norm": bool(self.preserve_norm),
         }
@@ -379,7 +389,7 @@ def steer(
     *,
     mode: Mode = "add",
     layers: Sequence[int] | None = None,
-    positions: Positions = "all",
+    positions: Positions | None = None,
     site: Site | None = None,
     scale: Scale = "absolute",
     preserve_norm: bool = False,
@@ -394,7 +404,8 @@ def steer(
         layers: which of the vector's layers to use (default: all of them).
         positions: ``"all"`` tokens, the ``"prompt"`` only, ``"generated"`` tokens only, or an int ``k``:
             every real token from position ``k`` on. Positions count real tokens of each row, so they stay
-            right with left padding and with a KV cache.
+            right with left padding and with a KV cache. Default: ``"all"`` for ``add``, ``1`` (the attention sink
+            left alone) for the projection modes.
         site: where in the block (default: the vector's site, usually ``resid_post``).
         scale: ``"absolute"`` or ``"relative"`` (alpha in units of the layer's mean residual norm).
         preserve_norm: keep each changed token's original L2 norm.
@@ -464,6 +475,7 @@ def directional_ablation(
         sites = [("resid_pre", [0]), ("attn_out", None), ("mlp_out", None)]
     except ArchitectureError:
         sites = [("resid_pre", None), ("resid_post", None)]
+    # positions="all" by default, the first token too: the orthogonalised weights act on every token.
     return [
         Intervention(everywhere, mode="ablate", site=site, layers=layers, positions=positions) for site, layers in sites
     ]

@@ -57,7 +57,7 @@ def compare(
     alphas: Sequence[Alpha | None] = (-8.0, 0.0, 8.0),
     mode: Mode = "add",
     layers: Sequence[int] | None = None,
-    positions: Positions = "all",
+    positions: Positions | None = None,
     site: Site | None = None,
     scale: Scale = "absolute",
     preserve_norm: bool = False,
