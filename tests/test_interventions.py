@@ -1,10 +1,13 @@
+from contextlib import nullcontext
+
 import pytest
 import torch
 
 from conftest import steerlab_hooks
-from steerlab import Intervention, record, steer, steer_rows
+from steerlab import Intervention, directional_ablation, record, steer, steer_rows
 from steerlab._interventions import ablate, ablate_then_add, add, apply_operator, check_alpha, clamp
 from steerlab.arch import SITES, get_layout
+from steerlab.engines import pad_batch
 from steerlab.errors import ArchitectureError, SteeringError
 from tiny import ARCHS, PROMPTS, greedy, random_vector
 
@@ -134,15 +137,15 @@ def test_ablate_clamp_and_norm_preservation_at_each_site(tiny, tokenizer, arch, 
     vec = random_vector(model, layers=(2,))
     unit = vec.directions[2] / vec.directions[2].norm()
     base = record(model, tokenizer, TEXTS, layers=[2], site=site, reduce="all", exclude_first_token=False)
-    with steer(model, vec, alpha=1.0, mode="ablate", site=site, scale="absolute"):
+    with steer(model, vec, alpha=1.0, mode="ablate", site=site, positions="all", scale="absolute"):  # token 0 too
         gone = record(model, tokenizer, TEXTS, layers=[2], site=site, reduce="all", exclude_first_token=False)
     assert (gone.values[2] @ unit).abs().max() < 1e-3 * base.values[2].norm(dim=-1).max()
     orth = lambda x: x - (x @ unit)[:, None] * unit  # noqa: E731
     torch.testing.assert_close(orth(gone.values[2]), orth(base.values[2]), rtol=1e-4, atol=1e-3)
-    with steer(model, vec, alpha=1.0, mode="ablate", site=site, preserve_norm=True, scale="absolute"):
+    with steer(model, vec, alpha=1.0, mode="ablate", site=site, preserve_norm=True, positions="all", scale="absolute"):
         kept = record(model, tokenizer, TEXTS, layers=[2], site=site, reduce="all", exclude_first_token=False)
     torch.testing.assert_close(kept.values[2].norm(dim=-1), base.values[2].norm(dim=-1))
-    with steer(model, vec, alpha=(-0.5, 0.5), mode="clamp", site=site, scale="absolute"):
+    with steer(model, vec, alpha=(-0.5, 0.5), mode="clamp", site=site, positions="all", scale="absolute"):
         banded = record(model, tokenizer, TEXTS, layers=[2], site=site, reduce="all", exclude_first_token=False)
     assert (banded.values[2] @ unit).abs().max() <= 0.5 + 1e-3
 
@@ -153,13 +156,11 @@ def test_several_interventions_apply_in_order(tiny):
     ids = torch.tensor([PROMPTS[2]])
     unit = a.directions[1] / a.directions[1].norm()
     with torch.no_grad():
-        with steer(
-            model, [Intervention(a, alpha=2.0, scale="absolute"), Intervention(a, mode="ablate", scale="absolute")]
-        ):
+        first = Intervention(a, alpha=2.0, scale="absolute")
+        ablation = Intervention(a, mode="ablate", positions="all")  # the fraction removed needs no scale
+        with steer(model, [first, ablation]):
             add_then_ablate = model(input_ids=ids, output_hidden_states=True).hidden_states[2]
-        with steer(
-            model, [Intervention(a, mode="ablate", scale="absolute"), Intervention(a, alpha=2.0, scale="absolute")]
-        ):
+        with steer(model, [ablation, first]):
             ablate_then_adding = model(input_ids=ids, output_hidden_states=True).hidden_states[2]
     assert (add_then_ablate @ unit).abs().max() < 1e-3
     torch.testing.assert_close(
@@ -227,3 +228,44 @@ def test_bad_interventions(tiny):
     with pytest.raises(SteeringError, match="not a bare SteeringVector"), steer_rows(model, [vec, None]):
         pass
     assert steerlab_hooks(model) == 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_projection_modes_leave_each_rows_first_token_alone(tiny, arch):
+    """The attention sink: ablate / clamp / ablate_then_add skip each row's first real token (found from the mask
+    under left padding) unless positions="all"; add steers it. The first token attends only to itself, so its
+    logits are untouched too."""
+    model = tiny(arch)
+    vec = random_vector(model, layers=(1,), scale=8.0)
+    unit = vec.directions[1] / vec.directions[1].norm()
+    ids, mask = pad_batch(PROMPTS, 2, side="left")
+    rows, first = torch.arange(len(PROMPTS)), mask.argmax(-1)  # each row's first real token
+    later = mask.bool() & (torch.arange(mask.shape[1]) > first[:, None])
+
+    def run(options=None):
+        with torch.no_grad(), steer(model, [Intervention(vec, **options)]) if options else nullcontext():
+            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        return out.hidden_states[2], out.logits
+
+    base, base_logits = run()
+    for mode, alpha, target in (("ablate", 1.0, 0.0), ("ablate_then_add", 5.0, 5.0), ("clamp", (-0.1, 0.1), None)):
+        assert Intervention(vec, alpha=alpha, mode=mode).positions == 1
+        hidden, logits = run({"mode": mode, "alpha": alpha})
+        assert torch.equal(hidden[rows, first], base[rows, first]), mode
+        assert torch.equal(logits[rows, first], base_logits[rows, first]), mode
+        edited, _ = run({"mode": mode, "alpha": alpha, "positions": "all"})
+        for h in (hidden[later], edited[rows, first]):  # every later token by default, the first one with "all"
+            if target is None:
+                assert (h @ unit).abs().max() <= 0.1 + 1e-3, mode
+            else:
+                torch.testing.assert_close(h @ unit, torch.full((h.shape[0],), target), rtol=0, atol=1e-3)
+        assert not torch.equal(edited[rows, first], base[rows, first])
+    hidden, _ = run({"alpha": 2.0})  # add keeps steering every token
+    assert Intervention(vec).positions == "all"
+    torch.testing.assert_close(hidden[rows, first] - base[rows, first], (2.0 * vec.directions[1]).expand(3, -1))
+
+
+def test_directional_ablation_includes_the_first_token(tiny):
+    """It must equal orthogonalize (tests/test_bake.py), whose weights act on every token, the sink included."""
+    model = tiny("llama")
+    assert {item.positions for item in directional_ablation(model, random_vector(model))} == {"all"}

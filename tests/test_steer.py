@@ -243,3 +243,22 @@ def test_wrong_layout_width_is_reported(tiny):
     finally:
         set_architecture(model, None)
         del model._steerlab_fake
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_projection_modes_skip_only_the_prompts_first_token_when_generating(tiny, arch):
+    """With a KV cache the first token is only in the prompt pass: no generated token is taken for it. A one-token
+    prompt is nothing but the sink, so there the default steers exactly the generated tokens."""
+    model = tiny(arch)
+    vec = random_vector(model, layers=(1, 2), scale=8.0)
+    rows = [[5], PROMPTS[1], PROMPTS[2]]
+    with steer(model, vec, alpha=20.0, mode="ablate_then_add"):
+        cached = greedy(model, rows, use_cache=True)
+        uncached = greedy(model, rows, use_cache=False)
+        alone = greedy(model, rows[:1])[0]
+    with steer(model, vec, alpha=20.0, mode="ablate_then_add", positions="generated"):
+        generated_only = greedy(model, rows[:1])[0]
+    assert torch.equal(cached, uncached)
+    assert torch.equal(cached[0], alone)  # left padding is not taken for the first token either
+    assert torch.equal(alone, generated_only)
+    assert not torch.equal(alone, greedy(model, rows[:1])[0])  # and the generated tokens are steered

@@ -13,11 +13,18 @@ operator           effect on a selected token                  alpha
 ``clamp``          projection ``h·v̂`` clipped into ``[lo, hi]``  ``(lo, hi)``, ``None`` = unbounded
 =================  ==========================================  ====================================
 
-:data:`OPERATORS` holds one :class:`Operator` record per mode: the function, what its alpha means, and the alpha
-that leaves ``h`` unchanged. Everything that depends on the mode (alpha checks, the identity, scaling alpha with a
-relative norm) reads that record, so a new operator is one function, one record here and one name in
-:data:`steerlab.types.Mode`. :func:`apply_operator` adds the option, common to all, of giving each changed token
-back its original norm.
+:data:`OPERATORS` holds one :class:`Operator` record per mode: the function, what its alpha means, the alpha that
+leaves ``h`` unchanged and the positions it steers when none are given. Everything that depends on the mode (alpha
+checks, the identity, scaling alpha with a relative norm, the default positions) reads that record, so a new
+operator is one function, one record here and one name in :data:`steerlab.types.Mode`. :func:`apply_operator`
+adds the option, common to all, of giving each changed token back its original norm.
+
+Attention sink: the first token of a sequence can carry a huge projection on a direction (SmolLM2, layer
+12, the sentiment direction: ~300 against ~5 for the other tokens), which is the sink's, not the concept's. A
+projection mode would edit it more than every other token together: on the shipped data it costs half to two
+thirds of an ablation's KL and turns ``ablate_then_add``'s effect at +8 the wrong way (docs/attention-sink.md, from
+scripts/attention_sink.py). So the projection modes steer from the second real token of each row on by default
+(``positions=1``); ``positions="all"`` edits the first token too. ``add`` steers every token.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import Literal
 import torch
 
 from steerlab.errors import SteeringError
-from steerlab.types import MODES, Alpha
+from steerlab.types import MODES, Alpha, Positions
 
 __all__ = [
     "OPERATORS",
@@ -43,6 +50,7 @@ __all__ = [
     "check_alpha",
     "clamp",
     "default_alpha",
+    "default_positions",
     "is_identity",
     "push_size",
 ]
@@ -106,12 +114,15 @@ class Operator:
         identity: the alpha that leaves ``h`` unchanged (then nothing is hooked at all), or ``None``.
         default: the alpha used when none is given, or ``None`` when the mode needs one stated (a strength has no
             size that suits every vector and layer; a projection value or a band has no neutral choice).
+        positions: the positions steered when none are given: ``"all"`` for ``add``; ``1`` (every real token but
+            the first, the attention sink; see the module doc) for the modes that act on the projection.
     """
 
     fn: Callable[..., torch.Tensor]
     alpha: Literal["strength", "fraction", "projection", "band"]
     identity: float | None
     default: float | None
+    positions: Positions
 
     @property
     def in_activation_units(self) -> bool:
@@ -126,10 +137,10 @@ class Operator:
 
 
 OPERATORS: dict[str, Operator] = {
-    "add": Operator(add, "strength", identity=0.0, default=None),
-    "ablate": Operator(ablate, "fraction", identity=0.0, default=1.0),
-    "ablate_then_add": Operator(ablate_then_add, "projection", identity=None, default=None),
-    "clamp": Operator(clamp, "band", identity=None, default=None),
+    "add": Operator(add, "strength", identity=0.0, default=None, positions="all"),
+    "ablate": Operator(ablate, "fraction", identity=0.0, default=1.0, positions=1),
+    "ablate_then_add": Operator(ablate_then_add, "projection", identity=None, default=None, positions=1),
+    "clamp": Operator(clamp, "band", identity=None, default=None, positions=1),
 }
 assert tuple(OPERATORS) == MODES, "steerlab.types.Mode and OPERATORS must list the same modes"
 
@@ -143,6 +154,12 @@ def _operator(mode: str) -> Operator:
 def default_alpha(mode: str) -> Alpha | None:
     """The alpha ``mode`` uses when none is given (``None``: the mode needs one stated)."""
     return _operator(mode).default
+
+
+def default_positions(mode: str) -> Positions:
+    """The positions ``mode`` steers when none are given: every token for ``add``, every token but the first (the
+    attention sink) for the projection modes."""
+    return _operator(mode).positions
 
 
 def check_alpha(mode: str, alpha: object) -> Alpha:

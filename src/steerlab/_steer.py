@@ -33,6 +33,7 @@ from steerlab._interventions import (
     apply_operator,
     check_alpha,
     default_alpha,
+    default_positions,
     is_identity,
     push_size,
     scaled_alpha,
@@ -79,7 +80,9 @@ class Intervention:
             Intervention without a strength is a template, to be given one with :meth:`at` before it is applied.
         mode: ``add``, ``ablate``, ``ablate_then_add`` or ``clamp`` (:data:`steerlab.types.Mode`).
         layers: which of the vector's layers to use (default: all of them); kept as a sorted tuple.
-        positions: ``"all"``, ``"prompt"``, ``"generated"``, or an int ``k`` (real tokens from ``k`` on).
+        positions: ``"all"``, ``"prompt"``, ``"generated"``, or an int ``k`` (real tokens from ``k`` on). Default:
+            ``"all"`` for ``add``, ``1`` for the projection modes, which leave the attention sink (each row's first
+            real token) alone unless given ``"all"``.
         site: where in the block (default: the vector's own site); see :data:`steerlab.types.Site`.
         scale: ``"relative"`` (default) to the mean activation norm recorded at extraction: alpha, the projection
             target and the clamp band are fractions of that norm, and ``add`` uses the direction rescaled to that
@@ -100,7 +103,7 @@ class Intervention:
     alpha: Alpha | None = None
     mode: Mode = "add"
     layers: Sequence[int] | None = None
-    positions: Positions = "all"
+    positions: Positions | None = None
     site: Site | None = None
     scale: Scale = DEFAULT_SCALE
     preserve_norm: bool = False
@@ -114,7 +117,7 @@ class Intervention:
         alpha = default_alpha(self.mode) if self.alpha is None else self.alpha
         normalised = {
             "alpha": None if alpha is None else check_alpha(self.mode, alpha),
-            "positions": parse_positions(self.positions),
+            "positions": parse_positions(default_positions(self.mode) if self.positions is None else self.positions),
             "layers": None if self.layers is None else tuple(checked_layers(self.vector, self.layers)),
             "preserve_norm": bool(self.preserve_norm),
         }
@@ -476,7 +479,7 @@ def steer(
     *,
     mode: Mode = "add",
     layers: Sequence[int] | None = None,
-    positions: Positions = "all",
+    positions: Positions | None = None,
     site: Site | None = None,
     scale: Scale = DEFAULT_SCALE,
     preserve_norm: bool = False,
@@ -492,7 +495,8 @@ def steer(
         layers: which of the vector's layers to use (default: all of them).
         positions: ``"all"`` tokens, the ``"prompt"`` only, ``"generated"`` tokens only, or an int ``k``:
             every real token from position ``k`` on. Positions count real tokens of each row, so they stay
-            right with left padding and with a KV cache.
+            right with left padding and with a KV cache. Default: ``"all"`` for ``add``, ``1`` (the attention sink
+            left alone) for the projection modes.
         site: where in the block (default: the vector's site, usually ``resid_post``).
         scale: ``"relative"`` (default: alpha in units of the layer's mean residual norm) or ``"absolute"``.
         preserve_norm: keep each changed token's original L2 norm.
@@ -562,6 +566,7 @@ def directional_ablation(
         sites = [("resid_pre", [0]), ("attn_out", None), ("mlp_out", None)]
     except ArchitectureError:
         sites = [("resid_pre", None), ("resid_post", None)]
+    # positions="all" by default, the first token too: the orthogonalised weights act on every token.
     return [
         Intervention(everywhere, mode="ablate", site=site, layers=layers, positions=positions) for site, layers in sites
     ]

@@ -126,7 +126,7 @@ def bake_addition(
     layers: Sequence[int] | None = None,
     site: Site | None = None,
     scale: Scale = DEFAULT_SCALE,
-    positions: Positions = "all",
+    positions: Positions | None = None,
     inplace: bool = False,
 ) -> nn.Module:
     """A copy of ``model`` (or ``model`` itself with ``inplace=True``) that behaves like

@@ -6,7 +6,7 @@ versions in use and checks, on tiny random models built on the spot (no download
 every steering result rests on:
 
 - ``add`` shifts the block output by exactly ``alpha * v``; ``ablate`` leaves no projection on ``v``; ``clamp``
-  keeps the projection inside its band;
+  keeps the projection inside its band, and by default both leave the first token (the attention sink) alone;
 - ``positions`` ``"prompt"`` / ``"generated"`` / ``k`` steer the same tokens with and without a KV cache, for a
   lone unpadded prompt and in a left-padded batch (where every row equals the row generated alone), and
   ``"generated"`` changes the text while leaving the prompt's own logits alone;
@@ -131,12 +131,17 @@ def _operators(model: nn.Module) -> Iterator[Check]:
     error = float((moved - base - 0.5 * vec.directions[_LAYER]).abs().max())
     yield Check("add shifts the block output by alpha * v", error < 1e-3, f"largest deviation {error:.2e}")
     with steer(model, vec, alpha=1.0, mode="ablate"):
-        left = float((_block_output(model, ids) @ unit).abs().max())
+        ablated = _block_output(model, ids)
+    left = float((ablated[:, 1:] @ unit).abs().max())
     yield Check("ablate removes the projection on v", left < 1e-3, f"largest projection left {left:.2e}")
     with steer(model, vec, alpha=(-1.0, 1.0), mode="clamp"):
-        proj = _block_output(model, ids) @ unit
+        clamped = _block_output(model, ids)
+    proj = clamped[:, 1:] @ unit
     inside = bool(((proj >= -1.0 - 1e-3) & (proj <= 1.0 + 1e-3)).all())
     yield Check("clamp keeps the projection in its band", inside, f"projections {proj.flatten().tolist()}")
+    # The projection modes leave the first token (the attention sink) alone unless positions="all".
+    sink = bool(torch.equal(ablated[:, 0], base[:, 0]) and torch.equal(clamped[:, 0], base[:, 0]))
+    yield Check("ablate and clamp leave the first token (the attention sink) alone", sink, "" if sink else "changed")
 
 
 def _positions(model: nn.Module) -> Iterator[Check]:

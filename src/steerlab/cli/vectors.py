@@ -91,7 +91,12 @@ def generate(
     mode: Mode = typer.Option("add", "--mode", help="The operator."),
     site: Site | None = typer.Option(None, "--site", help="Where in the block (default: the vector's site)."),
     layers: str | None = typer.Option(None, "--layers", help="Subset of the vector's layers (default: all)."),
-    positions: str = typer.Option("all", "--positions", help="all, prompt, generated, or K (from token K on)."),
+    positions: str | None = typer.Option(
+        None,
+        "--positions",
+        help="all, prompt, generated, or K (from token K on). Default: all for add, 1 for the projection modes "
+        "(the first token, the attention sink, left alone).",
+    ),
     scale: Scale = typer.Option(DEFAULT_SCALE, "--scale", help="relative (to the residual norm) or absolute."),
     preserve_norm: bool = typer.Option(False, "--preserve-norm", help="Keep each token's residual norm."),
     max_new_tokens: int = typer.Option(40, "--max-new-tokens"),

@@ -65,7 +65,7 @@ def compare(
     alphas: Sequence[Alpha | None] = DEFAULT_COMPARE_ALPHAS,
     mode: Mode = "add",
     layers: Sequence[int] | None = None,
-    positions: Positions = "all",
+    positions: Positions | None = None,
     site: Site | None = None,
     scale: Scale = DEFAULT_SCALE,
     preserve_norm: bool = False,

@@ -61,7 +61,7 @@ class SteeringSpec(BaseModel):
     mode: Mode = "add"  # before alpha: alpha's validator reads it
     alpha: float | tuple[float | None, float | None]
     layers: list[int] | None = None
-    positions: Positions = "all"
+    positions: Positions | None = None  # None: the mode's default (the projection modes leave token 0 alone)
     scale: Scale = DEFAULT_SCALE
 
     @field_validator("alpha")
@@ -137,6 +137,6 @@ class SweepRequest(BaseModel):
     layers: list[int] | None = None
     # Narrower than steerlab.types.Mode: a sweep varies one number, and clamp's strength is a band.
     mode: Literal["add", "ablate", "ablate_then_add"] = "add"
-    positions: Positions = "all"
+    positions: Positions | None = None  # None: the mode's default (the projection modes leave token 0 alone)
     scale: Scale = DEFAULT_SCALE
     max_tokens: int = 24
