@@ -157,7 +157,9 @@ def test_several_interventions_apply_in_order(tiny):
     unit = a.directions[1] / a.directions[1].norm()
     with torch.no_grad():
         first = Intervention(a, alpha=2.0, scale="absolute")
-        ablation = Intervention(a, mode="ablate", positions="all")  # the fraction removed needs no scale
+        ablation = Intervention(
+            a, mode="ablate", positions="all", scale="absolute"
+        )  # the fraction removed needs no scale
         with steer(model, [first, ablation]):
             add_then_ablate = model(input_ids=ids, output_hidden_states=True).hidden_states[2]
         with steer(model, [ablation, first]):
@@ -243,13 +245,16 @@ def test_projection_modes_leave_each_rows_first_token_alone(tiny, arch):
     later = mask.bool() & (torch.arange(mask.shape[1]) > first[:, None])
 
     def run(options=None):
-        with torch.no_grad(), steer(model, [Intervention(vec, **options)]) if options else nullcontext():
+        with (
+            torch.no_grad(),
+            steer(model, [Intervention(vec, scale="absolute", **options)]) if options else nullcontext(),
+        ):
             out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         return out.hidden_states[2], out.logits
 
     base, base_logits = run()
     for mode, alpha, target in (("ablate", 1.0, 0.0), ("ablate_then_add", 5.0, 5.0), ("clamp", (-0.1, 0.1), None)):
-        assert Intervention(vec, alpha=alpha, mode=mode).positions == 1
+        assert Intervention(vec, alpha=alpha, mode=mode, scale="absolute").positions == 1
         hidden, logits = run({"mode": mode, "alpha": alpha})
         assert torch.equal(hidden[rows, first], base[rows, first]), mode
         assert torch.equal(logits[rows, first], base_logits[rows, first]), mode
@@ -261,7 +266,7 @@ def test_projection_modes_leave_each_rows_first_token_alone(tiny, arch):
                 torch.testing.assert_close(h @ unit, torch.full((h.shape[0],), target), rtol=0, atol=1e-3)
         assert not torch.equal(edited[rows, first], base[rows, first])
     hidden, _ = run({"alpha": 2.0})  # add keeps steering every token
-    assert Intervention(vec).positions == "all"
+    assert Intervention(vec, scale="absolute").positions == "all"
     torch.testing.assert_close(hidden[rows, first] - base[rows, first], (2.0 * vec.directions[1]).expand(3, -1))
 
 

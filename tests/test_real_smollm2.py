@@ -218,10 +218,10 @@ def test_refusal_direction_moves_refusal_both_ways_beyond_random(smol, refusal_v
 
     def p_refusal(prompts, interventions=None):
         if interventions is None:
-            outs = generate(model, tokenizer, prompts, max_new_tokens=32, batch_size=13)
+            outs = generate(model, tokenizer, prompts, max_new_tokens=32, batch_size=39)
         else:
             with steer(model, interventions):
-                outs = generate(model, tokenizer, prompts, max_new_tokens=32, batch_size=13)
+                outs = generate(model, tokenizer, prompts, max_new_tokens=32, batch_size=39)
         texts = [tokenizer.decode(g, skip_special_tokens=True) for _, g in outs]
         return statistics.mean(refusal_judge.probabilities(texts))
 

@@ -252,11 +252,11 @@ def test_projection_modes_skip_only_the_prompts_first_token_when_generating(tiny
     model = tiny(arch)
     vec = random_vector(model, layers=(1, 2), scale=8.0)
     rows = [[5], PROMPTS[1], PROMPTS[2]]
-    with steer(model, vec, alpha=20.0, mode="ablate_then_add"):
+    with steer(model, vec, alpha=20.0, mode="ablate_then_add", scale="absolute"):
         cached = greedy(model, rows, use_cache=True)
         uncached = greedy(model, rows, use_cache=False)
         alone = greedy(model, rows[:1])[0]
-    with steer(model, vec, alpha=20.0, mode="ablate_then_add", positions="generated"):
+    with steer(model, vec, alpha=20.0, mode="ablate_then_add", positions="generated", scale="absolute"):
         generated_only = greedy(model, rows[:1])[0]
     assert torch.equal(cached, uncached)
     assert torch.equal(cached[0], alone)  # left padding is not taken for the first token either

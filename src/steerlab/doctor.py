@@ -126,15 +126,15 @@ def _operators(model: nn.Module) -> Iterator[Check]:
     unit = vec.directions[_LAYER] / vec.directions[_LAYER].norm()
     ids = torch.tensor([_PROMPTS[0]])
     base = _block_output(model, ids)
-    with steer(model, vec, alpha=0.5):
+    with steer(model, vec, alpha=0.5, scale="absolute"):
         moved = _block_output(model, ids)
     error = float((moved - base - 0.5 * vec.directions[_LAYER]).abs().max())
     yield Check("add shifts the block output by alpha * v", error < 1e-3, f"largest deviation {error:.2e}")
-    with steer(model, vec, alpha=1.0, mode="ablate"):
+    with steer(model, vec, alpha=1.0, mode="ablate", scale="absolute"):
         ablated = _block_output(model, ids)
     left = float((ablated[:, 1:] @ unit).abs().max())
     yield Check("ablate removes the projection on v", left < 1e-3, f"largest projection left {left:.2e}")
-    with steer(model, vec, alpha=(-1.0, 1.0), mode="clamp"):
+    with steer(model, vec, alpha=(-1.0, 1.0), mode="clamp", scale="absolute"):
         clamped = _block_output(model, ids)
     proj = clamped[:, 1:] @ unit
     inside = bool(((proj >= -1.0 - 1e-3) & (proj <= 1.0 + 1e-3)).all())
@@ -151,7 +151,7 @@ def _positions(model: nn.Module) -> Iterator[Check]:
     lone = [_PROMPTS[2]]
     plain_lone, plain_batch = _greedy(model, lone), _greedy(model, _PROMPTS)
     for spec in ("prompt", "generated", 3):
-        with steer(model, vec, alpha=1.0, positions=spec):
+        with steer(model, vec, alpha=1.0, positions=spec, scale="absolute"):
             cached, uncached = _greedy(model, lone), _greedy(model, lone, use_cache=False)
             batch = _greedy(model, _PROMPTS)
             alone = torch.cat([_greedy(model, [row]) for row in _PROMPTS])
@@ -171,7 +171,7 @@ def _positions(model: nn.Module) -> Iterator[Check]:
     ids = torch.tensor(lone)
     with torch.no_grad():
         plain_logits = model(input_ids=ids).logits
-        with steer(model, vec, alpha=1.0, positions="generated"):
+        with steer(model, vec, alpha=1.0, positions="generated", scale="absolute"):
             prompt_logits = model(input_ids=ids).logits
     yield Check(
         "positions='generated' leaves the prompt's logits alone",
@@ -185,9 +185,9 @@ def _per_row(model: nn.Module) -> Iterator[Check]:
 
     vec, other = _vector(model), _vector(model, seed=2)
     rows = [
-        Intervention(vec, alpha=1.0, positions="generated"),
+        Intervention(vec, alpha=1.0, positions="generated", scale="absolute"),
         None,
-        Intervention(other, alpha=(-0.5, 0.5), mode="clamp"),
+        Intervention(other, alpha=(-0.5, 0.5), mode="clamp", scale="absolute"),
     ]
     with steer_rows(model, rows):
         batch = _greedy(model, _PROMPTS)

@@ -8,13 +8,14 @@ model sends it up.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
 from steerlab._interventions import Alpha
-from steerlab._steer import Intervention, as_interventions, steer
+from steerlab._steer import Intervention, as_interventions, steer, steer_rows
 from steerlab._vector import SteeringVector
 from steerlab.engines.transformers import generate, generated_nll
 from steerlab.errors import SteeringError
@@ -74,14 +75,19 @@ def compare(
     system: str | None = None,
     do_sample: bool = False,
     seed: int = 0,
-    batch_size: int = 8,
+    batch_size: int = 32,
 ) -> list[Comparison]:
     """Generate every prompt unsteered and steered at each alpha, side by side.
 
     ``vector`` is a :class:`~steerlab.SteeringVector` with the options below (those of :func:`steerlab.steer`),
     or an :class:`~steerlab.Intervention` that carries them (then leave the options alone); its strength is
     replaced by each alpha. An alpha of ``None`` is the unsteered model; so is an identity strength (0 for ``add``
-    and ``ablate``), which then runs with no hooks at all.
+    and ``ablate``), on which no intervention acts at all.
+
+    Greedy decoding generates every (strength, prompt) row in shared batches of ``batch_size`` rows, each row
+    steered by its own strength (:func:`steerlab.steer_rows`: a row equals itself generated alone), which is
+    2-3x faster on a CPU than one pass per strength. Sampling runs one pass per strength instead, so that every
+    strength draws the same random numbers as the unsteered run (``seed``).
 
     Example:
         >>> for row in compare(model, tokenizer, ["Tell me about your day."], vec, alphas=[-0.15, 0, 0.15]):
@@ -99,20 +105,26 @@ def compare(
     template = items[0]
     template.vector.check_fits(model)  # fail before the unsteered run, not after it
     steps = [None if alpha is None else template.at(alpha) for alpha in alphas]  # every strength checked up front
-    options = dict(
-        max_new_tokens=max_new_tokens, chat=chat, system=system, do_sample=do_sample, seed=seed, batch_size=batch_size
-    )
+    options = dict(max_new_tokens=max_new_tokens, chat=chat, system=system, do_sample=do_sample, seed=seed)
+    acting = [None if step is None or step.is_identity else step for step in steps]  # None: nothing hooked
+    jobs = [(j, i) for j in range(len(steps)) for i in range(len(prompts))]  # (strength, prompt), strength-major
+    outputs: list[tuple[list[int], list[int]]] = []
+    if do_sample:
+        for step in acting:
+            with steer(model, step) if step is not None else nullcontext():
+                outputs += generate(model, tokenizer, prompts, batch_size=batch_size, **options)
+    else:
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start : start + batch_size]
+            row_steps = [acting[j] for j, _ in chunk]
+            with steer_rows(model, row_steps) if any(row_steps) else nullcontext():
+                outputs += generate(model, tokenizer, [prompts[i] for _, i in chunk], batch_size=len(chunk), **options)
+    nlls = generated_nll(model, outputs, batch_size=batch_size)  # under the unsteered model: no hooks here
     rows = [Comparison(p) for p in prompts]
-    for step in steps:
-        if step is None or step.is_identity:
-            outputs = generate(model, tokenizer, prompts, **options)  # no hooks at all: the true baseline
-        else:
-            with steer(model, step):
-                outputs = generate(model, tokenizer, prompts, **options)
-        nlls = generated_nll(model, outputs, batch_size=batch_size)
+    for (j, i), (_, gen), nll in zip(jobs, outputs, nlls, strict=True):
+        step = steps[j]
         sizes = None if step is None else step.relative_size
-        size = max(sizes.values()) if sizes else None
-        for row, (_, gen), nll in zip(rows, outputs, nlls, strict=True):
-            text = tokenizer.decode(gen, skip_special_tokens=True).strip()
-            row.generations.append(Generation(None if step is None else step.alpha, text, nll, len(gen), size))
+        text = tokenizer.decode(gen, skip_special_tokens=True).strip()
+        alpha = None if step is None else step.alpha
+        rows[i].generations.append(Generation(alpha, text, nll, len(gen), max(sizes.values()) if sizes else None))
     return rows
