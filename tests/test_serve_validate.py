@@ -254,3 +254,13 @@ def test_validation_is_pure():
         imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         web = sorted(m for m in imported if m.split(".")[0] in ("fastapi", "starlette", "uvicorn", "httpx"))
         assert not web, f"serve/{name} imports {web}"
+
+
+def test_a_skipped_file_is_listed_by_name_without_the_servers_folder(tmp_path):
+    model = make_tiny("llama", vocab=SMOL_VOCAB)
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+    random_vector(model).save(tmp_path / "fine.safetensors")
+    library = VectorLibrary(tmp_path, model)
+    assert library.names() == ["fine"] and list(library.skipped) == ["broken.safetensors"]
+    assert "broken.safetensors" in library.skipped["broken.safetensors"]
+    assert str(tmp_path) not in library.skipped["broken.safetensors"]
