@@ -28,6 +28,7 @@ API_MODULES = [
     "steerlab.evaluate.results",
     "steerlab.evaluate.probes",
     "steerlab.evaluate.structure",
+    "steerlab.evaluate.patching",
     "steerlab.evaluate.breakdown_point",
     "steerlab.evaluate.judges",
     "steerlab.evaluate.plots",

@@ -76,6 +76,8 @@ LAYERS = {
     "test_models.py::test_cached_weights_equal_direct_gguf_load": "real",
     "test_notebook.py": "apps",
     "test_notebook.py::test_notebook_is_stored_without_outputs": "unit",
+    "test_patching.py": "arch",
+    "test_patching.py::test_smollm2_ioi_attribution_error_is_reported": "real",
     "test_prefix.py": "arch",
     "test_public_api.py": "unit",
     "test_real_smollm2.py": "real",

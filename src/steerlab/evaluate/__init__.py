@@ -28,6 +28,7 @@ from steerlab.evaluate.metrics import (
     sentiment,
     token_projections,
 )
+from steerlab.evaluate.patching import activation_patching, attribution_patching, logit_diff_metric, patching_error
 from steerlab.evaluate.probes import probe_layers, train_probe, transfer_matrix
 from steerlab.evaluate.report import write_report
 from steerlab.evaluate.results import ResultTable
@@ -45,7 +46,9 @@ __all__ = [
     "RefusalClassifier",
     "ResultTable",
     "activation_covariance",
+    "activation_patching",
     "activation_pca",
+    "attribution_patching",
     "breakdown",
     "calibrate",
     "compare",
@@ -55,9 +58,11 @@ __all__ = [
     "kl_from_unsteered",
     "load_ab",
     "logit_diff",
+    "logit_diff_metric",
     "logits_over_alphas",
     "neutral_texts",
     "p_matching",
+    "patching_error",
     "phrase_refusal",
     "probe_layers",
     "sentiment",

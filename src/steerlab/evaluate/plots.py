@@ -27,6 +27,7 @@ __all__ = [
     "breakdown_curves",
     "figures_for",
     "frontier",
+    "patching_heatmaps",
     "pca_scatter",
     "probe_accuracy",
     "sweep_heatmaps",
@@ -187,6 +188,43 @@ def breakdown_curves(table: ResultTable) -> Figure:
     axes[0].legend()
     fig.tight_layout()
     return fig
+
+
+def patching_heatmaps(table: ResultTable) -> Figure:
+    """Recovery by layer (rows; ``layer.head`` for the ``head`` site) and position (columns), one panel per site."""
+    _need(table, "patching")
+    sites = list(dict.fromkeys(r["site"] for r in table.records))
+    fig, axes = plt.subplots(1, len(sites), figsize=(0.5 * _n_positions(table) + 4.5 * len(sites), 4.5), squeeze=False)
+    values = [abs(r["recovery"]) for r in table.records if r.get("recovery") is not None]
+    limit = max([1.0, *values])
+    for ax, site in zip(axes[0], sites, strict=True):
+        rows = table.where(site=site)
+        names = list(dict.fromkeys(_row_name(r) for r in rows))
+        positions = list(dict.fromkeys(r["position"] for r in rows))
+        grid = np.full((len(names), len(positions)), np.nan)
+        labels = {}
+        for r in rows:
+            grid[names.index(_row_name(r)), positions.index(r["position"])] = r["recovery"]
+            labels.setdefault(r["position"], r.get("token"))
+        image = ax.imshow(grid, aspect="auto", origin="lower", cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ticks = [f"{p}" if labels.get(p) is None else f"{p} {labels[p]!r}" for p in positions]
+        ax.set_xticks(range(len(positions)), ticks, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7 if len(names) > 20 else None)
+        ax.set_xlabel("position")
+        ax.set_ylabel("layer.head" if site == "head" else "layer")
+        ax.set_title(f"{site} ({table.meta.get('method', '?')})")
+        fig.colorbar(image, ax=ax, label="recovery")
+    fig.suptitle(f"patching: {table.meta.get('metric', '?')} (n = {table.meta.get('n_pairs', '?')} pairs)")
+    fig.tight_layout()
+    return fig
+
+
+def _n_positions(table: ResultTable) -> int:
+    return len({r["position"] for r in table.records})
+
+
+def _row_name(record: dict[str, Any]) -> str:
+    return str(record["layer"]) if record.get("head") is None else f"{record['layer']}.{record['head']}"
 
 
 def figures_for(table: ResultTable) -> list[tuple[str, Figure]]:

@@ -75,6 +75,14 @@ KINDS: dict[str, ResultKind] = {
             "Texts projected on the first principal axes of their activations at one layer.",
             (("Activation PCA", "pca_scatter"),),
         ),
+        ResultKind(
+            "patching",
+            "Recovery = (metric with one clean activation patched into the corrupted run - corrupted metric) / "
+            "(clean metric - corrupted metric), of the means over pairs: 1 where that activation alone restores the "
+            "clean answer, 0 where it does nothing. method 'attribution' is the first-order (gradient) estimate of "
+            "the same numbers, poor where the model is far from linear in that activation.",
+            (("Layer x position", "patching_heatmaps"),),
+        ),
     )
 }
 
