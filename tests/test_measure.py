@@ -342,7 +342,9 @@ def test_figures_and_report_for_every_kind(tmp_path, tiny, tokenizer):
          "effect": a * layer / 10, "kl": a * a}
         for layer, a, d in cells
     ]  # fmt: skip
-    sweep_table = ResultTable("sweep", sweep_records, {"metric": "p_matching", "scale": "relative", "n_items": 4})
+    sweep_table = ResultTable(
+        "sweep", sweep_records, {"metric": "p_matching", "scale": "relative", "n_items": 4, "norms": [145.123456789]}
+    )
     probe_records = [
         {"layer": layer, "method": m, "test_accuracy": 0.6 + layer / 10}
         for layer in (1, 2, 3)
@@ -362,9 +364,12 @@ def test_figures_and_report_for_every_kind(tmp_path, tiny, tokenizer):
     assert sorted(t.kind for t in tables) == sorted(KINDS), "a result kind without a table in this test"
     assert [len(figures_for(t)) for t in tables] == [2, 1, 1, 1, 1]
     assert [title for title, _ in figures_for(sweep_table)] == ["Layer x alpha", "Effect vs coherence"]
+    (_, frontier_figure) = figures_for(sweep_table)[1]
+    assert frontier_figure.axes[0].get_xlim()[0] == 0  # KL is never negative: no tick below 0
     page = write_report(tables, tmp_path / "r.html", title="<all kinds>").read_text()
     assert page.count("data:image/png;base64,") == 6 and "&lt;all kinds&gt;" in page
     assert "http://" not in page and "https://" not in page
+    assert "[145.1]" in page and "145.123" not in page  # floats inside lists are rounded like the others
     with pytest.raises(DataError, match="at least one"):
         write_report([], tmp_path / "empty.html")
 

@@ -89,7 +89,7 @@ def test_steered_equals_steer_and_differs_from_unsteered(smol, server, client, m
     ]
     items = [
         Intervention(library.get("sentiment"), 0.2, layers=[8], scale="relative"),
-        Intervention(library.get("random"), 5.0),
+        Intervention(library.get("random"), 5.0, scale="absolute"),
     ]
     with steer(model, items):
         ((_, tokens),) = generate(model, tokenizer, [PROMPT], max_new_tokens=8)

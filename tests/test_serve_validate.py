@@ -275,3 +275,13 @@ def test_alpha_recommended_takes_the_calibrated_setting(tokenizer, tmp_path):
     with pytest.raises(ApiError, match="out of range") as strong, pytest.warns(StrengthWarning):
         validator.chat(chat(steering=[{"vector": "strong", "alpha": "recommended"}]))
     assert strong.value.code == "alpha_out_of_range"
+
+
+def test_a_skipped_file_is_listed_by_name_without_the_servers_folder(tmp_path):
+    model = make_tiny("llama", vocab=SMOL_VOCAB)
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+    random_vector(model).save(tmp_path / "fine.safetensors")
+    library = VectorLibrary(tmp_path, model)
+    assert library.names() == ["fine"] and list(library.skipped) == ["broken.safetensors"]
+    assert "broken.safetensors" in library.skipped["broken.safetensors"]
+    assert str(tmp_path) not in library.skipped["broken.safetensors"]

@@ -560,6 +560,8 @@ def steer(
         >>> with steer(model, calibrated, alpha="recommended"):   # layer and strength from steerlab calibrate
         ...     out = model.generate(**inputs, max_new_tokens=30)
     """
+    if isinstance(vector, SteeringVector):
+        vector.check_fits(model, warn=False)  # the first mistake to name: a vector of another model
     items = as_interventions(
         vector,
         alpha=alpha,

@@ -94,8 +94,10 @@ class SteeringVector:
         return sorted(self.directions)
 
     # ----- checks -------------------------------------------------------------------------------------
-    def check_fits(self, model: nn.Module) -> None:
-        """Raise :class:`VectorMismatchError` if this vector cannot be applied to ``model``."""
+    def check_fits(self, model: nn.Module, *, warn: bool = True) -> None:
+        """Raise :class:`VectorMismatchError` if this vector cannot be applied to ``model``; warn (unless
+        ``warn=False``: a check made early, ahead of the one where the vector is applied) when the shapes fit but
+        the model id differs."""
         theirs = fingerprint(model)
         mine = self.fingerprint
         problems = []
@@ -114,7 +116,7 @@ class SteeringVector:
                 + "; ".join(problems)
                 + ". Extract a vector on this model (steerlab extract --model ...)."
             )
-        if self.model_id != model_id(model):
+        if warn and self.model_id != model_id(model):
             warnings.warn(
                 f"the vector was extracted from '{self.model_id}' but is applied to '{model_id(model)}'; the "
                 "shapes match, so it is allowed (e.g. base -> chat transfer), but check that this is meant.",

@@ -86,9 +86,9 @@ def parse_floats(text: str, what: str) -> list[float]:
     try:
         values = [float(p) for p in text.split(",") if p.strip()]
     except ValueError:
-        raise SteerlabError(f"{what} '{text}' is not a list of numbers; write e.g. -8,0,8.") from None
+        raise SteerlabError(f"{what} '{text}' is not a list of numbers; write e.g. -0.15,0,0.15.") from None
     if not values:
-        raise SteerlabError(f"{what} is empty; write e.g. -8,0,8.")
+        raise SteerlabError(f"{what} is empty; write e.g. -0.15,0,0.15.")
     return values
 
 
@@ -103,7 +103,7 @@ def _load(model: str, device: str | None, dtype: str | None):
 
 
 def parse_alphas(text: str, mode: str) -> list:
-    """``-8,0,8`` for most modes; ``lo:hi`` bands for clamp (an empty end is unbounded: ``:2``, ``-1:``)."""
+    """``-0.15,0,0.15`` for most modes; ``lo:hi`` bands for clamp (an empty end is unbounded: ``:2``, ``-1:``)."""
     if mode != "clamp":
         return parse_floats(text, "--alphas")
     bands = []

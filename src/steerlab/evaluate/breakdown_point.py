@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from steerlab._forward import input_device, kl_per_token
+from steerlab._forward import batched_logits, kl_per_token
 from steerlab._hooks import HookSet
 from steerlab._steer import checked_layers, steer
-from steerlab._text import encode, forward_kwargs, pad_batch, pad_id
+from steerlab._text import encode, pad_batch, pad_id
 from steerlab._vector import SteeringVector
 from steerlab.arch.registry import get_layout
 from steerlab.errors import SteeringError
@@ -36,33 +36,30 @@ on SmolLM2 generations there are repetitive or off-topic."""
 
 
 def _run(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, batch_size: int):
-    """Logits and the mean residual norm at every block's output over real tokens, the first (sink) left out.
+    """Logits (through the one scoring forward, :func:`batched_logits`) and the mean residual norm at every
+    block's output over real tokens, the first (sink) left out.
 
     The norms are read by hooks on the blocks (``resid_post``), not from ``output_hidden_states``, whose last
     entry is after the final norm on many architectures. Steering hooks are prepended, so these see the steered
     stream.
     """
     layout = get_layout(model)
-    device = input_device(model)
-    logits, sums, count = [], torch.zeros(layout.num_layers, dtype=torch.float64), 0
-    state: dict[str, torch.Tensor] = {}
+    norms: list[list[torch.Tensor]] = [[] for _ in range(layout.num_layers)]  # per layer, one (rows, tokens) per batch
 
     def observe(layer: int):
         def hook(hidden: torch.Tensor) -> None:
-            sums[layer] += float((hidden.float().norm(dim=-1) * state["keep"]).sum())
+            norms[layer].append(hidden.float().norm(dim=-1).cpu())
 
         return hook
 
-    with HookSet() as hooks, torch.inference_mode():
+    with HookSet() as hooks:
         for layer in range(layout.num_layers):
             module, is_input = layout.site_module(layer, "resid_post")
             hooks.on_hidden(module, is_input, observe(layer))
-        for start in range(0, ids.shape[0], batch_size):
-            i, m = ids[start : start + batch_size].to(device), mask[start : start + batch_size].to(device)
-            state["keep"] = (m.bool() & (m.cumsum(-1) > 1)).float()
-            logits.append(model(**forward_kwargs(model, i, m)).logits.float().cpu())
-            count += int(state["keep"].sum())
-    return torch.cat(logits), sums / max(count, 1)
+        logits = batched_logits(model, ids, mask, batch_size=batch_size)
+    keep = (mask.bool() & (mask.cumsum(-1) > 1)).double()  # real tokens but each row's first
+    means = torch.stack([(torch.cat(per_batch).double() * keep).sum() for per_batch in norms])
+    return logits, means / keep.sum().clamp_min(1)
 
 
 def breakdown(

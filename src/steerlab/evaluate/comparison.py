@@ -97,13 +97,15 @@ def compare(
     prompts = list(prompts)
     if not prompts:
         raise SteeringError("no prompts were given; pass at least one.")
+    # Whether the vector fits the model comes first (a vector of another model lacks what the options ask of it,
+    # e.g. norms for the relative scale, but that is not the mistake), and before the unsteered run.
+    (vector.vector if isinstance(vector, Intervention) else vector).check_fits(model, warn=False)
     items = as_interventions(
         vector, mode=mode, layers=layers, positions=positions, site=site, scale=scale, preserve_norm=preserve_norm
     )
     if len(items) != 1:
         raise SteeringError(f"compare varies the strength of one intervention; got {len(items)}.")
     template = items[0]
-    template.vector.check_fits(model)  # fail before the unsteered run, not after it
     steps = [None if alpha is None else template.at(alpha) for alpha in alphas]  # every strength checked up front
     options = dict(max_new_tokens=max_new_tokens, chat=chat, system=system, do_sample=do_sample, seed=seed)
     acting = [None if step is None or step.is_identity else step for step in steps]  # None: nothing hooked
@@ -123,7 +125,7 @@ def compare(
     rows = [Comparison(p) for p in prompts]
     for (j, i), (_, gen), nll in zip(jobs, outputs, nlls, strict=True):
         step = steps[j]
-        sizes = None if step is None else step.relative_size
+        sizes = None if acting[j] is None else acting[j].relative_size  # unsteered rows push nothing
         text = tokenizer.decode(gen, skip_special_tokens=True).strip()
         alpha = None if step is None else step.alpha
         rows[i].generations.append(Generation(alpha, text, nll, len(gen), max(sizes.values()) if sizes else None))

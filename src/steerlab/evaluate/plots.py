@@ -110,6 +110,7 @@ def frontier(table: ResultTable, *, budget: float | None = None) -> Figure:
     ax.axvline(DEFAULT_KL_BUDGET if budget is None else budget, ls="--", c="C3", lw=1, label="KL budget")
     ax.axhline(0, c="k", lw=0.5)
     ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlim(left=0)  # KL is never negative: symlog's autoscale would otherwise show a negative tick
     ax.set_xlabel("KL from unsteered (nats/token)")
     ax.set_ylabel(f"effect on {table.meta.get('metric', 'behaviour')}")
     ax.set_title("effect vs coherence cost")

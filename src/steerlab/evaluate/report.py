@@ -41,11 +41,22 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _rounded(value: Any) -> Any:
+    """``value`` with every float inside it kept to 4 significant digits (a table shows 0.0123, not 0.01234567)."""
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, (list, dict)):
-        return html.escape(json.dumps(value)[:80])
+    if isinstance(value, (list, tuple, dict)):
+        return html.escape(json.dumps(_rounded(value))[:80])
     return html.escape(str(value))
 
 

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
+from steerlab._forward import input_device
 from steerlab._steer import Intervention, check_interventions, steer_rows
 from steerlab._text import pad_batch, pad_id
 from steerlab.engines.transformers import eos_ids, generate_batch
@@ -383,7 +384,7 @@ class Engine:
             self.stats["active_rows"] = len(jobs)
         rows: _Rows | None = None
         try:
-            device = next(self.model.parameters()).device
+            device = input_device(self.model)  # the embeddings' device (under a device_map, not the first weight's)
             input_ids, mask = pad_batch([job.prompt_ids for job in jobs], self._pad, side="left")
             rows = _Rows(jobs, self.tokenizer, self._eos, self._count)
             extra: dict[str, Any] = {"stopping_criteria": StoppingCriteriaList([rows])}

@@ -54,9 +54,12 @@ class VectorLibrary:
             try:
                 self._vectors[self.check_name(name)] = self._load(path)
             except SteerlabError as error:
-                # One bad file must not stop the server; it is reported in the log and in /v1/vectors.
-                self.skipped[path.name] = str(error)
-                log.warning("skipped vector %s: %s", path.name, error)
+                # One bad file must not stop the server; it is reported in the log and in /v1/vectors, which
+                # names the file only: a client has no business learning the server's folders.
+                self.skipped[path.name] = (
+                    str(error).replace(str(path.resolve()), path.name).replace(str(path), path.name)
+                )
+                log.warning("skipped vector %s: %s", path, error)
 
     @staticmethod
     def check_name(name: str) -> str:
