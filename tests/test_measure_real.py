@@ -56,12 +56,11 @@ def test_cli_sweep_calibrate_probe_breakdown_report(smol, refusal_vector, tmp_pa
 
     result = runner.invoke(app, ["calibrate", "--vector", str(path), "--sweep", str(tmp_path / "sweep.json"),
                                  "--budget", "5", "--out", str(tmp_path / "cal.safetensors")])  # fmt: skip
-    if "recommended: layer 10, alpha 0.1" in result.stdout:  # 2 held-out questions: either outcome is honest
-        assert result.exit_code == 0, result.output
-        assert SteeringVector.load(tmp_path / "cal.safetensors").extra["recommended"]["alpha"] == 0.1
-    else:
-        assert result.exit_code == 1 and "no setting found" in result.stdout and "not written" in result.stderr
-        assert not (tmp_path / "cal.safetensors").exists()
+    # Deterministic (seeded split and random directions): with 2 held-out questions the effect's interval includes
+    # 0, so calibration honestly finds no setting, and writes nothing.
+    assert result.exit_code == 1 and "no setting found" in result.stdout and "not written" in result.stderr
+    assert "Best cell: layer 10, alpha 0.1" in result.stdout and "random directions (4 seeds)" in result.stdout
+    assert not (tmp_path / "cal.safetensors").exists()
 
     bad = runner.invoke(app, ["calibrate", "--vector", str(path), "--out", str(tmp_path / "x.safetensors")])
     assert bad.exit_code == 1 and "exactly one of" in bad.stderr
