@@ -97,7 +97,7 @@ for name in BEHAVIOURS:
     caa_rows.append((name, ratio, scores))
     log(f"{name}: multipliers done (|v|/resid = {ratio:.3f})")
 
-    table = sweep(model, tokenizer, vec, metric, layers=CAL_LAYERS, alphas=CAL_ALPHAS, baseline=True, seed=0)
+    table = sweep(model, tokenizer, vec, metric, layers=CAL_LAYERS, alphas=CAL_ALPHAS)  # 8 random seeds
     sweeps[name] = table
     try:
         rec = calibrate(table)
@@ -133,20 +133,22 @@ lines += [
     f"### Best calibrated setting (KL budget {DEFAULT_KL_BUDGET} nats/token)",
     "",
     f"`sweep` over layers {CAL_LAYERS} x relative strengths {CAL_ALPHAS} (fractions of the layer's residual norm), "
-    f"same {2 * N_TEST} prompts; KL on the 24 shipped neutral texts. `calibrate` picks the largest increase of "
-    "p(matching) whose KL stays within the budget; *random* is the same cell with the same-norm random direction.",
+    f"same {2 * N_TEST} prompts, 8 random directions; KL on the 24 shipped neutral texts. `calibrate` chooses the "
+    "largest increase of p(matching) within the budget on half of the questions and reports it on the other half "
+    "(95% bootstrap interval); *random* = the 8 random directions at that cell (mean, sd); *found* = the held-out "
+    "interval clears 0 and the random bounds (docs/measure.md).",
     "",
-    "| behaviour | unsteered | layer | alpha (x resid) | p(match) | effect | random effect | KL |",
-    "|---|---:|---:|---:|---:|---:|---:|---:|",
+    "| behaviour | unsteered | layer | alpha (x resid) | held-out effect | 95% interval | random (sd) | KL | found |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---|",
 ]
 for name, base, rec in cal_rows:
     if rec is None:
-        lines.append(f"| {name} | {base:.3f} | - | - | - | - | - | none within budget |")
+        lines.append(f"| {name} | {base:.3f} | - | - | - | - | - | none within budget | no |")
         continue
-    random_effect = "n/a" if rec.random_effect is None else f"{rec.random_effect:+.3f}"
     lines.append(
-        f"| {name} | {base:.3f} | {rec.layer} | {rec.alpha:+g} | {rec.value:.3f} | {rec.effect:+.3f} | "
-        f"{random_effect} | {rec.kl:.3f} |"
+        f"| {name} | {base:.3f} | {rec.layer} | {rec.alpha:+g} | {rec.effect:+.3f} | "
+        f"[{rec.interval[0]:+.3f}, {rec.interval[1]:+.3f}] | {rec.random_mean:+.3f} ({rec.random_sd:.3f}) | "
+        f"{rec.kl:.3f} | {'yes' if rec.found else 'no setting found'} |"
     )
 first = BEHAVIOURS[BEHAVIOURS.index("refusal")]
 lines += ["", f"![sweep heatmaps, {first}]({save(sweep_heatmaps(sweeps[first]), 'results-sweep-refusal.png')})", ""]

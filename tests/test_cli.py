@@ -69,6 +69,25 @@ def test_generate_json_lines(vector_file, tmp_path):
         assert all(g["text"] and g["nll"] > 0 for g in line["generations"])
 
 
+def test_generate_uses_the_calibrated_setting(vector_file, tmp_path):
+    """Without --alphas, a vector that carries a calibrated setting is shown unsteered and at that setting."""
+    import dataclasses
+
+    vec = SteeringVector.load(vector_file)
+    rec = {"found": True, "layer": 9, "alpha": 0.1, "mode": "add", "scale": "relative"}
+    path = dataclasses.replace(vec, extra={**vec.extra, "recommended": rec}).save(tmp_path / "cal.safetensors")
+    base = ["generate", "--vector", str(path), "--prompt", "Hi", "--max-new-tokens", "3", "--json"]
+    result = runner.invoke(app, base)
+    assert result.exit_code == 0, result.output
+    generations = json.loads(result.stdout.splitlines()[0])["generations"]
+    assert [g["alpha"] for g in generations] == [None, 0.1] and "calibrated setting: layer 9" in result.stderr
+    clash = runner.invoke(app, [*base, "--layers", "8"])
+    assert clash.exit_code == 1 and "contradicts" in clash.stderr
+    plain = runner.invoke(app, ["generate", "--vector", str(vector_file), "--prompt", "Hi", "--max-new-tokens", "2",
+                                "--json"])  # fmt: skip
+    assert [g["alpha"] for g in json.loads(plain.stdout.splitlines()[0])["generations"]] == [-0.15, 0.0, 0.15]
+
+
 def test_generate_table(vector_file):
     result = runner.invoke(
         app,

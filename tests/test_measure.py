@@ -103,23 +103,111 @@ def _planted(model, letter_ids, layers=(0, 1, 2, 3), planted_layer=3, norm=6.0):
     return SteeringVector(dirs, model_id=model_id(model), fingerprint=fingerprint(model))
 
 
+MANY = [
+    ABQuestion(f"Question {i}: would you like some {thing}?\n\nChoices:\n (A) Yes\n (B) No", "A")
+    for i, thing in enumerate(["tea", "cake", "rain", "music", "sleep", "work", "snow", "bread", "a walk", "a book",
+                               "coffee", "a game"])
+]  # fmt: skip
+
+
 def test_sweep_and_calibrate_find_the_planted_cell(tiny, tokenizer):
     model = tiny("llama")
-    items = [ABQuestion(q.question, "A") for q in QUESTIONS]
-    behaviour = ABBehaviour(tokenizer, items, balance=False)
+    behaviour = ABBehaviour(tokenizer, MANY, balance=False)
     vec = _planted(model, behaviour.letter_ids.tolist())
     result = sweep(model, tokenizer, vec, behaviour, alphas=[-1.0, 0.0, 1.0, 2.0], scale="absolute",
                    coherence=neutral_texts()[:6])  # fmt: skip
-    assert result.kind == "sweep" and len(result.records) == 4 * 4 * 2
+    assert result.kind == "sweep" and len(result.records) == 4 * 4 * (1 + 8)  # the vector and 8 random seeds
+    assert result.meta["random_seeds"] == list(range(8)) and result.meta["n_questions"] == len(MANY)
     zero = result.where(alpha=0.0)
     assert all(r["kl"] == 0.0 and r["effect"] == 0.0 for r in zero)
-    planted = {r["alpha"]: r["p_matching"] for r in result.where(layer=3, direction="vector")}
-    assert planted[-1.0] < planted[0.0] < planted[1.0] < planted[2.0]
+    planted = {r["alpha"]: r for r in result.where(layer=3, direction="vector")}
+    assert planted[-1.0]["p_matching"] < planted[0.0]["p_matching"] < planted[1.0]["p_matching"]
+    assert planted[1.0]["p_matching"] < planted[2.0]["p_matching"]
+    top = planted[2.0]
+    assert top["effect_lo"] <= top["effect"] <= top["effect_hi"] and len(top["per_question"]) == len(MANY)
+    assert top["beats_random"] and top["random_sd"] > 0 and not planted[0.0]["beats_random"]
     rec = calibrate(result, kl_budget=1e6)
-    assert (rec.layer, rec.alpha) == (3, 2.0) and rec.effect > 0 and rec.random_effect is not None
-    assert abs(rec.random_effect) < rec.effect
+    assert rec.found and (rec.layer, rec.alpha) == (3, 2.0), rec.summary()
+    assert rec.interval[0] > rec.random_bound > rec.random_mean + 3 * rec.random_sd and rec.n_held_out == 6
+    assert rec.summary().startswith("recommended: layer 3, alpha 2 (add, absolute)")
     down = calibrate(result, kl_budget=1e6, goal="decrease")
-    assert (down.layer, down.alpha) == (3, -1.0)
+    assert down.found and (down.layer, down.alpha) == (3, -1.0)
+
+    # A random direction as "the vector": its best cell is a maximum over noise, and calibrate must say so. (The
+    # rule's false alarms are rare, not impossible: seed 101's direction is a ~1-2% tail draw at layer 2, and it
+    # passes even against 16 seeds.)
+    for seed in (100,):
+        noise = sweep(model, tokenizer, vec.random_like(seed=seed), behaviour, alphas=[-1.0, 1.0, 2.0],
+                      scale="absolute", coherence=neutral_texts()[:6], layers=[0, 1, 2])  # fmt: skip
+        for goal in ("increase", "decrease"):
+            outcome = calibrate(noise, kl_budget=1e6, goal=goal)
+            assert not outcome.found, outcome.summary()
+            assert outcome.summary().startswith("no setting found: ") and "Best cell: layer" in outcome.summary()
+            with pytest.raises(SteeringError, match="no setting found"):
+                outcome.annotate(vec)
+
+
+def _synthetic(vector_effect, *, n=20, seeds=8, spread=0.01, per_question_noise=0.02):
+    """A sweep table with per-question values: layers 1, 2 x alphas 0-0.3; the vector's true effect per cell is
+    ``vector_effect(layer, alpha)``, a random direction's is drawn with sd ``spread`` per (seed, cell)."""
+    gen = torch.Generator().manual_seed(0)
+    base = [0.5 + 0.1 * float(x) for x in torch.randn(n, generator=gen)]
+    records = []
+    for layer in (1, 2):
+        for alpha, kl in ((0.0, 0.0), (0.1, 0.05), (0.2, 0.15), (0.3, 0.6)):
+            for seed in [None, *range(seeds)]:
+                true = vector_effect(layer, alpha) if seed is None else spread * float(torch.randn(1, generator=gen))
+                true = 0.0 if alpha == 0.0 else true
+                noise = torch.randn(n, generator=gen) * per_question_noise if alpha else torch.zeros(n)
+                values = [b + true + float(e) for b, e in zip(base, noise, strict=True)]
+                records.append({"mode": "add", "layer": layer, "alpha": alpha, "scale": "relative",
+                                "direction": "vector" if seed is None else "random", "seed": seed,
+                                "p_matching": sum(values) / n, "effect": sum(values) / n - sum(base) / n, "kl": kl,
+                                "per_question": values})  # fmt: skip
+    meta = {"metric": "p_matching", "unsteered": {"p_matching": sum(base) / n}, "unsteered_per_question": base}
+    return ResultTable("sweep", records, meta)
+
+
+def test_calibrate_respects_the_budget_and_annotates(tmp_path, tiny):
+    vec = random_vector(tiny("llama"), layers=(1, 2))
+    table = _synthetic(lambda layer, alpha: alpha + (0.05 if layer == 2 else 0.0))  # best in budget: layer 2, 0.2
+    rec = calibrate(table)
+    assert DEFAULT_KL_BUDGET == 0.2 and rec.found and (rec.layer, rec.alpha, rec.kl) == (2, 0.2, 0.15)
+    assert rec.effect == pytest.approx(0.25, abs=0.02) and rec.interval[0] < rec.effect < rec.interval[1]
+    assert (rec.n_selection, rec.n_held_out, rec.random_seeds) == (10, 10, list(range(8)))
+    assert abs(rec.random_mean) < 0.03 and rec.random_best_mean > 0  # the random directions' own best cells
+    assert (calibrate(table, kl_budget=1.0).alpha, calibrate(table, kl_budget=1.0).layer) == (0.3, 2)
+    with pytest.raises(SteeringError, match="no steered cell"):
+        calibrate(table, kl_budget=0.01)
+    path = rec.annotate(vec).save(tmp_path / "v.safetensors")
+    stored = SteeringVector.load(path).extra["recommended"]
+    assert stored["found"] and (stored["layer"], stored["alpha"], stored["mode"], stored["scale"]) == (
+        2, 0.2, "add", "relative")  # fmt: skip
+    table.to_json(tmp_path / "s.json")
+    table.to_csv(tmp_path / "s.csv")
+    loaded = ResultTable.load(tmp_path / "s.json")
+    assert loaded.records == table.records and calibrate(loaded) == rec  # calibrate works from the saved JSON
+    header = (tmp_path / "s.csv").read_text().splitlines()[0]
+    assert header.startswith("mode,layer,alpha") and "per_question" not in header
+
+
+def test_calibrate_refuses_the_wrong_sign_noise_and_thin_sweeps():
+    up = _synthetic(lambda layer, alpha: alpha)
+    wrong = calibrate(up, goal="decrease")  # every cell raises p: the least rise is still not a decrease
+    assert not wrong.found and "does not go the goal's way" in wrong.reason
+    noise = calibrate(_synthetic(lambda layer, alpha: 0.012 if (layer, alpha) == (1, 0.1) else 0.0))
+    assert not noise.found and "random" in noise.reason or "includes 0" in noise.reason, noise.reason
+    weak = calibrate(_synthetic(lambda layer, alpha: 0.02, spread=0.02, per_question_noise=0.001))
+    assert not weak.found and "random directions" in weak.reason, weak.reason  # clear of 0, not of random
+    with pytest.raises(SteeringError, match="at least 4"):
+        calibrate(_synthetic(lambda layer, alpha: alpha, seeds=3))
+    with pytest.raises(SteeringError, match="questions"):
+        calibrate(_synthetic(lambda layer, alpha: alpha, n=3))
+    old = _synthetic(lambda layer, alpha: alpha)
+    for r in old.records:
+        del r["per_question"]
+    with pytest.raises(SteeringError, match="per-question"):
+        calibrate(old)
 
 
 def test_balancing_cancels_a_letter_push(tiny, tokenizer):
@@ -137,33 +225,6 @@ def test_balancing_cancels_a_letter_push(tiny, tokenizer):
     before, after = behaviour.score(base), behaviour.score(pushed)
     assert after["p_a"] - before["p_a"] > 0.2  # the push moves the letter strongly...
     assert abs(after["p_matching"] - before["p_matching"]) < 0.1 * (after["p_a"] - before["p_a"]) + 0.02
-
-
-def test_calibrate_respects_the_budget_and_annotates(tmp_path, tiny):
-    model = tiny("llama")
-    vec = random_vector(model, layers=(1, 2))
-    recs = []
-    for layer in (1, 2):
-        for alpha, p, kl in ((0.0, 0.5, 0.0), (0.1, 0.6, 0.05), (0.2, 0.7, 0.15), (0.3, 0.9, 0.6)):
-            bump = 0.05 if layer == 2 else 0.0  # planted best cell: layer 2, alpha 0.2 (0.75, KL 0.15)
-            recs.append({"mode": "add", "layer": layer, "alpha": alpha, "scale": "relative", "direction": "vector",
-                         "p_matching": p + (bump if alpha else 0), "effect": p + (bump if alpha else 0) - 0.5,
-                         "kl": kl})  # fmt: skip
-            recs.append({"mode": "add", "layer": layer, "alpha": alpha, "scale": "relative", "direction": "random",
-                         "p_matching": 0.5, "effect": 0.01, "kl": kl})  # fmt: skip
-    table = ResultTable("sweep", recs, {"metric": "p_matching", "unsteered": {"p_matching": 0.5}})
-    rec = calibrate(table)
-    assert DEFAULT_KL_BUDGET == 0.2 and (rec.layer, rec.alpha) == (2, 0.2) and rec.kl == 0.15
-    assert rec.random_effect == 0.01 and rec.effect == pytest.approx(0.25)
-    assert (calibrate(table, kl_budget=1.0).alpha, calibrate(table, kl_budget=1.0).layer) == (0.3, 2)
-    with pytest.raises(SteeringError, match="no steered cell"):
-        calibrate(table, kl_budget=0.01)
-    path = rec.annotate(vec).save(tmp_path / "v.safetensors")
-    assert SteeringVector.load(path).extra["recommended"]["layer"] == 2
-    table.to_json(tmp_path / "s.json")
-    table.to_csv(tmp_path / "s.csv")
-    assert ResultTable.load(tmp_path / "s.json").records == recs
-    assert (tmp_path / "s.csv").read_text().splitlines()[0].startswith("mode,layer,alpha")
 
 
 def test_logit_diff_projections_and_sentiment(tiny, tokenizer):
@@ -264,7 +325,7 @@ def test_sweep_over_modes_keeps_identities(tiny, tokenizer):
     model = tiny("gpt2")
     vec = random_vector(model, layers=(2,), scale=5.0)
     result = sweep(model, tokenizer, vec, QUESTIONS[:2], alphas=[0.0, 1.0], modes=["add", "ablate"],
-                   scale="absolute", baseline=False, coherence=neutral_texts()[:4])  # fmt: skip
+                   scale="absolute", random_seeds=(), coherence=neutral_texts()[:4])  # fmt: skip
     assert {r["mode"] for r in result.records} == {"add", "ablate"} and len(result.records) == 4
     assert all((r["kl"] == 0.0) == (r["alpha"] == 0.0) for r in result.records)
     with pytest.raises(SteeringError, match="not in the vector"):

@@ -56,7 +56,7 @@ PUBLIC = {
     "steerlab.io": ["clear_control_vector", "export_gguf", "export_hub_folder", "import_gguf", "set_control_vector"],
     "steerlab.types": [
         "Alpha", "BREAKDOWN_STRENGTH", "DEFAULT_SCALE", "MAX_STRENGTH", "METHODS", "MODES", "Method", "Mode",
-        "NAMED_POSITIONS", "NamedPositions", "Positions", "SCALES", "SITES", "Scale", "Site",
+        "NAMED_POSITIONS", "NamedPositions", "Positions", "Recommended", "SCALES", "SITES", "Scale", "Site",
     ],
     "steerlab.serve": [
         "ApiError", "Engine", "EngineBusy", "Event", "Job", "ServeLimits", "VectorLibrary", "background_server",

@@ -28,6 +28,7 @@ from steerlab.engines import apply_chat
 from steerlab.engines.transformers import generate
 from steerlab.errors import SteeringError, StrengthWarning
 from steerlab.evaluate.comparison import DEFAULT_COMPARE_ALPHAS
+from steerlab.serve.chat import _PLAIN_ALPHA
 
 LAYER = 10
 ALPHAS = [-0.3, -0.15, 0.0, 0.15, 0.3]  # fractions of the mean residual norm at LAYER (~140)
@@ -98,7 +99,8 @@ def documented_strengths() -> set[tuple[float, str]]:
     found = {(float(a), "relative") for a in DEFAULT_COMPARE_ALPHAS}
     for command, name in ((chat_command, "alpha"), (demo_command, "strength")):
         option = inspect.signature(command).parameters[name].default  # a typer OptionInfo
-        found |= {(option.default, "relative"), (-option.default, "relative")}  # chat/demo steer both ways
+        strength = _PLAIN_ALPHA if option.default is None else option.default  # chat: calibrated, else this
+        found |= {(strength, "relative"), (-strength, "relative")}  # chat/demo steer both ways
     for path in DOCUMENTED:
         blocks = re.findall(r"```[a-z]*\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)
         for line in "\n".join(blocks).replace("\\\n", " ").splitlines():  # shell lines continued with a backslash
@@ -172,7 +174,9 @@ def test_sentiment_vector_steers_both_ways_beyond_random(sentiment_runs):
     for alpha in (-0.3, 0.3):
         effect = steered[alpha] - base
         assert effect * alpha > 0, steered  # the right way for both signs
-        assert abs(effect) > abs(baseline[alpha] - base), (steered, baseline)  # beyond a random direction
+        # Beyond a random direction, in the direction asked for: a random push of 0.3 degrades the text, which
+        # moves VADER's score too, but not the way the vector is meant to (the unsteered texts already score ~0.7).
+        assert effect * alpha > (baseline[alpha] - base) * alpha, (steered, baseline)
 
 
 SPLITS = Path(__file__).parents[1] / "datasets/refusal-direction/splits"

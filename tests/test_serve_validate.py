@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from steerlab import Intervention, steer_rows
 from steerlab.engines import apply_messages, encode, generate_batch, pad_batch
-from steerlab.errors import FormatError
+from steerlab.errors import FormatError, StrengthWarning
 from steerlab.serve import ApiError, ServeLimits, VectorLibrary
 from steerlab.serve.schemas import ChatRequest, CompletionRequest, SweepRequest
 from steerlab.serve.validate import Validator, request_error
@@ -254,6 +254,27 @@ def test_validation_is_pure():
         imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         web = sorted(m for m in imported if m.split(".")[0] in ("fastapi", "starlette", "uvicorn", "httpx"))
         assert not web, f"serve/{name} imports {web}"
+
+
+def test_alpha_recommended_takes_the_calibrated_setting(tokenizer, tmp_path):
+    """``"alpha": "recommended"`` steers with what steerlab calibrate recorded, within the server's limits."""
+    model = make_tiny("llama", vocab=SMOL_VOCAB)
+    raw = dataclasses.replace(random_vector(model, layers=(1, 2), scale=4.0), resid_norm={1: 6.0, 2: 7.0})
+    rec = {"found": True, "layer": 2, "alpha": 0.2, "mode": "add", "scale": "relative"}
+    dataclasses.replace(raw, extra={"recommended": rec}).save(tmp_path / "cal.safetensors")
+    dataclasses.replace(raw, extra={"recommended": {**rec, "alpha": 1.5}}).save(tmp_path / "strong.safetensors")
+    raw.save(tmp_path / "plain.safetensors")
+    validator = Validator(model, tokenizer, VectorLibrary(tmp_path, model), LIMITS, served=SERVED)
+    (item,) = validator.chat(chat(steering=[{"vector": "cal", "alpha": "recommended"}])).interventions
+    assert (item.alpha, item.layers, item.mode, item.scale) == (0.2, (2,), "add", "relative")
+    with pytest.raises(ApiError, match="steerlab calibrate") as refused:
+        validator.chat(chat(steering=[{"vector": "plain", "alpha": "recommended"}]))
+    assert refused.value.code == "invalid_steering"
+    with pytest.raises(ApiError, match="contradicts"):
+        validator.chat(chat(steering=[{"vector": "cal", "alpha": "recommended", "layers": [1]}]))
+    with pytest.raises(ApiError, match="out of range") as strong, pytest.warns(StrengthWarning):
+        validator.chat(chat(steering=[{"vector": "strong", "alpha": "recommended"}]))
+    assert strong.value.code == "alpha_out_of_range"
 
 
 def test_a_skipped_file_is_listed_by_name_without_the_servers_folder(tmp_path):

@@ -188,9 +188,9 @@ def test_relative_scale_uses_recorded_norm(tiny):
 def test_bad_steering_requests(tiny):
     model = tiny("llama")
     vec = random_vector(model)
-    for alpha in (math.nan, math.inf, "2"):
+    for alpha, message in ((math.nan, "must be a finite number"), (math.inf, "finite"), ("2", "is not a strength")):
         with (
-            pytest.raises(SteeringError, match="alpha must be a finite number"),
+            pytest.raises(SteeringError, match=message),
             steer(model, vec, alpha=alpha, scale="absolute"),
         ):
             pass
@@ -262,3 +262,36 @@ def test_projection_modes_skip_only_the_prompts_first_token_when_generating(tiny
     assert torch.equal(cached[0], alone)  # left padding is not taken for the first token either
     assert torch.equal(alone, generated_only)
     assert not torch.equal(alone, greedy(model, rows[:1])[0])  # and the generated tokens are steered
+
+
+def test_alpha_recommended_uses_the_calibrated_setting(tiny):
+    """``alpha="recommended"`` reads layer, strength, mode and scale from extra["recommended"] (issue 13): an
+    option that contradicts it, a vector without one or one recorded without the random-baseline test is refused."""
+    import dataclasses
+
+    from steerlab import Intervention
+
+    model = tiny("llama")
+    plain = dataclasses.replace(random_vector(model, layers=(1, 2)), resid_norm={1: 6.0, 2: 7.0})
+    rec = {"found": True, "layer": 2, "alpha": 0.1, "mode": "add", "scale": "relative"}
+    vec = dataclasses.replace(plain, extra={"recommended": rec})
+    item = Intervention(vec, alpha="recommended")
+    assert (item.alpha, item.layers, item.mode, item.scale) == (0.1, (2,), "add", "relative")
+    assert Intervention(vec, alpha="recommended", layers=[2], scale="relative").layers == (2,)  # agreeing: fine
+    ids = torch.tensor([PROMPTS[0]])
+    with torch.no_grad(), steer(model, vec, alpha="recommended"):
+        got = model(input_ids=ids).logits
+    with torch.no_grad(), steer(model, vec, alpha=0.1, layers=[2]):
+        want = model(input_ids=ids).logits
+    torch.testing.assert_close(got, want)
+    with pytest.raises(SteeringError, match=r"layers=\(1,\) \(recommended: \(2,\)\) contradicts"):
+        Intervention(vec, alpha="recommended", layers=[1])
+    with pytest.raises(SteeringError, match="scale='absolute'"):
+        Intervention(vec, alpha="recommended", scale="absolute")
+    with pytest.raises(SteeringError, match="has none. Run `steerlab calibrate"):
+        Intervention(plain, alpha="recommended")
+    old = dataclasses.replace(plain, extra={"recommended": {k: v for k, v in rec.items() if k != "found"}})
+    with pytest.raises(SteeringError, match="older steerlab"):
+        Intervention(old, alpha="recommended")
+    with pytest.raises(SteeringError, match="not a strength"):
+        Intervention(vec, alpha="strong")

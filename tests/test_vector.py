@@ -11,7 +11,7 @@ from steerlab.errors import FormatError, VectorMismatchError
 FP = ModelFingerprint("llama", 8, 6)
 
 
-def make(seed=0, layers=(2, 4), **kw) -> SteeringVector:
+def make(seed=0, layers=(2, 4), extra=None, **kw) -> SteeringVector:
     gen = torch.Generator().manual_seed(seed)
     return SteeringVector(
         {k: torch.randn(8, generator=gen) for k in layers},
@@ -21,7 +21,7 @@ def make(seed=0, layers=(2, 4), **kw) -> SteeringVector:
         normalized=False,
         dataset_hash="abc",
         resid_norm={k: 10.0 + k for k in layers},
-        extra={"reduce": "last"},
+        extra=extra or {"reduce": "last"},
         **kw,
     )
 
@@ -123,3 +123,29 @@ def test_random_like_keeps_norms_and_is_seeded():
         )
     assert torch.equal(vec.random_like(seed=3).directions[2], control.directions[2])
     assert not torch.equal(vec.random_like(seed=4).directions[2], control.directions[2])
+
+
+def test_random_like_is_reproducible_per_layer():
+    """A seed and a layer give one direction, whatever other layers the vector holds (issue 18): one generator
+    drawing every layer in turn made layer 4's baseline depend on whether layer 2 came first."""
+    both, alone = make(layers=(2, 4)), make(layers=(4,))
+    assert torch.allclose(
+        both.random_like(seed=3).directions[4] / both.directions[4].norm(),
+        alone.random_like(seed=3).directions[4] / alone.directions[4].norm(),
+    )
+    wide = make(layers=tuple(range(11)))
+    assert torch.allclose(
+        wide.random_like(seed=3).directions[4] / wide.directions[4].norm(),
+        alone.random_like(seed=3).directions[4] / alone.directions[4].norm(),
+    )
+    one = both.random_like(seed=3)
+    cosine = torch.nn.functional.cosine_similarity(one.directions[2], one.directions[4], dim=0)
+    assert abs(float(cosine)) < 0.99  # layers still get different directions
+
+
+def test_derived_vectors_drop_the_recommendation():
+    """A calibration holds for the direction it measured: a flipped, summed, copied or random vector loses it."""
+    vec = make(extra={"reduce": "last", "recommended": {"layer": 2, "alpha": 0.1}})
+    assert (1.0 * vec).extra["recommended"] == {"layer": 2, "alpha": 0.1}
+    for derived in (-vec, 2 * vec, vec + vec, vec.at_layers([2, 4], 2), vec.random_like(seed=0)):
+        assert "recommended" not in derived.extra and derived.extra["reduce"] == "last"

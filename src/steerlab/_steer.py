@@ -42,7 +42,17 @@ from steerlab._positions import PositionSpec, PositionTracker, parse_positions
 from steerlab._vector import SteeringVector
 from steerlab.arch.registry import SITES, check_site, get_layout
 from steerlab.errors import ArchitectureError, SteeringError, StrengthWarning
-from steerlab.types import BREAKDOWN_STRENGTH, DEFAULT_SCALE, MAX_STRENGTH, SCALES, Mode, Positions, Scale, Site
+from steerlab.types import (
+    BREAKDOWN_STRENGTH,
+    DEFAULT_SCALE,
+    MAX_STRENGTH,
+    SCALES,
+    Mode,
+    Positions,
+    Recommended,
+    Scale,
+    Site,
+)
 
 __all__ = [
     "Intervention",
@@ -78,6 +88,9 @@ class Intervention:
         alpha: strength for ``add``; fraction removed for ``ablate`` (default 1: all of it); the projection to set
             for ``ablate_then_add``; a ``(lo, hi)`` band for ``clamp``. Only ``ablate`` has a default: an
             Intervention without a strength is a template, to be given one with :meth:`at` before it is applied.
+            ``"recommended"`` takes the layer, strength, mode and scale from the vector's ``extra["recommended"]``
+            (written by ``steerlab calibrate``); options left at their defaults follow it, and one given otherwise
+            (``layers``, ``mode``, ``scale``) must agree with it.
         mode: ``add``, ``ablate``, ``ablate_then_add`` or ``clamp`` (:data:`steerlab.types.Mode`).
         layers: which of the vector's layers to use (default: all of them); kept as a sorted tuple.
         positions: ``"all"``, ``"prompt"``, ``"generated"``, or an int ``k`` (real tokens from ``k`` on). Default:
@@ -100,7 +113,7 @@ class Intervention:
     """
 
     vector: SteeringVector
-    alpha: Alpha | None = None
+    alpha: Alpha | Recommended | None = None
     mode: Mode = "add"
     layers: Sequence[int] | None = None
     positions: Positions | None = None
@@ -114,6 +127,8 @@ class Intervention:
                 f"an Intervention needs a SteeringVector, got {type(self.vector).__name__}; load one with "
                 "SteeringVector.load(path) or make one with extract_vector(...)."
             )
+        if isinstance(self.alpha, str):
+            self._take_recommendation()
         alpha = default_alpha(self.mode) if self.alpha is None else self.alpha
         normalised = {
             "alpha": None if alpha is None else check_alpha(self.mode, alpha),
@@ -133,6 +148,41 @@ class Intervention:
         if self.scale == "relative" and OPERATORS[self.mode].uses_scale:
             _check_norms(self.vector, self.layers)
         self._check_strength()
+
+    def _take_recommendation(self) -> None:
+        """Resolve ``alpha="recommended"`` from the vector's metadata, in place (before the usual checks)."""
+        if self.alpha != "recommended":
+            raise SteeringError(
+                f"alpha={self.alpha!r} is not a strength; expected a number, a (lo, hi) band for clamp, or "
+                "'recommended' (the setting steerlab calibrate recorded in the vector)."
+            )
+        rec = self.vector.extra.get("recommended")
+        if not isinstance(rec, dict) or rec.get("found") is not True:
+            found = "none" if rec is None else "one from an older steerlab, recorded without testing it"
+            raise SteeringError(
+                "alpha='recommended' needs a vector whose extra['recommended'] holds a setting that beat random "
+                f"directions on held-out questions; this vector has {found}. Run `steerlab calibrate --vector ...` "
+                "(or calibrate(sweep(...)).annotate(vec)), or give alpha as a number."
+            )
+        wanted = {"mode": rec["mode"], "layers": (int(rec["layer"]),), "scale": rec["scale"]}
+        given = {
+            "mode": self.mode,
+            "layers": None if self.layers is None else tuple(sorted({int(x) for x in self.layers})),
+            "scale": self.scale,
+        }
+        clashes = [
+            f"{name}={given[name]!r} (recommended: {wanted[name]!r})"
+            for name in wanted
+            if given[name] != _OPTION_DEFAULTS[name] and given[name] != wanted[name]
+        ]
+        if clashes:
+            raise SteeringError(
+                f"alpha='recommended' steers with the vector's recorded setting, but {', '.join(clashes)} contradicts "
+                "it; leave those options out, or give alpha as a number to steer your own way."
+            )
+        alpha = tuple(rec["alpha"]) if isinstance(rec["alpha"], list) else float(rec["alpha"])
+        for name, value in {"alpha": alpha, **wanted}.items():
+            object.__setattr__(self, name, value)
 
     def _check_strength(self) -> None:
         """Refuse a push far past the breakdown point and warn past it (sweeps and the breakdown trace silence
@@ -475,7 +525,7 @@ def _install(
 def steer(
     model: nn.Module,
     vector: SteeringVector | Intervention | Sequence[Intervention],
-    alpha: Alpha | None = None,
+    alpha: Alpha | Recommended | None = None,
     *,
     mode: Mode = "add",
     layers: Sequence[int] | None = None,
@@ -491,6 +541,7 @@ def steer(
             interventions, which carry their own options (the keyword options here must then be left alone).
         alpha: the strength (see :class:`Intervention` for what it means per mode); for ``add`` a fraction of
             the layer's residual norm by default (0.05-0.2 typical; warned past 0.3, refused past 3).
+            ``"recommended"``: the setting ``steerlab calibrate`` recorded in the vector (layer, mode, scale too).
         mode: ``add`` (default), ``ablate``, ``ablate_then_add`` or ``clamp``.
         layers: which of the vector's layers to use (default: all of them).
         positions: ``"all"`` tokens, the ``"prompt"`` only, ``"generated"`` tokens only, or an int ``k``:
@@ -505,6 +556,8 @@ def steer(
         >>> with steer(model, vec, alpha=0.15, positions="generated"):  # 15% of the residual norm
         ...     out = model.generate(**inputs, max_new_tokens=30)
         >>> with steer(model, refusal, mode="ablate"):
+        ...     out = model.generate(**inputs, max_new_tokens=30)
+        >>> with steer(model, calibrated, alpha="recommended"):   # layer and strength from steerlab calibrate
         ...     out = model.generate(**inputs, max_new_tokens=30)
     """
     if isinstance(vector, SteeringVector):

@@ -7,6 +7,7 @@ and refuses a newer major format with a clear error.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import numbers
@@ -128,7 +129,7 @@ class SteeringVector:
             directions=directions,
             method=method,
             normalized=False,
-            extra={**self.extra, **extra},
+            extra={**_without_recommendation(self.extra), **extra},
             library_version=__version__,
         )
 
@@ -137,7 +138,8 @@ class SteeringVector:
         if not isinstance(factor, numbers.Real) or not math.isfinite(float(factor)):
             return NotImplemented
         scaled = {k: v * float(factor) for k, v in self.directions.items()}
-        return replace(self, directions=scaled, normalized=self.normalized and float(factor) == 1.0)
+        extra = self.extra if float(factor) == 1.0 else _without_recommendation(self.extra)
+        return replace(self, directions=scaled, normalized=self.normalized and float(factor) == 1.0, extra=extra)
 
     __rmul__ = __mul__
 
@@ -188,19 +190,25 @@ class SteeringVector:
             self,
             directions=copies,
             resid_norm={} if norm is None else dict.fromkeys(copies, norm),
-            extra={**self.extra, "copied_from_layer": source},
+            extra={**_without_recommendation(self.extra), "copied_from_layer": source},
         )
 
     def random_like(self, seed: int = 0) -> SteeringVector:
         """A random direction per layer with the same norm as this vector's: the baseline every effect should be
         compared against (a random push of the same size also moves behaviour a little).
 
+        Each layer's direction is drawn by its own generator, seeded from ``(seed, layer)``: a seed and a layer give
+        the same direction whatever other layers the vector holds, so a baseline at layer 8 is the same for an
+        11-layer vector and a 1-layer one.
+
         Example:
             >>> control = vec.random_like(seed=0)
+            >>> torch.equal(control.directions[8], vec.at_layers([8], 8).random_like(seed=0).directions[8])
+            True
         """
-        gen = torch.Generator().manual_seed(seed)
         directions = {}
         for layer in self.layers:
+            gen = torch.Generator().manual_seed(_layer_seed(seed, layer))
             noise = torch.randn(self.fingerprint.hidden_size, generator=gen)
             directions[layer] = noise / noise.norm() * self.directions[layer].norm()
         return replace(
@@ -208,7 +216,7 @@ class SteeringVector:
             directions=directions,
             method="random",
             dataset_hash=None,
-            extra={**self.extra, "random_seed": seed, "random_like": self.method},
+            extra={**_without_recommendation(self.extra), "random_seed": seed, "random_like": self.method},
         )
 
     def normalized_copy(self) -> SteeringVector:
@@ -322,6 +330,19 @@ class SteeringVector:
         if model is not None:
             vector.check_fits(model)
         return vector
+
+
+def _layer_seed(seed: int, layer: int) -> int:
+    """A generator seed for one (seed, layer) pair: a 64-bit hash, so neighbouring seeds and layers give unrelated
+    directions and no other layer of the vector takes part."""
+    digest = hashlib.sha256(f"steerlab.random_like:{int(seed)}:{int(layer)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # torch seeds are below 2**64; keep it positive and < 2**63
+
+
+def _without_recommendation(extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` less ``"recommended"``: a calibration holds for the direction it measured, not for a scaled, summed,
+    copied or random one made from it."""
+    return {k: v for k, v in extra.items() if k != "recommended"}
 
 
 def resolve_vector_source(source: str | Path, *, filename: str | None = None, revision: str | None = None) -> Path:

@@ -28,6 +28,7 @@ __all__ = [
     "Mode",
     "NamedPositions",
     "Positions",
+    "Recommended",
     "Scale",
     "Site",
 ]
@@ -72,6 +73,10 @@ Method = Literal["mean_diff", "pca_diff", "pca_center", "actadd"]
 
 Alpha = Union[float, tuple[Union[float, None], Union[float, None]]]  # noqa: UP007 - a runtime alias
 """A strength: a number, or a ``(lo, hi)`` band (either end ``None``) for ``clamp``."""
+
+Recommended = Literal["recommended"]
+"""``alpha="recommended"``: the layer, strength, mode and scale that ``steerlab calibrate`` recorded in the vector's
+``extra["recommended"]`` (only a setting whose held-out effect beat random directions is recorded)."""
 
 MODES: tuple[str, ...] = get_args(Mode)
 METHODS: tuple[str, ...] = get_args(Method)

@@ -26,7 +26,7 @@ from steerlab.cli._common import (
 )
 from steerlab.errors import SteerlabError
 from steerlab.evaluate.breakdown_point import DEFAULT_BREAKDOWN_ALPHAS
-from steerlab.evaluate.sweeps import DEFAULT_ALPHAS, DEFAULT_KL_BUDGET
+from steerlab.evaluate.sweeps import DEFAULT_ALPHAS, DEFAULT_KL_BUDGET, DEFAULT_RANDOM_SEEDS
 from steerlab.types import DEFAULT_SCALE, Scale
 
 __all__ = [
@@ -52,6 +52,12 @@ def _listed(values: tuple[float, ...]) -> str:
 SWEEP_ALPHAS_OPT = typer.Option(
     _listed(DEFAULT_ALPHAS), "--alphas", help="Strengths (relative to the residual norm by default)."
 )
+RANDOM_SEEDS_OPT = typer.Option(
+    len(DEFAULT_RANDOM_SEEDS),
+    "--random-seeds",
+    help="How many same-norm random directions (seeds 0..N-1) to sweep as the baseline; each costs as much as "
+    "the vector.",
+)
 
 
 def _write(result: Any, prefix: Path) -> list[Path]:
@@ -60,7 +66,7 @@ def _write(result: Any, prefix: Path) -> list[Path]:
     return [result.to_csv(prefix.with_suffix(".csv")), result.to_json(prefix.with_suffix(".json"))]
 
 
-def _run_sweep(vector_path, questions, limit, layers, alphas, modes, scale, seed, model, device, dtype):
+def _run_sweep(vector_path, questions, limit, layers, alphas, modes, scale, random_seeds, model, device, dtype):
     from steerlab._vector import SteeringVector
     from steerlab.evaluate.metrics import load_ab
     from steerlab.evaluate.sweeps import sweep
@@ -73,10 +79,12 @@ def _run_sweep(vector_path, questions, limit, layers, alphas, modes, scale, seed
         items = items[:limit]
     layer_list = parse_ints(layers, "--layers") if layers else None
     mode_list = [m.strip() for m in modes.split(",") if m.strip()]
+    if random_seeds < 0:
+        raise SteerlabError(f"--random-seeds must be >= 0 (how many random directions), got {random_seeds}.")
     lm, tokenizer = _load(model, device, dtype)
     result = sweep(
         lm, tokenizer, vec, items, layers=layer_list, alphas=parse_floats(alphas, "--alphas"), modes=mode_list,
-        scale=scale, seed=seed,  # type: ignore[arg-type]
+        scale=scale, random_seeds=range(random_seeds),  # type: ignore[arg-type]
     )  # fmt: skip
     return vec, result
 
@@ -84,12 +92,20 @@ def _run_sweep(vector_path, questions, limit, layers, alphas, modes, scale, seed
 def _print_sweep(result: Any) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{result.meta['metric']} (unsteered {result.meta['unsteered'][result.meta['metric']]:.3f})")
-    for col in ("mode", "layer", "alpha", "direction", result.meta["metric"], "effect", "kl"):
+    metric = result.meta["metric"]
+    seeds = len(result.meta.get("random_seeds") or [])
+    table = Table(
+        title=f"{metric} (unsteered {result.meta['unsteered'][metric]:.3f}); random: {seeds} directions; "
+        "*: the effect's 95% interval is beyond 0 and the random bound"
+    )
+    for col in ("mode", "layer", "alpha", metric, "effect", "95% interval", "random mean (sd)", "kl"):
         table.add_column(col, justify="right")
-    for r in result.records:
-        table.add_row(r["mode"], str(r["layer"]), f"{r['alpha']:g}", r["direction"], f"{r[result.meta['metric']]:.3f}",
-                      f"{r['effect']:+.3f}", f"{r['kl']:.3f}")  # fmt: skip
+    for r in result.where(direction="vector"):
+        interval = f"[{r['effect_lo']:+.3f}, {r['effect_hi']:+.3f}]" if r.get("effect_lo") is not None else "n/a"
+        random = "n/a" if r.get("random_mean") is None else f"{r['random_mean']:+.3f} ({r['random_sd']:.3f})"
+        mark = "*" if r.get("beats_random") else " "
+        table.add_row(r["mode"], str(r["layer"]), f"{r['alpha']:g}", f"{r[metric]:.3f}", f"{r['effect']:+.3f}{mark}",
+                      interval, random, f"{r['kl']:.3f}")  # fmt: skip
     out.print(table)
 
 
@@ -104,13 +120,13 @@ def sweep_command(
     modes: str = typer.Option("add", "--modes", help="Operators, comma-separated (add, ablate, ...)."),
     scale: Scale = typer.Option(DEFAULT_SCALE, "--scale", help="relative (to the residual norm) or absolute."),
     limit: int | None = LIMIT_OPT,
-    seed: int = typer.Option(0, "--seed", help="Seed of the same-norm random baseline direction."),
+    random_seeds: int = RANDOM_SEEDS_OPT,
     model: str = MODEL_OPT,
     device: str | None = DEVICE_OPT,
     dtype: str | None = DTYPE_OPT,
 ) -> None:
-    """Sweep layers x strengths: A/B behaviour, KL coherence, and a random baseline."""
-    _, result = _run_sweep(vector, questions, limit, layers, alphas, modes, scale, seed, model, device, dtype)
+    """Sweep layers x strengths: A/B behaviour, KL coherence, and random directions as the baseline."""
+    _, result = _run_sweep(vector, questions, limit, layers, alphas, modes, scale, random_seeds, model, device, dtype)
     _print_sweep(result)
     err.print("wrote " + ", ".join(str(p) for p in _write(result, out_prefix)))
 
@@ -131,12 +147,15 @@ def calibrate_command(
     modes: str = typer.Option("add", "--modes", help="Operators, comma-separated."),
     scale: Scale = typer.Option(DEFAULT_SCALE, "--scale", help="relative (to the residual norm) or absolute."),
     limit: int | None = LIMIT_OPT,
-    seed: int = typer.Option(0, "--seed"),
+    random_seeds: int = RANDOM_SEEDS_OPT,
+    split_seed: int = typer.Option(0, "--split-seed", help="Seed of the split into selection / held-out questions."),
     model: str = MODEL_OPT,
     device: str | None = DEVICE_OPT,
     dtype: str | None = DTYPE_OPT,
 ) -> None:
-    """Pick the strongest (layer, alpha) within a KL budget and record it in the vector."""
+    """Choose a (layer, alpha) within a KL budget on half of the questions, test it on the other half against
+    random directions, and record it in the vector only if it beats them. Exit code 1 when no setting is found
+    (then --out is not written)."""
     from steerlab._vector import SteeringVector
     from steerlab.evaluate.results import ResultTable
     from steerlab.evaluate.sweeps import calibrate
@@ -146,17 +165,21 @@ def calibrate_command(
     if from_sweep is not None:
         vec, result = SteeringVector.load(vector), ResultTable.load(from_sweep)
     else:
-        vec, result = _run_sweep(vector, questions, limit, layers, alphas, modes, scale, seed, model, device, dtype)
+        vec, result = _run_sweep(
+            vector, questions, limit, layers, alphas, modes, scale, random_seeds, model, device, dtype
+        )
         written = _write(result, out_path.with_name(out_path.stem + "-sweep"))
         err.print("wrote " + ", ".join(str(p) for p in written))
-    rec = calibrate(result, kl_budget=budget, goal=goal)
+    rec = calibrate(result, kl_budget=budget, goal=goal, split_seed=split_seed)
+    out.print(rec.summary())
+    if not rec.found:
+        # A pipeline must not go on with a vector that carries no setting: say so and fail, writing nothing.
+        raise SteerlabError(
+            f"no setting found; {out_path} was not written. Sweep more questions (--limit), other layers or "
+            "strengths, or steer with an explicit --alpha."
+        )
     rec.annotate(vec).save(out_path)
-    random = "n/a" if rec.random_effect is None else f"{rec.random_effect:+.3f}"
-    out.print(
-        f"recommended: layer {rec.layer}, alpha {rec.alpha:g} ({rec.scale}, {rec.mode}): {rec.metric} "
-        f"{rec.value:.3f} (effect {rec.effect:+.3f}; random direction {random}), KL {rec.kl:.3f} <= {rec.budget}"
-    )
-    err.print(f"saved {out_path} with extra['recommended']")
+    err.print(f"saved {out_path} with extra['recommended']; steer with alpha='recommended'")
 
 
 @app.command("probe")

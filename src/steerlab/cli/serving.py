@@ -59,8 +59,11 @@ def chat(
     vector: str | None = typer.Option(
         None, "--vector", help="With --url: a vector name in the server's library; with --model: a .safetensors path."
     ),
-    alpha: float = typer.Option(
-        0.15, "--alpha", help="Strength (a fraction of the residual norm with --scale relative)."
+    alpha: float | None = typer.Option(
+        None,
+        "--alpha",
+        help="Strength (a fraction of the residual norm with --scale relative). Default: the vector's calibrated "
+        "setting (steerlab calibrate) when it carries one, else 0.15.",
     ),
     layers: str | None = typer.Option(None, "--layers", help="Subset of the vector's layers (default: all)."),
     mode: Literal["add", "ablate", "ablate_then_add"] = typer.Option("add", "--mode", help="The operator."),
@@ -90,7 +93,8 @@ def chat(
         lm, tokenizer = _load(model or "", device, dtype)
         backend, stop = local_backend(lm, tokenizer, vector=vec, **options)  # type: ignore[arg-type]
     talk = Conversation(backend, system=system)
-    steering = f"{vector} x {alpha:g} ({mode}, {scale})" if vector else "unsteered"
+    strength = "its calibrated setting, or 0.15 without one" if alpha is None else f"{alpha:g} ({mode}, {scale})"
+    steering = f"{vector} x {strength}" if vector else "unsteered"
     err.print(f"chatting with {url or model}, {steering}; /quit to leave.")
     try:
         while True:

@@ -82,11 +82,12 @@ def generate(
     ),
     prompt: str | None = typer.Option(None, "--prompt", help="One prompt."),
     prompts: Path | None = typer.Option(None, "--prompts", help="A file with one prompt per line."),
-    alphas: str = typer.Option(
-        ",".join(f"{a:g}" for a in DEFAULT_COMPARE_ALPHAS),
+    alphas: str | None = typer.Option(
+        None,
         "--alphas",
         help="Strengths (fractions of the residual norm with the default --scale relative; 0 = unsteered); "
-        "for --mode clamp, bands lo:hi.",
+        "for --mode clamp, bands lo:hi. Default: the vector's calibrated setting (steerlab calibrate) beside the "
+        "unsteered model when it carries one, else " + ",".join(f"{a:g}" for a in DEFAULT_COMPARE_ALPHAS) + ".",
     ),
     mode: Mode = typer.Option("add", "--mode", help="The operator."),
     site: Site | None = typer.Option(None, "--site", help="Where in the block (default: the vector's site)."),
@@ -123,8 +124,16 @@ def generate(
         if not prompt_list[0].strip():
             raise SteerlabError("--prompt is empty.")
     vec = load_combined(vector)
-    alpha_list = parse_alphas(alphas, mode)
-    if mode in ("ablate_then_add", "clamp"):
+    if alphas is None and "recommended" in vec.extra:
+        # The calibrated setting (layer, mode, scale and strength) beside the unsteered model; Intervention checks
+        # that --layers / --mode / --scale, if given, agree with it.
+        alpha_list: list = [None, "recommended"]
+        rec = vec.extra["recommended"]
+        err.print(f"steering with the vector's calibrated setting: layer {rec.get('layer')}, alpha {rec.get('alpha')} "
+                  f"({rec.get('mode')}, {rec.get('scale')}); give --alphas to choose your own")  # fmt: skip
+    else:
+        alpha_list = list(parse_alphas(alphas or ",".join(f"{a:g}" for a in DEFAULT_COMPARE_ALPHAS), mode))
+    if mode in ("ablate_then_add", "clamp") and None not in alpha_list:
         alpha_list = [None, *alpha_list]  # these modes have no identity alpha: show the unsteered model too
     layer_list = parse_ints(layers, "--layers") if layers else None
     lm, tokenizer = _load(model, device, dtype)

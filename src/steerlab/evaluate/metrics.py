@@ -166,13 +166,18 @@ class ABBehaviour:
         questions = list(questions)
         if not questions:
             raise DataError("no A/B questions were given; load some with load_ab(path).")
+        origin = list(range(len(questions)))
         if balance:
             questions = [q for orig in questions for q in (orig, swap_choices(orig))]
+            origin = [i for i in origin for _ in range(2)]
         prompts = [apply_chat(tokenizer, q.question, chat=chat) + "(" for q in questions]
         ids = encode(tokenizer, prompts)
         # Longest first: batches then hold questions of similar length and little compute goes to padding.
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         self.questions = [questions[i] for i in order]
+        # Which given question each asked row is (both orders of a question share it): intervals and held-out
+        # splits resample questions, never one order of a question without the other.
+        self.question_ids = [origin[i] for i in order]
         self.input_ids, self.attention_mask = pad_batch([ids[i] for i in order], pad_id(tokenizer), side="left")
         ids = []
         for letter in ("A", "B"):
@@ -184,13 +189,21 @@ class ABBehaviour:
         self.matching_is_a = torch.tensor([q.matching == "A" for q in self.questions])
 
     def per_item(self, logits: torch.Tensor) -> list[dict[str, Any]]:
-        """Tidy records, one per asked question: index, swapped, matching letter, p_matching, p_a."""
+        """Tidy records, one per asked question: index, question (the given question it asks, in either order),
+        swapped, matching letter, p_matching, p_a."""
         pair = torch.softmax(logits[:, self.letter_ids].double(), -1)
         p_a = pair[:, 0]
         p_match = torch.where(self.matching_is_a, p_a, 1 - p_a)
         return [
-            {"item": i, "swapped": q.swapped, "matching": q.matching, "p_matching": float(pm), "p_a": float(pa)}
-            for i, (q, pm, pa) in enumerate(zip(self.questions, p_match, p_a, strict=True))
+            {
+                "item": i,
+                "question": k,
+                "swapped": q.swapped,
+                "matching": q.matching,
+                "p_matching": float(pm),
+                "p_a": float(pa),
+            }
+            for i, (q, k, pm, pa) in enumerate(zip(self.questions, self.question_ids, p_match, p_a, strict=True))
         ]
 
     def score(self, logits: torch.Tensor) -> dict[str, float]:

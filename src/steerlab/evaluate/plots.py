@@ -66,22 +66,33 @@ def _heat(
 
 
 def sweep_heatmaps(table: ResultTable, *, mode: str | None = None) -> Figure:
-    """Layer x alpha heatmaps of the effect (vector, then the random baseline) and of the KL cost."""
+    """Layer x alpha heatmaps of the effect (vector, then the random baseline: the mean over its seeds) and of the
+    KL cost. A cell whose effect does not beat the random directions (``beats_random`` false: its interval does
+    not lie wholly beyond zero and the random band) is crossed out."""
     _need(table, "sweep")
     mode = mode or table.records[0]["mode"]
     metric = table.meta.get("metric", "effect")
     vector = table.where(direction="vector", mode=mode)
     random = table.where(direction="random", mode=mode)
-    panels = [(vector, "effect", f"effect on {metric} (vector)", "RdBu_r", True)]
-    if random:
+    banded = any(r.get("random_mean") is not None for r in vector)
+    seeds = len({r.get("seed") for r in random})
+    panels = [(vector, "effect", f"effect on {metric} (vector; x: not beyond random)", "RdBu_r", True)]
+    if banded:
+        panels.append((vector, "random_mean", f"effect on {metric} (random, mean of {seeds} seeds)", "RdBu_r", True))
+    elif random:  # a table without per-cell bands (one random direction)
         panels.append((random, "effect", f"effect on {metric} (random, same norm)", "RdBu_r", True))
     panels.append((vector, "kl", "KL from unsteered (nats/token)", "viridis", False))
     # One colour scale for the vector's and the random direction's effects, so the two panels compare by eye.
-    effects = [abs(r["effect"]) for r in vector + random if r.get("effect") is not None]
+    effects = [abs(r[v]) for rows, v, *_ in panels[:-1] for r in rows if r.get(v) is not None]
     shared = max(effects) if effects and max(effects) > 0 else None
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
     for ax, (rows, value, title, cmap, center) in zip(axes[0], panels, strict=True):
         _heat(ax, *_grid(rows, value), title, cmap, center, shared if center else None)
+    layers, alphas, _ = _grid(vector, "effect")
+    for r in vector:
+        if r.get("beats_random") is False:
+            axes[0][0].text(alphas.index(r["alpha"]), layers.index(r["layer"]), "x", ha="center", va="center",
+                            color="0.3", fontsize=11)  # fmt: skip
     fig.suptitle(f"sweep ({mode}, scale {table.meta.get('scale', '?')}, n = {table.meta.get('n_items', '?')})")
     fig.tight_layout()
     return fig

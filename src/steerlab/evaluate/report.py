@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from steerlab.errors import DataError
-from steerlab.evaluate.results import ResultTable
+from steerlab.evaluate.results import JSON_ONLY, ResultTable
 
 __all__ = ["render_report", "write_report"]
 
@@ -63,7 +63,7 @@ def _cell(value: Any) -> str:
 def _records_table(records: list[dict[str, Any]], limit: int = 300) -> str:
     columns: list[str] = []
     for rec in records:
-        columns.extend(k for k in rec if k not in columns)
+        columns.extend(k for k in rec if k not in columns and k not in JSON_ONLY)
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     rows = "".join(
         "<tr>" + "".join(f"<td>{_cell(rec.get(c, ''))}</td>" for c in columns) + "</tr>" for rec in records[:limit]

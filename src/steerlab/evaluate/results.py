@@ -19,7 +19,10 @@ from typing import Any
 
 from steerlab.errors import DataError
 
-__all__ = ["KINDS", "ResultKind", "ResultTable"]
+__all__ = ["JSON_ONLY", "KINDS", "ResultKind", "ResultTable"]
+
+JSON_ONLY = ("per_question",)
+"""Record fields too long for a CSV cell or a report's table (a sweep's per-question values): kept in the JSON."""
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,12 @@ KINDS: dict[str, ResultKind] = {
         ResultKind(
             "sweep",
             "Effect = change of the behaviour from the unsteered model; KL = mean KL(steered || unsteered) of the "
-            "next-token distributions on the neutral text set (nats/token). 'random' rows steer along a random "
-            "direction of the same norm: an effect is only meaningful if it clearly exceeds the random one.",
+            "next-token distributions on the neutral text set (nats/token); effect_lo / effect_hi = its 95% "
+            "bootstrap interval over the questions. 'random' rows steer along random directions of the same norm, "
+            "one per seed; random_mean / random_sd summarise them per cell, and beats_random says whether the "
+            "vector's interval lies wholly beyond zero and beyond the bound one more random direction passes 1% "
+            "of the time (cells that do not are crossed out in the heatmap). Per cell, on every question: "
+            "calibrate chooses on some questions and tests on the others.",
             (("Layer x alpha", "sweep_heatmaps"), ("Effect vs coherence", "frontier")),
         ),
         ResultKind(
@@ -119,14 +126,15 @@ class ResultTable:
         return [r.get(name) for r in self.where(**conditions)]
 
     def to_csv(self, path: str | Path) -> Path:
-        """Write the records as CSV (columns: the union of the records' keys, in first-seen order)."""
+        """Write the records as CSV (columns: the union of the records' keys, in first-seen order, less
+        :data:`JSON_ONLY`)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         columns: list[str] = []
         for rec in self.records:
-            columns.extend(k for k in rec if k not in columns)
+            columns.extend(k for k in rec if k not in columns and k not in JSON_ONLY)
         with path.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(self.records)
         return path

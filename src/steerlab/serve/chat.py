@@ -11,11 +11,21 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from steerlab.errors import SteerlabError
-from steerlab.types import DEFAULT_SCALE, Scale
+from steerlab.types import DEFAULT_SCALE, Recommended, Scale
 
 __all__ = ["Conversation", "local_backend", "remote_backend"]
 
 Backend = Callable[[list[dict[str, str]]], Iterator[str]]
+
+_PLAIN_ALPHA = 0.15  # the strength of a chat with a vector that carries no calibrated setting
+
+
+def _chosen_alpha(alpha: float | Recommended | None, extra: dict[str, Any]) -> float | Recommended:
+    """``None``: the vector's calibrated setting when it carries one (``steerlab calibrate``), else 0.15."""
+    if alpha is not None:
+        return alpha
+    found = isinstance(extra.get("recommended"), dict) and extra["recommended"].get("found") is True
+    return "recommended" if found else _PLAIN_ALPHA
 
 
 class Conversation:
@@ -44,7 +54,9 @@ class Conversation:
         self.messages.append({"role": "assistant", "content": "".join(parts)})
 
 
-def _steering(vector: str | None, alpha: float, layers: Sequence[int] | None, mode: str, scale: str) -> list[dict]:
+def _steering(
+    vector: str | None, alpha: float | str, layers: Sequence[int] | None, mode: str, scale: str
+) -> list[dict]:
     if vector is None:
         return []
     entry: dict[str, Any] = {"vector": vector, "alpha": alpha, "mode": mode, "scale": scale}
@@ -57,7 +69,7 @@ def remote_backend(
     url: str,
     *,
     vector: str | None = None,
-    alpha: float = 0.0,
+    alpha: float | Recommended | None = None,
     layers: Sequence[int] | None = None,
     mode: str = "add",
     scale: Scale = DEFAULT_SCALE,
@@ -65,7 +77,8 @@ def remote_backend(
     temperature: float = 0.0,
     timeout: float = 300.0,
 ) -> Backend:
-    """Answer through a running ``steerlab serve`` at ``url``; ``vector`` names a vector in its library."""
+    """Answer through a running ``steerlab serve`` at ``url``; ``vector`` names a vector in its library.
+    ``alpha=None``: the vector's calibrated setting when it carries one, else 0.15."""
     import httpx
 
     base = url.rstrip("/")
@@ -80,7 +93,8 @@ def remote_backend(
         found = httpx.get(f"{base}/v1/vectors/{vector}", timeout=10)
         if found.status_code != 200:
             raise SteerlabError(f"{found.json()['error']['message']} Available: {_names(base)}.")
-    steering = _steering(vector, alpha, layers, mode, scale)
+        alpha = _chosen_alpha(alpha, found.json().get("extra") or {})
+    steering = _steering(vector, alpha if alpha is not None else _PLAIN_ALPHA, layers, mode, scale)
 
     def answer(messages: list[dict[str, str]]) -> Iterator[str]:
         body = {
@@ -126,7 +140,7 @@ def local_backend(
     tokenizer: Any,
     *,
     vector: Any = None,
-    alpha: float = 0.0,
+    alpha: float | Recommended | None = None,
     layers: Sequence[int] | None = None,
     mode: str = "add",
     scale: Scale = DEFAULT_SCALE,
@@ -134,12 +148,15 @@ def local_backend(
     temperature: float = 0.0,
 ) -> tuple[Backend, Callable[[], None]]:
     """Answer with ``model`` in this process, steered by ``vector`` (a :class:`SteeringVector` or ``None``);
-    returns the back end and a function that stops its engine."""
+    returns the back end and a function that stops its engine. ``alpha=None``: the vector's calibrated setting
+    when it carries one, else 0.15."""
     from steerlab._steer import Intervention
     from steerlab._text import apply_messages, encode
     from steerlab.serve.engine import Engine, Job
 
-    items = [] if vector is None else [Intervention(vector, alpha, mode, layers, scale=scale)]  # type: ignore[arg-type]
+    items = (
+        [] if vector is None else [Intervention(vector, _chosen_alpha(alpha, vector.extra), mode, layers, scale=scale)]  # type: ignore[arg-type]
+    )
     engine = Engine(model, tokenizer, batch_window=0.0).start()
 
     def answer(messages: list[dict[str, str]]) -> Iterator[str]:

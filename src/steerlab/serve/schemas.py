@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from steerlab.types import DEFAULT_SCALE, Mode, Positions, Scale
+from steerlab.types import DEFAULT_SCALE, Mode, Positions, Recommended, Scale
 
 __all__ = ["ChatMessage", "ChatRequest", "CompletionRequest", "ServeLimits", "SteeringSpec", "SweepRequest"]
 
@@ -46,7 +46,8 @@ class ServeLimits:
 class SteeringSpec(BaseModel):
     """One entry of ``steering``: a vector from the server's library and how to apply it.
 
-    ``alpha`` is a number, or ``[lo, hi]`` for ``mode="clamp"`` (``null`` = unbounded). With the default
+    ``alpha`` is a number, or ``[lo, hi]`` for ``mode="clamp"`` (``null`` = unbounded), or ``"recommended"``: the
+    layer, strength, mode and scale ``steerlab calibrate`` recorded in the vector. With the default
     ``scale="relative"`` it is a fraction of the layer's mean residual norm (0.15 adds 15%); ``"absolute"``
     multiplies the stored direction as it is. ``layers`` picks a subset of the vector's layers.
 
@@ -59,14 +60,16 @@ class SteeringSpec(BaseModel):
 
     vector: str
     mode: Mode = "add"  # before alpha: alpha's validator reads it
-    alpha: float | tuple[float | None, float | None]
+    alpha: Recommended | float | tuple[float | None, float | None]  # "recommended": the vector's calibrated setting
     layers: list[int] | None = None
     positions: Positions | None = None  # None: the mode's default (the projection modes leave token 0 alone)
     scale: Scale = DEFAULT_SCALE
 
     @field_validator("alpha")
     @classmethod
-    def _alpha_form(cls, alpha: float | tuple, info: ValidationInfo) -> float | tuple:
+    def _alpha_form(cls, alpha: float | tuple | str, info: ValidationInfo) -> float | tuple | str:
+        if alpha == "recommended":  # its form and values come from the vector's metadata (checked by Intervention)
+            return alpha
         # Which JSON form alpha takes depends on the mode; said here in the request's own notation ([lo, hi]),
         # where the library would say it in Python's ((lo, hi)).
         mode = info.data.get("mode")  # absent when mode itself was refused: that error is reported instead

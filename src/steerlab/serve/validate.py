@@ -159,30 +159,36 @@ class Validator:
                 param=f"{where}.vector",
                 code="vector_not_found",
             ) from None
-        self._check_alpha_limit(spec, where)  # first: the server's own limits, with their own code
+        if spec.alpha != "recommended":
+            self._check_alpha_limit(spec.mode, spec.scale, spec.alpha, where)  # first: the server's own limits
         try:
             item = Intervention(vector, spec.alpha, spec.mode, spec.layers, spec.positions, scale=spec.scale)
+        except SteerlabError as error:
+            raise ApiError(400, f"{where}: {error}", param=where, code="invalid_steering") from None
+        if spec.alpha == "recommended":  # the recorded setting obeys the same limits as a written one
+            self._check_alpha_limit(item.mode, item.scale, item.alpha, where)  # type: ignore[arg-type]
+        try:
             check_interventions(self.model, item)  # fits the served model; relative scale has its norms
         except SteerlabError as error:
             raise ApiError(400, f"{where}: {error}", param=where, code="invalid_steering") from None
         return item
 
-    def _check_alpha_limit(self, spec: SteeringSpec, where: str) -> None:
+    def _check_alpha_limit(self, mode: str, scale: str, alpha: float | tuple, where: str) -> None:
         limits = self.limits
-        if spec.mode == "ablate":
+        if mode == "ablate":
             lo, hi, what = 0.0, 1.0, "the fraction removed"
-        elif spec.scale == "relative":
+        elif scale == "relative":
             lo, hi, what = -limits.max_relative_alpha, limits.max_relative_alpha, "a fraction of the residual norm"
         else:
             lo, hi, what = -limits.max_absolute_alpha, limits.max_absolute_alpha, "an absolute strength"
         # The schema has checked alpha's form for the mode (a number, or [lo, hi] for clamp); a NaN or infinity is
         # left to the library's check (invalid_steering: "alpha must be a finite number").
-        ends = [x for x in spec.alpha if x is not None] if isinstance(spec.alpha, tuple) else [spec.alpha]
+        ends = [x for x in alpha if x is not None] if isinstance(alpha, tuple) else [alpha]
         if not all(lo <= x <= hi for x in ends if math.isfinite(x)):
-            shown = list(spec.alpha) if isinstance(spec.alpha, tuple) else spec.alpha
+            shown = list(alpha) if isinstance(alpha, tuple) else alpha
             raise ApiError(
                 400,
-                f"{where}: alpha={shown} is out of range for mode '{spec.mode}' with scale '{spec.scale}' "
+                f"{where}: alpha={shown} is out of range for mode '{mode}' with scale '{scale}' "
                 f"({what}); allowed: [{lo}, {hi}].",
                 param=f"{where}.alpha",
                 code="alpha_out_of_range",
