@@ -101,7 +101,9 @@ def main() -> None:
         for mode, alphas in SETTINGS.items():
             cells: dict[object, dict[object, tuple[float, float]]] = {a: {} for a in alphas}
             for where in WHERE:
-                template = Intervention(vector, mode=mode, alpha=alphas[0], layers=[LAYER], positions=where)
+                template = Intervention(
+                    vector, mode=mode, alpha=alphas[0], layers=[LAYER], positions=where, scale="absolute"
+                )
                 for alpha, out in logits_over_alphas(model, metric.input_ids, metric.attention_mask, template, alphas):
                     cells[alpha][where] = (metric.score(out)["kl"], gap(out, metric.attention_mask) - base_gap)
             for alpha, cell in cells.items():
@@ -126,7 +128,9 @@ def main() -> None:
         if len(alphas) < 2:
             continue
         for where in WHERE:
-            template = Intervention(vector, mode=mode, alpha=alphas[0], layers=[LAYER], positions=where)
+            template = Intervention(
+                vector, mode=mode, alpha=alphas[0], layers=[LAYER], positions=where, scale="absolute"
+            )
             rows = compare(model, tokenizer, list(NEUTRAL_PROMPTS), template, alphas=alphas, max_new_tokens=GEN_TOKENS)
             texts = [{g.alpha: g.text for g in row.generations} for row in rows]
             same = sum(t[alphas[0]] == t[alphas[1]] for t in texts)

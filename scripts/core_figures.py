@@ -125,7 +125,7 @@ def main() -> None:
         for _ in range(4)
     ]
     row_steering = [Intervention(vec, a, scale="relative") for a in (-0.3, -0.15, 0.15, 0.3)]
-    row_steering += [Intervention(v, a) for v, a in zip(others, (4.0, -4.0, 8.0, -8.0), strict=True)]
+    row_steering += [Intervention(v, a, scale="absolute") for v, a in zip(others, (4.0, -4.0, 8.0, -8.0), strict=True)]
 
     def per_row():
         with steer_rows(model, row_steering):

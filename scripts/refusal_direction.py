@@ -87,7 +87,7 @@ def main() -> None:
     base_select = run(select_harmless, tokens=16)["p"], run(select_harmful, tokens=16)["p"]
     selection = {}
     for layer in CANDIDATES:
-        induced = run(select_harmless, [Intervention(vec, 1.0, layers=[layer])], tokens=16)["p"]
+        induced = run(select_harmless, [Intervention(vec, 1.0, layers=[layer], scale="absolute")], tokens=16)["p"]
         bypassed = run(select_harmful, directional_ablation(model, vec, source=layer), tokens=16)["p"]
         selection[layer] = (induced, bypassed, (induced - base_select[0]) + (base_select[1] - bypassed))
     chosen = max(CANDIDATES, key=lambda layer: (selection[layer][2], separation[layer]))
@@ -97,7 +97,7 @@ def main() -> None:
         (
             "harmless",
             f"add at layer {chosen} (alpha 1: the difference of means)",
-            run(harmless_val, [Intervention(vec, 1.0, layers=[chosen])]),
+            run(harmless_val, [Intervention(vec, 1.0, layers=[chosen], scale="absolute")]),
         ),
         (
             "harmless",

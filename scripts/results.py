@@ -90,7 +90,7 @@ for name in BEHAVIOURS:
         ("vector", vec, [-1.0, 0.0, 1.0]),
         ("random", vec.random_like(seed=0), [-1.0, 1.0]),
     ):
-        template = Intervention(direction, layers=[CAA_LAYER])
+        template = Intervention(direction, layers=[CAA_LAYER], scale="absolute")
         for alpha, logits in logits_over_alphas(model, ids, mask, template, alphas, last_only=True, batch_size=16):
             scores[label, alpha] = metric.score(logits)
     ratio = float(vec.directions[CAA_LAYER].norm()) / vec.resid_norm[CAA_LAYER]
