@@ -91,3 +91,20 @@ def test_bad_inputs_are_explained(tiny):
         list(logits_over_alphas(model, ids, mask, template, []))
     with pytest.raises(SteeringError, match="Intervention as the template"):
         list(logits_over_alphas(model, ids, mask, template.vector, [1.0]))
+
+
+@pytest.mark.parametrize("reuse_prefix", [True, False])
+def test_the_caller_never_runs_in_inference_mode(tiny, reuse_prefix):
+    """logits_over_alphas is a generator: the inference mode of its passes must not leak to the caller between
+    items, nor stay on when the caller stops early (several chunks closed out of order once left it on for good,
+    and autograd silently stopped working in everything run afterwards)."""
+    model = tiny("llama")
+    ids, mask = pad_batch(PROMPTS, 2, side="left")
+    template = Intervention(random_vector(model, layers=(1,)), layers=[1], scale="absolute")
+    items = logits_over_alphas(model, ids, mask, template, [1.0, 2.0], batch_size=1, reuse_prefix=reuse_prefix)
+    next(items)  # stopped early, with every chunk suspended
+    assert not torch.is_inference_mode_enabled()
+    del items
+    ((_, logits),) = logits_over_alphas(model, ids, mask, template, [1.0], batch_size=1, reuse_prefix=reuse_prefix)
+    assert not torch.is_inference_mode_enabled() and logits.shape[0] == len(PROMPTS)
+    assert torch.ones(1, requires_grad=True).mul(2).requires_grad  # autograd still works after it

@@ -199,14 +199,19 @@ def _replay_chunk(
             logits = model(**kwargs).logits
         return (logits[:, -1] if last_only else logits).float()
 
-    with torch.inference_mode():
-        if not replayable:
-            for item in items:
-                yield full_pass(item)
-            return
+    # Inference mode is entered around each computation and left before every yield: a generator suspended inside
+    # the mode would leak it into the caller (and several suspended chunks, closed out of order, would leave it on
+    # for good), turning off autograd in whatever the caller runs next.
+    if not replayable:
+        for item in items:
+            with torch.inference_mode():
+                logits = full_pass(item)
+            yield logits
+        return
 
-        calls: dict[int, tuple[tuple, dict[str, Any]]] = {}
-        outputs: dict[int, torch.Tensor] = {}
+    calls: dict[int, tuple[tuple, dict[str, Any]]] = {}
+    outputs: dict[int, torch.Tensor] = {}
+    with torch.inference_mode():
         steering = steer(model, [items[0]]) if items[0] is not None else nullcontext()
         with steering, HookSet() as hooks:
             for index in range(start, layout.num_layers):
@@ -236,23 +241,27 @@ def _replay_chunk(
             reference = first if last_only else first[:, -1]
             tolerance = 1e-4 * max(1.0, float(reference.abs().max()))
             chained = bool(torch.allclose(recomputed, reference, rtol=1e-4, atol=tolerance))
-        yield first
-        if not chained:
-            warnings.warn(
-                f"cannot replay the blocks above layer {start} of this {type(model).__name__} exactly (its blocks "
-                "are not chained output-to-input, or its output head is not the known norm + unembedding); "
-                "running full forward passes instead.",
-                stacklevel=2,
-            )
-            for item in items[1:]:
-                yield full_pass(item)
-            return
-        start_input = hidden_in[start].clone()
-        outputs.clear()  # only the input of the first replayed block is needed from here on
+    yield first
+    if not chained:
+        warnings.warn(
+            f"cannot replay the blocks above layer {start} of this {type(model).__name__} exactly (its blocks "
+            "are not chained output-to-input, or its output head is not the known norm + unembedding); "
+            "running full forward passes instead.",
+            stacklevel=2,
+        )
         for item in items[1:]:
+            with torch.inference_mode():
+                logits = full_pass(item)
+            yield logits
+        return
+    start_input = hidden_in[start].clone()
+    outputs.clear()  # only the input of the first replayed block is needed from here on
+    for item in items[1:]:
+        with torch.inference_mode():
             hidden = start_input
             with steer(model, [item]) if item is not None else nullcontext():
                 for index in range(start, layout.num_layers):
                     args, kw = calls[index]
                     hidden = _call_block(layout.block(index), hidden, args, kw)
-            yield head(hidden[:, -1] if last_only else hidden).float()
+            logits = head(hidden[:, -1] if last_only else hidden).float()
+        yield logits
