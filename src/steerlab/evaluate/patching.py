@@ -39,6 +39,7 @@ from steerlab._text import encode, forward_kwargs, pad_batch, pad_id
 from steerlab.arch import get_layout
 from steerlab.arch.registry import check_layer_index, text_config
 from steerlab.errors import ArchitectureError, DataError
+from steerlab.evaluate.metrics import _token_ids
 from steerlab.evaluate.results import ResultTable
 from steerlab.types import SITES
 
@@ -517,21 +518,12 @@ def _tokenize(tokenizer: Any, prompts: list[Prompt], what: str) -> list[list[int
 
 
 def _tokens(tokenizer: Any, spec: Any, what: str) -> list[int]:
+    """One token or several (ids, or one-token texts): the metrics' own token reader, after the checks it leaves
+    to its callers (a bare token, a missing tokenizer)."""
     items = [spec] if isinstance(spec, (str, int)) else list(spec)
-    ids = []
-    for tok in items:
-        if isinstance(tok, int) and not isinstance(tok, bool):
-            ids.append(tok)
-            continue
-        if not isinstance(tok, str) or tokenizer is None:
-            raise DataError(f"{what}: {tok!r} must be a token id, or a one-token text with a tokenizer.")
-        pieces = tokenizer(tok, add_special_tokens=False)["input_ids"]
-        if len(pieces) != 1:
-            raise DataError(f"{what}: {tok!r} is {len(pieces)} tokens; give single tokens (e.g. ' Mary') or token ids.")
-        ids.append(pieces[0])
-    if not ids:
-        raise DataError(f"{what} is empty; give at least one token.")
-    return ids
+    if tokenizer is None and not all(isinstance(t, int) and not isinstance(t, bool) for t in items):
+        raise DataError(f"{what}: {items!r} must be token ids, or one-token texts with a tokenizer.")
+    return _token_ids(tokenizer, items, what)
 
 
 def _short(spec: Any) -> str:

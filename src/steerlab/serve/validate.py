@@ -146,8 +146,9 @@ class Validator:
         return [self.intervention(spec, f"steering[{i}]") for i, spec in enumerate(specs)]
 
     def intervention(self, spec: SteeringSpec, where: str) -> Intervention:
-        """One entry: the server's alpha limits, the vector from the library, then an :class:`Intervention` the
-        library checks (the strength's size against the residual norm included). ``where`` names the entry in
+        """One entry: the vector from the library, the server's alpha limits (for ``"recommended"``, once the
+        Intervention has read the recorded setting), then the checks of the library's :class:`Intervention` (the
+        strength's size against the residual norm included). ``where`` names the entry in
         messages and ``param`` (``"steering[0]"``)."""
         try:
             vector = self.library.get(spec.vector)  # one lookup: a concurrent DELETE cannot slip in between
