@@ -28,7 +28,8 @@ def parse_args(description: str, **extra: Any) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default="smollm2-135m", help="steerlab model spec (alias, folder or hub id)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: quiet and comparable)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds; medians are quoted")
+    repeats = extra.pop("repeats", 5)
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed rounds; medians are quoted")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--no-peers", action="store_true", help="skip steering-vectors and repeng")
     for name, default in extra.items():

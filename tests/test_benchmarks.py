@@ -32,6 +32,7 @@ def tiny_folder(tmp_path_factory, tokenizer):
         ("sweep_reuse", ["--alphas", "3"], "results"),
         ("memory", ["--pairs", "4", "--factor", "3", "--only", "steerlab pca_diff"], "peak_ratio"),
         ("scale", [], "shapes"),
+        ("sweep_speed", ["--questions", "2", "--layers", "1", "--alphas=-0.2,0,0.2"], "speedup"),
     ],
 )
 def test_benchmark_script_runs(tiny_folder, tmp_path, script, options, key):
@@ -44,6 +45,8 @@ def test_benchmark_script_runs(tiny_folder, tmp_path, script, options, key):
     assert key in result and result["markdown"].count("|") > 4
     if script == "mixed_batch":
         assert result["same_tokens"] is True  # one batch with a vector per row == each row alone
+    if script == "sweep_speed":
+        assert result["max_abs_diff"] <= 1e-4  # the recorded-pass sweep gives the cell-by-cell numbers
     if script == "sweep_reuse":
         assert all(r["max_abs_diff"] <= 1e-3 * max(1.0, r["max_abs_logit"]) for r in result["results"].values())
 

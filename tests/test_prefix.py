@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from steerlab import Intervention, steer
+from steerlab._replay import UnsteeredPass
 from steerlab._text import forward_kwargs
 from steerlab.arch import get_layout, set_architecture
 from steerlab.engines import pad_batch
@@ -108,3 +109,29 @@ def test_the_caller_never_runs_in_inference_mode(tiny, reuse_prefix):
     ((_, logits),) = logits_over_alphas(model, ids, mask, template, [1.0], batch_size=1, reuse_prefix=reuse_prefix)
     assert not torch.is_inference_mode_enabled() and logits.shape[0] == len(PROMPTS)
     assert torch.ones(1, requires_grad=True).mul(2).requires_grad  # autograd still works after it
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_one_unsteered_pass_replays_every_layer_direction_and_strength(tiny, arch):
+    """What a sweep shares: one recorded unsteered pass serves interventions at several layers and of several
+    directions, each replayed from its own layer, equal to full steered passes; a layer that was not recorded
+    (here block 2's input; the recorded ones are blocks 1 and 3's) still gives the right logits, through full passes."""
+    model = tiny(arch)
+    ids, mask = pad_batch(PROMPTS, 2, side="left")
+    vector = random_vector(model, layers=(0, 2, 3))
+    templates = [Intervention(vector, layers=[layer], scale="absolute") for layer in (0, 2)]
+    for last_only in (False, True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no registered arch falls back to full passes
+            base = UnsteeredPass(model, ids, mask, templates, last_only=last_only, batch_size=2)
+        unsteered = full_logits(model, ids, mask, templates[0], None)
+        torch.testing.assert_close(base.logits, unsteered[:, -1] if last_only else unsteered, rtol=1e-4, atol=1e-4)
+        other = Intervention(random_vector(model, layers=(2,), seed=7), site="resid_pre", scale="absolute")
+        for template in [*templates, dataclasses.replace(templates[1], vector=vector.random_like(seed=1)), other]:
+            got = list(base.steered(template, [0.0, -1.5, 2.0]))
+            assert [a for a, _ in got] == [0.0, -1.5, 2.0]
+            assert got[0][1] is base.logits  # an identity strength is the unsteered pass itself
+            for alpha, logits in got[1:]:
+                expected = full_logits(model, ids, mask, template, alpha)
+                expected = expected[:, -1] if last_only else expected
+                torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4, msg=f"{template.layers} {alpha}")

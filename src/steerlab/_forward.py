@@ -12,7 +12,14 @@ from torch import nn
 
 from steerlab._text import forward_kwargs, takes_logits_to_keep
 
-__all__ = ["batched_logits", "input_device", "kl_per_token", "mean_entropy", "next_token_nll"]
+__all__ = [
+    "batched_logits",
+    "input_device",
+    "kl_and_entropy",
+    "log_probs_at",
+    "mean_entropy",
+    "next_token_nll",
+]
 
 
 def input_device(model: nn.Module) -> torch.device:
@@ -73,11 +80,20 @@ def next_token_nll(
     return torch.cat(parts)
 
 
-def kl_per_token(logits: torch.Tensor, reference_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``KL(softmax(logits) || reference)`` at every real token of ``mask`` (nats), in float64."""
-    logp = torch.log_softmax(logits.double(), -1)
-    kl = (logp.exp() * (logp - reference_logp.double())).sum(-1)
-    return kl[mask.bool()]
+def log_probs_at(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Next-token log-probabilities at the real tokens of ``mask`` only, ``(real tokens, vocab)`` in float64
+    (padding is never normalised: on short neutral texts it is a fifth of the positions)."""
+    return torch.log_softmax(logits[mask.bool()].double(), -1)
+
+
+def kl_and_entropy(
+    logits: torch.Tensor, reference_logp: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``KL(softmax(logits) || reference)`` and the entropy of ``softmax(logits)`` at every real token of ``mask``
+    (nats, float64), from one normalisation; ``reference_logp`` is :func:`log_probs_at` of the reference logits."""
+    logp = log_probs_at(logits, mask)
+    p = logp.exp()
+    return (p * (logp - reference_logp.double())).sum(-1), -(p * logp).sum(-1)
 
 
 def mean_entropy(logits: torch.Tensor, mask: torch.Tensor | None = None) -> float:

@@ -1,19 +1,22 @@
-"""Logits under many strengths of one intervention, computing the layers below it only once.
+"""Logits under many strengths and directions of an intervention, computing the layers below it only once.
 
 A sweep over strengths at layer ``L`` changes nothing below ``L``: every steered forward pass starts with the
-same blocks ``0 .. L-1`` on the same tokens. :func:`logits_over_alphas` runs the model once (steered with the
-first strength), keeps the input of the first block it steers and the arguments every later block was called
-with, and then, for each further strength, calls only those blocks and the output head again. A vector on block
-``L``'s output is applied as block ``L + 1``'s input (the same tensor), so the replay starts at ``L + 1``. The
-steering itself is the ordinary :func:`steerlab.steer` hook on those blocks, so every operator and site
-behaves as in a full pass; only positions other than ``"all"`` need the full pass (they are read from the
-model-level call).
+same blocks ``0 .. L-1`` on the same tokens. A pass is *recorded*: the input of the first block a replay starts
+at and the arguments every later block was called with are kept; then, for each further strength, only those
+blocks and the output head run again. A vector on block ``L``'s output is applied as block ``L + 1``'s input (the
+same tensor), so the replay starts at ``L + 1``. The steering itself is the ordinary :func:`steerlab.steer` hook
+on those blocks, so every operator and site behaves as in a full pass; only positions other than ``"all"`` need
+the full pass (they are read from the model-level call).
 
-What it saves is measured by ``benchmarks/sweep_reuse.py`` (docs/benchmarks.md): the blocks below ``L`` once
-instead of once per strength; the output head, which for full-sequence logits costs about a quarter of a
-forward pass on SmolLM2-135M, still runs for every strength.
+Two entry points: :func:`logits_over_alphas` (one intervention, many strengths: its first strength's pass is
+recorded) and :class:`UnsteeredPass` (one recorded unsteered pass serving every layer, direction and strength of
+a sweep, so the blocks below each layer run once for the whole sweep).
 
-The replay is checked on the first pass: each block's input must be the previous block's output (true of
+What it saves is measured by ``benchmarks/sweep_reuse.py`` and ``benchmarks/sweep_speed.py``
+(docs/benchmarks.md): the output head, which for full-sequence logits costs about a quarter of a forward pass
+on SmolLM2-135M, still runs for every strength.
+
+The replay is checked on the recorded pass: each block's input must be the previous block's output (true of
 every architecture in the registry) and the head recomputed from the last block's output must give the
 model's own logits. Where either fails (a model that does something between its blocks, or an output head
 this module does not know), it warns and falls back to full passes: slower, never wrong.
@@ -38,7 +41,7 @@ from steerlab._text import forward_kwargs, takes_logits_to_keep
 from steerlab.arch.registry import ModelLayout, get_layout, text_config
 from steerlab.errors import SteeringError
 
-__all__ = ["logits_over_alphas"]
+__all__ = ["UnsteeredPass", "logits_over_alphas"]
 
 
 def _output_head(model: nn.Module, layout: ModelLayout) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -75,12 +78,6 @@ def _output_head(model: nn.Module, layout: ModelLayout) -> Callable[[torch.Tenso
     return apply
 
 
-def _call_block(block: nn.Module, hidden: torch.Tensor, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
-    if args:
-        return block_hidden(block(hidden, *args[1:], **kwargs))
-    return block_hidden(block(**{**kwargs, "hidden_states": hidden}))
-
-
 def _layers_of(item: Intervention) -> list[int]:
     return sorted(int(x) for x in (item.layers if item.layers is not None else item.vector.layers))
 
@@ -104,6 +101,173 @@ def _as_next_block_input(item: Intervention, num_layers: int) -> Intervention:
     return dataclasses.replace(item, vector=shifted, layers=[layer + 1 for layer in layers], site="resid_pre")
 
 
+def _check_template(intervention: Intervention | None) -> None:
+    if intervention is not None and not isinstance(intervention, Intervention):
+        raise SteeringError(
+            f"logits_over_alphas needs an Intervention as the template, got {type(intervention).__name__}; "
+            "wrap the vector: Intervention(vector, mode='add')."
+        )
+
+
+def _check_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, last_only: bool) -> None:
+    if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
+        raise SteeringError(
+            f"expected input_ids and attention_mask of the same (batch, tokens) shape, found "
+            f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}."
+        )
+    if last_only and not bool(attention_mask[:, -1].all()):
+        raise SteeringError(
+            "last_only=True reads the last position, so the batch must be left-padded; found a row whose last "
+            "position is padding. Build it with steerlab.engines.pad_batch(..., side='left')."
+        )
+
+
+def _steps(intervention: Intervention | None, alphas: Sequence[Alpha | None]) -> list[Intervention | None]:
+    """The intervention at each strength; ``None`` where the model runs unsteered (``None`` or an identity)."""
+    return [
+        None if a is None or intervention is None or intervention.at(a).is_identity else intervention.at(a)
+        for a in alphas
+    ]
+
+
+@dataclasses.dataclass
+class _Chunk:
+    """Rows of the batch that run together (on the model's device), with their forward call's arguments."""
+
+    kwargs: dict[str, Any]
+    recording: _Recording | None = None
+
+
+@dataclasses.dataclass
+class _Recording:
+    """One pass over a chunk kept for replays: every block's call from the first recorded block up (without its
+    hidden-state input), the inputs of the blocks a replay starts at, and whether the blocks are chained (each
+    block's input is the previous block's output and the head recomputes the model's logits)."""
+
+    calls: dict[int, tuple[bool, tuple, dict[str, Any]]]
+    inputs: dict[int, torch.Tensor]
+    chained: bool
+
+
+def _split(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int | None, last_only: bool
+) -> list[_Chunk]:
+    device = input_device(model)
+    size = batch_size or input_ids.shape[0]
+    chunks = []
+    for start in range(0, input_ids.shape[0], size):
+        ids, mask = input_ids[start : start + size], attention_mask[start : start + size]
+        if last_only:
+            ids, mask = trim_left_padding(ids, mask)
+        kwargs = forward_kwargs(model, ids.to(device), mask.to(device))
+        if last_only and takes_logits_to_keep(model):
+            kwargs["logits_to_keep"] = 1  # the output head at the last position only: most of a pass's cost here
+        chunks.append(_Chunk(kwargs))
+    return chunks
+
+
+# Inference mode is entered around each computation and left before every yield: a generator suspended inside
+# the mode would leak it into the caller (and several suspended generators, closed out of order, would leave it
+# on for good), turning off autograd in whatever the caller runs next.
+
+
+def _full_pass(model: nn.Module, chunk: _Chunk, item: Intervention | None, last_only: bool) -> torch.Tensor:
+    with torch.inference_mode(), steer(model, [item]) if item is not None else nullcontext():
+        logits = model(**chunk.kwargs).logits
+        return (logits[:, -1] if last_only else logits).float()
+
+
+def _record_pass(
+    model: nn.Module,
+    layout: ModelLayout,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    chunk: _Chunk,
+    item: Intervention | None,
+    starts: set[int],
+    last_only: bool,
+) -> torch.Tensor:
+    """Run ``chunk`` once (steered by ``item``, which must act at or above every block of ``starts``), keep its
+    :class:`_Recording` on the chunk and return the logits."""
+    first_block = min(starts)
+    calls: dict[int, tuple[bool, tuple, dict[str, Any]]] = {}
+    inputs: dict[int, torch.Tensor] = {}
+    chained = True
+    previous: dict[str, torch.Tensor] = {}  # the last block output seen (only one is held at a time)
+
+    def capture(mod: nn.Module, args: tuple, kw: dict[str, Any], index: int) -> None:
+        nonlocal chained
+        hidden = args[0] if args else kw.get("hidden_states")
+        calls[index] = (bool(args), args[1:], {k: v for k, v in kw.items() if k != "hidden_states"})
+        if index in starts:
+            inputs[index] = hidden
+        if index > first_block:
+            chained = chained and isinstance(hidden, torch.Tensor) and torch.equal(hidden, previous.get("out"))
+
+    def keep(mod: nn.Module, args: tuple, out: Any) -> None:
+        previous["out"] = block_hidden(out)
+
+    with torch.inference_mode():
+        steering = steer(model, [item]) if item is not None else nullcontext()
+        with steering, HookSet() as hooks:
+            for index in range(first_block, layout.num_layers):
+                block = layout.block(index)
+                # Registered after the steering hooks and prepended: the capture sees a block's input before
+                # a steering pre-hook (site resid_pre) changes it; `keep` runs last and sees the steered output.
+                hooks.pre_forward(
+                    block, lambda m, a, k, index=index: capture(m, a, k, index), with_kwargs=True, prepend=True
+                )
+                hooks.forward(block, keep)
+            logits = model(**chunk.kwargs).logits
+            logits = (logits[:, -1] if last_only else logits).float()
+        chained = chained and len(calls) == layout.num_layers - first_block and "out" in previous
+        if chained:
+            recomputed = head(previous["out"][:, -1:]).float()[:, 0]
+            reference = logits if last_only else logits[:, -1]
+            tolerance = 1e-4 * max(1.0, float(reference.abs().max()))
+            chained = bool(torch.allclose(recomputed, reference, rtol=1e-4, atol=tolerance))
+    chunk.recording = _Recording(calls, {i: x.clone() for i, x in inputs.items()}, chained)
+    return logits
+
+
+def _replay(
+    model: nn.Module,
+    layout: ModelLayout,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    recording: _Recording,
+    start: int,
+    item: Intervention,
+    last_only: bool,
+) -> torch.Tensor:
+    """Logits of a recorded chunk under ``item`` (acting at block ``start`` and above), from the recorded input of
+    block ``start``: only blocks ``start ..`` and the head run."""
+    with torch.inference_mode(), steer(model, [item]):
+        hidden = recording.inputs[start]
+        for index in range(start, layout.num_layers):
+            positional, args, kw = recording.calls[index]
+            block = layout.block(index)
+            out = block(hidden, *args, **kw) if positional else block(**{**kw, "hidden_states": hidden})
+            hidden = block_hidden(out)
+        return head(hidden[:, -1] if last_only else hidden).float()
+
+
+def _fallback_warning(model: nn.Module, start: int) -> None:
+    warnings.warn(
+        f"cannot replay the blocks above layer {start} of this {type(model).__name__} exactly (its blocks "
+        "are not chained output-to-input, or its output head is not the known norm + unembedding); "
+        "running full forward passes instead.",
+        stacklevel=3,
+    )
+
+
+def _replay_start(intervention: Intervention, layout: ModelLayout) -> tuple[Intervention, int] | None:
+    """The intervention addressed where a replay starts and that block's index, or ``None`` when it cannot be
+    replayed (positions other than ``"all"`` are read from the model-level call)."""
+    if intervention.positions != "all":
+        return None
+    shifted = _as_next_block_input(intervention, layout.num_layers)
+    return shifted, _layers_of(shifted)[0]
+
+
 def logits_over_alphas(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -116,7 +280,7 @@ def logits_over_alphas(
     reuse_prefix: bool = True,
 ) -> Iterator[tuple[Alpha | None, torch.Tensor]]:
     """Yield ``(alpha, logits)`` for a fixed batch under ``intervention`` at each strength, in the order given: the
-    unit of work of every sweep cell and every logit metric.
+    unit of work of every logit metric.
 
     Args:
         input_ids, attention_mask: a left-padded batch (``steerlab.engines.pad_batch``).
@@ -125,143 +289,128 @@ def logits_over_alphas(
         alphas: strengths; ``None``, and an identity strength (0 for ``add`` / ``ablate``), run the unsteered
             model with no hooks (the reference for KL).
         last_only: logits of the last position only, ``(batch, vocab)``, instead of ``(batch, tokens, vocab)``.
-        batch_size: rows per forward pass (default: the whole batch at once). The chunks' replays advance
-            together, so only one strength's logits are held at a time.
+        batch_size: rows per forward pass (default: the whole batch at once). The chunks advance together, so
+            only one strength's logits are held at a time.
         reuse_prefix: compute blocks below the intervention once (default). ``False`` runs full passes.
 
-    Logits are float32 on the CPU and equal a full steered forward pass up to float rounding.
+    Logits are float32 on the CPU and equal a full steered forward pass up to float rounding. Many
+    interventions on one batch (a sweep) share more through :class:`UnsteeredPass`.
 
     Example:
         >>> template = Intervention(vec, mode="add", scale="relative")
         >>> for alpha, logits in logits_over_alphas(model, ids, mask, template, [None, -0.2, 0.2]):
         ...     print(alpha, logits.shape)
     """
-    if intervention is not None and not isinstance(intervention, Intervention):
-        raise SteeringError(
-            f"logits_over_alphas needs an Intervention as the template, got {type(intervention).__name__}; "
-            "wrap the vector: Intervention(vector, mode='add')."
-        )
+    _check_template(intervention)
     alphas = list(alphas)
     if not alphas:
         raise SteeringError("no strengths were given; pass at least one alpha (None for the unsteered model).")
-    if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
-        raise SteeringError(
-            f"expected input_ids and attention_mask of the same (batch, tokens) shape, found "
-            f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}."
-        )
-    if last_only and not bool(attention_mask[:, -1].all()):
-        raise SteeringError(
-            "last_only=True reads the last position, so the batch must be left-padded; found a row whose last "
-            "position is padding. Build it with steerlab.engines.pad_batch(..., side='left')."
-        )
-    size = batch_size or input_ids.shape[0]
-    steps = [None if a is None or intervention is None or intervention.at(a).is_identity else a for a in alphas]
+    _check_batch(input_ids, attention_mask, last_only)
+    steps = _steps(intervention, alphas)
     if all(step is None for step in steps):  # nothing to steer: one unsteered pass serves every strength
-        logits = batched_logits(model, input_ids, attention_mask, last_only=last_only, batch_size=size)
+        logits = batched_logits(
+            model, input_ids, attention_mask, last_only=last_only, batch_size=batch_size or input_ids.shape[0]
+        )
         for alpha in alphas:
             yield alpha, logits
         return
-    device = input_device(model)
-    chunks = []
-    for start in range(0, input_ids.shape[0], size):
-        ids, mask = input_ids[start : start + size], attention_mask[start : start + size]
-        if last_only:
-            ids, mask = trim_left_padding(ids, mask)
-        chunk = _replay_chunk(model, ids.to(device), mask.to(device), intervention, steps, last_only, reuse_prefix)
-        chunks.append(chunk)
-    for alpha in alphas:
-        yield alpha, torch.cat([next(chunk).cpu() for chunk in chunks])
-
-
-def _replay_chunk(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    intervention: Intervention,
-    alphas: list[Alpha | None],
-    last_only: bool,
-    reuse_prefix: bool,
-) -> Iterator[torch.Tensor]:
-    """Logits of one batch (on the model's device) at each strength, reusing the blocks below the intervention."""
+    chunks = _split(model, input_ids, attention_mask, batch_size, last_only)
     layout = get_layout(model)
     head = _output_head(model, layout)
-    replayable = reuse_prefix and intervention.positions == "all" and head is not None and len(alphas) > 1
-    if replayable:
-        intervention = _as_next_block_input(intervention, layout.num_layers)
-    items = [None if a is None else intervention.at(a) for a in alphas]
-    start = _layers_of(intervention)[0]
-    kwargs = forward_kwargs(model, input_ids, attention_mask)
-    if last_only and takes_logits_to_keep(model):
-        kwargs["logits_to_keep"] = 1  # the output head at the last position only: most of a pass's cost here
-
-    def full_pass(item: Intervention | None) -> torch.Tensor:
-        with steer(model, [item]) if item is not None else nullcontext():
-            logits = model(**kwargs).logits
-        return (logits[:, -1] if last_only else logits).float()
-
-    # Inference mode is entered around each computation and left before every yield: a generator suspended inside
-    # the mode would leak it into the caller (and several suspended chunks, closed out of order, would leave it on
-    # for good), turning off autograd in whatever the caller runs next.
-    if not replayable:
-        for item in items:
-            with torch.inference_mode():
-                logits = full_pass(item)
-            yield logits
+    place = _replay_start(intervention, layout) if reuse_prefix and head is not None and len(alphas) > 1 else None
+    if place is None:
+        for alpha, item in zip(alphas, steps, strict=True):
+            yield alpha, torch.cat([_full_pass(model, chunk, item, last_only).cpu() for chunk in chunks])
         return
-
-    calls: dict[int, tuple[tuple, dict[str, Any]]] = {}
-    outputs: dict[int, torch.Tensor] = {}
-    with torch.inference_mode():
-        steering = steer(model, [items[0]]) if items[0] is not None else nullcontext()
-        with steering, HookSet() as hooks:
-            for index in range(start, layout.num_layers):
-                block = layout.block(index)
-
-                def capture(mod: nn.Module, args: tuple, kw: dict[str, Any], index: int = index) -> None:
-                    calls[index] = (args, kw)
-
-                def keep(mod: nn.Module, args: tuple, out: Any, index: int = index) -> None:
-                    outputs[index] = block_hidden(out)
-
-                # Registered after the steering hooks and prepended: the capture sees a block's input before
-                # a steering pre-hook (site resid_pre) changes it; `keep` runs last and sees the steered output.
-                hooks.pre_forward(block, capture, with_kwargs=True, prepend=True)
-                hooks.forward(block, keep)
-            logits = model(**kwargs).logits
-            first = (logits[:, -1] if last_only else logits).float()
-            del logits
-        hidden_in = {i: (args[0] if args else kw.get("hidden_states")) for i, (args, kw) in calls.items()}
-        chained = len(calls) == layout.num_layers - start and all(
-            isinstance(hidden_in[i], torch.Tensor) and torch.equal(hidden_in[i], outputs[i - 1])
-            for i in range(start + 1, layout.num_layers)
-        )
-        if chained:
-            last = outputs[layout.num_layers - 1]
-            recomputed = head(last[:, -1:]).float()[:, 0]
-            reference = first if last_only else first[:, -1]
-            tolerance = 1e-4 * max(1.0, float(reference.abs().max()))
-            chained = bool(torch.allclose(recomputed, reference, rtol=1e-4, atol=tolerance))
-    yield first
+    shifted, start = place
+    items = [None if step is None else shifted.at(alpha) for alpha, step in zip(alphas, steps, strict=True)]
+    # The first strength runs a whole pass, recorded; the blocks below `start` are unchanged by steering, so
+    # every further strength replays from the recorded input of block `start`.
+    first = [_record_pass(model, layout, head, chunk, items[0], {start}, last_only).cpu() for chunk in chunks]
+    yield alphas[0], torch.cat(first)
+    del first
+    chained = all(chunk.recording.chained for chunk in chunks)
     if not chained:
-        warnings.warn(
-            f"cannot replay the blocks above layer {start} of this {type(model).__name__} exactly (its blocks "
-            "are not chained output-to-input, or its output head is not the known norm + unembedding); "
-            "running full forward passes instead.",
-            stacklevel=2,
-        )
-        for item in items[1:]:
-            with torch.inference_mode():
-                logits = full_pass(item)
-            yield logits
-        return
-    start_input = hidden_in[start].clone()
-    outputs.clear()  # only the input of the first replayed block is needed from here on
-    for item in items[1:]:
-        with torch.inference_mode():
-            hidden = start_input
-            with steer(model, [item]) if item is not None else nullcontext():
-                for index in range(start, layout.num_layers):
-                    args, kw = calls[index]
-                    hidden = _call_block(layout.block(index), hidden, args, kw)
-            logits = head(hidden[:, -1] if last_only else hidden).float()
-        yield logits
+        _fallback_warning(model, start)
+    for alpha, item in zip(alphas[1:], items[1:], strict=True):
+        parts = [
+            _full_pass(model, chunk, item, last_only)
+            if item is None or not chained
+            else _replay(model, layout, head, chunk.recording, start, item, last_only)
+            for chunk in chunks
+        ]
+        yield alpha, torch.cat([part.cpu() for part in parts])
+
+
+class UnsteeredPass:
+    """One unsteered pass over a fixed batch, recorded so that many interventions can be replayed from it: each
+    runs only the blocks from its own layer up and the output head, never the blocks below (which no
+    steering at or above them changes). What a sweep over layers, directions and strengths shares.
+
+    ``templates`` name the interventions that will be replayed (their layers and sites decide which block inputs
+    are kept: one ``(rows, tokens, width)`` tensor per distinct start block). Others still work, through full
+    passes.
+
+    Example:
+        >>> templates = [Intervention(vec, layers=[layer]) for layer in (8, 12)]
+        >>> base = UnsteeredPass(model, ids, mask, templates, last_only=True, batch_size=16)
+        >>> base.logits.shape                                        # unsteered, (rows, vocab)
+        >>> for alpha, logits in base.steered(templates[0], [-0.2, 0.2]):
+        ...     print(alpha, logits.shape)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        templates: Sequence[Intervention],
+        *,
+        last_only: bool = False,
+        batch_size: int | None = None,
+    ):
+        for template in templates:
+            _check_template(template)
+        _check_batch(input_ids, attention_mask, last_only)
+        self.model, self.last_only = model, last_only
+        self._layout = get_layout(model)
+        self._head = _output_head(model, self._layout)
+        self._chunks = _split(model, input_ids, attention_mask, batch_size, last_only)
+        places = [_replay_start(t, self._layout) for t in templates] if self._head is not None else []
+        self._starts = {place[1] for place in places if place is not None}
+        if self._starts:
+            parts = [
+                _record_pass(model, self._layout, self._head, chunk, None, self._starts, last_only).cpu()
+                for chunk in self._chunks
+            ]
+            self._chained = all(chunk.recording.chained for chunk in self._chunks)
+            if not self._chained:
+                _fallback_warning(model, min(self._starts))
+        else:
+            parts = [_full_pass(model, chunk, None, last_only).cpu() for chunk in self._chunks]
+            self._chained = False
+        self.logits = torch.cat(parts)
+        """The unsteered logits, float32 on the CPU."""
+
+    def steered(
+        self, intervention: Intervention | None, alphas: Sequence[Alpha | None]
+    ) -> Iterator[tuple[Alpha | None, torch.Tensor]]:
+        """Yield ``(alpha, logits)`` under ``intervention`` at each strength (as :func:`logits_over_alphas`; an
+        identity or ``None`` strength yields the unsteered logits)."""
+        _check_template(intervention)
+        place = _replay_start(intervention, self._layout) if self._chained and intervention is not None else None
+        replayable = place is not None and place[1] in self._starts
+        for alpha, step in zip(alphas, _steps(intervention, alphas), strict=True):
+            if step is None:
+                yield alpha, self.logits
+                continue
+            if replayable:
+                shifted, start = place
+                item = shifted.at(alpha)
+                parts = [
+                    _replay(self.model, self._layout, self._head, chunk.recording, start, item, self.last_only)
+                    for chunk in self._chunks
+                ]
+            else:
+                parts = [_full_pass(self.model, chunk, step, self.last_only) for chunk in self._chunks]
+            yield alpha, torch.cat([part.cpu() for part in parts])

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from steerlab._forward import batched_logits, kl_per_token
+from steerlab._forward import batched_logits, kl_and_entropy, log_probs_at
 from steerlab._hooks import HookSet
 from steerlab._steer import checked_layers, steer
 from steerlab._text import encode, pad_batch, pad_id
@@ -104,7 +104,7 @@ def breakdown(
     prompts = list(prompts) if prompts is not None else list(NEUTRAL_PROMPTS[:4])
     ids, mask = pad_batch(encode(tokenizer, texts), pad_id(tokenizer), side="left")
     base_logits, base_norms = _run(model, ids, mask, batch_size)
-    base_logp = torch.log_softmax(base_logits.double(), -1)  # the reference, once
+    base_logp = log_probs_at(base_logits, mask)  # the reference, once
     base_entropy = next_token_entropy(base_logits, mask)
     base_ppl = (
         generation_perplexity(
@@ -123,7 +123,7 @@ def breakdown(
             scaled = dataclasses.replace(unit * (alpha * natural), resid_norm={})
             with steer(model, scaled, 1.0, layers=[layer], scale="absolute"):
                 logits, norms = _run(model, ids, mask, batch_size)
-            kl = kl_per_token(logits, base_logp, mask).mean().clamp_min(0.0)
+            kl, entropy = kl_and_entropy(logits, base_logp, mask)
             ppl = None
             if max_new_tokens > 0:
                 ppl = generation_perplexity(
@@ -131,8 +131,8 @@ def breakdown(
                 )
             records.append({
                 "layer": layer, "alpha": alpha, "added_norm": alpha * natural, "natural_norm": natural,
-                "vector_ratio": float(vector.directions[layer].norm()) / natural, "kl": float(kl),
-                "entropy": next_token_entropy(logits, mask), "perplexity": ppl,
+                "vector_ratio": float(vector.directions[layer].norm()) / natural,
+                "kl": float(kl.mean().clamp_min(0.0)), "entropy": float(entropy.mean()), "perplexity": ppl,
                 "final_norm_ratio": float(norms[-1] / base_norms[-1]),
                 "later_norms": [float(n) for n in norms[layer:num_layers]],
             })  # fmt: skip

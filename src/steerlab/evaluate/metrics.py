@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from steerlab._forward import batched_logits, kl_per_token, mean_entropy
+from steerlab._forward import batched_logits, kl_and_entropy, log_probs_at, mean_entropy
 from steerlab._interventions import Alpha
 from steerlab._replay import logits_over_alphas
 from steerlab._steer import Intervention, Scale, as_interventions, checked_layers
@@ -388,18 +388,19 @@ class NeutralKL:
         self._reference: torch.Tensor | None = None
 
     def reference(self, model: nn.Module, batch_size: int = 16) -> torch.Tensor:
-        """Unsteered log-probabilities ``(n, length, vocab)`` (computed once; call outside any steering)."""
+        """Unsteered log-probabilities at the real tokens, ``(tokens, vocab)`` (computed once; call outside any
+        steering)."""
         if self._reference is None:
             logits = batched_logits(model, self.input_ids, self.attention_mask, batch_size=batch_size)
-            self._reference = torch.log_softmax(logits.double(), -1).float()
+            self._reference = log_probs_at(logits, self.attention_mask).float()
         return self._reference
 
     def score(self, logits: torch.Tensor) -> dict[str, float]:
         """Mean KL from the reference and mean next-token entropy over the real tokens."""
         if self._reference is None:
             raise SteeringError("NeutralKL.reference(model) must be called (unsteered) before score().")
-        kl = kl_per_token(logits, self._reference, self.attention_mask)
-        return {"kl": float(kl.mean().clamp_min(0.0)), "entropy": next_token_entropy(logits, self.attention_mask)}
+        kl, entropy = kl_and_entropy(logits, self._reference, self.attention_mask)
+        return {"kl": float(kl.mean().clamp_min(0.0)), "entropy": float(entropy.mean())}
 
 
 def kl_from_unsteered(
