@@ -107,9 +107,9 @@ def summary(results: dict[str, dict]) -> str:
     if ss["speedup"] < 4.0:
         misses.append(
             f"Target 7 is missed ({ss['speedup']:.2f}x): a sweep now shares the blocks below each layer across every "
-            "direction and strength and normalises KL once, on real tokens only, but most of its time is the blocks "
-            "above the steered layer, run for every (direction, strength) on every token; what remains to share is "
-            "the tokens the two orders of an A/B question have in common (section 7)."
+            "direction and strength, the beginning the two orders of a question have in common, and one KL "
+            "normalisation, but most of its time is the blocks above the steered layer, run for every (direction, "
+            "strength) on every distinct token at the CPU's peak rate (section 7)."
         )
     return "\n".join(lines) + ("\n\n" + "\n\n".join(misses) if misses else "")
 
@@ -238,12 +238,15 @@ tensors between GPUs as in a normal forward pass. Tested here: CPU, and `device_
     "sweep_speed": """\
 `sweep` records one unsteered pass per metric, keeping the input of each swept layer's first replayed block, and
 replays every (direction, strength) from it: the blocks below a layer run once for the whole sweep instead of
-once per (direction, metric), and the unsteered behaviour comes from the same pass. KL and entropy are
-normalised once per strength, on the real tokens only (a fifth of the neutral texts' positions are padding).
-The numbers are those of the cell-by-cell path bit for bit (same blocks, same inputs, same reductions). What
-the sweep still spends its time on is the blocks above each layer, for every direction and strength and every
-token (about 90% of it, profiled); sharing the tokens common to the two orders of a question (45% of a
-refusal question, 88% of a sycophancy one) in one packed row is the next step.
+once per (direction, metric), and the unsteered behaviour comes from the same pass. The two orders of an A/B
+question run as one packed row: their shared beginning (45% of a CAA refusal question's tokens, 88% of a
+sycophancy one's) once, then each order's own tokens under a 4-D attention mask, at the positions they would
+have alone; the first chunk is checked against the rows run alone, and a model that does not honour the mask
+runs unpacked. KL and entropy are normalised once per strength, on the real tokens only (a fifth of the neutral
+texts' positions are padding). The numbers equal the cell-by-cell path's up to float rounding. What a sweep
+still spends its time on is the blocks above each layer, for every direction, strength and distinct token:
+matrix products at this CPU's peak (~50 GFLOP/s on one thread, profiled), so more speed needs fewer tokens or
+a GPU, where batching (direction x strength) rows together would pay.
 
     .venv/bin/python benchmarks/sweep_speed.py --json benchmarks/results/sweep_speed.json
 """,

@@ -20,6 +20,7 @@ from steerlab.evaluate.metrics import (
     load_ab,
     logit_diff,
     neutral_texts,
+    p_matching,
     sentiment,
     swap_choices,
     token_projections,
@@ -394,3 +395,17 @@ def test_balance_ab_adds_swapped_pairs():
         assert len(balance_ab([*pairs[:1], ContrastPair("(A", "(C", "Pick (A) x (B) y (C) z")])) == 2
     with pytest.raises(DataError, match="no two-choice"), pytest.warns(UserWarning):
         balance_ab([ContrastPair("yes", "no")])
+
+
+def test_a_tokenised_behaviour_gives_the_numbers_of_its_questions(tiny, tokenizer, monkeypatch):
+    """p_matching on an ABBehaviour built once equals p_matching on the questions, and does not tokenise again."""
+    model = tiny("llama")
+    vec = random_vector(model, layers=(1,), scale=4.0)
+    metric = ABBehaviour(tokenizer, QUESTIONS)
+    expected = p_matching(model, tokenizer, QUESTIONS, vec, 2.0, layer=1, scale="absolute")
+
+    def no_tokenising(*args, **kwargs):
+        raise AssertionError("the questions were tokenised again")
+
+    monkeypatch.setattr(type(tokenizer), "__call__", no_tokenising)
+    assert p_matching(model, tokenizer, metric, vec, 2.0, layer=1, scale="absolute") == expected

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from steerlab import Intervention, steer
+from steerlab._packing import pack_rows
 from steerlab._replay import UnsteeredPass
-from steerlab._text import forward_kwargs
+from steerlab._text import forward_kwargs, takes_position_ids
 from steerlab.arch import get_layout, set_architecture
 from steerlab.engines import pad_batch
 from steerlab.errors import SteeringError
@@ -135,3 +136,56 @@ def test_one_unsteered_pass_replays_every_layer_direction_and_strength(tiny, arc
                 expected = full_logits(model, ids, mask, template, alpha)
                 expected = expected[:, -1] if last_only else expected
                 torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4, msg=f"{template.layers} {alpha}")
+
+
+PAIRED = [[5, 17, 923, 44, 8, 300], [5, 17, 923, 44, 9, 301, 302], [12, 99, 4000, 7], [12, 99, 4001, 7, 8], [301, 7, 5]]
+GROUPS = [0, 0, 1, 1, 2]  # rows 0-1 share 4 tokens, rows 2-3 share 2, row 4 is alone
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_packed_rows_give_each_row_its_own_logits(tiny, arch):
+    """Rows of a group run as one sequence (their shared beginning once, a 4-D mask keeping each row's own
+    tokens apart, positions as if alone); unsteered and steered, each row's next-token logits are those of the
+    row run alone, in the given order."""
+    model = tiny(arch)
+    ids, mask = pad_batch(PAIRED, 2, side="left")
+    vector = random_vector(model, layers=(1, 2))
+    templates = [Intervention(vector, layers=[layer], scale="absolute") for layer in (1, 2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every registered arch honours the packing mask
+        base = UnsteeredPass(model, ids, mask, templates, last_only=True, batch_size=3, groups=GROUPS)
+    # Packed wherever positions can be given (ALiBi models such as bloom read them from the 2-D mask: unpacked).
+    assert (base._order is not None) == takes_position_ids(model)
+    unsteered = full_logits(model, ids, mask, templates[0], None)[:, -1]
+    torch.testing.assert_close(base.logits, unsteered, rtol=1e-4, atol=1e-4)
+    for template in templates:
+        for alpha, logits in base.steered(template, [-1.5, 2.0]):
+            expected = full_logits(model, ids, mask, template, alpha)[:, -1]
+            torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4, msg=f"{template.layers} {alpha}")
+    at_position = dataclasses.replace(templates[0], positions=1)  # not replayable: full passes, row by row
+    ((_, logits),) = base.steered(at_position, [2.0])
+    ((_, expected),) = logits_over_alphas(model, ids, mask, at_position, [2.0], last_only=True)
+    torch.testing.assert_close(logits, expected)
+    assert not torch.allclose(logits, base.logits)
+
+
+def test_a_model_that_ignores_the_packing_mask_runs_unpacked(tiny, monkeypatch):
+    import steerlab._replay as replay
+
+    def leaky(*args, **kwargs):  # as if the model ignored the mask: every token sees every earlier one
+        chunks = pack_rows(*args, **kwargs)
+        for chunk in chunks:
+            width = chunk.attention_mask.shape[-1]
+            causal = torch.ones(width, width, dtype=torch.bool).tril()
+            chunk.attention_mask = torch.zeros_like(chunk.attention_mask).masked_fill(~causal, -1e30)
+        return chunks
+
+    monkeypatch.setattr(replay, "pack_rows", leaky)
+    model = tiny("llama")
+    ids, mask = pad_batch(PAIRED, 2, side="left")
+    template = Intervention(random_vector(model, layers=(1,)), layers=[1], scale="absolute")
+    with pytest.warns(UserWarning, match="running the rows unpacked"):
+        base = UnsteeredPass(model, ids, mask, [template], last_only=True, batch_size=3, groups=GROUPS)
+    assert base._order is None
+    ((_, logits),) = base.steered(template, [2.0])
+    torch.testing.assert_close(logits, full_logits(model, ids, mask, template, 2.0)[:, -1], rtol=1e-4, atol=1e-4)

@@ -36,8 +36,9 @@ from torch import nn
 from steerlab._forward import batched_logits, input_device, trim_left_padding
 from steerlab._hooks import HookSet, block_hidden
 from steerlab._interventions import Alpha
+from steerlab._packing import pack_rows, packed_tokens
 from steerlab._steer import Intervention, steer
-from steerlab._text import forward_kwargs, takes_logits_to_keep
+from steerlab._text import forward_kwargs, takes_logits_to_keep, takes_position_ids
 from steerlab.arch.registry import ModelLayout, get_layout, text_config
 from steerlab.errors import SteeringError
 
@@ -136,6 +137,14 @@ class _Chunk:
 
     kwargs: dict[str, Any]
     recording: _Recording | None = None
+    ends: tuple[torch.Tensor, torch.Tensor] | None = None  # packed rows: (sequence, column) of each row's end
+
+
+def _read(hidden: torch.Tensor, chunk: _Chunk, last_only: bool) -> torch.Tensor:
+    """The positions whose logits are wanted: every one, the last, or each packed row's end."""
+    if chunk.ends is not None:
+        return hidden[chunk.ends]
+    return hidden[:, -1] if last_only else hidden
 
 
 @dataclasses.dataclass
@@ -225,6 +234,8 @@ def _record_pass(
             reference = logits if last_only else logits[:, -1]
             tolerance = 1e-4 * max(1.0, float(reference.abs().max()))
             chained = bool(torch.allclose(recomputed, reference, rtol=1e-4, atol=tolerance))
+            if chunk.ends is not None:
+                logits = head(previous["out"][chunk.ends]).float()
     chunk.recording = _Recording(calls, {i: x.clone() for i, x in inputs.items()}, chained)
     return logits
 
@@ -233,13 +244,14 @@ def _replay(
     model: nn.Module,
     layout: ModelLayout,
     head: Callable[[torch.Tensor], torch.Tensor],
-    recording: _Recording,
+    chunk: _Chunk,
     start: int,
     item: Intervention,
     last_only: bool,
 ) -> torch.Tensor:
     """Logits of a recorded chunk under ``item`` (acting at block ``start`` and above), from the recorded input of
     block ``start``: only blocks ``start ..`` and the head run."""
+    recording = chunk.recording
     with torch.inference_mode(), steer(model, [item]):
         hidden = recording.inputs[start]
         for index in range(start, layout.num_layers):
@@ -247,7 +259,7 @@ def _replay(
             block = layout.block(index)
             out = block(hidden, *args, **kw) if positional else block(**{**kw, "hidden_states": hidden})
             hidden = block_hidden(out)
-        return head(hidden[:, -1] if last_only else hidden).float()
+        return head(_read(hidden, chunk, last_only)).float()
 
 
 def _fallback_warning(model: nn.Module, start: int) -> None:
@@ -336,7 +348,7 @@ def logits_over_alphas(
         parts = [
             _full_pass(model, chunk, item, last_only)
             if item is None or not chained
-            else _replay(model, layout, head, chunk.recording, start, item, last_only)
+            else _replay(model, layout, head, chunk, start, item, last_only)
             for chunk in chunks
         ]
         yield alpha, torch.cat([part.cpu() for part in parts])
@@ -349,7 +361,10 @@ class UnsteeredPass:
 
     ``templates`` name the interventions that will be replayed (their layers and sites decide which block inputs
     are kept: one ``(rows, tokens, width)`` tensor per distinct start block). Others still work, through full
-    passes.
+    passes. With ``last_only`` and ``groups`` (a group id per row, e.g. the question each A/B row asks), rows of
+    a group are packed into one sequence that computes their common beginning once (:mod:`steerlab._packing`);
+    the first chunk is checked against the rows run alone, and the batch runs unpacked, with a warning, if the
+    model does not honour the packing mask.
 
     Example:
         >>> templates = [Intervention(vec, layers=[layer]) for layer in (8, 12)]
@@ -368,29 +383,85 @@ class UnsteeredPass:
         *,
         last_only: bool = False,
         batch_size: int | None = None,
+        groups: Sequence[int] | None = None,
     ):
         for template in templates:
             _check_template(template)
         _check_batch(input_ids, attention_mask, last_only)
+        if groups is not None and len(groups) != input_ids.shape[0]:
+            raise SteeringError(f"groups has {len(groups)} ids for a batch of {input_ids.shape[0]} rows.")
         self.model, self.last_only = model, last_only
+        self._batch = (input_ids, attention_mask, batch_size)
         self._layout = get_layout(model)
         self._head = _output_head(model, self._layout)
-        self._chunks = _split(model, input_ids, attention_mask, batch_size, last_only)
         places = [_replay_start(t, self._layout) for t in templates] if self._head is not None else []
         self._starts = {place[1] for place in places if place is not None}
-        if self._starts:
-            parts = [
-                _record_pass(model, self._layout, self._head, chunk, None, self._starts, last_only).cpu()
-                for chunk in self._chunks
-            ]
-            self._chained = all(chunk.recording.chained for chunk in self._chunks)
-            if not self._chained:
-                _fallback_warning(model, min(self._starts))
-        else:
-            parts = [_full_pass(model, chunk, None, last_only).cpu() for chunk in self._chunks]
-            self._chained = False
-        self.logits = torch.cat(parts)
+        self._order: torch.Tensor | None = None  # original row of each output row, when packed
+        self._plain: list[_Chunk] | None = None  # unpacked chunks, for full passes of a packed batch
+        self._chunks: list[_Chunk] = []
+        parts = self._record_packed(groups) if groups is not None and last_only and self._starts else None
+        if parts is None:
+            self._order = None
+            self._chunks = _split(model, input_ids, attention_mask, batch_size, last_only)
+            if self._starts:
+                parts = [self._record(chunk) for chunk in self._chunks]
+                self._chained = all(chunk.recording.chained for chunk in self._chunks)
+                if not self._chained:
+                    _fallback_warning(model, min(self._starts))
+            else:
+                parts = [_full_pass(model, chunk, None, last_only).cpu() for chunk in self._chunks]
+                self._chained = False
+        self.logits = self._in_order(parts)
         """The unsteered logits, float32 on the CPU."""
+
+    def _record(self, chunk: _Chunk) -> torch.Tensor:
+        return _record_pass(self.model, self._layout, self._head, chunk, None, self._starts, self.last_only).cpu()
+
+    def _record_packed(self, groups: Sequence[int]) -> list[torch.Tensor] | None:
+        """Record the packed batch; ``None`` (run unpacked) where packing saves little or the model disagrees."""
+        input_ids, attention_mask, batch_size = self._batch
+        tokens = [row[mask.bool()].tolist() for row, mask in zip(input_ids, attention_mask, strict=True)]
+        if not takes_position_ids(self.model) or packed_tokens(tokens, groups) > 0.9 * sum(map(len, tokens)):
+            return None
+        device = input_device(self.model)
+        dtype = next(self.model.parameters()).dtype
+        # Padding columns are never attended to: any token id in the vocabulary serves (here the first one seen).
+        packed = pack_rows(tokens, groups, rows_per_chunk=batch_size or len(tokens), pad_id=tokens[0][0], dtype=dtype)
+        for part in packed:
+            kwargs = {
+                "input_ids": part.input_ids.to(device),
+                "attention_mask": part.attention_mask.to(device),
+                "position_ids": part.position_ids.to(device),
+                "use_cache": False,
+            }
+            if takes_logits_to_keep(self.model):
+                kwargs["logits_to_keep"] = 1  # the recording reads each row's end from the last block's output
+            self._chunks.append(_Chunk(kwargs, ends=(part.ends[0].to(device), part.ends[1].to(device))))
+        parts = [self._record(chunk) for chunk in self._chunks]
+        rows = packed[0].rows
+        alone = batched_logits(self.model, input_ids[rows], attention_mask[rows], last_only=True)
+        tolerance = 1e-4 * max(1.0, float(alone.abs().max()))
+        if all(chunk.recording.chained for chunk in self._chunks) and torch.allclose(
+            parts[0], alone, rtol=1e-4, atol=tolerance
+        ):
+            self._chained = True
+            self._order = torch.tensor([row for part in packed for row in part.rows])
+            return parts
+        warnings.warn(
+            f"this {type(self.model).__name__} does not give packed rows (a shared beginning computed once, with a "
+            "4-D attention mask) the logits of the rows run alone; running the rows unpacked instead.",
+            stacklevel=3,
+        )
+        self._chunks = []
+        return None
+
+    def _in_order(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        logits = torch.cat([part.cpu() for part in parts])
+        if self._order is None:
+            return logits
+        out = torch.empty_like(logits)
+        out[self._order] = logits
+        return out
 
     def steered(
         self, intervention: Intervention | None, alphas: Sequence[Alpha | None]
@@ -403,14 +474,20 @@ class UnsteeredPass:
         for alpha, step in zip(alphas, _steps(intervention, alphas), strict=True):
             if step is None:
                 yield alpha, self.logits
-                continue
-            if replayable:
+            elif replayable:
                 shifted, start = place
                 item = shifted.at(alpha)
-                parts = [
-                    _replay(self.model, self._layout, self._head, chunk.recording, start, item, self.last_only)
-                    for chunk in self._chunks
-                ]
-            else:
-                parts = [_full_pass(self.model, chunk, step, self.last_only) for chunk in self._chunks]
-            yield alpha, torch.cat([part.cpu() for part in parts])
+                yield (
+                    alpha,
+                    self._in_order(
+                        [
+                            _replay(self.model, self._layout, self._head, chunk, start, item, self.last_only)
+                            for chunk in self._chunks
+                        ]
+                    ),
+                )
+            else:  # full passes, row by row as given (a packed chunk cannot be steered at chosen positions)
+                if self._plain is None:
+                    self._plain = _split(self.model, *self._batch, self.last_only)
+                parts = [_full_pass(self.model, chunk, step, self.last_only).cpu() for chunk in self._plain]
+                yield alpha, torch.cat(parts)

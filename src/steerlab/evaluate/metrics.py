@@ -218,7 +218,7 @@ class ABBehaviour:
 def ab_probabilities(
     model: nn.Module,
     tokenizer: Any,
-    questions: Sequence[ABQuestion],
+    questions: Sequence[ABQuestion] | ABBehaviour,
     vector: SteeringVector | None = None,
     alpha: Alpha = 0.0,
     *,
@@ -230,11 +230,16 @@ def ab_probabilities(
 ) -> list[dict[str, Any]]:
     """Per-question records of p(matching answer) and p("A"), unsteered or steered by ``vector`` at ``alpha``.
 
+    ``questions`` may be an :class:`ABBehaviour` built once (then ``balance`` is its own): repeated calls then
+    skip the chat template and the tokeniser.
+
     Example:
         >>> rows = ab_probabilities(model, tokenizer, questions, vec, 0.1, layer=12, scale="relative")
         >>> sum(r["p_matching"] for r in rows) / len(rows)
+        >>> metric = ABBehaviour(tokenizer, questions)                 # tokenised once, for many calls
+        >>> [p_matching(model, tokenizer, metric, vec, a, layer=12) for a in (-0.1, 0.1)]
     """
-    metric = ABBehaviour(tokenizer, questions, balance=balance)
+    metric = questions if isinstance(questions, ABBehaviour) else ABBehaviour(tokenizer, questions, balance=balance)
     template = _template(vector, layer=layer, mode=mode, scale=scale)
     ((_, logits),) = logits_over_alphas(
         model, metric.input_ids, metric.attention_mask, template, [alpha], last_only=True, batch_size=batch_size
@@ -245,13 +250,13 @@ def ab_probabilities(
 def p_matching(
     model: nn.Module,
     tokenizer: Any,
-    questions: Sequence[ABQuestion],
+    questions: Sequence[ABQuestion] | ABBehaviour,
     vector: SteeringVector | None = None,
     alpha: Alpha = 0.0,
     **options: Any,
 ) -> float:
     """Mean probability of the answer that matches the behaviour (A/B balanced by default); the options are
-    those of :func:`ab_probabilities`.
+    those of :func:`ab_probabilities` (pass an :class:`ABBehaviour` to tokenise the questions once).
 
     Example:
         >>> p_matching(model, tokenizer, questions)                        # unsteered, about 0.5 at 135M

@@ -211,11 +211,12 @@ def sweep(
     directions.update({seed: vector.random_like(seed=seed) for seed in seeds})
     # One unsteered pass per metric, recorded at every swept layer: each (direction, alpha) then runs only the
     # blocks from its layer up (nothing below a steered layer changes), and the unsteered behaviour comes free.
+    # The rows of one question (its two orders) run packed, their shared beginning once.
     templates = [Intervention(vector, mode=mode, layers=[layer], scale=scale) for mode in modes for layer in layers]
     bases = {
         id(metric): UnsteeredPass(
             model, metric.input_ids, metric.attention_mask, templates, last_only=metric.last_only,
-            batch_size=batch_size,
+            batch_size=batch_size, groups=getattr(metric, "question_ids", None),
         )
         for metric in (behaviour, coherence)
     }  # fmt: skip
