@@ -66,11 +66,12 @@ $(BROWSER):
 demo: $(STAMP)
 	$(BIN)/steerlab demo
 
-# Every test on the locked install, then the invariant tests on the newest and the oldest transformers.
+# Every test on the locked install (the 25 slowest listed at the end), then the invariant tests on the newest and
+# the oldest transformers.
 test: test-locked test-compat
 
 test-locked: $(STAMP) $(LLAMA_STAMP) $(BROWSER)
-	OMP_NUM_THREADS=$(TEST_THREADS) STEERLAB_TEST_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=$(TEST_THREADS) STEERLAB_TEST_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -q --durations=25
 
 $(COMPAT_STAMP): pyproject.toml $(LOCK)
 	rm -rf $(COMPAT_VENV)

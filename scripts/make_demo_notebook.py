@@ -7,12 +7,25 @@ import nbformat as nbf
 
 nb = nbf.v4.new_notebook()
 md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
+
+
+def params(source: str):
+    """The parameters cell, tagged as papermill looks for it."""
+    return code(source, metadata={"tags": ["parameters"]})
+
+
 nb.cells = [
     md("""# steerlab: the classic steering walk-through
 
 On the embedded model (SmolLM2-135M-Instruct, shipped on PyPI): build a sentiment vector from contrast pairs,
 steer generation with it, compare against the unsteered model, and sweep the layer and the strength.
 This notebook runs in CI (`tests/test_notebook.py`); the same recipe as a script is `examples/sentiment.py`."""),
+    params("""# Parameters: the sizes of the walk-through, full size here. tests/test_notebook.py runs it smaller
+# with a cell added after this one, as papermill does after a cell tagged "parameters".
+layers = [4, 7, 10, 13, 16]  # where the vector is extracted and swept (keep 10: section 2 steers there)
+n_prompts = 3  # neutral prompts per cell of the sweep
+compare_tokens = 30  # tokens generated in section 2
+sweep_tokens = 20  # tokens generated per cell of the sweep"""),
     code("""import torch
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
@@ -26,13 +39,13 @@ model.config.num_hidden_layers, model.config.hidden_size"""),
 difference of the residual stream at the last token (`mean_diff`, as in CAA)."""),
     code("""pairs = sentiment_pairs()
 print(pairs[0])
-vector = extract_vector(model, tokenizer, pairs, layers=[4, 7, 10, 13, 16], method="mean_diff")
+vector = extract_vector(model, tokenizer, pairs, layers=layers, method="mean_diff")
 {layer: (round(float(v.norm()), 1), round(vector.resid_norm[layer])) for layer, v in vector.directions.items()}"""),
     md("""The vector is small against the residual stream (second number: its mean norm at that layer), so strengths are
 easiest to read relative to it: `scale="relative"`, `alpha=0.15` adds 15% of a typical residual norm."""),
     md("## 2. Steer and compare"),
     code("""for row in compare(model, tokenizer, ["Tell me about your weekend."], vector, alphas=[-0.15, 0.0, 0.15],
-                   layers=[10], scale="relative", max_new_tokens=30):
+                   layers=[10], scale="relative", max_new_tokens=compare_tokens):
     for g in row.generations:
         print(f"{g.alpha:+.2f}  nll={g.nll:.2f}  {g.text}")"""),
     md("""`nll` is the mean negative log-likelihood of the text under the unsteered model: the coherence cost.
@@ -40,13 +53,13 @@ easiest to read relative to it: `scale="relative"`, `alpha=0.15` adds 15% of a t
 ## 3. Sweep layer x strength
 Sentiment of the generations (VADER compound, -1..1) and coherence cost, for every layer and strength."""),
     code("""analyzer = SentimentIntensityAnalyzer()
-prompts = list(NEUTRAL_PROMPTS[:3])
+prompts = list(NEUTRAL_PROMPTS[:n_prompts])
 alphas = [-0.3, -0.15, 0.0, 0.15, 0.3]
 sentiment = torch.zeros(len(vector.layers), len(alphas))
 nll = torch.zeros_like(sentiment)
 for i, layer in enumerate(vector.layers):
     rows = compare(model, tokenizer, prompts, vector, alphas=alphas, layers=[layer], scale="relative",
-                   max_new_tokens=20)
+                   max_new_tokens=sweep_tokens)
     for j, alpha in enumerate(alphas):
         gens = [g for row in rows for g in row.generations if g.alpha == alpha]
         sentiment[i, j] = sum(analyzer.polarity_scores(g.text)["compound"] for g in gens) / len(gens)

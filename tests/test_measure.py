@@ -115,8 +115,10 @@ def test_sweep_and_calibrate_find_the_planted_cell(tiny, tokenizer):
     model = tiny("llama")
     behaviour = ABBehaviour(tokenizer, MANY, balance=False)
     vec = _planted(model, behaviour.letter_ids.tolist())
+    # Coherence on 2 texts: the KL over SmolLM2's 49k-token vocabulary is most of a tiny model's sweep time, and
+    # only its zeros at alpha 0 are asserted here (the budget is 1e6).
     result = sweep(model, tokenizer, vec, behaviour, alphas=[-1.0, 0.0, 1.0, 2.0], scale="absolute",
-                   coherence=neutral_texts()[:6])  # fmt: skip
+                   coherence=neutral_texts()[:2])  # fmt: skip
     assert result.kind == "sweep" and len(result.records) == 4 * 4 * (1 + 8)  # the vector and 8 random seeds
     assert result.meta["random_seeds"] == list(range(8)) and result.meta["n_questions"] == len(MANY)
     zero = result.where(alpha=0.0)
@@ -139,7 +141,7 @@ def test_sweep_and_calibrate_find_the_planted_cell(tiny, tokenizer):
     # passes even against 16 seeds.)
     for seed in (100,):
         noise = sweep(model, tokenizer, vec.random_like(seed=seed), behaviour, alphas=[-1.0, 1.0, 2.0],
-                      scale="absolute", coherence=neutral_texts()[:6], layers=[0, 1, 2])  # fmt: skip
+                      scale="absolute", coherence=neutral_texts()[:2], layers=[0, 1, 2])  # fmt: skip
         for goal in ("increase", "decrease"):
             outcome = calibrate(noise, kl_budget=1e6, goal=goal)
             assert not outcome.found, outcome.summary()

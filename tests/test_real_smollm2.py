@@ -32,6 +32,7 @@ from steerlab.serve.chat import _PLAIN_ALPHA
 
 LAYER = 10
 ALPHAS = [-0.3, -0.15, 0.0, 0.15, 0.3]  # fractions of the mean residual norm at LAYER (~140)
+RANDOM_ALPHAS = [-0.3, 0.3]  # where a same-norm random direction is the baseline
 PROMPTS = list(NEUTRAL_PROMPTS)
 
 
@@ -129,7 +130,8 @@ def sentiment_runs(smol):
         "documented": documented,
         "steered": compare(model, tokenizer, PROMPTS, vec, alphas=relative, max_new_tokens=32),
         "absolute": compare(model, tokenizer, PROMPTS, vec, alphas=absolute, scale="absolute", max_new_tokens=32),
-        "random": compare(model, tokenizer, PROMPTS, vec.random_like(seed=0), alphas=ALPHAS, max_new_tokens=32),
+        # Only the strongest pushes, the ones the sentiment test compares with (each row is generated as if alone).
+        "random": compare(model, tokenizer, PROMPTS, vec.random_like(seed=0), alphas=RANDOM_ALPHAS, max_new_tokens=32),
     }
 
 
@@ -171,7 +173,7 @@ def test_sentiment_vector_steers_both_ways_beyond_random(sentiment_runs):
     means = [steered[a] for a in ALPHAS]
     assert means == sorted(means) and means[0] < means[-1] - 0.5, steered  # monotone, and a real swing
     base = steered[0.0]
-    for alpha in (-0.3, 0.3):
+    for alpha in RANDOM_ALPHAS:
         effect = steered[alpha] - base
         assert effect * alpha > 0, steered  # the right way for both signs
         # Beyond a random direction, in the direction asked for: a random push of 0.3 degrades the text, which
@@ -222,14 +224,17 @@ def test_refusal_direction_moves_refusal_both_ways_beyond_random(smol, refusal_v
 
     def p_refusal(prompts, interventions=None):
         if interventions is None:
-            outs = generate(model, tokenizer, prompts, max_new_tokens=32, batch_size=39)
+            outs = generate(model, tokenizer, prompts, max_new_tokens=32, batch_size=len(prompts))
         else:
             with steer(model, interventions):
-                outs = generate(model, tokenizer, prompts, max_new_tokens=32, batch_size=39)
+                outs = generate(model, tokenizer, prompts, max_new_tokens=32, batch_size=len(prompts))
         texts = [tokenizer.decode(g, skip_special_tokens=True) for _, g in outs]
         return statistics.mean(refusal_judge.probabilities(texts))
 
-    harmless, harmful = instructions("harmless_val")[:39], instructions("harmful_val")
+    # 20 prompts of each kind (of the 39 harmful ones), 32 tokens each. Measured on all 39 the margins over the
+    # bounds below were +0.021 (added) and +0.072 (removed); on these 20, +0.084 and +0.061. Fewer tokens do not
+    # keep them: at 16, adding the direction rose p(refusal) by 0.050 against a bound of 0.063.
+    harmless, harmful = instructions("harmless_val")[:20], instructions("harmful_val")[:20]
     base = p_refusal(harmless)
     added = p_refusal(harmless, [Intervention(vec, 1.0, scale="absolute")]) - base  # the mean difference itself
     added_random = p_refusal(harmless, [Intervention(control, 1.0, scale="absolute")]) - base
