@@ -63,7 +63,7 @@ def cell_by_cell(model, tokenizer, vector, behaviour, coherence, layers, alphas,
 
 def main() -> None:
     args = parse_args(
-        __doc__.splitlines()[0], questions=8, layers="8,20", seeds=1, alphas="", data="refusal", repeats=3
+        __doc__.splitlines()[0], questions=8, layers="8,20", seeds=1, alphas="", data="refusal", pairs=32, repeats=3
     )
     from steerlab import extract_vector
     from steerlab.datasets import balance_ab, load_pairs
@@ -75,7 +75,9 @@ def main() -> None:
     seeds = list(range(args.seeds))
     alphas = [float(x) for x in args.alphas.split(",")] if args.alphas else list(DEFAULT_ALPHAS)
     questions = load_ab(ROOT / "datasets" / "caa" / "test" / args.data / "test_dataset_ab.json")[: args.questions]
-    pairs = balance_ab(load_pairs(ROOT / "datasets" / "caa" / "generate" / args.data / "generate_dataset.json")[:32])
+    pairs = balance_ab(
+        load_pairs(ROOT / "datasets" / "caa" / "generate" / args.data / "generate_dataset.json")[: args.pairs]
+    )
     vector = extract_vector(model, tokenizer, pairs, layers=layers, progress=False)
     behaviour = ABBehaviour(tokenizer, questions)
     out: dict[str, object] = {}
