@@ -246,13 +246,13 @@ def _replay(
     head: Callable[[torch.Tensor], torch.Tensor],
     chunk: _Chunk,
     start: int,
-    item: Intervention,
+    item: Intervention | None,
     last_only: bool,
 ) -> torch.Tensor:
-    """Logits of a recorded chunk under ``item`` (acting at block ``start`` and above), from the recorded input of
-    block ``start``: only blocks ``start ..`` and the head run."""
+    """Logits of a recorded chunk under ``item`` (acting at block ``start`` and above; ``None``: unsteered), from
+    the recorded input of block ``start``: only blocks ``start ..`` and the head run."""
     recording = chunk.recording
-    with torch.inference_mode(), steer(model, [item]):
+    with torch.inference_mode(), steer(model, [item]) if item is not None else nullcontext():
         hidden = recording.inputs[start]
         for index in range(start, layout.num_layers):
             positional, args, kw = recording.calls[index]
@@ -346,9 +346,9 @@ def logits_over_alphas(
         _fallback_warning(model, start)
     for alpha, item in zip(alphas[1:], items[1:], strict=True):
         parts = [
-            _full_pass(model, chunk, item, last_only)
-            if item is None or not chained
-            else _replay(model, layout, head, chunk, start, item, last_only)
+            _replay(model, layout, head, chunk, start, item, last_only)
+            if chained
+            else _full_pass(model, chunk, item, last_only)
             for chunk in chunks
         ]
         yield alpha, torch.cat([part.cpu() for part in parts])
@@ -397,12 +397,12 @@ class UnsteeredPass:
         places = [_replay_start(t, self._layout) for t in templates] if self._head is not None else []
         self._starts = {place[1] for place in places if place is not None}
         self._order: torch.Tensor | None = None  # original row of each output row, when packed
-        self._plain: list[_Chunk] | None = None  # unpacked chunks, for full passes of a packed batch
+        self._plain: list[_Chunk] | None = None  # unpacked chunks, for full passes (made on demand when packed)
         self._chunks: list[_Chunk] = []
         parts = self._record_packed(groups) if groups is not None and last_only and self._starts else None
         if parts is None:
             self._order = None
-            self._chunks = _split(model, input_ids, attention_mask, batch_size, last_only)
+            self._chunks = self._plain = _split(model, input_ids, attention_mask, batch_size, last_only)
             if self._starts:
                 parts = [self._record(chunk) for chunk in self._chunks]
                 self._chained = all(chunk.recording.chained for chunk in self._chunks)
