@@ -73,12 +73,12 @@ test: test-locked test-compat
 test-locked: $(STAMP) $(LLAMA_STAMP) $(BROWSER)
 	OMP_NUM_THREADS=$(TEST_THREADS) STEERLAB_TEST_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -q --durations=25
 
-$(COMPAT_STAMP): pyproject.toml $(LOCK)
+# A copy of the locked .venv (21 s here, against 112 s to install the lock again). A venv finds its prefix from the
+# pyvenv.cfg beside its python, so the copy is a venv of its own; its console scripts still name .venv's python,
+# so the compat runs call `python -m`.
+$(COMPAT_STAMP): $(STAMP)
 	rm -rf $(COMPAT_VENV)
-	$(PYTHON) -m venv $(COMPAT_VENV)
-	$(COMPAT_VENV)/bin/pip install --quiet pip==$(PIP_VERSION)
-	$(COMPAT_VENV)/bin/pip install --quiet --no-deps -r $(LOCK)
-	$(COMPAT_VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
+	cp -a $(VENV) $(COMPAT_VENV)
 	touch $(COMPAT_STAMP)
 
 # Upstream changes show here before users meet them: the newest transformers (asked of the registry on every

@@ -12,6 +12,7 @@ table gives the largest difference (float rounding: packed rows run other matrix
     .venv/bin/python benchmarks/sweep_speed.py                    # 8 questions, 2 layers, 1 random seed, 3 rounds
     .venv/bin/python benchmarks/sweep_speed.py --questions 50 --layers 4,8,12,14,16,18,20,24   # issue 18's
     .venv/bin/python benchmarks/sweep_speed.py --data sycophancy                    # longer shared stems
+    .venv/bin/python benchmarks/sweep_speed.py --texts 4       # KL on the first 4 neutral texts (default: all 24)
 """
 
 from __future__ import annotations
@@ -63,11 +64,19 @@ def cell_by_cell(model, tokenizer, vector, behaviour, coherence, layers, alphas,
 
 def main() -> None:
     args = parse_args(
-        __doc__.splitlines()[0], questions=8, layers="8,20", seeds=1, alphas="", data="refusal", pairs=32, repeats=3
+        __doc__.splitlines()[0],
+        questions=8,
+        layers="8,20",
+        seeds=1,
+        alphas="",
+        data="refusal",
+        pairs=32,
+        texts=0,
+        repeats=3,
     )
     from steerlab import extract_vector
     from steerlab.datasets import balance_ab, load_pairs
-    from steerlab.evaluate import ABBehaviour, NeutralKL, load_ab, sweep
+    from steerlab.evaluate import ABBehaviour, NeutralKL, load_ab, neutral_texts, sweep
     from steerlab.evaluate.sweeps import DEFAULT_ALPHAS
 
     model, tokenizer = load(args.model)
@@ -80,14 +89,17 @@ def main() -> None:
     )
     vector = extract_vector(model, tokenizer, pairs, layers=layers, progress=False)
     behaviour = ABBehaviour(tokenizer, questions)
+    texts = neutral_texts()[: args.texts or None]  # --texts N: the first N neutral texts (0: all)
     out: dict[str, object] = {}
 
     def before() -> None:
-        out["old"] = cell_by_cell(model, tokenizer, vector, behaviour, NeutralKL(tokenizer), layers, alphas, seeds, 16)
+        out["old"] = cell_by_cell(
+            model, tokenizer, vector, behaviour, NeutralKL(tokenizer, texts), layers, alphas, seeds, 16
+        )
 
     def after() -> None:
         out["new"] = sweep(model, tokenizer, vector, behaviour, layers=layers, alphas=alphas, random_seeds=seeds,
-                           coherence=NeutralKL(tokenizer), progress=False)  # fmt: skip
+                           coherence=NeutralKL(tokenizer, texts), progress=False)  # fmt: skip
 
     # Interleaved rounds (before, after, before, after, ...): a slow spell of the machine hits both alike.
     times = interleaved({"cell by cell": before, "sweep": after}, args.repeats, warmup=0)
@@ -107,7 +119,7 @@ def main() -> None:
     markdown = (
         f"{len(layers)} layers ({args.layers}) x {len(alphas)} strengths, vector + {len(seeds)} random "
         f"direction(s), {len(questions)} CAA '{args.data}' questions asked in both orders "
-        f"({behaviour.input_ids.shape[0]} prompts), KL on the {len(NeutralKL(tokenizer).texts)} neutral texts, "
+        f"({behaviour.input_ids.shape[0]} prompts), KL on the {len(texts)} neutral texts, "
         f"{args.threads} thread(s), median of {args.repeats} interleaved rounds\n\n"
         + table(["path", "seconds", "speed-up"], rows)
         + f"\n\nlargest difference of p_matching, KL or entropy between the paths over {len(diffs)} steered cells: "

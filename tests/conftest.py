@@ -149,24 +149,35 @@ def nothing_left_behind():
 
 
 @pytest.fixture(scope="session")
-def smol():
-    """The real SmolLM2-135M-Instruct (installed by `make test`; never skipped)."""
-    return load_model("smollm2-135m")
-
-
-@pytest.fixture(scope="session")
-def tokenizer():
-    """SmolLM2's tokenizer alone, for tiny models fed real text: read from the dequantized model's cache folder
-    (written once if missing) without loading the 135M weights."""
-    from transformers import AutoTokenizer
+def smol_cache():
+    """SmolLM2's dequantized cache folder, written if missing, and ``direct``: the model loaded straight from the
+    GGUF when this session wrote the folder from it (else None). Writing the cache loads the GGUF anyway (~40 s);
+    keeping that model spares the test of cached against direct loading a second load on a fresh machine."""
+    from types import SimpleNamespace
 
     from steerlab._models import _dequantize_to_cache, _gguf_cache_path, resolve_alias
 
     gguf = resolve_alias("smollm2-135m")
     folder = _gguf_cache_path(gguf)
+    direct = None
     if not (folder / "config.json").is_file():  # load_model's own test for a finished cache
-        _dequantize_to_cache(gguf, folder)
-    return AutoTokenizer.from_pretrained(folder)
+        direct, _ = _dequantize_to_cache(gguf, folder)
+    return SimpleNamespace(folder=folder, direct=direct)
+
+
+@pytest.fixture(scope="session")
+def smol(smol_cache):
+    """The real SmolLM2-135M-Instruct (installed by `make test`; never skipped)."""
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smol_cache):
+    """SmolLM2's tokenizer alone, for tiny models fed real text: read from the dequantized model's cache folder
+    without loading the 135M weights."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smol_cache.folder)
 
 
 _TINY_CACHE: dict[tuple[str, int], nn.Module] = {}

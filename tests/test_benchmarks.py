@@ -32,7 +32,11 @@ def tiny_folder(tmp_path_factory, tokenizer):
         ("sweep_reuse", ["--alphas", "3"], "results"),
         ("memory", ["--pairs", "4", "--factor", "3", "--only", "steerlab pca_diff"], "peak_ratio"),
         ("scale", [], "shapes"),
-        ("sweep_speed", ["--questions", "2", "--pairs", "2", "--layers", "1", "--alphas=-0.2,0,0.2"], "speedup"),
+        (
+            "sweep_speed",
+            ["--questions", "2", "--pairs", "2", "--layers", "1", "--alphas=-0.2,0,0.2", "--texts", "2"],
+            "speedup",
+        ),
     ],
 )
 def test_benchmark_script_runs(tiny_folder, tmp_path, script, options, key):

@@ -48,13 +48,18 @@ def test_small_real_sweep_and_calibration(smol, refusal_vector):
 def test_cli_sweep_calibrate_probe_breakdown_report(smol, refusal_vector, tmp_path):
     _, path = refusal_vector
     questions = ROOT / "caa" / "test" / "refusal" / "test_dataset_ab.json"
+    texts = tmp_path / "coherence.txt"  # KL on 3 of the neutral texts instead of all 24: the test checks plumbing
+    texts.write_text("\n".join(neutral_texts()[:3]) + "\n\n", encoding="utf-8")
     common = ["--vector", str(path), "--questions", str(questions), "--limit", "4", "--alphas", "0,0.1",
-              "--random-seeds", "4"]  # fmt: skip
+              "--random-seeds", "4", "--coherence-texts", str(texts)]  # fmt: skip
     result = runner.invoke(app, ["sweep", *common, "--out", str(tmp_path / "sweep")])
     assert result.exit_code == 0, result.output
     table = ResultTable.load(tmp_path / "sweep.json")
     assert table.kind == "sweep" and (tmp_path / "sweep.csv").is_file() and len(table.records) == 2 * 5
     assert "95% interval" in result.stdout
+    assert table.meta["n_coherence_texts"] == 3, table.meta
+    missing = runner.invoke(app, ["sweep", *common[:-1], str(tmp_path / "none.txt"), "--out", str(tmp_path / "x")])
+    assert missing.exit_code == 1 and "--coherence-texts file" in missing.stderr and "does not exist" in missing.stderr
 
     result = runner.invoke(app, ["calibrate", "--vector", str(path), "--sweep", str(tmp_path / "sweep.json"),
                                  "--budget", "5", "--out", str(tmp_path / "cal.safetensors")])  # fmt: skip
@@ -76,8 +81,9 @@ def test_cli_sweep_calibrate_probe_breakdown_report(smol, refusal_vector, tmp_pa
     assert SteeringVector.load(tmp_path / "truth.safetensors").method.startswith("probe_")
 
     result = runner.invoke(app, ["breakdown", "--vector", str(path), "--alphas", "0.5,2", "--max-new-tokens", "4",
-                                 "--out", str(tmp_path / "breakdown")])  # fmt: skip
+                                 "--coherence-texts", str(texts), "--out", str(tmp_path / "breakdown")])  # fmt: skip
     assert result.exit_code == 0, result.output
+    assert ResultTable.load(tmp_path / "breakdown.json").meta["n_texts"] == 3
     assert "layer 10: coherence collapses" in result.stdout
 
     result = runner.invoke(app, ["pca", "--data", str(got / "cities.csv"), "--layer", "10", "--limit", "40",

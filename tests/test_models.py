@@ -51,6 +51,22 @@ def test_cache_folder_follows_environment(monkeypatch, tmp_path):
     assert models.cache_dir() == models.Path.home() / ".cache" / "steerlab"
 
 
+def test_cache_key_follows_content_not_path(tmp_path):
+    """Two installs of one GGUF share a cache; a different file of the same size, changed in the middle (where
+    a sampled piece lies) or at the end, gets its own."""
+    data = bytes(range(256)) * (3 * 4096 * 16)  # 48 MiB: more than the start, end and 16 sampled pieces cover
+    one, two = tmp_path / "a" / "m.gguf", tmp_path / "b" / "m.gguf"
+    for path in (one, two):
+        path.parent.mkdir()
+        path.write_bytes(data)
+    assert models._gguf_cache_path(one) == models._gguf_cache_path(two)
+    for where in (len(data) // 17, len(data) - 1):
+        changed = bytearray(data)
+        changed[where] ^= 0xFF
+        two.write_bytes(bytes(changed))
+        assert models._gguf_cache_path(one) != models._gguf_cache_path(two), where
+
+
 def test_local_folder_with_dtype(tmp_path, tiny, tokenizer):
     tiny("llama").save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
@@ -59,9 +75,10 @@ def test_local_folder_with_dtype(tmp_path, tiny, tokenizer):
     assert models.model_id(model) == str(tmp_path) and tok.pad_token is not None
 
 
-def test_cached_weights_equal_direct_gguf_load(smol):
+def test_cached_weights_equal_direct_gguf_load(smol, smol_cache):
     cached, tokenizer = smol
-    direct, _ = load_model("smollm2-135m", use_cache=False)
+    # The model this session's cache was written from, when it wrote it; else a fresh direct load.
+    direct = smol_cache.direct or load_model("smollm2-135m", use_cache=False)[0]
     ids = torch.tensor([tokenizer("The cache must not change a single weight.")["input_ids"]])
     with torch.no_grad():
         assert torch.equal(cached(input_ids=ids).logits, direct(input_ids=ids).logits)

@@ -189,3 +189,25 @@ def test_a_model_that_ignores_the_packing_mask_runs_unpacked(tiny, monkeypatch):
     assert base._order is None
     ((_, logits),) = base.steered(template, [2.0])
     torch.testing.assert_close(logits, full_logits(model, ids, mask, template, 2.0)[:, -1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_continuations_of_one_prompt_share_its_pass(tiny, arch):
+    """generated_nll runs each distinct prompt once and its continuations on the prompt's repeated cache: the
+    numbers equal each (prompt, continuation) run whole, for prompts of other lengths (left padding in the prompt
+    pass), continuations of other lengths, a prompt longer than the batch and an empty continuation."""
+    from steerlab._forward import next_token_nll
+    from steerlab.engines import generated_nll
+
+    model = tiny(arch)
+    short, long = [5, 9, 14], [7, 3, 22, 41, 8, 30]
+    pairs = [(long, [4, 9, 11]), (short, [6]), (long, [4, 9, 12, 50, 3]), (short, [17, 2]), (long, []),
+             (long, [8, 8]), (short, [6, 1, 1, 19]), (long, [40])]  # fmt: skip
+    got = generated_nll(model, pairs, batch_size=3)
+    for (prompt, continuation), value in zip(pairs, got, strict=True):
+        if not continuation:
+            assert value != value  # nan: nothing was generated
+            continue
+        ids = torch.tensor([prompt + continuation])
+        whole = next_token_nll(model, ids, torch.ones_like(ids))[0, len(prompt) - 1 :]
+        assert value == pytest.approx(float(whole.mean()), rel=1e-4, abs=1e-4), (prompt, continuation)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from steerlab._text import forward_kwargs, takes_logits_to_keep
+from steerlab._text import forward_kwargs, pad_batch, position_ids_from_mask, takes_logits_to_keep, takes_position_ids
 
 __all__ = [
     "batched_logits",
+    "continuation_nll",
     "input_device",
     "kl_and_entropy",
     "log_probs_at",
@@ -78,6 +79,78 @@ def next_token_nll(
             logprobs = torch.log_softmax(model(**forward_kwargs(model, ids, mask)).logits[:, :-1].float(), dim=-1)
             parts.append(-logprobs.gather(-1, ids[:, 1:, None])[..., 0].cpu())
     return torch.cat(parts)
+
+
+def continuation_nll(
+    model: nn.Module, pairs: list[tuple[list[int], list[int]]], *, batch_size: int = 8
+) -> list[torch.Tensor]:
+    """``-log p`` of each continuation token given the prompt and the tokens before it, per (prompt,
+    continuation) pair: a float32 tensor of ``len(continuation)`` values each, on the CPU.
+
+    Continuations of one prompt (the strengths of a comparison) share its pass where the model takes position
+    ids: the prompt runs once and its KV cache is repeated for each continuation (as beam search does), so n
+    continuations of one prompt cost one prompt and n continuations, not n of both. Elsewhere every pair runs
+    whole, right-padded.
+    """
+    out: list[torch.Tensor] = [torch.zeros(0)] * len(pairs)
+    todo = [i for i, (_, g) in enumerate(pairs) if g]
+    if not takes_position_ids(model):  # positions would count the prompt's left padding: run each pair whole
+        for start in range(0, len(todo), batch_size):
+            rows = todo[start : start + batch_size]
+            ids, mask = pad_batch([pairs[i][0] + pairs[i][1] for i in rows], 0, side="right")
+            nll = next_token_nll(model, ids, mask, batch_size=batch_size)
+            for row, i in enumerate(rows):
+                p, g = pairs[i]
+                # Position t scores token t + 1: the continuation is scored from the prompt's last position.
+                out[i] = nll[row, len(p) - 1 : len(p) - 1 + len(g)]
+        return out
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for i in todo:
+        by_prompt.setdefault(tuple(pairs[i][0]), []).append(i)
+    chunk: list[int] = []
+    for rows in by_prompt.values():
+        for start in range(0, len(rows), batch_size):
+            part = rows[start : start + batch_size]
+            if len(chunk) + len(part) > batch_size:
+                _shared_prompt_nll(model, pairs, chunk, out)
+                chunk = []
+            chunk += part
+    if chunk:
+        _shared_prompt_nll(model, pairs, chunk, out)
+    return out
+
+
+def _shared_prompt_nll(
+    model: nn.Module, pairs: list[tuple[list[int], list[int]]], rows: list[int], out: list[torch.Tensor]
+) -> None:
+    """Fill ``out[i]`` for ``rows`` (grouped by prompt): one pass over the distinct prompts, left-padded, then one
+    over the continuations, right-padded, on the prompts' cache repeated per row."""
+    from transformers import DynamicCache
+
+    from steerlab._calling import cache_argument
+
+    device = input_device(model)
+    prompts: dict[tuple[int, ...], int] = {}
+    owner = torch.tensor([prompts.setdefault(tuple(pairs[i][0]), len(prompts)) for i in rows])
+    p_ids, p_mask = pad_batch([list(p) for p in prompts], 0, side="left")
+    g_ids, g_mask = pad_batch([pairs[i][1] for i in rows], 0, side="right")
+    mask = torch.cat([p_mask[owner], g_mask], 1)
+    positions = p_mask[owner].sum(1, keepdim=True) + torch.arange(g_ids.shape[1])
+    extra = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
+    cache = DynamicCache(config=model.config)
+    name = cache_argument(model)  # `cache` from transformers 5.24 on, `past_key_values` before
+    with torch.inference_mode():
+        first = model(input_ids=p_ids.to(device), attention_mask=p_mask.to(device),
+                      position_ids=position_ids_from_mask(p_mask).to(device), use_cache=True, **{name: cache},
+                      **extra)  # fmt: skip
+        cache.reorder_cache(owner.to(device))  # each row gets its prompt's keys and values (as in beam search)
+        rest = model(input_ids=g_ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                     use_cache=True, **{name: cache})  # fmt: skip
+        # The prompt's last position scores the first continuation token; continuation position t scores t + 1.
+        logits = torch.cat([first.logits[:, -1:][owner.to(device)], rest.logits[:, :-1]], 1)
+        nll = -torch.log_softmax(logits.float(), -1).gather(-1, g_ids.to(device)[..., None])[..., 0].cpu()
+    for row, i in enumerate(rows):
+        out[i] = nll[row, : len(pairs[i][1])]
 
 
 def log_probs_at(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

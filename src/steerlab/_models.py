@@ -95,14 +95,29 @@ def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
     return value
 
 
+_KEY_SAMPLES = 16  # pieces of the file read for the cache key, besides its start and end
+_KEY_PIECE = 1 << 20
+
+
 def _gguf_cache_path(gguf: Path) -> Path:
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_dir() / "models" / f"{gguf.stem}-{key}"
+    """The cache folder of ``gguf``: keyed by its size and content, not its path, so every install of the same
+    file (a venv per project, a fresh clone) shares one cache. Hashing a whole 40 GB GGUF would take longer than
+    loading it, so the key reads the start (the header: metadata and tensor table), the end and ``_KEY_SAMPLES``
+    evenly spaced pieces of 1 MiB."""
+    size = gguf.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with gguf.open("rb") as f:
+        for offset in sorted({0, *(size * i // (_KEY_SAMPLES + 1) for i in range(1, _KEY_SAMPLES + 1))}):
+            f.seek(offset)
+            digest.update(f.read(_KEY_PIECE))
+        f.seek(max(0, size - _KEY_PIECE))
+        digest.update(f.read(_KEY_PIECE))
+    return cache_dir() / "models" / f"{gguf.stem}-{digest.hexdigest()[:16]}"
 
 
-def _dequantize_to_cache(gguf: Path, target: Path) -> None:
-    """Load the GGUF once (slow: dequantizes) and save it as a plain transformers folder."""
+def _dequantize_to_cache(gguf: Path, target: Path) -> tuple[Any, Any]:
+    """Load the GGUF once (slow: dequantizes) and save it as a plain transformers folder; returns the loaded
+    ``(model, tokenizer)``, which equal what the folder loads back."""
     model, tokenizer = _load_folder(str(gguf.parent), gguf_file=gguf.name)
     # save_pretrained refuses GGUF-loaded models until the (already applied) quantizer is cleared.
     model.hf_quantizer = None
@@ -124,6 +139,7 @@ def _dequantize_to_cache(gguf: Path, target: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return model, tokenizer
 
 
 def _load_folder(

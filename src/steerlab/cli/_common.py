@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -90,6 +91,24 @@ def parse_floats(text: str, what: str) -> list[float]:
     if not values:
         raise SteerlabError(f"{what} is empty; write e.g. -0.15,0,0.15.")
     return values
+
+
+def read_lines(path: Path, what: str) -> list[str]:
+    """The non-empty lines of a text file given to option ``what`` (one prompt or text per line), stripped."""
+    if not path.is_file():
+        raise SteerlabError(f"{what} file '{path}' does not exist; give a text file with one text per line.")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        raise SteerlabError(f"{what} file '{path}' has no non-empty lines; put one text per line.")
+    return lines
+
+
+COHERENCE_TEXTS_OPT = typer.Option(
+    None,
+    "--coherence-texts",
+    help="Text file, one text per line, on which KL from the unsteered model is measured (default: steerlab's "
+    "24 neutral texts).",
+)
 
 
 def _load(model: str, device: str | None, dtype: str | None):

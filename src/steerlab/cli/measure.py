@@ -13,6 +13,7 @@ from typing import Any, Literal
 import typer
 
 from steerlab.cli._common import (
+    COHERENCE_TEXTS_OPT,
     DEVICE_OPT,
     DTYPE_OPT,
     MODEL_OPT,
@@ -22,6 +23,7 @@ from steerlab.cli._common import (
     out,
     parse_floats,
     parse_ints,
+    read_lines,
     user_errors,
 )
 from steerlab.errors import SteerlabError
@@ -66,7 +68,9 @@ def _write(result: Any, prefix: Path) -> list[Path]:
     return [result.to_csv(prefix.with_suffix(".csv")), result.to_json(prefix.with_suffix(".json"))]
 
 
-def _run_sweep(vector_path, questions, limit, layers, alphas, modes, scale, random_seeds, model, device, dtype):
+def _run_sweep(
+    vector_path, questions, limit, layers, alphas, modes, scale, random_seeds, coherence_texts, model, device, dtype
+):
     from steerlab._vector import SteeringVector
     from steerlab.evaluate.metrics import load_ab
     from steerlab.evaluate.sweeps import sweep
@@ -79,12 +83,13 @@ def _run_sweep(vector_path, questions, limit, layers, alphas, modes, scale, rand
         items = items[:limit]
     layer_list = parse_ints(layers, "--layers") if layers else None
     mode_list = [m.strip() for m in modes.split(",") if m.strip()]
+    texts = read_lines(coherence_texts, "--coherence-texts") if coherence_texts is not None else None
     if random_seeds < 0:
         raise SteerlabError(f"--random-seeds must be >= 0 (how many random directions), got {random_seeds}.")
     lm, tokenizer = _load(model, device, dtype)
     result = sweep(
         lm, tokenizer, vec, items, layers=layer_list, alphas=parse_floats(alphas, "--alphas"), modes=mode_list,
-        scale=scale, random_seeds=range(random_seeds),  # type: ignore[arg-type]
+        scale=scale, coherence=texts, random_seeds=range(random_seeds),  # type: ignore[arg-type]
     )  # fmt: skip
     return vec, result
 
@@ -121,12 +126,15 @@ def sweep_command(
     scale: Scale = typer.Option(DEFAULT_SCALE, "--scale", help="relative (to the residual norm) or absolute."),
     limit: int | None = LIMIT_OPT,
     random_seeds: int = RANDOM_SEEDS_OPT,
+    coherence_texts: Path | None = COHERENCE_TEXTS_OPT,
     model: str = MODEL_OPT,
     device: str | None = DEVICE_OPT,
     dtype: str | None = DTYPE_OPT,
 ) -> None:
     """Sweep layers x strengths: A/B behaviour, KL coherence, and random directions as the baseline."""
-    _, result = _run_sweep(vector, questions, limit, layers, alphas, modes, scale, random_seeds, model, device, dtype)
+    _, result = _run_sweep(
+        vector, questions, limit, layers, alphas, modes, scale, random_seeds, coherence_texts, model, device, dtype
+    )
     _print_sweep(result)
     err.print("wrote " + ", ".join(str(p) for p in _write(result, out_prefix)))
 
@@ -149,6 +157,7 @@ def calibrate_command(
     limit: int | None = LIMIT_OPT,
     random_seeds: int = RANDOM_SEEDS_OPT,
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of the split into selection / held-out questions."),
+    coherence_texts: Path | None = COHERENCE_TEXTS_OPT,
     model: str = MODEL_OPT,
     device: str | None = DEVICE_OPT,
     dtype: str | None = DTYPE_OPT,
@@ -166,7 +175,18 @@ def calibrate_command(
         vec, result = SteeringVector.load(vector), ResultTable.load(from_sweep)
     else:
         vec, result = _run_sweep(
-            vector, questions, limit, layers, alphas, modes, scale, random_seeds, model, device, dtype
+            vector,
+            questions,
+            limit,
+            layers,
+            alphas,
+            modes,
+            scale,
+            random_seeds,
+            coherence_texts,
+            model,
+            device,
+            dtype,
         )
         written = _write(result, out_path.with_name(out_path.stem + "-sweep"))
         err.print("wrote " + ", ".join(str(p) for p in written))
@@ -248,10 +268,8 @@ def pca_command(
     labels: list[int] | None = None
     if data is not None:
         items, labels = load_statements(data, limit=limit, seed=seed)
-    elif texts is not None and texts.is_file():
-        items = [line.strip() for line in texts.read_text().splitlines() if line.strip()][:limit]
-    else:
-        raise SteerlabError(f"text file '{texts}' does not exist; give a file with one text per line.")
+    elif texts is not None:
+        items = read_lines(texts, "--texts")[:limit]
     lm, tokenizer = _load(model, device, dtype)
     pca = activation_pca(lm, tokenizer, items, layer=layer, n_components=components, labels=labels)
     for i, share in enumerate(pca.explained):
@@ -271,6 +289,7 @@ def breakdown_command(
     layers: str | None = typer.Option(None, "--layers", help="Layers (default: all of the vector's)."),
     alphas: str = typer.Option(_listed(DEFAULT_BREAKDOWN_ALPHAS), "--alphas", help="Added norm / residual norm."),
     max_new_tokens: int = typer.Option(24, "--max-new-tokens", help="Length of the generations scored (0: none)."),
+    coherence_texts: Path | None = COHERENCE_TEXTS_OPT,
     model: str = MODEL_OPT,
     device: str | None = DEVICE_OPT,
     dtype: str | None = DTYPE_OPT,
@@ -282,7 +301,8 @@ def breakdown_command(
     vec = SteeringVector.load(vector)
     lm, tokenizer = _load(model, device, dtype)
     layer_list = parse_ints(layers, "--layers") if layers else None
-    table = breakdown(lm, tokenizer, vec, layers=layer_list, alphas=parse_floats(alphas, "--alphas"),
+    texts = read_lines(coherence_texts, "--coherence-texts") if coherence_texts is not None else None
+    table = breakdown(lm, tokenizer, vec, layers=layer_list, alphas=parse_floats(alphas, "--alphas"), texts=texts,
                       max_new_tokens=max_new_tokens)  # fmt: skip
     for layer, value in table.meta["collapse"].items():
         shown = "not reached" if value is None else f"{value:g} x the residual norm"

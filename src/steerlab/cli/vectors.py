@@ -22,6 +22,7 @@ from steerlab.cli._common import (
     out,
     parse_alphas,
     parse_ints,
+    read_lines,
     show_comparison,
     user_errors,
 )
@@ -114,11 +115,7 @@ def generate(
     if (prompt is None) == (prompts is None):
         raise SteerlabError("give exactly one of --prompt TEXT or --prompts FILE.")
     if prompts is not None:
-        if not prompts.is_file():
-            raise SteerlabError(f"prompt file '{prompts}' does not exist.")
-        prompt_list = [line for line in prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not prompt_list:
-            raise SteerlabError(f"prompt file '{prompts}' has no non-empty lines; put one prompt per line.")
+        prompt_list = read_lines(prompts, "--prompts")
     else:
         prompt_list = [prompt or ""]
         if not prompt_list[0].strip():

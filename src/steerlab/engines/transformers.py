@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from steerlab._forward import input_device, next_token_nll
+from steerlab._forward import continuation_nll, input_device
 from steerlab._text import apply_chat, encode, pad_batch, pad_id
 from steerlab.errors import SteeringError
 
@@ -126,13 +126,7 @@ def generated_nll(
     model: nn.Module, pairs: Sequence[tuple[list[int], list[int]]], *, batch_size: int = 8
 ) -> list[float]:
     """Mean negative log-likelihood (nats/token) of each generated continuation under ``model`` as it is
-    now (call it outside any steering to score against the unsteered model)."""
-    scores: list[float] = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        input_ids, mask = pad_batch([p + g for p, g in chunk], 0, side="right")
-        nll = next_token_nll(model, input_ids, mask, batch_size=batch_size)
-        for row, (p, g) in enumerate(chunk):
-            # Position t scores token t + 1: the continuation's tokens are scored from the prompt's last position.
-            scores.append(float(nll[row, len(p) - 1 : len(p) - 1 + len(g)].mean()) if g else float("nan"))
-    return scores
+    now (call it outside any steering to score against the unsteered model); ``nan`` for an empty one.
+    Continuations of one prompt share its pass (:func:`steerlab._forward.continuation_nll`)."""
+    nlls = continuation_nll(model, [(list(p), list(g)) for p, g in pairs], batch_size=batch_size)
+    return [float(nll.mean()) if len(nll) else float("nan") for nll in nlls]
