@@ -18,7 +18,7 @@ from steerlab import (
     extract_vector,
     record,
     sentiment_pairs,
-    steer,
+    steer_rows,
 )
 from steerlab.cli.serving import chat as chat_command
 from steerlab.cli.vectors import demo as demo_command
@@ -193,6 +193,8 @@ def refusal_vectors(smol):
     """The refusal-direction recipe at layer 20 (the layer scripts/refusal_direction.py selects on validation),
     and a random direction of the same norm as the control."""
     model, tokenizer = smol
+    # All 260 harmful training prompts, as the script: with 128 of each (Arditi et al.'s count) ablation lowered
+    # p(refusal) by only 0.007 on the 20 harmful prompts below (random: -0.090): the removal needs all 260.
     pairs = [
         ContrastPair(a, b)
         for a, b in zip(instructions("harmful_train"), instructions("harmless_train")[:260], strict=True)
@@ -222,24 +224,26 @@ def test_refusal_direction_moves_refusal_both_ways_beyond_random(smol, refusal_v
     vec, control = refusal_vectors
     vec = vec.at_layers([20], source=20)
 
-    def p_refusal(prompts, interventions=None):
-        if interventions is None:
-            outs = generate(model, tokenizer, prompts, max_new_tokens=32, batch_size=len(prompts))
-        else:
-            with steer(model, interventions):
-                outs = generate(model, tokenizer, prompts, max_new_tokens=32, batch_size=len(prompts))
-        texts = [tokenizer.decode(g, skip_special_tokens=True) for _, g in outs]
-        return statistics.mean(refusal_judge.probabilities(texts))
+    def p_refusal(prompts, *settings):
+        """Mean p(refusal) of the answers to ``prompts`` under each setting (None: unsteered), all settings in one
+        batch: each row steered by its own (steer_rows: a row equals itself generated alone)."""
+        rows = [setting for setting in settings for _ in prompts]
+        with steer_rows(model, rows):
+            outs = generate(model, tokenizer, list(prompts) * len(settings), max_new_tokens=32, batch_size=len(rows))
+        p = refusal_judge.probabilities([tokenizer.decode(g, skip_special_tokens=True) for _, g in outs])
+        return [statistics.mean(p[i * len(prompts) : (i + 1) * len(prompts)]) for i in range(len(settings))]
 
     # 20 prompts of each kind (of the 39 harmful ones), 32 tokens each. Measured on all 39 the margins over the
     # bounds below were +0.021 (added) and +0.072 (removed); on these 20, +0.084 and +0.061. Fewer tokens do not
     # keep them: at 16, adding the direction rose p(refusal) by 0.050 against a bound of 0.063.
     harmless, harmful = instructions("harmless_val")[:20], instructions("harmful_val")[:20]
-    base = p_refusal(harmless)
-    added = p_refusal(harmless, [Intervention(vec, 1.0, scale="absolute")]) - base  # the mean difference itself
-    added_random = p_refusal(harmless, [Intervention(control, 1.0, scale="absolute")]) - base
+    base, steered, steered_random = p_refusal(
+        harmless, None, Intervention(vec, 1.0, scale="absolute"), Intervention(control, 1.0, scale="absolute")
+    )  # the mean difference itself, and a random direction of its norm
+    added, added_random = steered - base, steered_random - base
     assert added > 0.04 and added > added_random + 0.04, (added, added_random)
-    base = p_refusal(harmful)
-    removed = base - p_refusal(harmful, directional_ablation(model, vec))
-    removed_random = base - p_refusal(harmful, directional_ablation(model, control))
+    base, ablated, ablated_random = p_refusal(
+        harmful, None, directional_ablation(model, vec), directional_ablation(model, control)
+    )
+    removed, removed_random = base - ablated, base - ablated_random
     assert removed > 0.04 and removed > removed_random + 0.04, (removed, removed_random)
