@@ -25,7 +25,7 @@ EXAMPLES = Path(__file__).parents[1] / "examples"
         pytest.param(
             "probing.py",
             ["--layers", "4,8", "--statements", "80", "--transfer", "40"],
-            "logistic on sp_en_trans",
+            "transfers best at layer",
             id="probing",
         ),
     ],

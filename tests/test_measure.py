@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from steerlab import Intervention, SteeringVector
+from steerlab import Intervention, SteeringVector, record
 from steerlab._models import fingerprint, model_id
 from steerlab.errors import DataError, SteeringError
 from steerlab.evaluate import logits_over_alphas
@@ -25,7 +25,15 @@ from steerlab.evaluate.metrics import (
     swap_choices,
     token_projections,
 )
-from steerlab.evaluate.probes import probe_layers, split, train_probe, transfer_matrix
+from steerlab.evaluate.probes import (
+    LabelledActivations,
+    fit_probes,
+    probe_layers,
+    record_labelled,
+    split,
+    train_probe,
+    transfer_matrix,
+)
 from steerlab.evaluate.results import KINDS, ResultTable
 from steerlab.evaluate.structure import activation_covariance, activation_pca, cosine_matrix, cross_layer_cosine
 from steerlab.evaluate.sweeps import DEFAULT_KL_BUDGET, calibrate, sweep
@@ -275,8 +283,48 @@ def test_probe_layers_transfer_and_vector(tiny, tokenizer):
     vec = run.best().to_vector(model)
     assert vec.normalized and vec.layers == [run.best().layer] and vec.resid_norm
     assert kl_from_unsteered(model, tokenizer, vec, 0.5, scale="relative", texts=texts[:4]) > 0  # it steers
-    table = transfer_matrix(model, tokenizer, {"a": (texts, labels), "b": (texts[::-1], labels[::-1])}, layer=3)
-    assert table.kind == "transfer" and len(table.records) == 4
+    # Record each set once at both layers; probes of every layer, method and pair fit from that recording.
+    recorded = record_labelled(model, tokenizer, {"a": (texts, labels), "b": (texts[::-1], labels[::-1])},
+                               layers=[1, 3])  # fmt: skip
+    torch.testing.assert_close(recorded["a"].values[3], record(model, tokenizer, texts, layers=[3]).values[3])
+    table = transfer_matrix(recorded, methods=["mass_mean", "logistic"])
+    assert table.kind == "transfer" and len(table.records) == 2 * 2 * 4  # layers x methods x ordered pairs
+    assert fit_probes(recorded["a"], layers=[3]).table.records == [
+        {**r, "dataset": "a"} for r in run.table.where(layer=3)
+    ]  # the same numbers as probe_layers, from the shared recording
+    assert transfer_matrix(recorded, layers=3).meta["best_layer"] == 3
+    with pytest.raises(DataError, match=r"layers \[2\] were not recorded \(recorded: \[1, 3\]\)"):
+        transfer_matrix(recorded, layers=[2])
+
+
+def _labelled(name, x, y):
+    return LabelledActivations(name, {0: x[:, :2], 1: x}, torch.tensor(y))
+
+
+def test_transfer_trains_on_all_of_one_set_and_tests_on_all_of_another():
+    """train="all": off the diagonal a probe fit on all of X is scored on all of Y; on the diagonal, trained on the
+    train split and scored on the held-out split. Y lies along X's direction but shifted: the threshold does not
+    carry over (accuracy ~ chance) while the direction does (AUROC 1), which is why both are reported."""
+    gen = torch.Generator().manual_seed(0)
+    y = [0, 1] * 40
+    signal = torch.tensor(y, dtype=torch.float64)[:, None] * torch.tensor([0.0, 0.0, 4.0])  # layer 1, dim 2
+    x = torch.randn(80, 3, generator=gen, dtype=torch.float64) * 0.3 + signal
+    shifted = x + torch.tensor([0.0, 0.0, 10.0])
+    sets = {"x": _labelled("x", x, y), "y": _labelled("y", shifted, y)}
+    table = transfer_matrix(sets, layers=[0, 1])
+    cell = table.where(train="x", test="y", layer=1)[0]
+    assert cell["protocol"] == "all" and cell["n_train"] == 80 and cell["n_test"] == 80
+    assert cell["auroc"] == 1.0 and cell["accuracy"] == 0.5  # every shifted statement reads as label 1
+    whole = train_probe(x[:, :], torch.tensor(y), layer=1)
+    assert cell["accuracy"] == whole.accuracy(shifted, torch.tensor(y))  # the probe of all of x, on all of y
+    diagonal = table.where(train="x", test="x", layer=1)[0]
+    assert diagonal["protocol"] == "held_out" and diagonal["n_test"] == 20 and diagonal["n_train"] == 60
+    assert table.meta["best_layer"] == 1 and table.where(train="x", test="y", layer=0)[0]["auroc"] < 0.8
+    split_table = transfer_matrix(sets, layers=[1], train="split")
+    assert {r["protocol"] for r in split_table.records} == {"held_out"}
+    assert {r["n_test"] for r in split_table.records} == {20}
+    with pytest.raises(DataError, match="train must be 'all'"):
+        transfer_matrix(sets, train="everything")
 
 
 def test_structure_pca_covariance_and_cosines(tiny, tokenizer):
@@ -355,9 +403,11 @@ def test_figures_and_report_for_every_kind(tmp_path, tiny, tokenizer):
     ]
     probe = ResultTable("probe", probe_records, {"dataset": "toy", "n": 10})
     transfer_records = [
-        {"train": a, "test": b, "accuracy": 0.9 if a == b else 0.5} for a in ("x", "y") for b in ("x", "y")
-    ]
-    transfer = ResultTable("transfer", transfer_records, {"layer": 2, "method": "mass_mean"})
+        {"train": a, "test": b, "layer": layer, "method": "mass_mean", "accuracy": 0.9 if a == b else 0.5,
+         "auroc": 0.95 if a == b else 0.5 + layer / 10}
+        for layer in (1, 2) for a in ("x", "y") for b in ("x", "y")
+    ]  # fmt: skip
+    transfer = ResultTable("transfer", transfer_records, {"methods": ["mass_mean"], "best_layer": 2})
     pca = activation_pca(tiny("llama"), tokenizer, neutral_texts()[:8], layer=1, labels=[0, 1] * 4).table()
     breakdown_table = ResultTable("breakdown", [
         {"layer": 3, "alpha": a, "kl": a, "entropy": 3.0, "perplexity": 5 + a, "final_norm_ratio": 1 + a}
@@ -371,13 +421,13 @@ def test_figures_and_report_for_every_kind(tmp_path, tiny, tokenizer):
     ], {"method": "activation", "metric": "logit_diff", "n_pairs": 2})  # fmt: skip
     tables = [sweep_table, probe, transfer, pca, breakdown_table, patching]
     assert sorted(t.kind for t in tables) == sorted(KINDS), "a result kind without a table in this test"
-    assert [len(figures_for(t)) for t in tables] == [2, 1, 1, 1, 1, 1]
+    assert [len(figures_for(t)) for t in tables] == [2, 1, 2, 1, 1, 1]
     assert len(figures_for(patching)[0][1].axes) == 4  # one panel per site, each with its colour bar
     assert [title for title, _ in figures_for(sweep_table)] == ["Layer x alpha", "Effect vs coherence"]
     (_, frontier_figure) = figures_for(sweep_table)[1]
     assert frontier_figure.axes[0].get_xlim()[0] == 0  # KL is never negative: no tick below 0
     page = write_report(tables, tmp_path / "r.html", title="<all kinds>").read_text()
-    assert page.count("data:image/png;base64,") == 7 and "&lt;all kinds&gt;" in page
+    assert page.count("data:image/png;base64,") == 8 and "&lt;all kinds&gt;" in page
     assert "http://" not in page and "https://" not in page
     assert "[145.1]" in page and "145.123" not in page  # floats inside lists are rounded like the others
     with pytest.raises(DataError, match="at least one"):

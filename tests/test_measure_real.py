@@ -99,7 +99,7 @@ def test_cli_sweep_calibrate_probe_breakdown_report(smol, refusal_vector, tmp_pa
     files = [str(tmp_path / f"{n}.json") for n in ("sweep", "probe", "probe-transfer", "breakdown", "pca")]
     result = runner.invoke(app, ["report", *files, "--out", str(tmp_path / "report.html")])
     assert result.exit_code == 0, result.output
-    _check_in_chromium(tmp_path / "report.html", expected_images=6)
+    _check_in_chromium(tmp_path / "report.html", expected_images=7)
 
 
 def _check_in_chromium(page_path: Path, expected_images: int) -> None:

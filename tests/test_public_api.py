@@ -46,7 +46,8 @@ PUBLIC = {
         "SteerlabError", "StrengthWarning", "VectorMismatchError",
     ],
     "steerlab.evaluate": [
-        "ABBehaviour", "ABQuestion", "Comparison", "DEFAULT_KL_BUDGET", "Generation", "NeutralKL", "Recommendation",
+        "ABBehaviour", "ABQuestion", "Comparison", "DEFAULT_KL_BUDGET", "Generation", "LabelledActivations",
+        "NeutralKL", "Recommendation", "fit_probes", "record_labelled",
         "RefusalClassifier", "ResultTable", "activation_covariance", "activation_pca", "activation_patching",
         "attribution_patching", "logit_diff_metric", "patching_error", "breakdown", "calibrate",
         "compare", "cosine_matrix", "cross_layer_cosine", "generation_perplexity", "kl_from_unsteered", "load_ab",

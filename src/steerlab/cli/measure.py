@@ -210,33 +210,43 @@ def probe_command(
     out_prefix: Path = typer.Option(..., "--out", help="Output prefix: PREFIX.csv/.json (+ PREFIX-transfer.*)."),
     limit: int | None = typer.Option(None, "--limit", help="Use at most N statements of each file."),
     test_fraction: float = typer.Option(0.25, "--test-fraction", help="Held-out share of each data set."),
+    transfer_train: Literal["all", "split"] = typer.Option(
+        "all",
+        "--transfer-train",
+        help="all: train on all of one file, test on all of another; split: train and "
+        "test splits only. In-domain cells always use the held-out split.",
+    ),
     seed: int = typer.Option(0, "--seed"),
     save_vector: Path | None = typer.Option(None, "--save-vector", help="Save the best probe as a vector."),
     model: str = MODEL_OPT,
     device: str | None = DEVICE_OPT,
     dtype: str | None = DTYPE_OPT,
 ) -> None:
-    """Per-layer linear probes (mass-mean, logistic) with held-out accuracy and a transfer matrix."""
+    """Per-layer linear probes (mass-mean, logistic) on the first file with held-out accuracy and AUROC, and with
+    several files a transfer matrix at every layer; each file is recorded once."""
     from steerlab.datasets.statements import load_statements
-    from steerlab.evaluate.probes import probe_layers, transfer_matrix
+    from steerlab.evaluate.probes import fit_probes, record_labelled, transfer_matrix
 
     sets = {path.stem: load_statements(path, limit=limit, seed=seed) for path in data}
     layer_list = parse_ints(layers, "--layers")
     lm, tokenizer = _load(model, device, dtype)
+    recorded = record_labelled(lm, tokenizer, sets, layers=layer_list)
     first = next(iter(sets))
-    run = probe_layers(lm, tokenizer, *sets[first], layers=layer_list, test_fraction=test_fraction, seed=seed,
-                       name=first)  # fmt: skip
+    run = fit_probes(recorded[first], test_fraction=test_fraction, seed=seed)
     written = _write(run.table, out_prefix)
     for r in run.table.records:
-        out.print(f"{first} layer {r['layer']:>2} {r['method']:<9} held-out accuracy {r['test_accuracy']:.3f}")
+        out.print(f"{first} layer {r['layer']:>2} {r['method']:<9} held-out accuracy {r['test_accuracy']:.3f} "
+                  f"AUROC {r['test_auroc']:.3f}")  # fmt: skip
     best = run.best()
     out.print(f"best: layer {best.layer} {best.method} ({best.test_accuracy:.3f})")
     if len(sets) > 1:
-        table = transfer_matrix(lm, tokenizer, sets, layer=best.layer, method=best.method, test_fraction=test_fraction,
-                                seed=seed)  # fmt: skip
+        table = transfer_matrix(recorded, methods=[best.method], train=transfer_train,
+                                test_fraction=test_fraction, seed=seed)  # fmt: skip
         written += _write(table, out_prefix.with_name(out_prefix.name + "-transfer"))
-        for r in table.records:
-            out.print(f"train {r['train']} -> test {r['test']}: {r['accuracy']:.3f}")
+        for r in table.where(layer=best.layer):
+            out.print(f"layer {best.layer}: train {r['train']} -> test {r['test']} ({r['protocol']}): accuracy "
+                      f"{r['accuracy']:.3f}, AUROC {r['auroc']:.3f}")  # fmt: skip
+        out.print(f"transfers best at layer {table.meta['best_layer']} (mean AUROC off the diagonal)")
     if save_vector is not None:
         best.to_vector(lm).save(save_vector)
         written.append(save_vector)

@@ -29,7 +29,14 @@ from steerlab.evaluate.metrics import (
     token_projections,
 )
 from steerlab.evaluate.patching import activation_patching, attribution_patching, logit_diff_metric, patching_error
-from steerlab.evaluate.probes import probe_layers, train_probe, transfer_matrix
+from steerlab.evaluate.probes import (
+    LabelledActivations,
+    fit_probes,
+    probe_layers,
+    record_labelled,
+    train_probe,
+    transfer_matrix,
+)
 from steerlab.evaluate.report import write_report
 from steerlab.evaluate.results import ResultTable
 from steerlab.evaluate.structure import activation_covariance, activation_pca, cosine_matrix, cross_layer_cosine
@@ -41,6 +48,7 @@ __all__ = [
     "ABQuestion",
     "Comparison",
     "Generation",
+    "LabelledActivations",
     "NeutralKL",
     "Recommendation",
     "RefusalClassifier",
@@ -54,6 +62,7 @@ __all__ = [
     "compare",
     "cosine_matrix",
     "cross_layer_cosine",
+    "fit_probes",
     "generation_perplexity",
     "kl_from_unsteered",
     "load_ab",
@@ -65,6 +74,7 @@ __all__ = [
     "patching_error",
     "phrase_refusal",
     "probe_layers",
+    "record_labelled",
     "sentiment",
     "sweep",
     "token_projections",

@@ -31,6 +31,7 @@ __all__ = [
     "pca_scatter",
     "probe_accuracy",
     "sweep_heatmaps",
+    "transfer_by_layer",
     "transfer_heatmap",
 ]
 
@@ -138,23 +139,50 @@ def probe_accuracy(table: ResultTable) -> Figure:
 
 
 def transfer_heatmap(table: ResultTable) -> Figure:
-    """Accuracy of a probe trained on each data set (rows) and tested on each (columns)."""
+    """AUROC and accuracy of a probe trained on each data set (rows) and tested on each (columns), at the layer
+    that transfers best (``meta["best_layer"]``) for the first method."""
     _need(table, "transfer")
-    names = list(dict.fromkeys(r["train"] for r in table.records))
-    grid = np.full((len(names), len(names)), np.nan)
-    for r in table.records:
-        grid[names.index(r["train"]), names.index(r["test"])] = r["accuracy"]
-    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 3, 1.2 * len(names) + 2))
-    image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
-    for i in range(len(names)):
-        for j in range(len(names)):
-            ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", color="w" if grid[i, j] < 0.7 else "k")
-    ax.set_xticks(range(len(names)), names, rotation=30)
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("tested on")
-    ax.set_ylabel("trained on")
-    ax.set_title(f"probe transfer (layer {table.meta.get('layer')}, {table.meta.get('method')})")
-    fig.colorbar(image, ax=ax)
+    method = table.meta.get("methods", [table.records[0]["method"]])[0]
+    layer = table.meta.get("best_layer", table.records[0]["layer"])
+    rows = table.where(layer=layer, method=method)
+    names = list(dict.fromkeys(r["train"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(2.8 * len(names) + 5, 1.2 * len(names) + 2), squeeze=False)
+    for ax, key in zip(axes[0], ("auroc", "accuracy"), strict=True):
+        grid = np.full((len(names), len(names)), np.nan)
+        for r in rows:
+            grid[names.index(r["train"]), names.index(r["test"])] = r[key]
+        image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
+        for i in range(len(names)):
+            for j in range(len(names)):
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", color="w" if grid[i, j] < 0.7 else "k")
+        ax.set_xticks(range(len(names)), names, rotation=30)
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xlabel("tested on")
+        ax.set_ylabel("trained on")
+        ax.set_title(f"{key} (layer {layer}, {method})")
+        fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
+def transfer_by_layer(table: ResultTable) -> Figure:
+    """Mean AUROC off the diagonal (probes tested on the other data sets) and on it (held out), by layer, one line
+    pair per method."""
+    _need(table, "transfer")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, method in enumerate(dict.fromkeys(r["method"] for r in table.records)):
+        for label, same, style in (("other sets", False, "-"), ("held out", True, ":")):
+            rows = [r for r in table.where(method=method) if (r["train"] == r["test"]) == same]
+            layers = sorted({r["layer"] for r in rows})
+            means = [float(np.mean([r["auroc"] for r in rows if r["layer"] == layer])) for layer in layers]
+            if layers:
+                ax.plot(layers, means, style, marker="o", c=f"C{i}", label=f"{method}, {label}")
+    ax.axhline(0.5, c="k", lw=0.5, ls=":")
+    ax.set_ylim(0.3, 1.02)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("mean AUROC")
+    ax.set_title("probe transfer by layer")
+    ax.legend()
     fig.tight_layout()
     return fig
 

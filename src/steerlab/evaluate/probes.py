@@ -6,9 +6,11 @@ Two probes per layer, both on the last token of each statement (Marks & Tegmark,
   hard to overfit, and its direction is the one that steers best in their experiments.
 * ``logistic``: an L2-regularised logistic regression (scikit-learn, ``C=0.1``).
 
-Accuracy is measured on a held-out split (stratified, seeded). :func:`transfer_matrix` trains on one data set
-and tests on others; :meth:`Probe.to_vector` turns a probe into a :class:`SteeringVector` (unit direction, with
-the layer's residual norm so ``scale="relative"`` works).
+Accuracy and AUROC are measured on a held-out split (stratified, seeded). Each labelled set is recorded once at
+all layers (:func:`record_labelled`); :func:`fit_probes` and :func:`transfer_matrix` (train on one data set, test
+on others) fit from that recording, so many layers, methods and pairs of sets cost no further passes.
+:meth:`Probe.to_vector` turns a probe into a :class:`SteeringVector` (unit direction, with the layer's residual
+norm so ``scale="relative"`` works).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -27,7 +29,20 @@ from steerlab._vector import SteeringVector
 from steerlab.errors import DataError
 from steerlab.evaluate.results import ResultTable
 
-__all__ = ["PROBE_METHODS", "Probe", "ProbeRun", "probe_layers", "split", "train_probe", "transfer_matrix"]
+__all__ = [
+    "PROBE_METHODS",
+    "LabelledActivations",
+    "Probe",
+    "ProbeRun",
+    "TransferTraining",
+    "auroc",
+    "fit_probes",
+    "probe_layers",
+    "record_labelled",
+    "split",
+    "train_probe",
+    "transfer_matrix",
+]
 
 PROBE_METHODS = ("mass_mean", "logistic")
 
@@ -157,6 +172,143 @@ class ProbeRun:
         return max(candidates, key=lambda p: p.test_accuracy)
 
 
+@dataclass
+class LabelledActivations:
+    """One labelled text set's last-token activations at several layers, recorded once by
+    :func:`record_labelled`: probes at any of its layers, by any method and any split, are fit from it without
+    running the model again.
+
+    Example:
+        >>> sets = record_labelled(model, tokenizer, {"cities": cities}, layers=range(4, 24, 2))
+        >>> sets["cities"].values[12].shape, sets["cities"].labels[:4]
+    """
+
+    name: str
+    values: dict[int, torch.Tensor]
+    labels: torch.Tensor
+    resid_norm: dict[int, float] = field(default_factory=dict)
+    site: str = "resid_post"
+    model_id: str = "unknown"
+    fingerprint: ModelFingerprint | None = None
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.values)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def record_labelled(
+    model: nn.Module,
+    tokenizer: Any,
+    datasets: Mapping[str, tuple[Sequence[str], Sequence[int]]],
+    *,
+    layers: Sequence[int] | int | None,
+    batch_size: int = 32,
+    progress: bool | None = None,
+) -> dict[str, LabelledActivations]:
+    """Record every named ``(texts, labels)`` set once, at all ``layers`` (the last token of each text): the one
+    recording that :func:`fit_probes` and :func:`transfer_matrix` fit any number of probes from.
+
+    Example:
+        >>> names = ("cities", "sp_en_trans", "larger_than")
+        >>> sets = {n: load_statements(f"datasets/geometry-of-truth/{n}.csv") for n in names}
+        >>> recorded = record_labelled(model, tokenizer, sets, layers=range(2, 28, 2))
+    """
+    if not datasets:
+        raise DataError("record_labelled needs at least one named data set of (texts, labels).")
+    out = {}
+    for name, (texts, labels) in datasets.items():
+        texts, labels = list(texts), [int(v) for v in labels]
+        if len(texts) != len(labels):
+            raise DataError(f"data set {name!r} has {len(texts)} texts but {len(labels)} labels; give one per text.")
+        if set(labels) != {0, 1}:
+            raise DataError(f"data set {name!r} needs labels 0 and 1; found {sorted(set(labels))}.")
+        acts = record(model, tokenizer, texts, layers=layers, batch_size=batch_size, progress=progress)
+        out[name] = LabelledActivations(name, acts.values, torch.tensor(labels), acts.resid_norm, acts.site,
+                                        model_id(model), fingerprint(model))  # fmt: skip
+    return out
+
+
+def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Area under the ROC curve of ``scores`` for ``labels`` in {0, 1}: threshold-free, so a probe whose
+    direction transfers but whose bias does not (another data set sits elsewhere along it) still scores high
+    here while its accuracy falls to chance."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels.numpy(), scores.double().numpy()))
+
+
+def _fit(data: LabelledActivations, layer: int, method: str, rows: list[int] | None) -> Probe:
+    x, y = data.values[layer], data.labels
+    if rows is not None:
+        x, y = x[rows], y[rows]
+    probe = train_probe(x, y, method=method, layer=layer)
+    probe.resid_norm, probe.site, probe.dataset = data.resid_norm.get(layer), data.site, data.name
+    probe.meta.update(fingerprint=data.fingerprint, model_id=data.model_id)
+    return probe
+
+
+def _score(probe: Probe, data: LabelledActivations, rows: list[int] | None) -> dict[str, float]:
+    x, y = data.values[probe.layer], data.labels
+    if rows is not None:
+        x, y = x[rows], y[rows]
+    return {"accuracy": probe.accuracy(x, y), "auroc": auroc(probe.decision(x), y)}
+
+
+def _layers_of(sets: Sequence[LabelledActivations], layers: Sequence[int] | int | None) -> list[int]:
+    common = sorted(set.intersection(*(set(d.layers) for d in sets)))
+    if layers is None:
+        return common
+    wanted = [layers] if isinstance(layers, int) else list(layers)
+    missing = [layer for layer in wanted if layer not in common]
+    if missing:
+        raise DataError(f"layers {missing} were not recorded (recorded: {common}); record them with "
+                        "record_labelled(..., layers=...) or choose among the recorded.")  # fmt: skip
+    return wanted
+
+
+def _check_methods(methods: Sequence[str]) -> list[str]:
+    for method in methods:
+        if method not in PROBE_METHODS:
+            raise DataError(f"unknown probe method {method!r}; choose from {PROBE_METHODS}.")
+    return list(methods)
+
+
+def fit_probes(
+    data: LabelledActivations,
+    *,
+    layers: Sequence[int] | int | None = None,
+    methods: Sequence[str] = PROBE_METHODS,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+) -> ProbeRun:
+    """Train every probe method at every layer (default: all recorded) on a seeded, stratified train split of
+    ``data`` and measure held-out accuracy and AUROC.
+
+    Example:
+        >>> run = fit_probes(recorded["cities"], methods=["mass_mean"])
+        >>> run.best().layer
+    """
+    methods = _check_methods(methods)
+    layers = _layers_of([data], layers)
+    train, test = split(data.labels.tolist(), test_fraction, seed)
+    records, probes = [], {}
+    for layer in layers:
+        for method in methods:
+            probe = _fit(data, layer, method, train)
+            scores = _score(probe, data, test)
+            probe.test_accuracy = scores["accuracy"]
+            probes[layer, method] = probe
+            records.append({"dataset": data.name, "layer": layer, "method": method,
+                            "train_accuracy": probe.train_accuracy, "test_accuracy": scores["accuracy"],
+                            "test_auroc": scores["auroc"], "n_train": len(train), "n_test": len(test)})  # fmt: skip
+    meta = {"dataset": data.name, "n": len(data), "layers": layers, "methods": methods,
+            "test_fraction": test_fraction, "seed": seed, "model_id": data.model_id}  # fmt: skip
+    return ProbeRun(ResultTable("probe", records, meta), probes)
+
+
 def probe_layers(
     model: nn.Module,
     tokenizer: Any,
@@ -169,73 +321,91 @@ def probe_layers(
     seed: int = 0,
     name: str = "data",
     batch_size: int = 32,
+    progress: bool | None = None,
 ) -> ProbeRun:
-    """Train every probe method at every layer on a train split and measure held-out accuracy.
+    """Record one labelled set at ``layers`` and :func:`fit_probes` on it: every method at every layer, trained
+    on a train split, with held-out accuracy and AUROC.
 
     Example:
         >>> texts, labels = load_statements("datasets/geometry-of-truth/cities.csv", limit=400)
         >>> run = probe_layers(model, tokenizer, texts, labels, layers=range(2, 28, 2), name="cities")
         >>> run.table.to_csv("probes.csv"); run.best().layer
     """
-    texts, labels = list(texts), [int(v) for v in labels]
-    if len(texts) != len(labels):
-        raise DataError(f"{len(texts)} texts but {len(labels)} labels; give one label per text.")
-    for method in methods:
-        if method not in PROBE_METHODS:
-            raise DataError(f"unknown probe method {method!r}; choose from {PROBE_METHODS}.")
-    train, test = split(labels, test_fraction, seed)
-    acts = record(model, tokenizer, texts, layers=list(layers), batch_size=batch_size)
-    y = torch.tensor(labels)
-    records, probes = [], {}
-    for layer in acts.layers:
-        x = acts.values[layer]
-        for method in methods:
-            probe = train_probe(x[train], y[train], method=method, layer=layer)
-            probe.test_accuracy = probe.accuracy(x[test], y[test])
-            probe.resid_norm, probe.site, probe.dataset = acts.resid_norm[layer], acts.site, name
-            probes[layer, method] = probe
-            records.append({"dataset": name, "layer": layer, "method": method,
-                            "train_accuracy": probe.train_accuracy, "test_accuracy": probe.test_accuracy,
-                            "n_train": len(train), "n_test": len(test)})  # fmt: skip
-    meta = {"dataset": name, "n": len(texts), "layers": acts.layers, "methods": list(methods),
-            "test_fraction": test_fraction, "seed": seed, "model_id": model_id(model)}  # fmt: skip
-    return ProbeRun(ResultTable("probe", records, meta), probes)
+    methods = _check_methods(methods)  # before the model runs
+    if len(list(texts)) != len(list(labels)):
+        raise DataError(f"{len(list(texts))} texts but {len(list(labels))} labels; give one label per text.")
+    data = record_labelled(model, tokenizer, {name: (texts, labels)}, layers=layers, batch_size=batch_size,
+                           progress=progress)[name]  # fmt: skip
+    return fit_probes(data, methods=methods, test_fraction=test_fraction, seed=seed)
+
+
+TransferTraining = Literal["all", "split"]
 
 
 def transfer_matrix(
-    model: nn.Module,
-    tokenizer: Any,
-    datasets: Mapping[str, tuple[Sequence[str], Sequence[int]]],
+    data: Mapping[str, LabelledActivations],
     *,
-    layer: int,
-    method: str = "mass_mean",
+    layers: Sequence[int] | int | None = None,
+    methods: Sequence[str] = ("mass_mean",),
+    train: TransferTraining = "all",
     test_fraction: float = 0.25,
     seed: int = 0,
-    batch_size: int = 32,
+    progress: bool | None = None,
 ) -> ResultTable:
-    """Train a probe on the train split of each data set and test it on the held-out split of every data set
-    (the diagonal is in-domain accuracy). Returns a ``ResultTable(kind="transfer")`` with records
-    ``train, test, layer, method, accuracy``.
+    """Does a probe trained on one data set work on another? For every recorded layer (or ``layers``), method
+    and ordered pair of sets: accuracy and AUROC, fit from one recording of each set (:func:`record_labelled`).
+
+    ``train="all"`` (default, a transfer test as usually run): the probe is trained on all of X and tested on all
+    of Y; on the diagonal (X = Y) it is trained on X's train split and tested on its held-out split, so in-domain
+    accuracy is never training accuracy (column ``protocol``: ``all`` or ``held_out``). ``train="split"``: every
+    probe is trained on X's train split and tested on Y's held-out split.
+
+    Returns a ``ResultTable(kind="transfer")`` with records ``train, test, layer, method, protocol, n_train,
+    n_test, accuracy, auroc``; ``meta["best_layer"]`` is the layer of the highest mean AUROC off the diagonal
+    (of the first method; the diagonal's with one set).
 
     Example:
-        >>> names = ("cities", "sp_en_trans")
-        >>> sets = {n: load_statements(f"datasets/geometry-of-truth/{n}.csv", limit=300) for n in names}
-        >>> transfer_matrix(model, tokenizer, sets, layer=12).records
+        >>> recorded = record_labelled(model, tokenizer, sets, layers=range(2, 28, 2))
+        >>> table = transfer_matrix(recorded, methods=["mass_mean", "logistic"])
+        >>> table.where(train="cities", test="sp_en_trans", method="mass_mean")
     """
-    if not datasets:
-        raise DataError("transfer_matrix needs at least one named data set of (texts, labels).")
-    data = {}
-    for name, (texts, labels) in datasets.items():
-        labels = [int(v) for v in labels]
-        acts = record(model, tokenizer, list(texts), layers=[layer], batch_size=batch_size)
-        train, test = split(labels, test_fraction, seed)
-        data[name] = (acts.values[layer], torch.tensor(labels), train, test)
+    from rich.progress import track
+
+    if not data:
+        raise DataError("transfer_matrix needs at least one recorded data set (record_labelled).")
+    if train not in ("all", "split"):
+        raise DataError(f"train must be 'all' (train on all of X, test on all of Y) or 'split'; got {train!r}.")
+    methods = _check_methods(methods)
+    sets = list(data.values())
+    layers = _layers_of(sets, layers)
+    splits = {d.name: split(d.labels.tolist(), test_fraction, seed) for d in sets}
+    cells = [(layer, method, source) for layer in layers for method in methods for source in sets]
+    show = progress if progress is not None else len(cells) > 20
     records = []
-    for source, (x, y, train, _) in data.items():
-        probe = train_probe(x[train], y[train], method=method, layer=layer)
-        for target, (x2, y2, _, test2) in data.items():
-            records.append({"train": source, "test": target, "layer": layer, "method": method,
-                            "accuracy": probe.accuracy(x2[test2], y2[test2])})  # fmt: skip
-    meta = {"layer": layer, "method": method, "datasets": {k: len(v[1]) for k, v in data.items()},
-            "test_fraction": test_fraction, "seed": seed, "model_id": model_id(model)}  # fmt: skip
+    for layer, method, source in track(cells, description="fitting probes", disable=not show, transient=True):
+        held_out = _fit(source, layer, method, splits[source.name][0])
+        whole = _fit(source, layer, method, None) if train == "all" and len(sets) > 1 else held_out
+        for target in sets:
+            diagonal = target is source
+            probe = held_out if diagonal or train == "split" else whole
+            rows = splits[target.name][1] if diagonal or train == "split" else None
+            protocol = "held_out" if diagonal or train == "split" else "all"
+            n_train = len(splits[source.name][0]) if probe is held_out else len(source)
+            records.append({"train": source.name, "test": target.name, "layer": layer, "method": method,
+                            "protocol": protocol, "n_train": n_train,
+                            "n_test": len(target) if rows is None else len(rows),
+                            **_score(probe, target, rows)})  # fmt: skip
+    meta = {"layers": layers, "methods": methods, "train": train, "datasets": {d.name: len(d) for d in sets},
+            "test_fraction": test_fraction, "seed": seed, "model_id": sets[0].model_id,
+            "best_layer": _best_transfer_layer(records, methods[0])}  # fmt: skip
     return ResultTable("transfer", records, meta)
+
+
+def _best_transfer_layer(records: list[dict[str, Any]], method: str) -> int:
+    """The layer whose probes (of ``method``) transfer best: highest mean AUROC off the diagonal."""
+    rows = [r for r in records if r["method"] == method]
+    off = [r for r in rows if r["train"] != r["test"]] or rows
+    by_layer: dict[int, list[float]] = {}
+    for r in off:
+        by_layer.setdefault(r["layer"], []).append(r["auroc"])
+    return max(by_layer, key=lambda layer: sum(by_layer[layer]) / len(by_layer[layer]))

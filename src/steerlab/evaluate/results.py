@@ -67,8 +67,11 @@ KINDS: dict[str, ResultKind] = {
         ),
         ResultKind(
             "transfer",
-            "Accuracy of a probe trained on one data set (rows) on the held-out split of another (columns).",
-            (("Probe transfer", "transfer_heatmap"),),
+            "AUROC and accuracy of a probe trained on one data set (rows) and tested on another (columns): protocol "
+            "'all' trains on all of the row's set and tests on all of the column's; 'held_out' (the diagonal, or "
+            "train='split') trains on a train split and tests on the held-out split. AUROC is threshold-free: a "
+            "direction that transfers while its threshold does not keeps a high AUROC at chance accuracy.",
+            (("Probe transfer", "transfer_heatmap"), ("Transfer by layer", "transfer_by_layer")),
         ),
         ResultKind(
             "breakdown",
