@@ -1,37 +1,28 @@
 """Reproduce the refusal-direction recipe (Arditi et al. 2024) on the embedded model; write docs/refusal-direction.md.
 
-    .venv/bin/python scripts/refusal_direction.py          # ~5 minutes on 2 CPU cores
+    .venv/bin/python scripts/refusal_direction.py          # ~10 minutes on 2 CPU threads
 
-Recipe: the direction at each layer is the mean of the harmful minus the mean of the harmless training
-instructions, read at the last prompt token with the chat template applied. The layer is chosen on the
-validation split. Measured on held-out validation prompts: refusal rate of harmless prompts with the
-direction added at that layer, and of harmful prompts with the direction ablated everywhere, against the
-unsteered model, by two judges (refusal phrases; a sentence-embedding classifier).
+A thin caller of :func:`steerlab.recipes.refusal_direction` (the same as ``steerlab refusal-direction`` with the
+shipped splits): direction per layer from the training splits, layer chosen on validation, then measured on all
+validation prompts beside a same-norm random direction, by two judges.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import random
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from steerlab import ContrastPair, directional_ablation, extract_vector, generate, load_model, record, steer
-from steerlab.engines import apply_chat
-from steerlab.evaluate import RefusalClassifier, phrase_refusal
+from steerlab import load_model
+from steerlab.datasets import load_instructions
+from steerlab.evaluate import RefusalClassifier
+from steerlab.recipes import refusal_direction
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ROOT / "datasets" / "refusal-direction" / "splits"
-CANDIDATES = list(range(2, 27, 2))
-N_HARMLESS_VAL = 100
-
-
-def instructions(name: str) -> list[str]:
-    return [row["instruction"] for row in json.loads((SPLITS / f"{name}.json").read_text())]
+N_HARMLESS_VAL = 100  # of the 2,000 harmless validation instructions (the first, as the file orders them)
 
 
 def main() -> None:
@@ -39,129 +30,44 @@ def main() -> None:
     start = time.perf_counter()
     model, tokenizer = load_model()
     judge = RefusalClassifier.train(ROOT / "datasets/caa/generate/refusal/generate_dataset.json")
-    rng = random.Random(0)
-    harmful_train = instructions("harmful_train")
-    harmless_train = rng.sample(instructions("harmless_train"), len(harmful_train))
-    harmful_val = instructions("harmful_val")
-    harmless_val = rng.sample(instructions("harmless_val"), N_HARMLESS_VAL)
-
-    pairs = [ContrastPair(h, s) for h, s in zip(harmful_train, harmless_train, strict=True)]
-    vec = extract_vector(
-        model, tokenizer, pairs, layers=range(model.config.num_hidden_layers), chat=True, batch_size=32
-    )
-
-    # How well each layer's direction separates held-out harmful from harmless prompts (midpoint threshold).
-    val_acts = record(
-        model,
-        tokenizer,
-        [apply_chat(tokenizer, t) for t in harmful_val + harmless_val[:39]],
-        layers=CANDIDATES,
-        batch_size=32,
-    )
-    separation = {}
-    for layer in CANDIDATES:
-        d = vec.directions[layer]
-        proj = val_acts.values[layer] @ d
-        truth = torch.tensor([1] * len(harmful_val) + [0] * 39, dtype=torch.bool)
-        separation[layer] = float(((proj > proj.median()) == truth).float().mean())
-
-    def run(prompts, interventions=None, tokens=48):
-        if interventions is None:
-            outs = generate(model, tokenizer, prompts, max_new_tokens=tokens, batch_size=16)
-        else:
-            with steer(model, interventions):
-                outs = generate(model, tokenizer, prompts, max_new_tokens=tokens, batch_size=16)
-        texts = [tokenizer.decode(g, skip_special_tokens=True).strip() for _, g in outs]
-        probs = judge.probabilities(texts)
-        return {
-            "texts": texts,
-            "phrase": statistics.mean(map(phrase_refusal, texts)),
-            "clf": statistics.mean(p >= 0.5 for p in probs),
-            "p": statistics.mean(probs),
-            "n": len(texts),
-        }
-
-    from steerlab import Intervention
-
-    select_harmless, select_harmful = harmless_val[:24], harmful_val
-    base_select = run(select_harmless, tokens=16)["p"], run(select_harmful, tokens=16)["p"]
-    selection = {}
-    for layer in CANDIDATES:
-        induced = run(select_harmless, [Intervention(vec, 1.0, layers=[layer], scale="absolute")], tokens=16)["p"]
-        bypassed = run(select_harmful, directional_ablation(model, vec, source=layer), tokens=16)["p"]
-        selection[layer] = (induced, bypassed, (induced - base_select[0]) + (base_select[1] - bypassed))
-    chosen = max(CANDIDATES, key=lambda layer: (selection[layer][2], separation[layer]))
-
-    rows = [
-        ("harmless", "unsteered", run(harmless_val)),
-        (
-            "harmless",
-            f"add at layer {chosen} (alpha 1: the difference of means)",
-            run(harmless_val, [Intervention(vec, 1.0, layers=[chosen], scale="absolute")]),
-        ),
-        (
-            "harmless",
-            f"add at layer {chosen} (alpha 0.3 of the residual norm)",
-            run(harmless_val, [Intervention(vec, 0.3, layers=[chosen], scale="relative")]),
-        ),
-        ("harmful", "unsteered", run(harmful_val)),
-        (
-            "harmful",
-            f"ablate layer {chosen}'s direction everywhere",
-            run(harmful_val, directional_ablation(model, vec, source=chosen)),
-        ),
-    ]
+    data = {name: load_instructions(SPLITS / f"{name}.json") for name in ("harmful_train", "harmless_train",
+                                                                             "harmful_val")}  # fmt: skip
+    data["harmless_val"] = load_instructions(SPLITS / "harmless_val.json", limit=N_HARMLESS_VAL)
+    result = refusal_direction(model, tokenizer, **data, judge=judge)
+    meta = result.table.meta
     minutes = (time.perf_counter() - start) / 60
-
     lines = [
         "# The refusal direction on SmolLM2-135M-Instruct",
         "",
         "Generated by `scripts/refusal_direction.py` (regenerate: `.venv/bin/python scripts/refusal_direction.py`, "
-        f"{minutes:.0f} minutes on {torch.get_num_threads()} CPU threads). Data: `datasets/refusal-direction` "
-        f"(train/val splits only): {len(harmful_train)} harmful and {len(harmless_train)} harmless training "
-        f"instructions (harmless sampled with seed 0), {len(harmful_val)} harmful and {N_HARMLESS_VAL} harmless "
-        "validation instructions.",
+        f"{minutes:.0f} minutes on {torch.get_num_threads()} CPU threads), a thin caller of "
+        "`steerlab.recipes.refusal_direction` (CLI: `steerlab refusal-direction`). Data: `datasets/refusal-direction` "
+        f"(train/val splits only): {meta['n_train_pairs']} harmful and {meta['n_train_pairs']} harmless training "
+        f"instructions (harmless sampled with seed {meta['seed']}), {meta['n_harmful_val']} harmful and "
+        f"{meta['n_harmless_val']} harmless validation instructions.",
         "",
         "Recipe (Arditi et al. 2024): direction = mean(harmful) - mean(harmless) of the residual stream at the "
         "last prompt token (chat template applied, after `<|im_start|>assistant\\n`), one per layer. Adding "
-        "uses the chosen layer's block output; ablation removes the direction from every write to the residual "
-        "stream (`directional_ablation`, equal to weight orthogonalisation). Greedy decoding, 48 new tokens.",
+        "uses the chosen layer's block output at strength 1 (absolute: the difference of means itself); ablation "
+        "removes the direction from every write to the residual stream (`directional_ablation`, equal to weight "
+        f"orthogonalisation). Greedy decoding, {meta['max_new_tokens']} new tokens. Control: a random direction of "
+        "the same norm at the chosen layer, added and ablated the same way ('random' rows).",
         "",
-        f"Judges: **phrases**: the standard refusal-phrase list (`steerlab.evaluate.judges.REFUSAL_PHRASES`); "
+        "Judges: **phrases**: the standard refusal-phrase list (`steerlab.evaluate.judges.REFUSAL_PHRASES`); "
         f"**classifier**: all-MiniLM-L6-v2 embeddings + logistic regression trained on the {judge.n_train} "
         f"refusing/complying answers of the CAA refusal set (held-out accuracy {judge.held_out_accuracy:.3f}), "
         "refusal if P >= 0.5.",
         "",
-        f"## Result at the chosen layer ({chosen})",
+        result.markdown(),
         "",
-        "| prompts | intervention | n | refusal (phrases) | refusal (classifier) | mean P(refusal) |",
-        "|---|---|---:|---:|---:|---:|",
+        "## Examples (harmless prompts)",
+        "",
     ]
-    for kind, what, r in rows:
-        lines.append(f"| {kind} | {what} | {r['n']} | {r['phrase']:.1%} | {r['clf']:.1%} | {r['p']:.3f} |")
-    lines += [
-        "",
-        "## Layer selection (validation)",
-        "",
-        f"Score = rise of mean P(refusal) on {len(select_harmless)} harmless prompts when adding (alpha 1) + its "
-        f"fall on the {len(select_harmful)} harmful prompts when ablating, 16 new tokens; ties broken by how well "
-        "the direction's projection separates held-out harmful from harmless prompts (accuracy at the median). "
-        f"Unsteered mean P(refusal): harmless {base_select[0]:.3f}, harmful {base_select[1]:.3f}.",
-        "",
-        "| layer | |direction| | separation | P(refusal) harmless + add | P(refusal) harmful, ablated | score |",
-        "|---:|---:|---:|---:|---:|---:|",
-    ]
-    for layer in CANDIDATES:
-        induced, bypassed, score = selection[layer]
-        lines.append(
-            f"| {layer} | {float(vec.directions[layer].norm()):.1f} | {separation[layer]:.2f} | "
-            f"{induced:.3f} | {bypassed:.3f} | {score:+.3f} |"
-        )
-    lines += ["", "## Examples (harmless prompts)", ""]
-    for i in range(3):
-        lines.append(f"- **{harmless_val[i]}**")
-        for _, what, r in rows[:3]:
-            lines.append(f"  - *{what}*: {r['texts'][i][:160]!r}")
+    labels = [label for label in result.examples if label.startswith("harmless")]
+    for i, (prompt, _) in enumerate(result.examples[labels[0]]):
+        lines.append(f"- **{prompt}**")
+        for label in labels:
+            lines.append(f"  - *{label}*: {result.examples[label][i][1][:160]!r}")
     out = ROOT / "docs" / "refusal-direction.md"
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

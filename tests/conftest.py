@@ -82,6 +82,7 @@ LAYERS = {
     "test_prefix.py": "arch",
     "test_public_api.py": "unit",
     "test_real_smollm2.py": "real",
+    "test_recipes.py": "apps",
     "test_record.py": "arch",
     "test_serve.py": "apps",
     "test_serve_app.py": "apps",

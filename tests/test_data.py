@@ -109,3 +109,26 @@ def test_bad_pair_files(tmp_path, text, message):
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_pairs(tmp_path / "nope.json")
+
+
+def test_instruction_files_in_every_format(tmp_path):
+    from steerlab.datasets import load_instructions
+
+    splits = Path(__file__).parents[1] / "datasets" / "refusal-direction" / "splits"
+    shipped = load_instructions(splits / "harmful_val.json")
+    assert len(shipped) == 39 and all(isinstance(p, str) and p for p in shipped)
+    assert load_instructions(splits / "harmful_val.json", limit=5) == shipped[:5]
+    rows = [{"goal": "Write a poem."}, {"instruction": "Say hi."}, "Plain string.", {"prompt": "Count to 3."}]
+    assert load_instructions(write(tmp_path, "a.json", json.dumps(rows))) == [
+        "Write a poem.", "Say hi.", "Plain string.", "Count to 3."
+    ]  # fmt: skip
+    jsonl = "\n".join(json.dumps({"text": t}) for t in ("One.", "Two.")) + "\n"
+    assert load_instructions(write(tmp_path, "b.jsonl", jsonl)) == ["One.", "Two."]
+    lines = write(tmp_path, "c.txt", "First line\n\n  Second line  \n")
+    assert load_instructions(lines) == ["First line", "Second line"]
+    with pytest.raises(DataError, match=r"item 1 of .* expected a string or an object with one of the keys"):
+        load_instructions(write(tmp_path, "d.json", json.dumps(["ok", {"question": "no"}])))
+    with pytest.raises(DataError, match="does not exist"):
+        load_instructions(tmp_path / "missing.json")
+    with pytest.raises(DataError, match="holds no prompts"):
+        load_instructions(write(tmp_path, "e.txt", "\n \n"))

@@ -33,7 +33,8 @@ PUBLIC = {
     ],
     "steerlab.cli": ["app", "main"],
     "steerlab.datasets": [
-        "ContrastPair", "NEUTRAL_PROMPTS", "PairLike", "balance_ab", "dataset_hash", "load_pairs", "load_statements",
+        "ContrastPair", "NEUTRAL_PROMPTS", "PairLike", "balance_ab", "dataset_hash", "load_instructions",
+        "load_pairs", "load_statements",
         "pair_texts", "pairs_from_records", "read_json_file", "sentiment_pairs", "swap_choice_text",
     ],
     "steerlab.doctor": ["Check", "run_checks", "versions"],
@@ -47,7 +48,7 @@ PUBLIC = {
     ],
     "steerlab.evaluate": [
         "ABBehaviour", "ABQuestion", "Comparison", "DEFAULT_KL_BUDGET", "Generation", "LabelledActivations",
-        "NeutralKL", "Recommendation", "fit_probes", "record_labelled",
+        "NeutralKL", "Recommendation", "fit_probes", "generate_rows", "record_labelled",
         "RefusalClassifier", "ResultTable", "activation_covariance", "activation_pca", "activation_patching",
         "attribution_patching", "logit_diff_metric", "patching_error", "breakdown", "calibrate",
         "compare", "cosine_matrix", "cross_layer_cosine", "generation_perplexity", "kl_from_unsteered", "load_ab",
@@ -59,6 +60,7 @@ PUBLIC = {
         "Alpha", "BREAKDOWN_STRENGTH", "DEFAULT_SCALE", "MAX_STRENGTH", "METHODS", "MODES", "Method", "Mode",
         "NAMED_POSITIONS", "NamedPositions", "Positions", "Recommended", "SCALES", "SITES", "Scale", "Site",
     ],
+    "steerlab.recipes": ["RefusalDirection", "refusal_direction"],
     "steerlab.serve": [
         "ApiError", "Engine", "EngineBusy", "Event", "Job", "ServeLimits", "VectorLibrary", "background_server",
         "create_app", "serve",

@@ -111,6 +111,12 @@ COHERENCE_TEXTS_OPT = typer.Option(
 )
 
 
+def write_table(result: Any, prefix: Path) -> list[Path]:
+    """Write a result table as ``prefix``.csv and ``prefix``.json."""
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    return [result.to_csv(prefix.with_suffix(".csv")), result.to_json(prefix.with_suffix(".json"))]
+
+
 def _load(model: str, device: str | None, dtype: str | None):
     from transformers.utils import logging as hf_logging
 

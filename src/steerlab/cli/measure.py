@@ -25,6 +25,7 @@ from steerlab.cli._common import (
     parse_ints,
     read_lines,
     user_errors,
+    write_table,
 )
 from steerlab.errors import SteerlabError
 from steerlab.evaluate.breakdown_point import DEFAULT_BREAKDOWN_ALPHAS
@@ -60,12 +61,6 @@ RANDOM_SEEDS_OPT = typer.Option(
     help="How many same-norm random directions (seeds 0..N-1) to sweep as the baseline; each costs as much as "
     "the vector.",
 )
-
-
-def _write(result: Any, prefix: Path) -> list[Path]:
-    """Write ``prefix``.csv and ``prefix``.json."""
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    return [result.to_csv(prefix.with_suffix(".csv")), result.to_json(prefix.with_suffix(".json"))]
 
 
 def _run_sweep(
@@ -136,7 +131,7 @@ def sweep_command(
         vector, questions, limit, layers, alphas, modes, scale, random_seeds, coherence_texts, model, device, dtype
     )
     _print_sweep(result)
-    err.print("wrote " + ", ".join(str(p) for p in _write(result, out_prefix)))
+    err.print("wrote " + ", ".join(str(p) for p in write_table(result, out_prefix)))
 
 
 @app.command("calibrate")
@@ -188,7 +183,7 @@ def calibrate_command(
             device,
             dtype,
         )
-        written = _write(result, out_path.with_name(out_path.stem + "-sweep"))
+        written = write_table(result, out_path.with_name(out_path.stem + "-sweep"))
         err.print("wrote " + ", ".join(str(p) for p in written))
     rec = calibrate(result, kl_budget=budget, goal=goal, split_seed=split_seed)
     out.print(rec.summary())
@@ -233,7 +228,7 @@ def probe_command(
     recorded = record_labelled(lm, tokenizer, sets, layers=layer_list)
     first = next(iter(sets))
     run = fit_probes(recorded[first], test_fraction=test_fraction, seed=seed)
-    written = _write(run.table, out_prefix)
+    written = write_table(run.table, out_prefix)
     for r in run.table.records:
         out.print(f"{first} layer {r['layer']:>2} {r['method']:<9} held-out accuracy {r['test_accuracy']:.3f} "
                   f"AUROC {r['test_auroc']:.3f}")  # fmt: skip
@@ -242,7 +237,7 @@ def probe_command(
     if len(sets) > 1:
         table = transfer_matrix(recorded, methods=[best.method], train=transfer_train,
                                 test_fraction=test_fraction, seed=seed)  # fmt: skip
-        written += _write(table, out_prefix.with_name(out_prefix.name + "-transfer"))
+        written += write_table(table, out_prefix.with_name(out_prefix.name + "-transfer"))
         for r in table.where(layer=best.layer):
             out.print(f"layer {best.layer}: train {r['train']} -> test {r['test']} ({r['protocol']}): accuracy "
                       f"{r['accuracy']:.3f}, AUROC {r['auroc']:.3f}")  # fmt: skip
@@ -284,7 +279,7 @@ def pca_command(
     pca = activation_pca(lm, tokenizer, items, layer=layer, n_components=components, labels=labels)
     for i, share in enumerate(pca.explained):
         out.print(f"layer {layer} axis {i}: {share:.1%} of the variance")
-    written = _write(pca.table(), out_prefix)
+    written = write_table(pca.table(), out_prefix)
     if save_vector is not None:
         pca.vector(component).save(save_vector)
         written.append(save_vector)
@@ -317,7 +312,7 @@ def breakdown_command(
     for layer, value in table.meta["collapse"].items():
         shown = "not reached" if value is None else f"{value:g} x the residual norm"
         out.print(f"layer {layer}: coherence collapses at {shown}")
-    err.print("wrote " + ", ".join(str(p) for p in _write(table, out_prefix)))
+    err.print("wrote " + ", ".join(str(p) for p in write_table(table, out_prefix)))
 
 
 @app.command("report")

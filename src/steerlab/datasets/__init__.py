@@ -1,6 +1,7 @@
-"""Data sets: contrast pairs (plain, CAA A/B, two lists) and labelled statements, and the texts shipped with
-steerlab (``builtin/``: 32 sentiment pairs, neutral texts). Every file-format rule lives here. Pairs given in
-memory may also come in the shapes of other libraries (:data:`PairLike`: tuples, dicts, repeng's ``DatasetEntry``).
+"""Data sets: contrast pairs (plain, CAA A/B, two lists), labelled statements, plain prompt lists, and the texts
+shipped with steerlab (``builtin/``: 32 sentiment pairs, neutral texts). Every file-format rule lives here.
+Pairs given in memory may also come in the shapes of other libraries (:data:`PairLike`: tuples, dicts, repeng's
+``DatasetEntry``).
 
 Example:
     >>> from steerlab.datasets import balance_ab, load_pairs
@@ -8,6 +9,7 @@ Example:
 """
 
 from steerlab._pairs import ContrastPair, PairLike, dataset_hash, pair_texts
+from steerlab.datasets.instructions import load_instructions
 from steerlab.datasets.pairs import (
     NEUTRAL_PROMPTS,
     balance_ab,
@@ -25,6 +27,7 @@ __all__ = [
     "PairLike",
     "balance_ab",
     "dataset_hash",
+    "load_instructions",
     "load_pairs",
     "load_statements",
     "pair_texts",

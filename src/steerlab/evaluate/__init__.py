@@ -13,7 +13,7 @@ Example:
 
 from steerlab._replay import logits_over_alphas
 from steerlab.evaluate.breakdown_point import breakdown
-from steerlab.evaluate.comparison import Comparison, Generation, compare
+from steerlab.evaluate.comparison import Comparison, Generation, compare, generate_rows
 from steerlab.evaluate.judges import RefusalClassifier, phrase_refusal
 from steerlab.evaluate.metrics import (
     ABBehaviour,
@@ -63,6 +63,7 @@ __all__ = [
     "cosine_matrix",
     "cross_layer_cosine",
     "fit_probes",
+    "generate_rows",
     "generation_perplexity",
     "kl_from_unsteered",
     "load_ab",

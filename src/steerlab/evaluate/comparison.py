@@ -21,7 +21,7 @@ from steerlab.engines.transformers import generate, generated_nll
 from steerlab.errors import SteeringError
 from steerlab.types import DEFAULT_SCALE, Mode, Positions, Scale, Site
 
-__all__ = ["DEFAULT_COMPARE_ALPHAS", "Comparison", "Generation", "compare"]
+__all__ = ["DEFAULT_COMPARE_ALPHAS", "Comparison", "Generation", "compare", "generate_rows"]
 
 
 @dataclass
@@ -55,6 +55,34 @@ class Comparison:
 DEFAULT_COMPARE_ALPHAS: tuple[float, ...] = (-0.15, 0.0, 0.15)
 """Strengths :func:`compare` and ``steerlab generate`` show by default: both ways and unsteered, as fractions of the
 residual norm (the default scale), within the range that keeps SmolLM2's text coherent."""
+
+
+def generate_rows(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    rows: Sequence[Intervention | Sequence[Intervention] | None],
+    *,
+    batch_size: int = 32,
+    **options: Any,
+) -> list[tuple[list[int], list[int]]]:
+    """Generate ``prompts[i]`` under its own ``rows[i]`` (``None``: unsteered), in shared batches of
+    ``batch_size`` rows (:func:`steerlab.steer_rows`: each row equals itself generated alone); ``options`` are
+    :func:`steerlab.generate`'s. Returns the (prompt tokens, generated tokens) of each row.
+
+    Example:
+        >>> add, control = Intervention(vec, 1.0, scale="absolute"), Intervention(random, 1.0, scale="absolute")
+        >>> outs = generate_rows(model, tok, prompts * 3, [None] * n + [add] * n + [control] * n)
+    """
+    if len(prompts) != len(rows):
+        raise SteeringError(f"generate_rows needs one entry of rows per prompt; got {len(prompts)} prompts and "
+                            f"{len(rows)} rows.")  # fmt: skip
+    outputs: list[tuple[list[int], list[int]]] = []
+    for start in range(0, len(prompts), batch_size):
+        steps, chunk = rows[start : start + batch_size], list(prompts[start : start + batch_size])
+        with steer_rows(model, steps) if any(step is not None for step in steps) else nullcontext():
+            outputs += generate(model, tokenizer, chunk, batch_size=len(chunk), **options)
+    return outputs
 
 
 def compare(
@@ -116,11 +144,10 @@ def compare(
             with steer(model, step) if step is not None else nullcontext():
                 outputs += generate(model, tokenizer, prompts, batch_size=batch_size, **options)
     else:
-        for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start : start + batch_size]
-            row_steps = [acting[j] for j, _ in chunk]
-            with steer_rows(model, row_steps) if any(row_steps) else nullcontext():
-                outputs += generate(model, tokenizer, [prompts[i] for _, i in chunk], batch_size=len(chunk), **options)
+        outputs = generate_rows(
+            model, tokenizer, [prompts[i] for _, i in jobs], [acting[j] for j, _ in jobs], batch_size=batch_size,
+            **options,
+        )  # fmt: skip
     nlls = generated_nll(model, outputs, batch_size=batch_size)  # under the unsteered model: no hooks here
     rows = [Comparison(p) for p in prompts]
     for (j, i), (_, gen), nll in zip(jobs, outputs, nlls, strict=True):

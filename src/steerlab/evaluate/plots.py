@@ -31,6 +31,7 @@ __all__ = [
     "pca_scatter",
     "probe_accuracy",
     "sweep_heatmaps",
+    "refusal_recipe",
     "transfer_by_layer",
     "transfer_heatmap",
 ]
@@ -183,6 +184,35 @@ def transfer_by_layer(table: ResultTable) -> Figure:
     ax.set_ylabel("mean AUROC")
     ax.set_title("probe transfer by layer")
     ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def refusal_recipe(table: ResultTable) -> Figure:
+    """Left: the layer selection (score and separation per candidate layer, the chosen one marked). Right: mean
+    P(refusal) unsteered, with the direction and with the same-norm random direction, per prompt set."""
+    _need(table, "refusal")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    rows = table.where(stage="selection")
+    layers = [r["layer"] for r in rows]
+    left.plot(layers, [r["score"] for r in rows], marker="o", label="score (validation)")
+    left.plot(layers, [r["separation"] for r in rows], marker="s", ls=":", label="separation")
+    left.axvline(table.meta.get("chosen_layer", layers[0]), c="C3", lw=1, ls="--", label="chosen")
+    left.axhline(0, c="k", lw=0.5)
+    left.set_xlabel("layer")
+    left.set_title("layer selection")
+    left.legend()
+    evaluation = table.where(stage="evaluation")
+    groups = list(dict.fromkeys(r["prompts"] for r in evaluation))
+    for k, (direction, colour) in enumerate(((None, "0.4"), ("vector", "C0"), ("random", "0.75"))):
+        values = [next((r["p_refusal"] for r in evaluation if r["prompts"] == g and r["direction"] == direction),
+                       np.nan) for g in groups]  # fmt: skip
+        right.bar(np.arange(len(groups)) + (k - 1) * 0.27, values, 0.27, color=colour,
+                  label=direction or "unsteered")  # fmt: skip
+    right.set_xticks(range(len(groups)), [f"{g} ({'add' if g == 'harmless' else 'ablate'})" for g in groups])
+    right.set_ylabel("mean P(refusal)")
+    right.set_title(f"at layer {table.meta.get('chosen_layer')}")
+    right.legend()
     fig.tight_layout()
     return fig
 

@@ -74,6 +74,15 @@ KINDS: dict[str, ResultKind] = {
             (("Probe transfer", "transfer_heatmap"), ("Transfer by layer", "transfer_by_layer")),
         ),
         ResultKind(
+            "refusal",
+            "The refusal-direction recipe (Arditi et al.): stage 'selection' scores each candidate layer on "
+            "validation prompts (rise of mean P(refusal) on harmless prompts with the difference of means added + "
+            "its fall on harmful prompts with the direction ablated everywhere); stage 'evaluation' measures the "
+            "chosen layer on all validation prompts, beside a random direction of the same norm (the control); "
+            "change = P(refusal) minus the unsteered one.",
+            (("Refusal direction", "refusal_recipe"),),
+        ),
+        ResultKind(
             "breakdown",
             "As the added vector grows (in units of the layer's natural residual norm), how the residual norms, "
             "next-token entropy, KL from unsteered and the perplexity of generations change; collapse = first "

@@ -1,0 +1,43 @@
+"""The recipes from the command line, small, on the real SmolLM2: every output written, the random control beside
+the direction, the chosen layer the best-scoring one."""
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from steerlab import SteeringVector
+from steerlab.cli import app
+from steerlab.evaluate import ResultTable, write_report
+
+ROOT = Path(__file__).parents[1] / "datasets"
+runner = CliRunner()
+
+
+def test_refusal_direction_command_writes_the_vector_results_and_control(smol, tmp_path):  # smol: a warm cache
+    splits = ROOT / "refusal-direction" / "splits"
+    files = [f"--{name.replace('_', '-')}={splits / name}.json" for name in
+             ("harmful_train", "harmless_train", "harmful_val", "harmless_val")]  # fmt: skip
+    result = runner.invoke(app, ["refusal-direction", *files, "--judge-data",
+                                 str(ROOT / "caa/generate/refusal/generate_dataset.json"), "--limit", "10",
+                                 "--layers", "10,20", "--select-prompts", "4", "--max-new-tokens", "8",
+                                 "--out", str(tmp_path / "refusal")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    table = ResultTable.load(tmp_path / "refusal.json")
+    selection = table.where(stage="selection")
+    assert [r["layer"] for r in selection] == [10, 20]
+    best = max(selection, key=lambda r: (r["score"], r["separation"]))
+    assert table.meta["chosen_layer"] == best["layer"] and [r["chosen"] for r in selection].count(True) == 1
+    evaluation = table.where(stage="evaluation")
+    assert [(r["prompts"], r["intervention"], r["direction"]) for r in evaluation] == [
+        ("harmless", "unsteered", None), ("harmless", "add", "vector"), ("harmless", "add", "random"),
+        ("harmful", "unsteered", None), ("harmful", "ablate", "vector"), ("harmful", "ablate", "random"),
+    ]  # fmt: skip
+    assert all(r["n"] == 10 and 0 <= r["p_refusal"] <= 1 for r in evaluation)
+    assert all(abs(r["change"] - (r["p_refusal"] - evaluation[3 * (i // 3)]["p_refusal"])) < 1e-12
+               for i, r in enumerate(evaluation) if r["direction"])  # fmt: skip
+    vec = SteeringVector.load(tmp_path / "refusal.safetensors")
+    assert vec.layers == [best["layer"]] and vec.model_id == "smollm2-135m"
+    assert "## Result at the chosen layer" in (tmp_path / "refusal.md").read_text()
+    assert "| harmful | ablate | random |" in result.stdout
+    page = write_report([table], tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 1
