@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from steerlab._interventions import Alpha, is_identity
+from steerlab._progress import track
 from steerlab._replay import UnsteeredPass
 from steerlab._steer import Intervention, Scale, checked_layers
 from steerlab._vector import SteeringVector
@@ -177,6 +178,8 @@ def sweep(
         coherence: a :class:`~steerlab.evaluate.metrics.NeutralKL`, or texts for one (default: the neutral set).
         random_seeds: seeds of the random directions (:meth:`SteeringVector.random_like`; default
             :data:`DEFAULT_RANDOM_SEEDS`, eight).
+        progress: report progress on stderr (a bar on a terminal, a plain line every 10 s otherwise); ``None``
+            reports when there are more than 4 cells (mode, layer, direction).
 
     Returns a ``ResultTable(kind="sweep")`` with one record per cell and direction: ``mode, layer, alpha, scale,
     direction`` (``vector`` or ``random``), ``seed`` (the random direction's; ``None`` for the vector), the
@@ -192,8 +195,6 @@ def sweep(
         >>> result = sweep(model, tokenizer, vec, questions, layers=[8, 12], alphas=[-0.2, 0, 0.2])
         >>> print(calibrate(result).summary())
     """
-    from rich.progress import track
-
     vector.check_fits(model)
     if not isinstance(behaviour, ABBehaviour) and not hasattr(behaviour, "score"):
         behaviour = ABBehaviour(tokenizer, list(behaviour))
@@ -237,7 +238,7 @@ def sweep(
     records = []
     with warnings.catch_warnings():  # a sweep measures what strong pushes cost: no StrengthWarning per cell
         warnings.simplefilter("ignore", StrengthWarning)
-        for mode, layer, seed in track(cells, description="sweeping", disable=not show, transient=True):
+        for mode, layer, seed in track(cells, "sweeping", show=show):
             template = Intervention(directions[seed], mode=mode, layers=[layer], scale=scale)
             moving = [a for a in alphas if not is_identity(mode, a)]
             scores = measure(behaviour, template, moving, per_question=True) if moving else {}

@@ -1,0 +1,62 @@
+"""Progress reporting: plain lines off a terminal (paced by a fake clock), a bar on one, nothing when off."""
+
+import io
+
+from steerlab._progress import is_terminal, plain_line, track
+
+
+class FakeClock:
+    """Returns the given times one per call (the first is the start)."""
+
+    def __init__(self, *times: float):
+        self.times = list(times)
+
+    def __call__(self) -> float:
+        return self.times.pop(0)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_plain_lines_are_paced_and_the_last_always_comes():
+    stream = io.StringIO()
+    # start at 0; items finish at 3, 11, 14, 25, 26 s: lines after 11 (>= 10 s since the start), 25 (>= 10 s since
+    # 11) and the last item, whatever the gap.
+    clock = FakeClock(0.0, 3.0, 11.0, 14.0, 25.0, 26.0)
+    seen = list(track(list("abcde"), "sweeping", show=True, stream=stream, every=10.0, clock=clock))
+    assert seen == list("abcde")
+    assert stream.getvalue().splitlines() == [
+        "sweeping: 2/5 (40%), 11 s elapsed, ~16 s left",
+        "sweeping: 4/5 (80%), 25 s elapsed, ~6 s left",
+        "sweeping: 5/5 (100%), 26 s elapsed",
+    ]
+    assert plain_line("sweeping", 12, 40, 95.2) == "sweeping: 12/40 (30%), 95 s elapsed, ~222 s left"
+
+
+def test_nothing_is_written_when_off_or_for_no_items():
+    stream = io.StringIO()
+    assert list(track([1, 2, 3], "recording", show=False, stream=stream, every=0.0)) == [1, 2, 3]
+    assert list(track([], "recording", show=True, stream=stream, every=0.0)) == []
+    assert stream.getvalue() == ""
+
+
+def test_a_terminal_gets_a_bar_and_anything_else_lines():
+    assert is_terminal(Terminal()) and not is_terminal(io.StringIO())
+
+    class Closed(io.StringIO):
+        def isatty(self) -> bool:
+            raise ValueError("I/O operation on closed file")
+
+    assert not is_terminal(Closed()) and not is_terminal(object())  # type: ignore[arg-type]
+    terminal = Terminal()
+    assert list(track([1, 2], "recording", show=True, stream=terminal, every=0.0)) == [1, 2]
+    # rich drew (and, being transient, erased) a bar with control codes, not a plain line.
+    assert "\x1b[" in terminal.getvalue() and "recording: 2/2" not in terminal.getvalue()
+
+
+def test_lines_go_to_stderr_by_default(capsys):
+    list(track([1], "probing", show=True, every=0.0))
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("probing: 1/1 (100%), ")
