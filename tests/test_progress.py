@@ -1,8 +1,16 @@
-"""Progress reporting: plain lines off a terminal (paced by a fake clock), a bar on one, nothing when off."""
+"""Long runs: progress (plain lines off a terminal, paced by a fake clock; a bar on one; nothing when off) and the
+partial results file a run resumes from."""
 
 import io
+import json
+import math
+
+import pytest
+import torch
 
 from steerlab._progress import is_terminal, plain_line, track
+from steerlab.errors import SteeringError
+from steerlab.evaluate._partial import PartialResults, digest
 
 
 class FakeClock:
@@ -60,3 +68,37 @@ def test_lines_go_to_stderr_by_default(capsys):
     list(track([1], "probing", show=True, every=0.0))
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith("probing: 1/1 (100%), ")
+
+
+def test_a_partial_file_reads_back_its_cells_and_drops_a_cut_off_one(tmp_path):
+    path = tmp_path / "run.jsonl"
+    path.touch()  # an empty file is a new one: the header goes in
+    identity = {"layers": [1, 2], "vector": digest(torch.ones(3, dtype=torch.bfloat16))}
+    store = PartialResults(path, "sweep", identity)
+    assert store.done == {} and json.loads(path.read_text())["identity"] == identity
+    cells = {("add", 1, None): [{"alpha": -0.0, "x": 0.1 + 0.2, "q": [1e-300, None]}], ("add", 2, 0): [{"x": math.nan}]}
+    for cell, records in cells.items():
+        store.add(cell, records)
+    again = PartialResults(path, "sweep", identity)
+    assert list(again.done) == list(cells)  # keys are tuples again, in order
+    assert again.done[("add", 1, None)] == cells[("add", 1, None)]  # floats exactly (repr), -0.0 and None kept
+    assert math.copysign(1, again.done[("add", 1, None)][0]["alpha"]) == -1
+    assert math.isnan(again.done[("add", 2, 0)][0]["x"])
+
+    whole = path.read_text()
+    path.write_text(whole + '{"cell": ["add", 3')  # killed while appending
+    cut = PartialResults(path, "sweep", identity)
+    assert list(cut.done) == list(cells) and path.read_text() == whole
+    cut.add(("add", 3, None), [])
+    assert path.read_text().splitlines()[-1] == '{"cell": ["add", 3, null], "records": []}'
+
+    lines = whole.splitlines()
+    path.write_text("\n".join([lines[0], "garbage", lines[2]]) + "\n")
+    with pytest.raises(SteeringError, match=r"line 2 of the partial results file .* damaged line\)\. Delete the file"):
+        PartialResults(path, "sweep", identity)
+    differs = r"not from this sweep.*differs in layers \(file: \[1, 2\], this run: \[1\]\)"
+    with pytest.raises(SteeringError, match=differs):
+        PartialResults(path, "sweep", {**identity, "layers": [1]})
+    with pytest.raises(SteeringError, match="not from this breakdown.*a header for a 'sweep' run"):
+        PartialResults(path, "breakdown", identity)
+    assert digest(torch.ones(3)) != digest(torch.ones(3, dtype=torch.float64)) != digest(torch.ones(1, 3))
