@@ -101,4 +101,8 @@ def test_a_partial_file_reads_back_its_cells_and_drops_a_cut_off_one(tmp_path):
         PartialResults(path, "sweep", {**identity, "layers": [1]})
     with pytest.raises(SteeringError, match="not from this breakdown.*a header for a 'sweep' run"):
         PartialResults(path, "breakdown", identity)
+    path.write_bytes(b"\xff\xfe binary\n")  # e.g. a .safetensors given by mistake: refused, left as it is
+    with pytest.raises(SteeringError, match="not a steerlab partial results file"):
+        PartialResults(path, "sweep", identity)
+    assert path.read_bytes() == b"\xff\xfe binary\n"
     assert digest(torch.ones(3)) != digest(torch.ones(3, dtype=torch.float64)) != digest(torch.ones(1, 3))

@@ -77,7 +77,7 @@ class PartialResults:
         *complete, tail = data.split(b"\n")  # tail: "" after a final newline, else a line cut off mid-write
         try:
             header = json.loads(complete[0]) if complete else None
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, or not even text
             header = None
         if not isinstance(header, dict) or "steerlab_partial" not in header:
             raise self._refuse("a file that is not a steerlab partial results file (no header line)")
@@ -87,7 +87,7 @@ class PartialResults:
             try:
                 entry = json.loads(line)
                 self.done[tuple(entry["cell"])] = entry["records"]
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError):
                 raise SteeringError(
                     f"line {number} of the partial results file '{self.path}' is not a finished cell (expected "
                     '{"cell": [...], "records": [...]}, found a damaged line). Delete the file to start over.'
