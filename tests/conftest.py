@@ -80,6 +80,7 @@ LAYERS = {
     "test_patching.py": "arch",
     "test_patching.py::test_smollm2_ioi_attribution_error_is_reported": "real",
     "test_prefix.py": "arch",
+    "test_progress.py": "unit",
     "test_public_api.py": "unit",
     "test_real_smollm2.py": "real",
     "test_recipes.py": "apps",

@@ -383,6 +383,75 @@ def test_sweep_over_modes_keeps_identities(tiny, tokenizer):
         sweep(model, tokenizer, vec, QUESTIONS[:1], layers=[0], scale="absolute")
 
 
+def test_an_interrupted_sweep_resumes_from_its_partial_file_to_the_same_table(
+    tiny, tokenizer, tmp_path, monkeypatch, capsys
+):
+    model = tiny("llama")
+    vec = random_vector(model, layers=(1, 2), scale=4.0)
+    behaviour = ABBehaviour(tokenizer, QUESTIONS[:2])
+    texts = neutral_texts()[:2]
+
+    def run(partial=None, vector=vec, **options):
+        options = {"alphas": [-1.0, 0.0, 1.0], "random_seeds": (0, 1), "scale": "absolute", "coherence": texts,
+                   **options}  # fmt: skip
+        return sweep(model, tokenizer, vector, behaviour, partial=partial, **options)
+
+    scored = []
+    real_score = ABBehaviour.score
+    monkeypatch.setattr(ABBehaviour, "score", lambda self, logits: scored.append(1) or real_score(self, logits))
+    full = run()
+    assert len(scored) == 1 + 6 * 2  # the unsteered pass, then 6 cells (2 layers x 3 directions) x 2 moving alphas
+
+    # Written as it goes, one line per cell after the header; a finished file gives the same table again.
+    path = tmp_path / "runs" / "sweep.partial.jsonl"
+    first = run(path)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1 + 6 and json.loads(lines[0])["kind"] == "sweep"
+    assert first.records == full.records and first.meta == full.meta
+
+    # Killed while writing the third cell: the two whole cells are read back, the rest measured and appended.
+    path.write_text("\n".join(lines[:3]) + "\n" + lines[3][:40])
+    scored.clear()
+    resumed = run(path, progress=True)
+    assert len(scored) == 1 + 4 * 2  # the two cells read back were not measured again
+    assert resumed.records == full.records and resumed.meta == full.meta
+    assert [json.loads(line)["cell"] for line in path.read_text().splitlines()[1:]] == [
+        json.loads(line)["cell"] for line in lines[1:]
+    ]
+    err = capsys.readouterr().err
+    assert "sweeping: resuming from" in err and "2/6 cells done" in err and "sweeping: 4/4 (100%)" in err
+
+    # Interrupted by an error in the fifth coherence score (the third cell): resuming gives the same table.
+    other = tmp_path / "other.jsonl"
+    calls = []
+    real_kl = NeutralKL.score
+
+    def failing(self, logits):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("interrupted")
+        return real_kl(self, logits)
+
+    monkeypatch.setattr(NeutralKL, "score", failing)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run(other)
+    assert len(other.read_text().splitlines()) == 1 + 2
+    monkeypatch.setattr(NeutralKL, "score", real_kl)
+    assert run(other).records == full.records
+
+    # Another run's file is refused, naming what differs; so is a file that is not a partial results file.
+    with pytest.raises(SteeringError, match=r"not from this sweep.*differs in alphas.*Delete the file") as caught:
+        run(path, alphas=[0.0, 1.0])
+    assert "layers" not in str(caught.value)
+    with pytest.raises(SteeringError, match="differs in vector"):
+        run(path, vector=vec * 2.0)
+    with pytest.raises(SteeringError, match="differs in coherence_texts"):
+        run(path, coherence=neutral_texts()[2:4])
+    result_json = full.to_json(tmp_path / "sweep.json")
+    with pytest.raises(SteeringError, match="not a steerlab partial results file"):
+        run(result_json)
+
+
 def test_figures_and_report_for_every_kind(tmp_path, tiny, tokenizer):
     from steerlab.evaluate.plots import figures_for
     from steerlab.evaluate.report import write_report

@@ -52,12 +52,20 @@ def test_cli_sweep_calibrate_probe_breakdown_report(smol, refusal_vector, tmp_pa
     texts.write_text("\n".join(neutral_texts()[:3]) + "\n\n", encoding="utf-8")
     common = ["--vector", str(path), "--questions", str(questions), "--limit", "4", "--alphas", "0,0.1",
               "--random-seeds", "4", "--coherence-texts", str(texts)]  # fmt: skip
-    result = runner.invoke(app, ["sweep", *common, "--out", str(tmp_path / "sweep")])
+    partial = ["--partial", str(tmp_path / "sweep.partial.jsonl")]
+    result = runner.invoke(app, ["sweep", *common, *partial, "--out", str(tmp_path / "sweep")])
     assert result.exit_code == 0, result.output
     table = ResultTable.load(tmp_path / "sweep.json")
     assert table.kind == "sweep" and (tmp_path / "sweep.csv").is_file() and len(table.records) == 2 * 5
-    assert "95% interval" in result.stdout
+    assert "95% interval" in result.stdout and "sweeping: 5/5 (100%)" in result.stderr  # plain lines: no terminal
     assert table.meta["n_coherence_texts"] == 3, table.meta
+    assert len((tmp_path / "sweep.partial.jsonl").read_text().splitlines()) == 1 + 5  # the header, 5 cells
+    again = runner.invoke(app, ["sweep", *common, *partial, "--out", str(tmp_path / "again")])
+    assert again.exit_code == 0 and "resuming from" in again.stderr and "5/5 cells done" in again.stderr
+    assert ResultTable.load(tmp_path / "again.json").records == table.records
+    changed = [*common[:6], "--alphas", "0,0.2", *common[8:]]  # another sweep: other alphas
+    other = runner.invoke(app, ["sweep", *changed, *partial, "--out", str(tmp_path / "x")])
+    assert other.exit_code == 1 and "not from this sweep" in other.stderr and "differs in alphas" in other.stderr
     missing = runner.invoke(app, ["sweep", *common[:-1], str(tmp_path / "none.txt"), "--out", str(tmp_path / "x")])
     assert missing.exit_code == 1 and "--coherence-texts file" in missing.stderr and "does not exist" in missing.stderr
 
@@ -71,6 +79,9 @@ def test_cli_sweep_calibrate_probe_breakdown_report(smol, refusal_vector, tmp_pa
 
     bad = runner.invoke(app, ["calibrate", "--vector", str(path), "--out", str(tmp_path / "x.safetensors")])
     assert bad.exit_code == 1 and "exactly one of" in bad.stderr
+    bad = runner.invoke(app, ["calibrate", "--vector", str(path), "--sweep", str(tmp_path / "sweep.json"), *partial,
+                              "--out", str(tmp_path / "x.safetensors")])  # fmt: skip
+    assert bad.exit_code == 1 and "no sweep runs" in bad.stderr
 
     got = ROOT / "geometry-of-truth"
     result = runner.invoke(app, ["probe", "--data", str(got / "cities.csv"), "--data", str(got / "sp_en_trans.csv"),

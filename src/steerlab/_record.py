@@ -24,6 +24,7 @@ from torch import nn
 from steerlab._calling import cache_argument
 from steerlab._forward import input_device
 from steerlab._hooks import HookSet
+from steerlab._progress import track
 from steerlab._text import encode, forward_kwargs, pad_batch, pad_id, position_ids_from_mask, takes_position_ids
 from steerlab.arch.registry import check_layer_index, check_site, get_layout
 from steerlab.errors import ArchitectureError, DataError
@@ -190,12 +191,10 @@ class ActivationReader:
     ) -> Iterator[tuple[list[int], dict[int, Any]]]:
         """For each batch (a list of indices into ``token_ids``), yield ``(indices, layer -> values)``: values
         are ``(batch, hidden)`` float32 tensors for ``last``/``mean``, a list of ``(tokens, hidden)`` for ``all``."""
-        from rich.progress import track
-
         device = input_device(self.model)
         state: dict[str, Any] = {"weight": 1}
         with self._hooked(state):
-            for rows in track(batches, description="recording", disable=not progress, transient=True):
+            for rows in track(batches, "recording", show=progress):
                 rows = list(rows)
                 input_ids, mask = pad_batch([list(token_ids[i]) for i in rows], self.pad_id, side=self.padding_side)
                 input_ids, mask = input_ids.to(device), mask.to(device)
@@ -225,7 +224,6 @@ class ActivationReader:
         needs a common prefix of at least one token and a continuation of at least one on both sides
         (:func:`shared_prefix_length`).
         """
-        from rich.progress import track
         from transformers import DynamicCache
 
         if not self.can_share_prefixes():
@@ -235,7 +233,7 @@ class ActivationReader:
         cache_name = cache_argument(self.model)  # `cache` from transformers 5.24 on, `past_key_values` before
         state: dict[str, Any] = {}
         with self._hooked(state):
-            for group in track(groups, description="recording", disable=not progress, transient=True):
+            for group in track(groups, "recording", show=progress):
                 group = list(group)
                 common = [shared_prefix_length(first[i], second[i]) for i in group]
                 if min(common) < 1:
@@ -338,7 +336,8 @@ def record(
             tokens), the choice only matters for speed on some kernels.
         site: ``resid_post`` (block output, default), ``resid_pre`` (block input), ``attn_out`` or ``mlp_out``
             (a sublayer's contribution to the residual stream); see :data:`steerlab.arch.SITES`.
-        progress: show a progress bar; ``None`` shows one when there are more than 8 batches.
+        progress: report progress on stderr (a bar on a terminal, a plain line every 10 s otherwise); ``None``
+            reports when there are more than 8 batches.
 
     Example:
         >>> acts = record(model, tokenizer, ["I love it", "I hate it"], layers=[10, 12])

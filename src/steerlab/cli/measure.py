@@ -61,11 +61,18 @@ RANDOM_SEEDS_OPT = typer.Option(
     help="How many same-norm random directions (seeds 0..N-1) to sweep as the baseline; each costs as much as "
     "the vector.",
 )
+PARTIAL_OPT = typer.Option(
+    None,
+    "--partial",
+    help="Keep each finished cell in this file (JSON lines) as the sweep goes; run the same command again with "
+    "the same file and an interrupted sweep resumes from it. A file from another sweep is refused.",
+)
 
 
 def _run_sweep(
-    vector_path, questions, limit, layers, alphas, modes, scale, random_seeds, coherence_texts, model, device, dtype
-):
+    vector_path, questions, limit, layers, alphas, modes, scale, random_seeds, coherence_texts, model, device, dtype,
+    *, partial=None,
+):  # fmt: skip
     from steerlab._vector import SteeringVector
     from steerlab.evaluate.metrics import load_ab
     from steerlab.evaluate.sweeps import sweep
@@ -84,7 +91,7 @@ def _run_sweep(
     lm, tokenizer = _load(model, device, dtype)
     result = sweep(
         lm, tokenizer, vec, items, layers=layer_list, alphas=parse_floats(alphas, "--alphas"), modes=mode_list,
-        scale=scale, coherence=texts, random_seeds=range(random_seeds),  # type: ignore[arg-type]
+        scale=scale, coherence=texts, random_seeds=range(random_seeds), partial=partial,  # type: ignore[arg-type]
     )  # fmt: skip
     return vec, result
 
@@ -122,14 +129,16 @@ def sweep_command(
     limit: int | None = LIMIT_OPT,
     random_seeds: int = RANDOM_SEEDS_OPT,
     coherence_texts: Path | None = COHERENCE_TEXTS_OPT,
+    partial: Path | None = PARTIAL_OPT,
     model: str = MODEL_OPT,
     device: str | None = DEVICE_OPT,
     dtype: str | None = DTYPE_OPT,
 ) -> None:
     """Sweep layers x strengths: A/B behaviour, KL coherence, and random directions as the baseline."""
     _, result = _run_sweep(
-        vector, questions, limit, layers, alphas, modes, scale, random_seeds, coherence_texts, model, device, dtype
-    )
+        vector, questions, limit, layers, alphas, modes, scale, random_seeds, coherence_texts, model, device, dtype,
+        partial=partial,
+    )  # fmt: skip
     _print_sweep(result)
     err.print("wrote " + ", ".join(str(p) for p in write_table(result, out_prefix)))
 
@@ -153,6 +162,7 @@ def calibrate_command(
     random_seeds: int = RANDOM_SEEDS_OPT,
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of the split into selection / held-out questions."),
     coherence_texts: Path | None = COHERENCE_TEXTS_OPT,
+    partial: Path | None = PARTIAL_OPT,
     model: str = MODEL_OPT,
     device: str | None = DEVICE_OPT,
     dtype: str | None = DTYPE_OPT,
@@ -166,6 +176,11 @@ def calibrate_command(
 
     if (questions is None) == (from_sweep is None):
         raise SteerlabError("give exactly one of --questions FILE (run a sweep) or --sweep RESULT.json.")
+    if partial is not None and from_sweep is not None:
+        raise SteerlabError(
+            "--partial keeps and resumes the sweep that --questions runs; with --sweep RESULT.json no sweep runs. "
+            "Drop --partial, or give --questions instead of --sweep."
+        )
     if from_sweep is not None:
         vec, result = SteeringVector.load(vector), ResultTable.load(from_sweep)
     else:
@@ -182,6 +197,7 @@ def calibrate_command(
             model,
             device,
             dtype,
+            partial=partial,
         )
         written = write_table(result, out_path.with_name(out_path.stem + "-sweep"))
         err.print("wrote " + ", ".join(str(p) for p in written))

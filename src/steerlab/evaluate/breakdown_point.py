@@ -17,6 +17,7 @@ from torch import nn
 
 from steerlab._forward import batched_logits, kl_and_entropy, log_probs_at
 from steerlab._hooks import HookSet
+from steerlab._progress import track
 from steerlab._steer import checked_layers, steer
 from steerlab._text import encode, pad_batch, pad_id
 from steerlab._vector import SteeringVector
@@ -74,6 +75,7 @@ def breakdown(
     max_new_tokens: int = 24,
     collapse_kl: float = DEFAULT_COLLAPSE_KL,
     batch_size: int = 16,
+    progress: bool | None = None,
 ) -> ResultTable:
     """Trace the breakdown of the model as the added vector grows, per layer.
 
@@ -82,6 +84,8 @@ def breakdown(
         texts: where norms, entropy and KL are measured (default: the neutral set).
         prompts: prompts whose greedy generations are scored (default: the first 4 of ``NEUTRAL_PROMPTS``);
             ``max_new_tokens=0`` skips generation.
+        progress: report progress on stderr (a bar on a terminal, a plain line every 10 s otherwise); ``None``
+            reports when there are more than 4 (layer, alpha) steps.
 
     Returns a ``ResultTable(kind="breakdown")``: one record per (layer, alpha) with ``added_norm``,
     ``natural_norm``, ``vector_ratio`` (the vector's own norm / natural norm), ``kl``, ``entropy``,
@@ -115,27 +119,27 @@ def breakdown(
     num_layers = get_layout(model).num_layers
     unit = vector.normalized_copy()
     records = []
-    for layer in layers:
+    steps = [(layer, alpha) for layer in layers for alpha in alphas]
+    for layer, alpha in track(steps, "tracing", show=progress if progress is not None else len(steps) > 4):
         natural = float(base_norms[layer])
-        for alpha in alphas:
-            # The trace goes past the breakdown point on purpose: the scaled copy carries no recorded norm, so no
-            # strength check (warning or limit) applies to it.
-            scaled = dataclasses.replace(unit * (alpha * natural), resid_norm={})
-            with steer(model, scaled, 1.0, layers=[layer], scale="absolute"):
-                logits, norms = _run(model, ids, mask, batch_size)
-            kl, entropy = kl_and_entropy(logits, base_logp, mask)
-            ppl = None
-            if max_new_tokens > 0:
-                ppl = generation_perplexity(
-                    model, tokenizer, prompts, scaled, 1.0, layer=layer, scale="absolute", max_new_tokens=max_new_tokens
-                )
-            records.append({
-                "layer": layer, "alpha": alpha, "added_norm": alpha * natural, "natural_norm": natural,
-                "vector_ratio": float(vector.directions[layer].norm()) / natural,
-                "kl": float(kl.mean().clamp_min(0.0)), "entropy": float(entropy.mean()), "perplexity": ppl,
-                "final_norm_ratio": float(norms[-1] / base_norms[-1]),
-                "later_norms": [float(n) for n in norms[layer:num_layers]],
-            })  # fmt: skip
+        # The trace goes past the breakdown point on purpose: the scaled copy carries no recorded norm, so no
+        # strength check (warning or limit) applies to it.
+        scaled = dataclasses.replace(unit * (alpha * natural), resid_norm={})
+        with steer(model, scaled, 1.0, layers=[layer], scale="absolute"):
+            logits, norms = _run(model, ids, mask, batch_size)
+        kl, entropy = kl_and_entropy(logits, base_logp, mask)
+        ppl = None
+        if max_new_tokens > 0:
+            ppl = generation_perplexity(
+                model, tokenizer, prompts, scaled, 1.0, layer=layer, scale="absolute", max_new_tokens=max_new_tokens
+            )
+        records.append({
+            "layer": layer, "alpha": alpha, "added_norm": alpha * natural, "natural_norm": natural,
+            "vector_ratio": float(vector.directions[layer].norm()) / natural,
+            "kl": float(kl.mean().clamp_min(0.0)), "entropy": float(entropy.mean()), "perplexity": ppl,
+            "final_norm_ratio": float(norms[-1] / base_norms[-1]),
+            "later_norms": [float(n) for n in norms[layer:num_layers]],
+        })  # fmt: skip
     collapse = {}
     for layer in layers:
         over = [r["alpha"] for r in records if r["layer"] == layer and r["kl"] > collapse_kl]

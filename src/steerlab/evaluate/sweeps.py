@@ -21,6 +21,8 @@ a relative strength of 0.2 (a push of 20% of the residual norm), and text breaks
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -30,10 +32,13 @@ import torch
 from torch import nn
 
 from steerlab._interventions import Alpha, is_identity
+from steerlab._models import fingerprint, model_id
+from steerlab._progress import track
 from steerlab._replay import UnsteeredPass
 from steerlab._steer import Intervention, Scale, checked_layers
 from steerlab._vector import SteeringVector
 from steerlab.errors import SteeringError, StrengthWarning
+from steerlab.evaluate._partial import PartialResults, digest
 from steerlab.evaluate.metrics import ABBehaviour, ABQuestion, NeutralKL
 from steerlab.evaluate.results import ResultTable
 from steerlab.types import DEFAULT_SCALE
@@ -156,6 +161,7 @@ def sweep(
     random_seeds: Sequence[int] = DEFAULT_RANDOM_SEEDS,
     batch_size: int = 16,
     progress: bool | None = None,
+    partial: str | os.PathLike | None = None,
 ) -> ResultTable:
     """Measure a behaviour and coherence for every (mode, layer, alpha), for ``vector`` and for same-norm random
     directions, one per seed of ``random_seeds`` (the baseline's distribution).
@@ -177,6 +183,15 @@ def sweep(
         coherence: a :class:`~steerlab.evaluate.metrics.NeutralKL`, or texts for one (default: the neutral set).
         random_seeds: seeds of the random directions (:meth:`SteeringVector.random_like`; default
             :data:`DEFAULT_RANDOM_SEEDS`, eight).
+        progress: report progress on stderr (a bar on a terminal, a plain line every 10 s otherwise); ``None``
+            reports when there are more than 4 cells (mode, layer, direction).
+        partial: a file that keeps the finished cells as the sweep goes (JSON lines, each cell's records once all
+            its alphas are measured), so an interrupted sweep loses at most the cell it was on. Run the same sweep
+            again with the same ``partial`` and it resumes: cells in the file are read back, the others measured
+            and appended, and the result equals an uninterrupted run's. The file's first line names the run (a
+            hash of the model, the vector and the random directions, layers, alphas, modes, scale, seeds, the
+            behaviour's and coherence texts' tokens); a file from another run raises
+            :class:`~steerlab.SteeringError` (delete it or pass another path), never mixes in.
 
     Returns a ``ResultTable(kind="sweep")`` with one record per cell and direction: ``mode, layer, alpha, scale,
     direction`` (``vector`` or ``random``), ``seed`` (the random direction's; ``None`` for the vector), the
@@ -192,8 +207,6 @@ def sweep(
         >>> result = sweep(model, tokenizer, vec, questions, layers=[8, 12], alphas=[-0.2, 0, 0.2])
         >>> print(calibrate(result).summary())
     """
-    from rich.progress import track
-
     vector.check_fits(model)
     if not isinstance(behaviour, ABBehaviour) and not hasattr(behaviour, "score"):
         behaviour = ABBehaviour(tokenizer, list(behaviour))
@@ -206,9 +219,14 @@ def sweep(
     seeds = [int(x) for x in random_seeds]
     if len(set(seeds)) != len(seeds):
         raise SteeringError(f"random_seeds={seeds} repeats a seed; give distinct seeds, e.g. range(8).")
-    coherence.reference(model, batch_size)
     directions: dict[int | None, SteeringVector] = {None: vector}
     directions.update({seed: vector.random_like(seed=seed) for seed in seeds})
+    # Opened before any forward pass: a file from another run fails at once, not after the unsteered passes.
+    store = None
+    if partial is not None:
+        identity = _run_identity(model, directions, behaviour, coherence, layers, alphas, modes, scale)
+        store = PartialResults(partial, "sweep", identity)
+    coherence.reference(model, batch_size)
     # One unsteered pass per metric, recorded at every swept layer: each (direction, alpha) then runs only the
     # blocks from its layer up (nothing below a steered layer changes), and the unsteered behaviour comes free.
     # The rows of one question (its two orders) run packed, their shared beginning once.
@@ -234,15 +252,20 @@ def sweep(
     first = next(iter(unsteered))
     cells = [(mode, layer, seed) for mode in modes for layer in layers for seed in directions]
     show = progress if progress is not None else len(cells) > 4
-    records = []
+    finished = dict(store.done) if store is not None else {}  # cell -> its records, read back from `partial`
+    todo = [cell for cell in cells if cell not in finished]
+    if show and len(todo) < len(cells):
+        done = len(cells) - len(todo)
+        print(f"sweeping: resuming from {partial}, {done}/{len(cells)} cells done", file=sys.stderr, flush=True)
     with warnings.catch_warnings():  # a sweep measures what strong pushes cost: no StrengthWarning per cell
         warnings.simplefilter("ignore", StrengthWarning)
-        for mode, layer, seed in track(cells, description="sweeping", disable=not show, transient=True):
+        for mode, layer, seed in track(todo, "sweeping", show=show):
             template = Intervention(directions[seed], mode=mode, layers=[layer], scale=scale)
             moving = [a for a in alphas if not is_identity(mode, a)]
             scores = measure(behaviour, template, moving, per_question=True) if moving else {}
             kls = measure(coherence, template, moving) if moving else {}
             delta_norm = float(template.deltas()[layer].norm())
+            cell_records = []
             for alpha in alphas:
                 key = repr(alpha)
                 values, per_question = scores.get(key, (unsteered, unsteered_pq))
@@ -257,7 +280,11 @@ def sweep(
                 rec.update(coh)
                 rec["added_norm"] = abs(float(alpha)) * delta_norm if mode == "add" else None
                 rec["per_question"] = per_question
-                records.append(rec)
+                cell_records.append(rec)
+            if store is not None:
+                store.add((mode, layer, seed), cell_records)
+            finished[mode, layer, seed] = cell_records
+    records = [dict(rec) for cell in cells for rec in finished[cell]]  # in cell order, resumed or not
     _mark_random_bands(records)
     meta = {
         "metric": first,
@@ -277,6 +304,39 @@ def sweep(
         "resid_norm": {str(k): v for k, v in vector.resid_norm.items() if k in layers},
     }
     return ResultTable("sweep", records, meta)
+
+
+def _run_identity(
+    model: nn.Module,
+    directions: dict[int | None, SteeringVector],
+    behaviour: Any,
+    coherence: NeutralKL,
+    layers: list[int],
+    alphas: list,
+    modes: Sequence[str],
+    scale: Scale,
+) -> dict[str, Any]:
+    """What a sweep's numbers depend on, as a partial results file's header holds it: small parts as they are (so
+    a refused file's error can name them), tensors and token batches as digests."""
+    vector = directions[None]
+    dtype = next(model.parameters()).dtype
+    tokens = [getattr(behaviour, a) for a in ("input_ids", "attention_mask", "question_ids", "letter_ids",
+                                             "matching_is_a") if getattr(behaviour, a, None) is not None]  # fmt: skip
+    return {
+        "model": f"{model_id(model)} ({dtype})",
+        "model_fingerprint": fingerprint(model).as_dict(),
+        "vector": digest(*(vector.directions[k] for k in sorted(vector.directions)), vector.resid_norm),
+        "random_directions": digest(
+            *(d.directions[k] for seed, d in directions.items() if seed is not None for k in sorted(d.directions))
+        ),
+        "layers": layers,
+        "alphas": [_alpha_key(a) for a in alphas],
+        "modes": list(modes),
+        "scale": scale,
+        "random_seeds": [seed for seed in directions if seed is not None],
+        "behaviour": digest(getattr(behaviour, "name", type(behaviour).__name__), *tokens),
+        "coherence_texts": digest(coherence.input_ids, coherence.attention_mask),
+    }
 
 
 def _mark_random_bands(records: list[dict[str, Any]]) -> None:
