@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from steerlab._interventions import Alpha
+from steerlab._progress import track
 from steerlab._steer import Intervention, as_interventions, steer, steer_rows
 from steerlab._vector import SteeringVector
 from steerlab.engines.transformers import generate, generated_nll
@@ -64,11 +65,13 @@ def generate_rows(
     rows: Sequence[Intervention | Sequence[Intervention] | None],
     *,
     batch_size: int = 32,
+    progress: bool | None = None,
     **options: Any,
 ) -> list[tuple[list[int], list[int]]]:
     """Generate ``prompts[i]`` under its own ``rows[i]`` (``None``: unsteered), in shared batches of
     ``batch_size`` rows (:func:`steerlab.steer_rows`: each row equals itself generated alone); ``options`` are
-    :func:`steerlab.generate`'s. Returns the (prompt tokens, generated tokens) of each row.
+    :func:`steerlab.generate`'s. Returns the (prompt tokens, generated tokens) of each row. ``progress``: report
+    per batch (``None``: when there are more than 4 batches).
 
     Example:
         >>> add, control = Intervention(vec, 1.0, scale="absolute"), Intervention(random, 1.0, scale="absolute")
@@ -78,7 +81,8 @@ def generate_rows(
         raise SteeringError(f"generate_rows needs one entry of rows per prompt; got {len(prompts)} prompts and "
                             f"{len(rows)} rows.")  # fmt: skip
     outputs: list[tuple[list[int], list[int]]] = []
-    for start in range(0, len(prompts), batch_size):
+    starts = range(0, len(prompts), batch_size)
+    for start in track(starts, "generating", show=progress if progress is not None else len(starts) > 4):
         steps, chunk = rows[start : start + batch_size], list(prompts[start : start + batch_size])
         with steer_rows(model, steps) if any(step is not None for step in steps) else nullcontext():
             outputs += generate(model, tokenizer, chunk, batch_size=len(chunk), **options)

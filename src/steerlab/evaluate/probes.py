@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from steerlab._models import ModelFingerprint, fingerprint, model_id
+from steerlab._progress import track
 from steerlab._record import record
 from steerlab._vector import SteeringVector
 from steerlab.errors import DataError
@@ -369,8 +370,6 @@ def transfer_matrix(
         >>> table = transfer_matrix(recorded, methods=["mass_mean", "logistic"])
         >>> table.where(train="cities", test="sp_en_trans", method="mass_mean")
     """
-    from rich.progress import track
-
     if not data:
         raise DataError("transfer_matrix needs at least one recorded data set (record_labelled).")
     if train not in ("all", "split"):
@@ -382,7 +381,7 @@ def transfer_matrix(
     cells = [(layer, method, source) for layer in layers for method in methods for source in sets]
     show = progress if progress is not None else len(cells) > 20
     records = []
-    for layer, method, source in track(cells, description="fitting probes", disable=not show, transient=True):
+    for layer, method, source in track(cells, "fitting probes", show=show):
         held_out = _fit(source, layer, method, splits[source.name][0])
         whole = _fit(source, layer, method, None) if train == "all" and len(sets) > 1 else held_out
         for target in sets:
