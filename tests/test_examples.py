@@ -20,7 +20,12 @@ EXAMPLES = Path(__file__).parents[1] / "examples"
             "example at layer 10:",
             id="sentiment",
         ),
-        pytest.param("caa_behaviour.py", ["--pairs", "4", "--questions", "2"], "unsteered p(matching)", id="caa"),
+        pytest.param(
+            "caa_behaviour.py",
+            ["--pairs", "4", "--questions", "4", "--random-seeds", "4", "--coherence-texts", "2"],
+            "unsteered p(matching)",
+            id="caa",
+        ),
         pytest.param("refusal.py", ["--pairs", "8", "--max-new-tokens", "8"], "orthogonalised weights:", id="refusal"),
         pytest.param(
             "probing.py",

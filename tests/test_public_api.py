@@ -60,7 +60,7 @@ PUBLIC = {
         "Alpha", "BREAKDOWN_STRENGTH", "DEFAULT_SCALE", "MAX_STRENGTH", "METHODS", "MODES", "Method", "Mode",
         "NAMED_POSITIONS", "NamedPositions", "Positions", "Recommended", "SCALES", "SITES", "Scale", "Site",
     ],
-    "steerlab.recipes": ["RefusalDirection", "refusal_direction"],
+    "steerlab.recipes": ["CAABehaviour", "RefusalDirection", "caa_behaviour", "refusal_direction"],
     "steerlab.serve": [
         "ApiError", "Engine", "EngineBusy", "Event", "Job", "ServeLimits", "VectorLibrary", "background_server",
         "create_app", "serve",

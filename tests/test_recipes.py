@@ -41,3 +41,22 @@ def test_refusal_direction_command_writes_the_vector_results_and_control(smol, t
     assert "| harmful | ablate | random |" in result.stdout
     page = write_report([table], tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 1
+
+
+def test_caa_command_sweeps_against_random_directions_and_calibrates(smol, tmp_path):
+    caa = ROOT / "caa"
+    texts = tmp_path / "texts.txt"
+    texts.write_text("The weather was mild today.\nShe walked to the market.\n", encoding="utf-8")
+    result = runner.invoke(app, ["caa", "--pairs", str(caa / "generate/refusal/generate_dataset.json"),
+                                 "--questions", str(caa / "test/refusal/test_dataset_ab.json"), "--pair-limit", "4",
+                                 "--limit", "4", "--layers", "10", "--alphas", "0,0.1", "--random-seeds", "4",
+                                 "--coherence-texts", str(texts), "--out", str(tmp_path / "caa")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    sweep = ResultTable.load(tmp_path / "caa-sweep.json")
+    assert sweep.meta["random_seeds"] == [0, 1, 2, 3] and sweep.meta["n_coherence_texts"] == 2
+    assert len(sweep.where(direction="random")) == 4 * 2 and len(sweep.where(direction="vector")) == 2
+    vec = SteeringVector.load(tmp_path / "caa.safetensors")
+    assert vec.layers == [10] and vec.method == "mean_diff"
+    # 2 held-out questions cannot clear the random bound: the vector is saved without a setting, and says so.
+    assert "no setting found" in result.stdout and "recommended" not in vec.extra
+    assert "carries no recommended setting" in result.stderr

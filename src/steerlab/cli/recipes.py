@@ -1,4 +1,4 @@
-"""The recipe commands of the ``steerlab`` CLI: ``refusal-direction``.
+"""The recipe commands of the ``steerlab`` CLI: ``refusal-direction``, ``caa``.
 
 Each is a thin layer over :mod:`steerlab.recipes`: data paths in; the vector, the result table (for ``steerlab
 report``) and a Markdown summary out, always beside a random direction of the same norm.
@@ -7,10 +7,12 @@ report``) and a Markdown summary out, always beside a random direction of the sa
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
 from steerlab.cli._common import (
+    COHERENCE_TEXTS_OPT,
     DEVICE_OPT,
     DTYPE_OPT,
     MODEL_OPT,
@@ -18,12 +20,17 @@ from steerlab.cli._common import (
     app,
     err,
     out,
+    parse_floats,
     parse_ints,
+    read_lines,
     user_errors,
     write_table,
 )
+from steerlab.cli.measure import LIMIT_OPT, PARTIAL_OPT, QUESTIONS_OPT, RANDOM_SEEDS_OPT, SWEEP_ALPHAS_OPT
+from steerlab.errors import SteerlabError
+from steerlab.evaluate.sweeps import DEFAULT_KL_BUDGET
 
-__all__ = ["refusal_direction_command"]
+__all__ = ["caa_command", "refusal_direction_command"]
 
 _PROMPTS_HELP = "JSON list (strings or objects with 'instruction'/'prompt'/'goal'/'text'), JSON Lines, or text."
 
@@ -73,3 +80,55 @@ def refusal_direction_command(
     vector_path = out_prefix.with_suffix(".safetensors")
     result.chosen().save(vector_path)
     err.print("wrote " + ", ".join(str(p) for p in [*written, markdown, vector_path]))
+
+
+@app.command("caa")
+@user_errors
+def caa_command(
+    pairs: Path = typer.Option(
+        ...,
+        "--pairs",
+        help="CAA A/B contrast pairs (e.g. datasets/caa/generate/<b>/"
+        "generate_dataset.json); each is also used with its choices swapped.",
+    ),
+    questions: Path = QUESTIONS_OPT,
+    layers: str = typer.Option(..., "--layers", help="Layers to extract and sweep, e.g. 8-14 or 8,10,12."),
+    out_prefix: Path = typer.Option(..., "--out", help="Output prefix: PREFIX.safetensors and PREFIX-sweep.*"),
+    pair_limit: int | None = typer.Option(None, "--pair-limit", help="Use only the first N pairs."),
+    limit: int | None = LIMIT_OPT,
+    alphas: str = SWEEP_ALPHAS_OPT,
+    random_seeds: int = RANDOM_SEEDS_OPT,
+    budget: float = typer.Option(DEFAULT_KL_BUDGET, "--budget", help="Max KL (nats/token) of the chosen setting."),
+    goal: Literal["increase", "decrease"] = typer.Option("increase", "--goal", help="Which way to move it."),
+    split_seed: int = typer.Option(0, "--split-seed", help="Seed of the split into selection / held-out questions."),
+    coherence_texts: Path | None = COHERENCE_TEXTS_OPT,
+    partial: Path | None = PARTIAL_OPT,
+    model: str = MODEL_OPT,
+    device: str | None = DEVICE_OPT,
+    dtype: str | None = DTYPE_OPT,
+) -> None:
+    """A CAA behaviour vector (Rimsky et al.), swept against same-norm random directions and calibrated: the
+    vector is saved with its setting when one beats them, else as extracted (and the command says so)."""
+    from steerlab.datasets import load_pairs
+    from steerlab.evaluate.metrics import load_ab
+    from steerlab.recipes import caa_behaviour
+
+    if random_seeds < 0:
+        raise SteerlabError(f"--random-seeds must be >= 0 (how many random directions), got {random_seeds}.")
+    pair_list = load_pairs(pairs)[:pair_limit]
+    items = load_ab(questions)[:limit]
+    texts = read_lines(coherence_texts, "--coherence-texts") if coherence_texts is not None else None
+    lm, tokenizer = _load(model, device, dtype)
+    result = caa_behaviour(lm, tokenizer, pair_list, items, layers=parse_ints(layers, "--layers"),
+                           alphas=parse_floats(alphas, "--alphas"), random_seeds=range(random_seeds),
+                           kl_budget=budget, goal=goal, split_seed=split_seed, coherence=texts,
+                           partial=partial)  # fmt: skip
+    out.print(result.recommendation.summary())
+    written = write_table(result.sweep, out_prefix.with_name(out_prefix.name + "-sweep"))
+    vector_path = out_prefix.with_suffix(".safetensors")
+    result.result_vector().save(vector_path)
+    written.append(vector_path)
+    if not result.recommendation.found:
+        err.print(f"{vector_path} carries no recommended setting (none beat the random directions): steer it with "
+                  "an explicit --alpha, or sweep more questions (--limit) or other layers.")  # fmt: skip
+    err.print("wrote " + ", ".join(str(p) for p in written))

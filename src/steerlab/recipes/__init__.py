@@ -9,6 +9,7 @@ Example:
     >>> result.layer, result.table.where(stage="evaluation")
 """
 
+from steerlab.recipes.caa import CAABehaviour, caa_behaviour
 from steerlab.recipes.refusal import RefusalDirection, refusal_direction
 
-__all__ = ["RefusalDirection", "refusal_direction"]
+__all__ = ["CAABehaviour", "RefusalDirection", "caa_behaviour", "refusal_direction"]
