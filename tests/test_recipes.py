@@ -1,6 +1,7 @@
 """The recipes from the command line, small, on the real SmolLM2: every output written, the random control beside
 the direction, the chosen layer the best-scoring one."""
 
+import json
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -17,10 +18,14 @@ def test_refusal_direction_command_writes_the_vector_results_and_control(smol, t
     splits = ROOT / "refusal-direction" / "splits"
     files = [f"--{name.replace('_', '-')}={splits / name}.json" for name in
              ("harmful_train", "harmless_train", "harmful_val", "harmless_val")]  # fmt: skip
-    result = runner.invoke(app, ["refusal-direction", *files, "--judge-data",
-                                 str(ROOT / "caa/generate/refusal/generate_dataset.json"), "--limit", "10",
-                                 "--layers", "10,20", "--select-prompts", "4", "--max-new-tokens", "8",
-                                 "--out", str(tmp_path / "refusal")])  # fmt: skip
+    # The judge trained on 40 of the 408 CAA refusal questions: this test checks the wiring, not the judge, and
+    # embedding all 816 answers would take most of its time.
+    judge_data = tmp_path / "judge.json"
+    questions = json.loads((ROOT / "caa/generate/refusal/generate_dataset.json").read_text(encoding="utf-8"))
+    judge_data.write_text(json.dumps(questions[:40]), encoding="utf-8")
+    result = runner.invoke(app, ["refusal-direction", *files, "--judge-data", str(judge_data), "--limit", "8",
+                                 "--layers", "10,20", "--select-prompts", "3", "--select-tokens", "6",
+                                 "--max-new-tokens", "6", "--out", str(tmp_path / "refusal")])  # fmt: skip
     assert result.exit_code == 0, result.output
     table = ResultTable.load(tmp_path / "refusal.json")
     selection = table.where(stage="selection")
@@ -32,7 +37,8 @@ def test_refusal_direction_command_writes_the_vector_results_and_control(smol, t
         ("harmless", "unsteered", None), ("harmless", "add", "vector"), ("harmless", "add", "random"),
         ("harmful", "unsteered", None), ("harmful", "ablate", "vector"), ("harmful", "ablate", "random"),
     ]  # fmt: skip
-    assert all(r["n"] == 10 and 0 <= r["p_refusal"] <= 1 for r in evaluation)
+    assert all(r["n"] == 8 and 0 <= r["p_refusal"] <= 1 for r in evaluation)
+    assert table.meta["select_tokens"] == 6 and table.meta["judge_n_train"] == 80
     assert all(abs(r["change"] - (r["p_refusal"] - evaluation[3 * (i // 3)]["p_refusal"])) < 1e-12
                for i, r in enumerate(evaluation) if r["direction"])  # fmt: skip
     vec = SteeringVector.load(tmp_path / "refusal.safetensors")

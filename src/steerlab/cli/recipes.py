@@ -52,6 +52,7 @@ def refusal_direction_command(
     layers: str | None = typer.Option(None, "--layers", help="Candidate layers (default: every 2nd from 2 to 90%)."),
     limit: int | None = typer.Option(None, "--limit", help="Use at most N prompts of each file."),
     select_prompts: int = typer.Option(24, "--select-prompts", help="Harmless validation prompts that pick the layer."),
+    select_tokens: int = typer.Option(16, "--select-tokens", help="Tokens generated per answer to pick the layer."),
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", help="Tokens generated per answer in the result."),
     seed: int = typer.Option(0, "--seed", help="Sampling of the training prompts and the random control."),
     model: str = MODEL_OPT,
@@ -71,7 +72,7 @@ def refusal_direction_command(
     judge = RefusalClassifier.train(judge_data)
     lm, tokenizer = _load(model, device, dtype)
     result = refusal_direction(lm, tokenizer, **data, judge=judge, layers=candidates, select_prompts=select_prompts,
-                               max_new_tokens=max_new_tokens, seed=seed)  # fmt: skip
+                               select_tokens=select_tokens, max_new_tokens=max_new_tokens, seed=seed)  # fmt: skip
     summary = result.markdown()
     out.print(summary)
     written = write_table(result.table, out_prefix)
