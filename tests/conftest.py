@@ -67,6 +67,7 @@ LAYERS = {
     "test_measure.py::test_load_ab_leaves_out_multiple_choice_with_a_warning": "unit",
     "test_measure.py::test_probes_separable_data_and_errors": "unit",
     "test_measure.py::test_transfer_trains_on_all_of_one_set_and_tests_on_all_of_another": "unit",
+    "test_measure.py::test_probes_report_a_shuffled_label_control": "unit",
     "test_measure.py::test_balance_ab_adds_swapped_pairs": "unit",
     "test_measure_real.py": "real",
     "test_measure_real.py::test_cli_sweep_calibrate_probe_breakdown_report": "apps",

@@ -535,3 +535,16 @@ def test_a_tokenised_behaviour_gives_the_numbers_of_its_questions(tiny, tokenize
 
     monkeypatch.setattr(type(tokenizer), "__call__", no_tokenising)
     assert p_matching(model, tokenizer, metric, vec, 2.0, layer=1, scale="absolute") == expected
+
+
+def test_probes_report_a_shuffled_label_control():
+    """The control task (labels shuffled within each split) stays near chance on data that encodes the label, so
+    selectivity is large, for both methods."""
+    gen = torch.Generator().manual_seed(1)
+    y = [0, 1] * 60
+    x = torch.randn(120, 8, generator=gen, dtype=torch.float64) + torch.tensor(y, dtype=torch.float64)[:, None] * 3
+    run = fit_probes(LabelledActivations("toy", {2: x}, torch.tensor(y)), seed=0)
+    for r in run.table.records:
+        assert r["test_accuracy"] >= 0.95 and 0.3 <= r["control_accuracy"] <= 0.7, r
+        assert r["selectivity"] == r["test_accuracy"] - r["control_accuracy"] and r["selectivity"] > 0.25
+    assert run.best().test_accuracy == max(r["test_accuracy"] for r in run.table.records)  # the real probe

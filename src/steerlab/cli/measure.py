@@ -247,7 +247,7 @@ def probe_command(
     written = write_table(run.table, out_prefix)
     for r in run.table.records:
         out.print(f"{first} layer {r['layer']:>2} {r['method']:<9} held-out accuracy {r['test_accuracy']:.3f} "
-                  f"AUROC {r['test_auroc']:.3f}")  # fmt: skip
+                  f"AUROC {r['test_auroc']:.3f} (shuffled-label control {r['control_accuracy']:.3f})")  # fmt: skip
     best = run.best()
     out.print(f"best: layer {best.layer} {best.method} ({best.test_accuracy:.3f})")
     if len(sets) > 1:

@@ -277,6 +277,21 @@ def _check_methods(methods: Sequence[str]) -> list[str]:
     return list(methods)
 
 
+def _control(data: LabelledActivations, train: list[int], test: list[int], seed: int) -> LabelledActivations:
+    """``data`` with its labels shuffled within the train rows and within the test rows (seeded; the class counts
+    of each split kept): the control task. A probe can fit it only by memorising, and its held-out accuracy on the
+    shuffled test labels is chance unless it does. (Scored against the true test labels instead, a control probe
+    on data with one dominant label direction reads it by chance, either way round: accuracy 0 or 1.)"""
+    labels = data.labels.clone()
+    rng = random.Random(seed)
+    for rows in (train, test):
+        order = list(rows)
+        rng.shuffle(order)
+        labels[rows] = data.labels[order]
+    return LabelledActivations(data.name, data.values, labels, data.resid_norm, data.site, data.model_id,
+                               data.fingerprint)  # fmt: skip
+
+
 def fit_probes(
     data: LabelledActivations,
     *,
@@ -286,25 +301,32 @@ def fit_probes(
     seed: int = 0,
 ) -> ProbeRun:
     """Train every probe method at every layer (default: all recorded) on a seeded, stratified train split of
-    ``data`` and measure held-out accuracy and AUROC.
+    ``data`` and measure held-out accuracy and AUROC, beside the control task: the labels shuffled within each
+    split, the same probe trained and tested on them (``control_accuracy``, ``control_auroc``: near chance unless
+    the probe can fit noise). ``selectivity`` = test accuracy - control accuracy (Hewitt & Liang's control tasks,
+    with shuffled labels).
 
     Example:
         >>> run = fit_probes(recorded["cities"], methods=["mass_mean"])
-        >>> run.best().layer
+        >>> run.best().layer, run.table.column("selectivity")
     """
     methods = _check_methods(methods)
     layers = _layers_of([data], layers)
     train, test = split(data.labels.tolist(), test_fraction, seed)
+    shuffled = _control(data, train, test, seed)
     records, probes = [], {}
     for layer in layers:
         for method in methods:
             probe = _fit(data, layer, method, train)
             scores = _score(probe, data, test)
+            control = _score(_fit(shuffled, layer, method, train), shuffled, test)
             probe.test_accuracy = scores["accuracy"]
             probes[layer, method] = probe
             records.append({"dataset": data.name, "layer": layer, "method": method,
                             "train_accuracy": probe.train_accuracy, "test_accuracy": scores["accuracy"],
-                            "test_auroc": scores["auroc"], "n_train": len(train), "n_test": len(test)})  # fmt: skip
+                            "test_auroc": scores["auroc"], "control_accuracy": control["accuracy"],
+                            "control_auroc": control["auroc"], "selectivity": scores["accuracy"] - control["accuracy"],
+                            "n_train": len(train), "n_test": len(test)})  # fmt: skip
     meta = {"dataset": data.name, "n": len(data), "layers": layers, "methods": methods,
             "test_fraction": test_fraction, "seed": seed, "model_id": data.model_id}  # fmt: skip
     return ProbeRun(ResultTable("probe", records, meta), probes)
