@@ -372,6 +372,35 @@ def test_breakdown_traces_growth_and_collapse(tiny, tokenizer):
         breakdown(model, tokenizer, vec, alphas=[0.0])
 
 
+def test_an_interrupted_breakdown_resumes_from_its_partial_file(tiny, tokenizer, tmp_path, monkeypatch):
+    from steerlab.evaluate import breakdown_point
+
+    model = tiny("llama")
+    vec = random_vector(model, layers=(1, 2))
+    options = dict(alphas=[0.5, 2.0], texts=neutral_texts()[:3], prompts=["Hello"], max_new_tokens=2)
+    whole = breakdown_point.breakdown(model, tokenizer, vec, **options)
+    partial = tmp_path / "breakdown.jsonl"
+    real, calls = breakdown_point.kl_and_entropy, []
+
+    def failing(*args, **kwargs):  # the run is killed during its third step
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(breakdown_point, "kl_and_entropy", failing)
+    with pytest.raises(KeyboardInterrupt):
+        breakdown_point.breakdown(model, tokenizer, vec, partial=partial, **options)
+    assert len(partial.read_text().splitlines()) == 1 + 2  # header + the two finished steps
+    calls.clear()
+    monkeypatch.setattr(breakdown_point, "kl_and_entropy", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    resumed = breakdown_point.breakdown(model, tokenizer, vec, partial=partial, **options)
+    assert len(calls) == 2  # only the two steps not yet in the file ran
+    assert resumed.records == whole.records and resumed.meta == whole.meta
+    with pytest.raises(SteeringError, match=r"differs in alphas"):
+        breakdown_point.breakdown(model, tokenizer, vec, partial=partial, **{**options, "alphas": [1.0]})
+
+
 def test_sweep_over_modes_keeps_identities(tiny, tokenizer):
     model = tiny("gpt2")
     vec = random_vector(model, layers=(2,), scale=5.0)

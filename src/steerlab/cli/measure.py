@@ -64,8 +64,8 @@ RANDOM_SEEDS_OPT = typer.Option(
 PARTIAL_OPT = typer.Option(
     None,
     "--partial",
-    help="Keep each finished cell in this file (JSON lines) as the sweep goes; run the same command again with "
-    "the same file and an interrupted sweep resumes from it. A file from another sweep is refused.",
+    help="Keep each finished cell in this file (JSON lines) as the run goes; run the same command again with "
+    "the same file and an interrupted run resumes from it. A file from another run is refused.",
 )
 
 
@@ -311,6 +311,7 @@ def breakdown_command(
     alphas: str = typer.Option(_listed(DEFAULT_BREAKDOWN_ALPHAS), "--alphas", help="Added norm / residual norm."),
     max_new_tokens: int = typer.Option(24, "--max-new-tokens", help="Length of the generations scored (0: none)."),
     coherence_texts: Path | None = COHERENCE_TEXTS_OPT,
+    partial: Path | None = PARTIAL_OPT,
     model: str = MODEL_OPT,
     device: str | None = DEVICE_OPT,
     dtype: str | None = DTYPE_OPT,
@@ -324,7 +325,7 @@ def breakdown_command(
     layer_list = parse_ints(layers, "--layers") if layers else None
     texts = read_lines(coherence_texts, "--coherence-texts") if coherence_texts is not None else None
     table = breakdown(lm, tokenizer, vec, layers=layer_list, alphas=parse_floats(alphas, "--alphas"), texts=texts,
-                      max_new_tokens=max_new_tokens)  # fmt: skip
+                      max_new_tokens=max_new_tokens, partial=partial)  # fmt: skip
     for layer, value in table.meta["collapse"].items():
         shown = "not reached" if value is None else f"{value:g} x the residual norm"
         out.print(f"layer {layer}: coherence collapses at {shown}")

@@ -9,6 +9,7 @@ model, and reports the strength at which coherence collapses (KL above ``collaps
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,12 +18,14 @@ from torch import nn
 
 from steerlab._forward import batched_logits, kl_and_entropy, log_probs_at
 from steerlab._hooks import HookSet
+from steerlab._models import fingerprint, model_id
 from steerlab._progress import track
 from steerlab._steer import checked_layers, steer
 from steerlab._text import encode, pad_batch, pad_id
 from steerlab._vector import SteeringVector
 from steerlab.arch.registry import get_layout
 from steerlab.errors import SteeringError
+from steerlab.evaluate._partial import PartialResults, digest
 from steerlab.evaluate.metrics import generation_perplexity, neutral_texts, next_token_entropy
 from steerlab.evaluate.results import ResultTable
 
@@ -76,6 +79,7 @@ def breakdown(
     collapse_kl: float = DEFAULT_COLLAPSE_KL,
     batch_size: int = 16,
     progress: bool | None = None,
+    partial: str | os.PathLike | None = None,
 ) -> ResultTable:
     """Trace the breakdown of the model as the added vector grows, per layer.
 
@@ -86,6 +90,8 @@ def breakdown(
             ``max_new_tokens=0`` skips generation.
         progress: report progress on stderr (a bar on a terminal, a plain line every 10 s otherwise); ``None``
             reports when there are more than 4 (layer, alpha) steps.
+        partial: a JSON Lines file each finished (layer, alpha) step is appended to; running the same breakdown
+            with it again resumes (a file of another run is refused, as :func:`~steerlab.evaluate.sweep` does).
 
     Returns a ``ResultTable(kind="breakdown")``: one record per (layer, alpha) with ``added_norm``,
     ``natural_norm``, ``vector_ratio`` (the vector's own norm / natural norm), ``kl``, ``entropy``,
@@ -107,6 +113,17 @@ def breakdown(
     texts = list(texts) if texts is not None else neutral_texts()
     prompts = list(prompts) if prompts is not None else list(NEUTRAL_PROMPTS[:4])
     ids, mask = pad_batch(encode(tokenizer, texts), pad_id(tokenizer), side="left")
+    store = None
+    if partial is not None:  # opened before any forward pass: a file from another run fails at once
+        prompt_ids = [encode(tokenizer, [p]) for p in prompts]
+        identity = {
+            "model": f"{model_id(model)} ({next(model.parameters()).dtype})",
+            "model_fingerprint": fingerprint(model).as_dict(),
+            "vector": digest(*(vector.directions[k] for k in sorted(vector.directions))),
+            "layers": layers, "alphas": alphas, "max_new_tokens": max_new_tokens,
+            "texts": digest(ids, mask), "prompts": digest(prompt_ids),
+        }  # fmt: skip
+        store = PartialResults(partial, "breakdown", identity)
     base_logits, base_norms = _run(model, ids, mask, batch_size)
     base_logp = log_probs_at(base_logits, mask)  # the reference, once
     base_entropy = next_token_entropy(base_logits, mask)
@@ -118,9 +135,10 @@ def breakdown(
     )  # fmt: skip
     num_layers = get_layout(model).num_layers
     unit = vector.normalized_copy()
-    records = []
+    finished = dict(store.done) if store is not None else {}  # (layer, alpha) -> its record, read back
     steps = [(layer, alpha) for layer in layers for alpha in alphas]
-    for layer, alpha in track(steps, "tracing", show=progress if progress is not None else len(steps) > 4):
+    todo = [step for step in steps if step not in finished]
+    for layer, alpha in track(todo, "tracing", show=progress if progress is not None else len(todo) > 4):
         natural = float(base_norms[layer])
         # The trace goes past the breakdown point on purpose: the scaled copy carries no recorded norm, so no
         # strength check (warning or limit) applies to it.
@@ -133,13 +151,17 @@ def breakdown(
             ppl = generation_perplexity(
                 model, tokenizer, prompts, scaled, 1.0, layer=layer, scale="absolute", max_new_tokens=max_new_tokens
             )
-        records.append({
+        record = {
             "layer": layer, "alpha": alpha, "added_norm": alpha * natural, "natural_norm": natural,
             "vector_ratio": float(vector.directions[layer].norm()) / natural,
             "kl": float(kl.mean().clamp_min(0.0)), "entropy": float(entropy.mean()), "perplexity": ppl,
             "final_norm_ratio": float(norms[-1] / base_norms[-1]),
             "later_norms": [float(n) for n in norms[layer:num_layers]],
-        })  # fmt: skip
+        }  # fmt: skip
+        finished[layer, alpha] = [record]
+        if store is not None:
+            store.add((layer, alpha), [record])
+    records = [finished[step][0] for step in steps]  # in step order, resumed or not
     collapse = {}
     for layer in layers:
         over = [r["alpha"] for r in records if r["layer"] == layer and r["kl"] > collapse_kl]
