@@ -78,6 +78,7 @@ LAYERS = {
     "test_models.py::test_cached_weights_equal_direct_gguf_load": "real",
     "test_notebook.py": "apps",
     "test_notebook.py::test_notebook_is_stored_without_outputs": "unit",
+    "test_optimize.py": "arch",
     "test_patching.py": "arch",
     "test_patching.py::test_smollm2_ioi_attribution_error_is_reported": "real",
     "test_prefix.py": "arch",

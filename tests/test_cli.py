@@ -272,3 +272,21 @@ def test_every_model_loading_command_takes_device_and_dtype():
         options = {opt for param in command.params for opt in getattr(param, "opts", [])}
         if "--model" in options:
             assert {"--device", "--dtype"} <= options, f"steerlab {name} takes --model but not --device/--dtype"
+
+
+def test_optimize_promotes_a_completion_and_refuses_bad_data(smol, tmp_path):
+    data = tmp_path / "targets.jsonl"
+    data.write_text(json.dumps({"prompt": "Describe your day.", "completion": " It was wonderful"}) + "\n")
+    out = tmp_path / "opt.safetensors"
+    result = runner.invoke(app, ["optimize", "--data", str(data), "--objective", "promote", "--layer", "10",
+                                 "--steps", "3", "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    vec = SteeringVector.load(out)
+    assert vec.layers == [10] and vec.method == "optimized_promote" and vec.extra["steps"] >= 1
+    assert "optimised promote on 1 examples" in result.stderr and "--scale absolute" in result.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "Only a prompt."}) + "\n")
+    result = runner.invoke(app, ["optimize", "--data", str(bad), "--objective", "promote", "--layer", "10",
+                                 "--out", str(tmp_path / "x.safetensors")])  # fmt: skip
+    assert result.exit_code == 1 and "'prompt' and 'completion'" in result.stderr
+    assert not (tmp_path / "x.safetensors").exists()

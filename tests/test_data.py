@@ -132,3 +132,14 @@ def test_instruction_files_in_every_format(tmp_path):
         load_instructions(tmp_path / "missing.json")
     with pytest.raises(DataError, match="holds no prompts"):
         load_instructions(write(tmp_path, "e.txt", "\n \n"))
+
+
+def test_completion_files(tmp_path):
+    from steerlab.datasets import load_completions
+
+    rows = [{"prompt": "Hi.", "completion": " Hello!"}, {"prompt": "Bye.", "completion": " See you."}]
+    assert load_completions(write(tmp_path, "a.json", json.dumps(rows))) == [("Hi.", " Hello!"), ("Bye.", " See you.")]
+    jsonl = "\n".join(json.dumps(r) for r in rows)
+    assert load_completions(write(tmp_path, "b.jsonl", jsonl), limit=1) == [("Hi.", " Hello!")]
+    with pytest.raises(DataError, match="expected an object with string keys 'prompt' and 'completion'"):
+        load_completions(write(tmp_path, "c.txt", "just a line\n"))

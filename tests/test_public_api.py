@@ -33,8 +33,8 @@ PUBLIC = {
     ],
     "steerlab.cli": ["app", "main"],
     "steerlab.datasets": [
-        "ContrastPair", "NEUTRAL_PROMPTS", "PairLike", "balance_ab", "dataset_hash", "load_instructions",
-        "load_pairs", "load_statements",
+        "ContrastPair", "NEUTRAL_PROMPTS", "PairLike", "balance_ab", "dataset_hash", "load_completions",
+        "load_instructions", "load_pairs", "load_statements",
         "pair_texts", "pairs_from_records", "read_json_file", "sentiment_pairs", "swap_choice_text",
     ],
     "steerlab.doctor": ["Check", "run_checks", "versions"],
@@ -60,6 +60,7 @@ PUBLIC = {
         "Alpha", "BREAKDOWN_STRENGTH", "DEFAULT_SCALE", "MAX_STRENGTH", "METHODS", "MODES", "Method", "Mode",
         "NAMED_POSITIONS", "NamedPositions", "Positions", "Recommended", "SCALES", "SITES", "Scale", "Site",
     ],
+    "steerlab.optimize": ["OBJECTIVES", "Objective", "optimize_vector"],
     "steerlab.recipes": ["CAABehaviour", "RefusalDirection", "caa_behaviour", "refusal_direction"],
     "steerlab.serve": [
         "ApiError", "Engine", "EngineBusy", "Event", "Job", "ServeLimits", "VectorLibrary", "background_server",

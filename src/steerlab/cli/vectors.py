@@ -1,4 +1,4 @@
-"""Commands that make, use and move vectors: extract, generate, info, bake, export, import, demo."""
+"""Commands that make, use and move vectors: extract, optimize, generate, info, bake, export, import, demo."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from steerlab.datasets.pairs import NEUTRAL_PROMPTS
 from steerlab.errors import SteerlabError
 from steerlab.evaluate.comparison import DEFAULT_COMPARE_ALPHAS
 from steerlab.io.gguf import export_gguf, import_gguf
+from steerlab.optimize import Objective
 from steerlab.types import BREAKDOWN_STRENGTH, DEFAULT_SCALE, Method, Mode, Scale, Site
 
 
@@ -71,6 +72,54 @@ def extract(
     vec.save(out_path)
     norms = ", ".join(f"L{k}: {float(v.norm()):.2f}" for k, v in sorted(vec.directions.items()))
     err.print(f"extracted {method} from {len(data)} pairs in {seconds:.2f} s -> {out_path} (norms {norms})")
+
+
+@app.command("optimize")
+@user_errors
+def optimize_command(
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        help="bipo: contrast pairs (as extract reads them); promote / suppress: "
+        'JSON or JSON Lines of {"prompt", "completion"} objects.',
+    ),
+    layer: int = typer.Option(..., "--layer", help="The block whose output the vector is added to."),
+    out_path: Path = typer.Option(..., "--out", help="Where to write the .safetensors vector."),
+    objective: Objective = typer.Option("bipo", "--objective", help="bipo, promote or suppress."),
+    balance_ab: bool = typer.Option(
+        False,
+        "--balance-ab",
+        help="bipo on CAA A/B pairs: add each with its choices "
+        "swapped, as extraction does (so the vector cannot learn 'letter A').",
+    ),
+    steps: int = typer.Option(100, "--steps", help="Most optimiser steps (fewer when the loss stops improving)."),
+    lr: float = typer.Option(0.05, "--lr", help="Adam learning rate, in units of the layer's residual norm."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Examples per step."),
+    coherence_weight: float = typer.Option(0.0, "--coherence-weight", help="Weight of the KL on neutral texts."),
+    seed: int = typer.Option(0, "--seed"),
+    model: str = MODEL_OPT,
+    device: str | None = DEVICE_OPT,
+    dtype: str | None = DTYPE_OPT,
+) -> None:
+    """Learn a one-layer vector by gradient descent through the hooks, the model frozen (steerlab.optimize)."""
+    from steerlab.datasets import balance_ab as balanced
+    from steerlab.datasets import load_completions, load_pairs
+    from steerlab.optimize import optimize_vector
+
+    examples: list = load_pairs(data) if objective == "bipo" else load_completions(data)
+    if balance_ab:
+        if objective != "bipo":
+            raise SteerlabError("--balance-ab applies to bipo's A/B pairs only.")
+        examples = balanced(examples)
+    lm, tokenizer = _load(model, device, dtype)
+    vec = optimize_vector(lm, tokenizer, examples, layer=layer, objective=objective, steps=steps, lr=lr,
+                          batch_size=batch_size, coherence_weight=coherence_weight, seed=seed)  # fmt: skip
+    vec.save(out_path)
+    extra = vec.extra
+    err.print(f"optimised {objective} on {extra['examples']} examples: {extra['steps']} steps "
+              f"({extra['seconds_per_step']:.2f} s each), loss {extra['losses'][0]:.3f} -> {extra['best_loss']:.3f}, "
+              f"|v| = {float(vec.directions[layer].norm()):.2f} -> {out_path}; steer it at alpha 1 with "
+              "--scale absolute")  # fmt: skip
 
 
 @app.command()

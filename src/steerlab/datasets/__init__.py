@@ -9,7 +9,7 @@ Example:
 """
 
 from steerlab._pairs import ContrastPair, PairLike, dataset_hash, pair_texts
-from steerlab.datasets.instructions import load_instructions
+from steerlab.datasets.instructions import load_completions, load_instructions
 from steerlab.datasets.pairs import (
     NEUTRAL_PROMPTS,
     balance_ab,
@@ -27,6 +27,7 @@ __all__ = [
     "PairLike",
     "balance_ab",
     "dataset_hash",
+    "load_completions",
     "load_instructions",
     "load_pairs",
     "load_statements",

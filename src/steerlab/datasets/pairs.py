@@ -155,6 +155,12 @@ def sentiment_pairs() -> list[ContrastPair]:
         return load_pairs(real)
 
 
+def neutral_texts() -> list[str]:
+    """The 24 neutral sentences shipped with steerlab on which coherence (KL) is measured."""
+    path = resources.files("steerlab.datasets") / "builtin" / "neutral_texts.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def swap_choice_text(question: str) -> str:
     """A two-choice question ending in ``(A) ... (B) ...`` with the texts of the two choices exchanged.
 

@@ -17,12 +17,10 @@ every real token of a fixed set of neutral sentences shipped with steerlab (:fun
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ from steerlab._replay import logits_over_alphas
 from steerlab._steer import Intervention, Scale, as_interventions, checked_layers
 from steerlab._text import apply_chat, encode, pad_batch, pad_id
 from steerlab._vector import SteeringVector
-from steerlab.datasets.pairs import read_json_file, swap_choice_text
+from steerlab.datasets.pairs import neutral_texts, read_json_file, swap_choice_text
 from steerlab.errors import DataError, SteeringError
 from steerlab.types import DEFAULT_SCALE
 
@@ -357,12 +355,6 @@ def sentiment(texts: Sequence[str]) -> list[float]:
 
 
 # ----- coherence ---------------------------------------------------------------------------------------------
-
-
-def neutral_texts() -> list[str]:
-    """The 24 neutral sentences shipped with steerlab on which coherence (KL) is measured."""
-    path = resources.files("steerlab.datasets") / "builtin" / "neutral_texts.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 next_token_entropy = mean_entropy  # the public name of the one entropy function (steerlab._forward)

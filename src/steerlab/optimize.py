@@ -1,0 +1,254 @@
+"""Learn a steering vector by gradient descent through steerlab's own hooks, the model frozen.
+
+Objectives (``objective=``):
+
+* ``"promote"`` / ``"suppress"``: raise / lower the log-probability of target completions after their prompts
+  with the vector added (one-shot optimised vectors, Dunefsky & Cohan 2025, from one example or many).
+* ``"bipo"``: bi-directional preference optimisation (Cao et al. 2024) on (chosen, rejected) pairs: added at +1 the
+  vector should prefer the chosen completion over the rejected one *relative to the unsteered model* (a DPO loss
+  with the unsteered model as reference), and added at -1 the rejected one: one direction that moves a behaviour
+  both ways.
+
+A coherence term (``coherence_weight`` > 0) adds the mean ``KL(steered || unsteered)`` of the next-token
+distributions on neutral texts, so the vector buys its effect with as little damage as it can; its norm is kept at
+or under ``max_relative`` of the layer's residual norm (default 0.3, where text starts to break down). The vector
+is applied at strength 1 (absolute): the learned tensor is what is added.
+
+Gradients reach only the vector (``torch.autograd.grad``); the model's parameters and their ``.grad`` are never
+touched, and the hooks are scoped per step, so they are gone also when a step raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import random
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from steerlab._forward import input_device
+from steerlab._models import fingerprint, model_id
+from steerlab._pairs import dataset_hash, pair_texts
+from steerlab._progress import track
+from steerlab._record import record
+from steerlab._steer import Intervention, steer
+from steerlab._text import apply_chat, encode, forward_kwargs, pad_batch
+from steerlab._vector import SteeringVector
+from steerlab.datasets.pairs import neutral_texts
+from steerlab.errors import DataError, SteeringError
+from steerlab.types import BREAKDOWN_STRENGTH, MAX_STRENGTH
+
+__all__ = ["OBJECTIVES", "Objective", "optimize_vector"]
+
+Objective = Literal["promote", "suppress", "bipo"]
+OBJECTIVES: tuple[str, ...] = ("promote", "suppress", "bipo")
+
+
+@dataclasses.dataclass
+class _Scored:
+    """Token ids of texts and, per row, the first position whose token is scored."""
+
+    ids: list[list[int]]
+    starts: list[int]
+
+
+def _completions(tokenizer: Any, examples: Sequence[tuple[str, str]], chat: bool | None) -> _Scored:
+    ids, starts = [], []
+    for i, example in enumerate(examples):
+        if not (isinstance(example, (tuple, list)) and len(example) == 2 and all(isinstance(t, str) for t in example)):
+            raise DataError(f"example {i} is {example!r}; promote / suppress take (prompt, completion) string pairs.")
+        prompt = apply_chat(tokenizer, example[0], chat=chat)
+        head = encode(tokenizer, [prompt])[0]
+        whole = encode(tokenizer, [prompt + example[1]])[0]
+        if len(whole) <= len(head):
+            raise DataError(f"the completion of example {i} ({example[1]!r}) tokenises to nothing after its prompt.")
+        ids.append(whole)
+        starts.append(len(head))
+    return _Scored(ids, starts)
+
+
+def _sequence_logp(model: nn.Module, scored: _Scored, rows: Sequence[int]) -> torch.Tensor:
+    """Sum of log p(token | tokens before) over the scored tokens of each row, ``(len(rows),)``, differentiable."""
+    ids, mask = pad_batch([scored.ids[r] for r in rows], 0, side="right")
+    device = input_device(model)
+    ids, mask = ids.to(device), mask.to(device)
+    logp = torch.log_softmax(model(**forward_kwargs(model, ids, mask)).logits[:, :-1].float(), -1)
+    token = logp.gather(-1, ids[:, 1:, None])[..., 0]
+    positions = torch.arange(1, ids.shape[1], device=device)
+    starts = torch.tensor([scored.starts[r] for r in rows], device=device)
+    keep = (positions[None, :] >= starts[:, None]) & mask[:, 1:].bool()
+    return (token * keep).sum(-1)
+
+
+def _kl_to(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Mean ``KL(model || reference)`` of the next-token distributions over the real tokens, differentiable."""
+    logp = torch.log_softmax(model(**forward_kwargs(model, ids, mask)).logits.float(), -1)[mask.bool()]
+    return (logp.exp() * (logp - reference)).sum(-1).mean()
+
+
+def optimize_vector(
+    model: nn.Module,
+    tokenizer: Any,
+    examples: Sequence[Any],
+    *,
+    layer: int,
+    objective: Objective = "bipo",
+    init: SteeringVector | None = None,
+    steps: int = 100,
+    lr: float = 0.05,
+    batch_size: int = 8,
+    beta: float = 0.1,
+    coherence: Sequence[str] | None = None,
+    coherence_weight: float = 0.0,
+    max_relative: float = BREAKDOWN_STRENGTH,
+    patience: int = 20,
+    chat: bool | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+) -> SteeringVector:
+    """Learn a one-layer steering vector for ``objective`` (see the module doc) by Adam on the vector alone.
+
+    Args:
+        examples: ``promote`` / ``suppress``: (prompt, completion) pairs; ``bipo``: contrast pairs (chosen =
+            positive; CAA A/B pairs balanced with :func:`steerlab.datasets.balance_ab` as for extraction).
+        layer: the block whose output the vector is added to.
+        init: start from this vector's direction at ``layer`` (default: zero; bipo then starts at its saddle, so a
+            zero start takes a small seeded random step first).
+        beta: bipo's inverse temperature on the log-probability ratios.
+        coherence, coherence_weight: neutral texts (default: steerlab's) and the weight of their mean KL.
+        max_relative: the largest norm allowed, as a fraction of the layer's residual norm on the prompts.
+        patience: stop when the loss has not improved for this many steps; the best vector is returned.
+
+    The result's ``extra`` records the objective, steps run, final and best loss, the loss per step, the data's
+    hash, the KL on the coherence texts when weighted, and ``strength: 1.0`` with ``scale: absolute``.
+
+    Example:
+        >>> vec = optimize_vector(model, tok, [("Tell me a story.", " Once upon a happy day")], layer=10,
+        ...                       objective="promote", steps=40)
+        >>> with steer(model, vec, 1.0, scale="absolute"): ...
+    """
+    if objective not in OBJECTIVES:
+        raise DataError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}.")
+    examples = list(examples)
+    if not examples:
+        raise DataError("optimize_vector needs at least one example.")
+    num_layers = model.config.num_hidden_layers
+    if not 0 <= layer < num_layers:
+        raise SteeringError(f"layer {layer} does not exist: the model has blocks 0-{num_layers - 1}.")
+    if not 0 < max_relative < MAX_STRENGTH:
+        raise DataError(f"max_relative must be between 0 and {MAX_STRENGTH} (the steering limit); got {max_relative}.")
+    if steps < 1 or lr <= 0 or batch_size < 1:
+        raise DataError(f"steps, lr and batch_size must be positive; got {steps}, {lr}, {batch_size}.")
+    if objective == "bipo":
+        pos, neg = pair_texts(examples, tokenizer, chat=chat)
+        chosen = _Scored([ids for ids in encode(tokenizer, pos)], [1] * len(pos))  # whole texts: shared prompt
+        rejected = _Scored([ids for ids in encode(tokenizer, neg)], [1] * len(neg))  # tokens cancel in the ratio
+        prompts = pos + neg
+        n = len(pos)
+        data_hash = dataset_hash(examples)
+    else:
+        chosen = _completions(tokenizer, examples, chat)
+        rejected = None
+        prompts = [apply_chat(tokenizer, p, chat=chat) for p, _ in examples]
+        n = len(examples)
+        data_hash = dataset_hash([(p, c) for p, c in examples])
+    acts = record(model, tokenizer, prompts, layers=[layer], reduce="mean")
+    resid = acts.resid_norm[layer]
+    max_norm = max_relative * resid
+    hidden = model.config.hidden_size
+    gen = torch.Generator().manual_seed(seed)
+    start = (
+        init.directions[layer].detach().float().clone()
+        if init is not None
+        else torch.randn(hidden, generator=gen) * (0.01 * resid / math.sqrt(hidden))
+    )
+    param = start.to(input_device(model)).requires_grad_(True)
+    optimizer = torch.optim.Adam([param], lr=lr * resid / math.sqrt(hidden))  # lr in units of the layer's scale
+    template = SteeringVector(
+        directions={layer: param}, model_id=model_id(model), fingerprint=fingerprint(model), site="resid_post",
+        method=f"optimized_{objective}", resid_norm={layer: resid},
+    )  # fmt: skip
+
+    @contextlib.contextmanager
+    def steered(sign: float) -> Iterator[None]:
+        # The norm is bounded by max_relative below: the strength warning would fire every step, and torch warns
+        # that the strength check reads the norm of a tensor that requires grad.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with steer(model, Intervention(template, sign, layers=[layer], scale="absolute")):
+                yield
+
+    reference: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        if rejected is not None:
+            every = list(range(n))
+            reference["chosen"] = _sequence_logp(model, chosen, every)
+            reference["rejected"] = _sequence_logp(model, rejected, every)
+        if coherence_weight > 0:
+            texts = list(coherence) if coherence is not None else neutral_texts()
+            kl_ids, kl_mask = pad_batch(encode(tokenizer, texts), 0, side="right")
+            kl_ids, kl_mask = kl_ids.to(param.device), kl_mask.to(param.device)
+            reference["kl"] = torch.log_softmax(model(**forward_kwargs(model, kl_ids, kl_mask)).logits.float(), -1)[
+                kl_mask.bool()
+            ]
+
+    rng = random.Random(seed)
+    losses: list[float] = []
+    best_loss, best, since_best, kl_value = math.inf, param.detach().clone(), 0, None
+    began = time.perf_counter()
+    show = progress if progress is not None else steps > 20
+    for _ in track(range(steps), f"optimising ({objective})", show=show):
+        rows = rng.sample(range(n), min(batch_size, n))
+        if objective == "bipo":
+            assert rejected is not None
+            ref = reference["chosen"][rows] - reference["rejected"][rows]
+            loss = torch.zeros((), device=param.device)
+            for sign in (1.0, -1.0):  # +v prefers chosen, -v prefers rejected (Cao et al.'s two directions)
+                with steered(sign):
+                    margin = _sequence_logp(model, chosen, rows) - _sequence_logp(model, rejected, rows)
+                loss = loss - torch.nn.functional.logsigmoid(sign * beta * (margin - ref)).mean()
+        else:
+            with steered(1.0):
+                logp = _sequence_logp(model, chosen, rows)
+            tokens = torch.tensor([len(chosen.ids[r]) - chosen.starts[r] for r in rows], device=param.device)
+            mean = (logp / tokens).mean()  # per token: long completions do not dominate
+            loss = -mean if objective == "promote" else mean
+        if coherence_weight > 0:
+            with steered(1.0):
+                kl = _kl_to(model, kl_ids, kl_mask, reference["kl"])
+            kl_value = float(kl)
+            loss = loss + coherence_weight * kl
+        value = float(loss)
+        if not math.isfinite(value):
+            if not losses:
+                raise SteeringError(f"the {objective} loss is {value} at the first step; check the examples.")
+            break  # keep the best vector so far; the metadata says where it stopped
+        losses.append(value)
+        if value < best_loss - 1e-6:
+            best_loss, best, since_best = value, param.detach().clone(), 0
+        else:
+            since_best += 1
+            if since_best >= patience:
+                break
+        (grad,) = torch.autograd.grad(loss, [param])
+        param.grad = grad
+        optimizer.step()
+        with torch.no_grad():  # stay at or under max_norm: past it the text breaks down
+            norm = param.norm()
+            if norm > max_norm:
+                param.mul_(max_norm / norm)
+    seconds = time.perf_counter() - began
+    extra: dict[str, Any] = {
+        "objective": objective, "steps": len(losses), "steps_asked": steps, "final_loss": losses[-1],
+        "best_loss": best_loss, "losses": losses, "lr": lr, "batch_size": batch_size, "seed": seed,
+        "examples": n, "beta": beta if objective == "bipo" else None, "coherence_weight": coherence_weight,
+        "kl": kl_value, "max_relative": max_relative, "seconds_per_step": seconds / max(1, len(losses)),
+        "strength": 1.0, "scale": "absolute",
+    }  # fmt: skip
+    return dataclasses.replace(template, directions={layer: best.cpu()}, dataset_hash=data_hash, extra=extra)
