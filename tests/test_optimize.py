@@ -126,3 +126,17 @@ def test_bad_input_fails_before_training(tiny, tokenizer):
         optimize_vector(model, tokenizer, [("a", "b")], layer=1, objective="promote", max_relative=5.0)
     with pytest.raises(DataError, match=r"promote / suppress take \(prompt, completion\)"):
         optimize_vector(model, tokenizer, ["just a string"], layer=1, objective="promote", chat=False)
+
+
+def test_scored_log_probabilities_equal_each_text_run_alone(tiny):
+    """The left-padded batch that runs the output head on the last positions only gives each row's sum over its
+    scored tokens, as the row run alone with every position's logits."""
+    model = tiny("qwen2")
+    ids = [[5, 9, 14, 3, 8], [7, 2], [4, 4, 6, 1, 9, 12, 30]]
+    scored = _Scored(ids, [2, 1, 5])
+    got = _sequence_logp(model, scored, [0, 1, 2])
+    for row, (text, start) in enumerate(zip(ids, scored.starts, strict=True)):
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([text])).logits[0, :-1].float(), -1)
+        expected = sum(float(logp[t - 1, text[t]]) for t in range(start, len(text)))
+        assert float(got[row]) == pytest.approx(expected, abs=1e-4)

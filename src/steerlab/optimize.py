@@ -36,9 +36,9 @@ from steerlab._forward import input_device
 from steerlab._models import fingerprint, model_id
 from steerlab._pairs import dataset_hash, pair_texts
 from steerlab._progress import track
-from steerlab._record import record
+from steerlab._record import record, shared_prefix_length
 from steerlab._steer import Intervention, steer
-from steerlab._text import apply_chat, encode, forward_kwargs, pad_batch
+from steerlab._text import apply_chat, encode, forward_kwargs, pad_batch, takes_logits_to_keep
 from steerlab._vector import SteeringVector
 from steerlab.datasets.pairs import neutral_texts
 from steerlab.errors import DataError, SteeringError
@@ -74,16 +74,25 @@ def _completions(tokenizer: Any, examples: Sequence[tuple[str, str]], chat: bool
 
 
 def _sequence_logp(model: nn.Module, scored: _Scored, rows: Sequence[int]) -> torch.Tensor:
-    """Sum of log p(token | tokens before) over the scored tokens of each row, ``(len(rows),)``, differentiable."""
-    ids, mask = pad_batch([scored.ids[r] for r in rows], 0, side="right")
+    """Sum of log p(token | tokens before) over the scored tokens of each row, ``(len(rows),)``, differentiable.
+
+    Left-padded, so every row's scored tokens end in the last column: the output head and the softmax run over
+    the last ``k`` positions only (``k``: the longest scored stretch + 1), not the whole prompt (for an A/B pair,
+    two positions instead of a hundred)."""
+    texts = [scored.ids[r] for r in rows]
+    ids, mask = pad_batch(texts, 0, side="left")
     device = input_device(model)
     ids, mask = ids.to(device), mask.to(device)
-    logp = torch.log_softmax(model(**forward_kwargs(model, ids, mask)).logits[:, :-1].float(), -1)
-    token = logp.gather(-1, ids[:, 1:, None])[..., 0]
-    positions = torch.arange(1, ids.shape[1], device=device)
-    starts = torch.tensor([scored.starts[r] for r in rows], device=device)
-    keep = (positions[None, :] >= starts[:, None]) & mask[:, 1:].bool()
-    return (token * keep).sum(-1)
+    width = ids.shape[1]
+    keep = max(len(t) - scored.starts[r] for t, r in zip(texts, rows, strict=True)) + 1
+    extra = {"logits_to_keep": keep} if takes_logits_to_keep(model) else {}
+    logits = model(**forward_kwargs(model, ids, mask), **extra).logits[:, -keep:]
+    logp = torch.log_softmax(logits[:, :-1].float(), -1)  # column width - keep + j predicts the next column
+    targets = ids[:, width - keep + 1 :]
+    token = logp.gather(-1, targets[..., None])[..., 0]
+    columns = torch.arange(width - keep + 1, width, device=device)
+    first = torch.tensor([width - len(t) + scored.starts[r] for t, r in zip(texts, rows, strict=True)], device=device)
+    return (token * (columns[None, :] >= first[:, None])).sum(-1)
 
 
 def _kl_to(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -147,8 +156,11 @@ def optimize_vector(
         raise DataError(f"steps, lr and batch_size must be positive; got {steps}, {lr}, {batch_size}.")
     if objective == "bipo":
         pos, neg = pair_texts(examples, tokenizer, chat=chat)
-        chosen = _Scored([ids for ids in encode(tokenizer, pos)], [1] * len(pos))  # whole texts: shared prompt
-        rejected = _Scored([ids for ids in encode(tokenizer, neg)], [1] * len(neg))  # tokens cancel in the ratio
+        pos_ids, neg_ids = encode(tokenizer, pos), encode(tokenizer, neg)
+        # Only where the two texts part is scored: the tokens they share have the same log-probabilities in both
+        # (a causal model), so they cancel in the chosen - rejected margin exactly.
+        starts = [max(1, shared_prefix_length(a, b)) for a, b in zip(pos_ids, neg_ids, strict=True)]
+        chosen, rejected = _Scored(pos_ids, starts), _Scored(neg_ids, starts)
         prompts = pos + neg
         n = len(pos)
         data_hash = dataset_hash(examples)
