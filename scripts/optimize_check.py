@@ -37,8 +37,8 @@ vec = optimize_vector(model, tok, pairs, layer=args.layer, objective="bipo", ste
 extra = vec.extra
 relative = float(vec.directions[args.layer].norm()) / vec.resid_norm[args.layer]
 print(f"bipo on {len(pairs)} pairs at layer {args.layer}: {extra['steps']} steps, "
-      f"{extra['seconds_per_step']:.1f} s per step, loss {extra['losses'][0]:.3f} -> {extra['best_loss']:.3f}, |v| = {relative:.3f} x the residual norm, "
-      f"{time.perf_counter() - start:.0f} s in all")  # fmt: skip
+      f"{extra['seconds_per_step']:.1f} s per step, loss {extra['losses'][0]:.3f} -> {extra['best_loss']:.3f}, "
+      f"|v| = {relative:.3f} x the residual norm, {time.perf_counter() - start:.0f} s in all")  # fmt: skip
 questions = load_ab(CAA / "test" / args.behaviour / "test_dataset_ab.json")[: args.questions]
 control = vec.random_like(seed=0)
 base = p_matching(model, tok, questions)
