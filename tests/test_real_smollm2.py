@@ -18,16 +18,14 @@ from steerlab import (
     extract_vector,
     record,
     sentiment_pairs,
-    steer_rows,
 )
 from steerlab.cli.serving import chat as chat_command
 from steerlab.cli.vectors import demo as demo_command
 from steerlab.datasets import pair_texts
 from steerlab.datasets.pairs import NEUTRAL_PROMPTS
 from steerlab.engines import apply_chat
-from steerlab.engines.transformers import generate
 from steerlab.errors import SteeringError, StrengthWarning
-from steerlab.evaluate.comparison import DEFAULT_COMPARE_ALPHAS
+from steerlab.evaluate.comparison import DEFAULT_COMPARE_ALPHAS, generate_rows
 from steerlab.serve.chat import _PLAIN_ALPHA
 
 LAYER = 10
@@ -228,8 +226,8 @@ def test_refusal_direction_moves_refusal_both_ways_beyond_random(smol, refusal_v
         """Mean p(refusal) of the answers to ``prompts`` under each setting (None: unsteered), all settings in one
         batch: each row steered by its own (steer_rows: a row equals itself generated alone)."""
         rows = [setting for setting in settings for _ in prompts]
-        with steer_rows(model, rows):
-            outs = generate(model, tokenizer, list(prompts) * len(settings), max_new_tokens=32, batch_size=len(rows))
+        outs = generate_rows(model, tokenizer, list(prompts) * len(settings), rows, max_new_tokens=32,
+                             batch_size=len(rows))  # fmt: skip
         p = refusal_judge.probabilities([tokenizer.decode(g, skip_special_tokens=True) for _, g in outs])
         return [statistics.mean(p[i * len(prompts) : (i + 1) * len(prompts)]) for i in range(len(settings))]
 

@@ -32,13 +32,13 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from steerlab._forward import input_device
+from steerlab._forward import batched_logits, input_device, kl_and_entropy, log_probs_at
 from steerlab._models import fingerprint, model_id
 from steerlab._pairs import dataset_hash, pair_texts
 from steerlab._progress import track
 from steerlab._record import record, shared_prefix_length
 from steerlab._steer import Intervention, steer
-from steerlab._text import apply_chat, encode, forward_kwargs, pad_batch, takes_logits_to_keep
+from steerlab._text import apply_chat, encode, forward_kwargs, pad_batch, pad_id, takes_logits_to_keep
 from steerlab._vector import SteeringVector
 from steerlab.datasets.pairs import neutral_texts
 from steerlab.errors import DataError, SteeringError
@@ -93,12 +93,6 @@ def _sequence_logp(model: nn.Module, scored: _Scored, rows: Sequence[int]) -> to
     columns = torch.arange(width - keep + 1, width, device=device)
     first = torch.tensor([width - len(t) + scored.starts[r] for t, r in zip(texts, rows, strict=True)], device=device)
     return (token * (columns[None, :] >= first[:, None])).sum(-1)
-
-
-def _kl_to(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Mean ``KL(model || reference)`` of the next-token distributions over the real tokens, differentiable."""
-    logp = torch.log_softmax(model(**forward_kwargs(model, ids, mask)).logits.float(), -1)[mask.bool()]
-    return (logp.exp() * (logp - reference)).sum(-1).mean()
 
 
 def optimize_vector(
@@ -198,17 +192,16 @@ def optimize_vector(
 
     reference: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        if rejected is not None:
-            every = list(range(n))
-            reference["chosen"] = _sequence_logp(model, chosen, every)
-            reference["rejected"] = _sequence_logp(model, rejected, every)
-        if coherence_weight > 0:
-            texts = list(coherence) if coherence is not None else neutral_texts()
-            kl_ids, kl_mask = pad_batch(encode(tokenizer, texts), 0, side="right")
-            kl_ids, kl_mask = kl_ids.to(param.device), kl_mask.to(param.device)
-            reference["kl"] = torch.log_softmax(model(**forward_kwargs(model, kl_ids, kl_mask)).logits.float(), -1)[
-                kl_mask.bool()
-            ]
+        if rejected is not None:  # the unsteered log-probabilities, in batches of batch_size
+            chunks = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+            reference["chosen"] = torch.cat([_sequence_logp(model, chosen, rows) for rows in chunks])
+            reference["rejected"] = torch.cat([_sequence_logp(model, rejected, rows) for rows in chunks])
+    if coherence_weight > 0:
+        texts = list(coherence) if coherence is not None else neutral_texts()
+        kl_ids, kl_mask = pad_batch(encode(tokenizer, texts), pad_id(tokenizer), side="left")
+        unsteered = batched_logits(model, kl_ids, kl_mask, batch_size=batch_size)
+        reference["kl"] = log_probs_at(unsteered, kl_mask).to(param.device)
+        kl_ids, kl_mask = kl_ids.to(param.device), kl_mask.to(param.device)
 
     rng = random.Random(seed)
     losses: list[float] = []
@@ -233,7 +226,8 @@ def optimize_vector(
             loss = -mean if objective == "promote" else mean
         if coherence_weight > 0:
             with steered(1.0):
-                kl = _kl_to(model, kl_ids, kl_mask, reference["kl"])
+                logits = model(**forward_kwargs(model, kl_ids, kl_mask)).logits
+            kl = kl_and_entropy(logits, reference["kl"], kl_mask)[0].mean()
             kl_value = float(kl)
             loss = loss + coherence_weight * kl
         value = float(loss)

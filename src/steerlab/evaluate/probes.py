@@ -354,9 +354,7 @@ def probe_layers(
         >>> run = probe_layers(model, tokenizer, texts, labels, layers=range(2, 28, 2), name="cities")
         >>> run.table.to_csv("probes.csv"); run.best().layer
     """
-    methods = _check_methods(methods)  # before the model runs
-    if len(list(texts)) != len(list(labels)):
-        raise DataError(f"{len(list(texts))} texts but {len(list(labels))} labels; give one label per text.")
+    methods = _check_methods(methods)  # before the model runs (record_labelled checks the data before it too)
     data = record_labelled(model, tokenizer, {name: (texts, labels)}, layers=layers, batch_size=batch_size,
                            progress=progress)[name]  # fmt: skip
     return fit_probes(data, methods=methods, test_fraction=test_fraction, seed=seed)

@@ -210,13 +210,14 @@ def refusal_direction(
         for (intervention, direction), answers in zip(
             (("unsteered", None), (operation, "vector"), (operation, "random")), texts, strict=True
         ):
-            p = mean_p(answers)
+            probabilities = judge.probabilities(answers)  # embedded once: the mean and the refusal rate
+            p = statistics.mean(probabilities)
             base = p if base is None else base
             records.append({
                 "stage": "evaluation", "layer": chosen, "prompts": prompts_name, "intervention": intervention,
                 "direction": direction, "n": len(answers),
                 "refusal_phrases": statistics.mean(map(phrase_refusal, answers)),
-                "refusal_classifier": statistics.mean(p >= 0.5 for p in judge.probabilities(answers)),
+                "refusal_classifier": statistics.mean(q >= 0.5 for q in probabilities),
                 "p_refusal": p, "change": None if direction is None else p - base,
             })  # fmt: skip
             label = f"{prompts_name}, {intervention}" + (f" ({direction})" if direction else "")
