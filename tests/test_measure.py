@@ -522,15 +522,20 @@ def test_figures_and_report_for_every_kind(tmp_path, tiny, tokenizer):
         *({"stage": "evaluation", "prompts": p, "direction": d, "p_refusal": 0.2 + 0.1 * k}
           for p in ("harmless", "harmful") for k, d in enumerate((None, "vector", "random"))),
     ], {"chosen_layer": 4})  # fmt: skip
-    tables = [sweep_table, probe, transfer, pca, breakdown_table, patching, refusal]
+    finetune = ResultTable("finetune", [
+        {"arm": arm, "n": 8, "judge": 0.1 * k, "judge_lo": 0.1 * k - 0.05, "judge_hi": 0.1 * k + 0.05,
+         "projection": -k, "projection_lo": -k - 0.5, "projection_hi": -k + 0.5}
+        for k, arm in enumerate(("base", "finetune", "add_trait", "add_random"))
+    ], {"layer": 2, "judge": "sentiment (VADER)"})  # fmt: skip
+    tables = [sweep_table, probe, transfer, pca, breakdown_table, patching, refusal, finetune]
     assert sorted(t.kind for t in tables) == sorted(KINDS), "a result kind without a table in this test"
-    assert [len(figures_for(t)) for t in tables] == [2, 1, 2, 1, 1, 1, 1]
+    assert [len(figures_for(t)) for t in tables] == [2, 1, 2, 1, 1, 1, 1, 1]
     assert len(figures_for(patching)[0][1].axes) == 4  # one panel per site, each with its colour bar
     assert [title for title, _ in figures_for(sweep_table)] == ["Layer x alpha", "Effect vs coherence"]
     (_, frontier_figure) = figures_for(sweep_table)[1]
     assert frontier_figure.axes[0].get_xlim()[0] == 0  # KL is never negative: no tick below 0
     page = write_report(tables, tmp_path / "r.html", title="<all kinds>").read_text()
-    assert page.count("data:image/png;base64,") == 9 and "&lt;all kinds&gt;" in page
+    assert page.count("data:image/png;base64,") == 10 and "&lt;all kinds&gt;" in page
     assert "http://" not in page and "https://" not in page
     assert "[145.1]" in page and "145.123" not in page  # floats inside lists are rounded like the others
     with pytest.raises(DataError, match="at least one"):

@@ -60,8 +60,12 @@ PUBLIC = {
         "Alpha", "BREAKDOWN_STRENGTH", "DEFAULT_SCALE", "MAX_STRENGTH", "METHODS", "MODES", "Method", "Mode",
         "NAMED_POSITIONS", "NamedPositions", "Positions", "Recommended", "SCALES", "SITES", "Scale", "Site",
     ],
+    "steerlab.finetune": ["FineTuned", "finetune"],
     "steerlab.optimize": ["OBJECTIVES", "Objective", "optimize_vector"],
-    "steerlab.recipes": ["CAABehaviour", "RefusalDirection", "caa_behaviour", "refusal_direction"],
+    "steerlab.recipes": [
+        "CAABehaviour", "RefusalDirection", "SteeredFinetuning", "caa_behaviour", "refusal_direction",
+        "steered_finetuning",
+    ],
     "steerlab.serve": [
         "ApiError", "Engine", "EngineBusy", "Event", "Job", "ServeLimits", "VectorLibrary", "background_server",
         "create_app", "serve",

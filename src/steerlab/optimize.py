@@ -38,7 +38,16 @@ from steerlab._pairs import dataset_hash, pair_texts
 from steerlab._progress import track
 from steerlab._record import record, shared_prefix_length
 from steerlab._steer import Intervention, steer
-from steerlab._text import apply_chat, encode, forward_kwargs, pad_batch, pad_id, takes_logits_to_keep
+from steerlab._text import (
+    ScoredIds,
+    apply_chat,
+    completion_ids,
+    encode,
+    forward_kwargs,
+    pad_batch,
+    pad_id,
+    takes_logits_to_keep,
+)
 from steerlab._vector import SteeringVector
 from steerlab.datasets.pairs import neutral_texts
 from steerlab.errors import DataError, SteeringError
@@ -50,30 +59,7 @@ Objective = Literal["promote", "suppress", "bipo"]
 OBJECTIVES: tuple[str, ...] = ("promote", "suppress", "bipo")
 
 
-@dataclasses.dataclass
-class _Scored:
-    """Token ids of texts and, per row, the first position whose token is scored."""
-
-    ids: list[list[int]]
-    starts: list[int]
-
-
-def _completions(tokenizer: Any, examples: Sequence[tuple[str, str]], chat: bool | None) -> _Scored:
-    ids, starts = [], []
-    for i, example in enumerate(examples):
-        if not (isinstance(example, (tuple, list)) and len(example) == 2 and all(isinstance(t, str) for t in example)):
-            raise DataError(f"example {i} is {example!r}; promote / suppress take (prompt, completion) string pairs.")
-        prompt = apply_chat(tokenizer, example[0], chat=chat)
-        head = encode(tokenizer, [prompt])[0]
-        whole = encode(tokenizer, [prompt + example[1]])[0]
-        if len(whole) <= len(head):
-            raise DataError(f"the completion of example {i} ({example[1]!r}) tokenises to nothing after its prompt.")
-        ids.append(whole)
-        starts.append(len(head))
-    return _Scored(ids, starts)
-
-
-def _sequence_logp(model: nn.Module, scored: _Scored, rows: Sequence[int]) -> torch.Tensor:
+def _sequence_logp(model: nn.Module, scored: ScoredIds, rows: Sequence[int]) -> torch.Tensor:
     """Sum of log p(token | tokens before) over the scored tokens of each row, ``(len(rows),)``, differentiable.
 
     Left-padded, so every row's scored tokens end in the last column: the output head and the softmax run over
@@ -154,12 +140,12 @@ def optimize_vector(
         # Only where the two texts part is scored: the tokens they share have the same log-probabilities in both
         # (a causal model), so they cancel in the chosen - rejected margin exactly.
         starts = [max(1, shared_prefix_length(a, b)) for a, b in zip(pos_ids, neg_ids, strict=True)]
-        chosen, rejected = _Scored(pos_ids, starts), _Scored(neg_ids, starts)
+        chosen, rejected = ScoredIds(pos_ids, starts), ScoredIds(neg_ids, starts)
         prompts = pos + neg
         n = len(pos)
         data_hash = dataset_hash(examples)
     else:
-        chosen = _completions(tokenizer, examples, chat)
+        chosen = completion_ids(tokenizer, examples, chat, what="promote / suppress")
         rejected = None
         prompts = [apply_chat(tokenizer, p, chat=chat) for p, _ in examples]
         n = len(examples)

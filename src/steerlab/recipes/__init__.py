@@ -10,6 +10,8 @@ Example:
 """
 
 from steerlab.recipes.caa import CAABehaviour, caa_behaviour
+from steerlab.recipes.finetuning import SteeredFinetuning, steered_finetuning
 from steerlab.recipes.refusal import RefusalDirection, refusal_direction
 
-__all__ = ["CAABehaviour", "RefusalDirection", "caa_behaviour", "refusal_direction"]
+__all__ = ["CAABehaviour", "RefusalDirection", "SteeredFinetuning", "caa_behaviour", "refusal_direction",
+           "steered_finetuning"]  # fmt: skip
