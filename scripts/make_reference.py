@@ -25,6 +25,7 @@ API_MODULES = [
     "steerlab.evaluate.comparison",
     "steerlab.evaluate.metrics",
     "steerlab.evaluate.sweeps",
+    "steerlab.evaluate.baselines",
     "steerlab.evaluate.results",
     "steerlab.evaluate.probes",
     "steerlab.evaluate.structure",

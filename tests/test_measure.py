@@ -582,3 +582,28 @@ def test_probes_report_a_shuffled_label_control():
         assert r["test_accuracy"] >= 0.95 and 0.3 <= r["control_accuracy"] <= 0.7, r
         assert r["selectivity"] == r["test_accuracy"] - r["control_accuracy"] and r["selectivity"] > 0.25
     assert run.best().test_accuracy == max(r["test_accuracy"] for r in run.table.records)  # the real probe
+
+
+def test_the_prompting_baseline_asks_for_the_behaviour_and_measures_the_change(tiny, tokenizer):
+    from steerlab.evaluate import prompting_baseline
+    from steerlab.evaluate.metrics import ab_probabilities
+
+    model = tiny("llama")
+    instruction = "Always choose the kind answer."
+    asked = ABBehaviour(tokenizer, QUESTIONS, instruction=instruction)
+    text = tokenizer.decode(asked.input_ids[0][asked.attention_mask[0].bool()])
+    assert "<|im_start|>system\nAlways choose the kind answer.<|im_end|>" in text  # the system turn
+    plain_text = ABBehaviour(tokenizer, QUESTIONS, chat=False, instruction=instruction)
+    first = tokenizer.decode(plain_text.input_ids[-1][plain_text.attention_mask[-1].bool()])
+    assert first.startswith(instruction + "\n\n") and "im_start" not in first  # no template: before the question
+
+    record = prompting_baseline(model, tokenizer, QUESTIONS, instruction)
+    plain = ab_probabilities(model, tokenizer, QUESTIONS)
+    prompted = ab_probabilities(model, tokenizer, asked)
+    assert record["n"] == 3 and record["instruction"] == instruction
+    assert record["unsteered"] == pytest.approx(sum(r["p_matching"] for r in plain) / 6)
+    assert record["prompted"] == pytest.approx(sum(r["p_matching"] for r in prompted) / 6)
+    assert record["effect"] == pytest.approx(record["prompted"] - record["unsteered"]) and record["effect"] != 0
+    assert record["effect_lo"] <= record["effect"] <= record["effect_hi"]
+    with pytest.raises(DataError, match="needs an instruction"):
+        prompting_baseline(model, tokenizer, QUESTIONS, "  ")

@@ -141,3 +141,21 @@ def test_scored_log_probabilities_equal_each_text_run_alone(tiny):
             logp = torch.log_softmax(model(input_ids=torch.tensor([text])).logits[0, :-1].float(), -1)
         expected = sum(float(logp[t - 1, text[t]]) for t in range(start, len(text)))
         assert float(got[row]) == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_margin_of_last_tokens_is_read_from_one_pass_of_the_prefix(tiny):
+    """A/B pairs differ only in their answer letter: the margin from one pass of the shared prefix equals the
+    difference of the two texts scored separately; pairs that part earlier are scored text by text."""
+    from steerlab.optimize import _margin
+
+    model = tiny("llama")
+    chosen = ScoredIds([[5, 9, 14, 3, 8], [7, 2, 40], [4, 6, 1, 9]], [4, 2, 2])
+    rejected = ScoredIds([[5, 9, 14, 3, 11], [7, 2, 41], [4, 6, 2, 10]], [4, 2, 2])
+    with torch.no_grad():
+        one_pass = _margin(model, chosen, rejected, [0, 1])
+        two_pass = _sequence_logp(model, chosen, [0, 1]) - _sequence_logp(model, rejected, [0, 1])
+        mixed = _margin(model, chosen, rejected, [0, 2])  # row 2 parts two tokens before its end
+        separate = _sequence_logp(model, chosen, [0, 2]) - _sequence_logp(model, rejected, [0, 2])
+    torch.testing.assert_close(one_pass, two_pass, atol=1e-4, rtol=0)
+    torch.testing.assert_close(mixed, separate, atol=1e-4, rtol=0)
+    assert float(one_pass.abs().min()) > 0

@@ -53,7 +53,8 @@ PUBLIC = {
         "attribution_patching", "logit_diff_metric", "patching_error", "breakdown", "calibrate",
         "compare", "cosine_matrix", "cross_layer_cosine", "generation_perplexity", "kl_from_unsteered", "load_ab",
         "logit_diff", "logits_over_alphas", "neutral_texts", "p_matching", "phrase_refusal", "probe_layers",
-        "sentiment", "sweep", "token_projections", "train_probe", "transfer_matrix", "write_report",
+        "prompting_baseline", "sentiment", "sweep", "token_projections", "train_probe", "transfer_matrix",
+        "write_report",
     ],
     "steerlab.io": ["clear_control_vector", "export_gguf", "export_hub_folder", "import_gguf", "set_control_vector"],
     "steerlab.types": [
@@ -63,8 +64,8 @@ PUBLIC = {
     "steerlab.finetune": ["FineTuned", "finetune"],
     "steerlab.optimize": ["OBJECTIVES", "Objective", "optimize_vector"],
     "steerlab.recipes": [
-        "CAABehaviour", "RefusalDirection", "SteeredFinetuning", "caa_behaviour", "refusal_direction",
-        "steered_finetuning",
+        "CAA_INSTRUCTIONS", "CAABehaviour", "RefusalDirection", "SteeredFinetuning", "caa_behaviour",
+        "refusal_direction", "steered_finetuning",
     ],
     "steerlab.serve": [
         "ApiError", "Engine", "EngineBusy", "Event", "Job", "ServeLimits", "VectorLibrary", "background_server",

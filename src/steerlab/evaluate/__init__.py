@@ -12,6 +12,7 @@ Example:
 """
 
 from steerlab._replay import logits_over_alphas
+from steerlab.evaluate.baselines import prompting_baseline
 from steerlab.evaluate.breakdown_point import breakdown
 from steerlab.evaluate.comparison import Comparison, Generation, compare, generate_rows
 from steerlab.evaluate.judges import RefusalClassifier, phrase_refusal
@@ -73,6 +74,7 @@ __all__ = [
     "neutral_texts",
     "p_matching",
     "patching_error",
+    "prompting_baseline",
     "phrase_refusal",
     "probe_layers",
     "record_labelled",
