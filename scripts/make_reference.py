@@ -30,6 +30,7 @@ API_MODULES = [
     "steerlab.evaluate.probes",
     "steerlab.evaluate.structure",
     "steerlab.evaluate.patching",
+    "steerlab.evaluate.sae",
     "steerlab.evaluate.breakdown_point",
     "steerlab.evaluate.judges",
     "steerlab.evaluate.plots",

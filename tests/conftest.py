@@ -51,6 +51,8 @@ LAYERS = {
     "test_extract.py::test_peer_shapes_give_the_vector_of_contrast_pairs": "arch",
     "test_extract.py::test_negative_layers_count_from_the_last_and_none_is_every_block": "arch",
     "test_finetune.py": "arch",
+    "test_sae.py": "arch",
+    "test_sae.py::test_hook_names_follow_transformer_lens": "unit",
     "test_gguf.py": "arch",
     "test_hooks.py": "unit",
     "test_gguf.py::test_cli_export_import": "apps",

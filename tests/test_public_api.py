@@ -49,7 +49,8 @@ PUBLIC = {
     "steerlab.evaluate": [
         "ABBehaviour", "ABQuestion", "Comparison", "DEFAULT_KL_BUDGET", "Generation", "LabelledActivations",
         "NeutralKL", "Recommendation", "fit_probes", "generate_rows", "record_labelled",
-        "RefusalClassifier", "ResultTable", "activation_covariance", "activation_pca", "activation_patching",
+        "RefusalClassifier", "ResultTable", "SparseAutoencoder", "train_sae",
+        "activation_covariance", "activation_pca", "activation_patching",
         "attribution_patching", "logit_diff_metric", "patching_error", "breakdown", "calibrate",
         "compare", "cosine_matrix", "cross_layer_cosine", "generation_perplexity", "kl_from_unsteered", "load_ab",
         "logit_diff", "logits_over_alphas", "neutral_texts", "p_matching", "phrase_refusal", "probe_layers",

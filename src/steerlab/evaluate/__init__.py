@@ -40,6 +40,7 @@ from steerlab.evaluate.probes import (
 )
 from steerlab.evaluate.report import write_report
 from steerlab.evaluate.results import ResultTable
+from steerlab.evaluate.sae import SparseAutoencoder, train_sae
 from steerlab.evaluate.structure import activation_covariance, activation_pca, cosine_matrix, cross_layer_cosine
 from steerlab.evaluate.sweeps import DEFAULT_KL_BUDGET, Recommendation, calibrate, sweep
 
@@ -54,6 +55,7 @@ __all__ = [
     "Recommendation",
     "RefusalClassifier",
     "ResultTable",
+    "SparseAutoencoder",
     "activation_covariance",
     "activation_patching",
     "activation_pca",
@@ -81,6 +83,7 @@ __all__ = [
     "sentiment",
     "sweep",
     "token_projections",
+    "train_sae",
     "train_probe",
     "transfer_matrix",
     "write_report",
