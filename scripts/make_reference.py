@@ -63,9 +63,13 @@ def cli_reference() -> str:
         "Generated from `steerlab --help` by `scripts/make_reference.py`; do not edit by hand.",
         "",
     ]
-    names = [None, *getattr(group, "commands", {})]
-    for name in names:
-        args = [name, "--help"] if name else ["--help"]
+    names: list[list[str]] = [[]]
+    for name, command in getattr(group, "commands", {}).items():
+        names.append([name])
+        names += [[name, sub] for sub in getattr(command, "commands", {})]  # a group's commands: `steerlab sae train`
+    for words in names:
+        name = " ".join(words)
+        args = [*words, "--help"]
         result = runner.invoke(app, args, prog_name="steerlab", env={"COLUMNS": "100", "TERM": "dumb", "NO_COLOR": "1"})
         text = result.output
         text = "\n".join(line.rstrip() for line in re.sub(r"\x1b\[[0-9;]*m", "", text).strip("\n").splitlines())

@@ -53,6 +53,7 @@ LAYERS = {
     "test_finetune.py": "arch",
     "test_sae.py": "arch",
     "test_sae.py::test_hook_names_follow_transformer_lens": "unit",
+    "test_sae.py::test_cli_trains_decomposes_and_writes_a_feature": "apps",
     "test_gguf.py": "arch",
     "test_hooks.py": "unit",
     "test_gguf.py::test_cli_export_import": "apps",

@@ -106,3 +106,37 @@ def test_hook_names_follow_transformer_lens():
     assert hook_name(12, "resid_post") == "blocks.12.hook_resid_post"
     assert parse_hook_name("blocks.3.hook_mlp_out") == (3, "mlp_out")
     assert all(parse_hook_name(hook_name(4, site)) == (4, site) for site in ("resid_pre", "attn_out"))
+
+
+def test_cli_trains_decomposes_and_writes_a_feature(tmp_path, tokenizer):
+    from typer.testing import CliRunner
+
+    from steerlab import SteeringVector
+    from steerlab.cli import app
+    from tiny import SMOL_VOCAB, make_tiny
+
+    folder = tmp_path / "tiny"
+    make_tiny("llama", vocab=SMOL_VOCAB).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    runner = CliRunner()
+    common = ["--model", str(folder)]
+    sae_dir, feature_file = str(tmp_path / "sae"), str(tmp_path / "f3.safetensors")
+    sizes = ["--width", "64", "--k", "4", "--batch-size", "64", "--epochs", "4"]
+    trained = runner.invoke(app, ["sae", "train", "--texts", str(texts), "--layer", "1", "--out", sae_dir, *sizes,
+                                  *common])  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    assert "explained variance" in trained.stdout and (tmp_path / "sae" / "cfg.json").exists()
+    wrote = runner.invoke(app, ["sae", "feature", "--sae", sae_dir, "--feature", "3", "--out", feature_file,
+                                *common])  # fmt: skip
+    assert wrote.exit_code == 0, wrote.output
+    vec = SteeringVector.load(tmp_path / "f3.safetensors")
+    assert vec.layers == [1] and vec.resid_norm and vec.extra["sae_feature"] == 3
+    read = runner.invoke(app, ["sae", "decompose", "--sae", sae_dir, "--vector", feature_file, "--top", "2",
+                               "--texts", str(texts), *common])  # fmt: skip
+    assert read.exit_code == 0, read.output
+    assert read.stdout.splitlines()[0].split()[:5] == ["+1", "feature", "3", "cosine", "+1.000"]
+    bad = runner.invoke(app, ["sae", "feature", "--sae", str(tmp_path / "sae"), "--feature", "64",
+                              "--out", str(tmp_path / "x.safetensors"), *common])  # fmt: skip
+    assert bad.exit_code == 1 and "features 0-63" in bad.output
