@@ -67,10 +67,11 @@ def _before(top: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layer", type=int, default=12)
-    parser.add_argument("--texts", type=int, default=6000, help="texts per source at most")
+    parser.add_argument("--texts", type=int, default=1500, help="texts per source at most")
     parser.add_argument("--width", type=int, default=4608, help="features (8x the residual width)")
     parser.add_argument("--k", type=int, default=32, help="active features per token (TopK)")
-    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--epochs", type=float, default=6.0)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--top", type=int, default=5, help="features shown per vector")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
@@ -79,7 +80,9 @@ def main() -> None:
     model, tok = load_model()
     sources = training_texts(tok, args.texts)
     texts = [t for group in sources.values() for t in group]
-    sae = train_sae(model, tok, texts, layer=args.layer, width=args.width, k=args.k, epochs=args.epochs, progress=True)
+    sae = train_sae(
+        model, tok, texts, layer=args.layer, width=args.width, k=args.k, epochs=args.epochs, lr=args.lr, progress=True
+    )
     sae.save(ROOT / "saes" / f"smollm2-l{args.layer}")
     stats = sae.stats
     print(stats, flush=True)
@@ -94,7 +97,8 @@ def main() -> None:
             chat=True,
         ),
     }  # fmt: skip
-    shown = texts[: min(len(texts), 4000)]
+    shown = random.Random(1).sample(texts, min(len(texts), 1500))
+    shown_acts = sae.activations(model, tok, shown, progress=True)
     sections = []
     for name, vec in vectors.items():
         rows = sae.decompose(vec, top=args.top)
@@ -103,7 +107,7 @@ def main() -> None:
         for row in rows:
             if row["sign"] == "-" and row["rank"] >= 2:
                 continue  # the two most negative are enough to show the other end
-            tops = sae.top_activating(model, tok, shown, row["feature"], k=3, context=10)
+            tops = sae.top_activating(model, tok, shown, row["feature"], k=3, context=10, activations=shown_acts)
             where = (
                 "; ".join(f"…{_before(t)}**{t['token'].strip()}** ({t['activation']:.1f})" for t in tops)
                 or "does not fire on these texts"
@@ -131,9 +135,9 @@ Explained variance and dead features are measured on the training tokens themsel
 ## Steering vectors in its features
 
 Each vector at layer {args.layer}, decomposed by cosine with the SAE's decoder rows (`SparseAutoencoder.decompose`):
-the {args.top} features it points along most, then the 2 it points against most, each with the 3 tokens of the first
-{len(shown)} training texts where the feature fires most (`top_activating`). A cosine near 1 would say the vector is
-one feature; small cosines say it is spread over many.
+the {args.top} features it points along most, then the 2 it points against most, each with the 3 tokens of
+{len(shown)} training texts (a seeded sample) where the feature fires most (`top_activating`). A cosine near 1 would
+say the vector is one feature; small cosines say it is spread over many.
 
 {chr(10).join(s + chr(10) for s in sections)}
 """

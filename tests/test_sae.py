@@ -81,6 +81,9 @@ def test_top_activating_tokens_are_the_largest_activations(trained):
     values = sorted((float(v) for a in per_text for v in a[1:, feature] if v > 0), reverse=True)[:3]
     assert [r["activation"] for r in top] == pytest.approx(values)
     assert all(r["position"] >= 1 and r["token"] in r["context"] for r in top)
+    assert sae.top_activating(model, tokenizer, TEXTS[:6], feature, k=3, activations=per_text) == top  # reused
+    with pytest.raises(DataError, match="6 activations for 5 texts"):
+        sae.top_activating(model, tokenizer, TEXTS[:5], feature, activations=per_text)
 
 
 def test_an_sae_that_does_not_fit_the_model_is_refused(trained):

@@ -235,15 +235,33 @@ class SparseAutoencoder:
                 out[row] = self.encode(hidden)
         return out
 
-    def top_activating(self, model: nn.Module, tokenizer: Any, texts: Sequence[str], feature: int, *, k: int = 5,
-                       context: int = 8) -> list[dict[str, Any]]:  # fmt: skip
+    def top_activating(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        texts: Sequence[str],
+        feature: int,
+        *,
+        k: int = 5,
+        context: int = 8,
+        activations: Sequence[torch.Tensor] | None = None,
+    ) -> list[dict[str, Any]]:
         """The ``k`` tokens of ``texts`` where ``feature`` fires most (the first token of each text, the attention
-        sink, left out), each with its text, position, token, activation and the ``context`` tokens before it."""
+        sink, left out), each with its text, position, token, activation and the ``context`` tokens before it.
+        ``activations``: :meth:`activations` of the same texts, computed once for many features.
+
+        Example:
+            >>> acts = sae.activations(model, tok, texts)
+            >>> {f: sae.top_activating(model, tok, texts, f, activations=acts) for f in (12, 812)}
+        """
         self.feature_vector(feature)  # checks the index
         texts = check_texts(texts)
+        if activations is None:
+            activations = self.activations(model, tokenizer, texts)
+        elif len(activations) != len(texts):
+            raise DataError(f"{len(activations)} activations for {len(texts)} texts; compute them for these texts.")
         found = []
-        for t, (acts, ids) in enumerate(zip(self.activations(model, tokenizer, texts), encode(tokenizer, texts),
-                                            strict=True)):  # fmt: skip
+        for t, (acts, ids) in enumerate(zip(activations, encode(tokenizer, texts), strict=True)):
             for pos in range(1, len(ids)):
                 value = float(acts[pos, feature])
                 if value > 0:
