@@ -11,6 +11,7 @@ from steerlab._record import record
 from steerlab.errors import ArchitectureError, DataError
 from steerlab.evaluate import neutral_texts
 from steerlab.evaluate.sae import SparseAutoencoder, hook_name, parse_hook_name, train_sae
+from tiny import random_vector
 
 TEXTS = neutral_texts() * 2
 
@@ -143,3 +144,25 @@ def test_cli_trains_decomposes_and_writes_a_feature(tmp_path, tokenizer):
     bad = runner.invoke(app, ["sae", "feature", "--sae", str(tmp_path / "sae"), "--feature", "64",
                               "--out", str(tmp_path / "x.safetensors"), *common])  # fmt: skip
     assert bad.exit_code == 1 and "features 0-63" in bad.output
+
+
+def test_attribution_splits_the_first_order_effect_over_features(trained):
+    from steerlab import Intervention
+    from steerlab.evaluate import logit_diff_metric
+
+    model, tokenizer, sae = trained
+    metric = logit_diff_metric(tokenizer, " the", " a")
+    prompts = ["The weather was", "She walked to the", "A report lists the"]
+    vec = random_vector(model, layers=(2,), scale=1.0)
+    small = sae.attribute(model, tokenizer, prompts, Intervention(vec, alpha=0.02, scale="absolute"), metric,
+                          top=64, batch_size=2)  # fmt: skip
+    assert small["n"] == 3 and len(small["features"]) == 64
+    assert sum(f["attribution"] for f in small["features"]) == pytest.approx(small["through_features"], abs=1e-6)
+    assert small["through_features"] + small["error"] == pytest.approx(small["first_order"], abs=1e-9)
+    # A small push: the first-order estimate is the measured change of the metric.
+    assert small["first_order"] == pytest.approx(small["effect"], rel=0.05, abs=1e-4) and small["effect"] != 0
+    sizes = [abs(f["attribution"]) for f in small["features"]]
+    assert sizes == sorted(sizes, reverse=True)
+    with pytest.raises(DataError, match="layer 2"):
+        sae.attribute(model, tokenizer, prompts, Intervention(random_vector(model, layers=(1,)), alpha=0.1,
+                                                              scale="absolute"), metric)  # fmt: skip
