@@ -59,9 +59,27 @@ def stats_table(stats: dict) -> str:
     return "\n".join([header, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|", row])
 
 
-def _before(top: dict) -> str:
-    """The context before the token, on one line and safe inside a Markdown table."""
-    return top["context"][: -len(top["token"])].replace("\n", " ").replace("|", "/")
+def _cell(text: str) -> str:
+    """Text on one line, safe inside a Markdown table."""
+    return text.replace("\n", "⏎").replace("|", "\\|").replace("*", "\\*")
+
+
+def _shown(top: dict) -> str:
+    """The context before the token, then the token in bold (a whitespace token by its repr)."""
+    token = top["token"]
+    before = _cell(top["context"][: -len(token)] if token else top["context"])
+    lead = " " if token[:1].isspace() and token.strip() else ""
+    return f"…{before}{lead}**{_cell(token.strip()) or repr(token)}** ({top['activation']:.1f})"
+
+
+def _distinct(tops: list[dict], k: int) -> list[dict]:
+    """The first ``k`` with different contexts (the chat template's system turn repeats in every prompt)."""
+    seen, kept = set(), []
+    for top in tops:
+        if top["context"] not in seen:
+            seen.add(top["context"])
+            kept.append(top)
+    return kept[:k]
 
 
 def main() -> None:
@@ -107,11 +125,9 @@ def main() -> None:
         for row in rows:
             if row["sign"] == "-" and row["rank"] >= 2:
                 continue  # the two most negative are enough to show the other end
-            tops = sae.top_activating(model, tok, shown, row["feature"], k=3, context=10, activations=shown_acts)
-            where = (
-                "; ".join(f"…{_before(t)}**{t['token'].strip()}** ({t['activation']:.1f})" for t in tops)
-                or "does not fire on these texts"
-            )
+            tops = _distinct(sae.top_activating(model, tok, shown, row["feature"], k=30, context=10,
+                                                activations=shown_acts), 3)  # fmt: skip
+            where = "; ".join(_shown(t) for t in tops) or "does not fire on these texts"
             lines.append(f"| {row['feature']} | {row['cosine']:+.3f} | {where} |")
         sections.append("\n".join(lines))
     minutes = (time.perf_counter() - began) / 60
@@ -136,7 +152,8 @@ Explained variance and dead features are measured on the training tokens themsel
 
 Each vector at layer {args.layer}, decomposed by cosine with the SAE's decoder rows (`SparseAutoencoder.decompose`):
 the {args.top} features it points along most, then the 2 it points against most, each with the 3 tokens of
-{len(shown)} training texts (a seeded sample) where the feature fires most (`top_activating`). A cosine near 1 would
+{len(shown)} training texts (a seeded sample) where the feature fires most (`top_activating`; contexts that repeat,
+such as the chat template's system turn, shown once; ⏎ is a line break). A cosine near 1 would
 say the vector is one feature; small cosines say it is spread over many.
 
 {chr(10).join(s + chr(10) for s in sections)}
