@@ -175,3 +175,20 @@ def test_the_recipe_measures_every_arm_unsteered_beside_the_base_model(tiny, tok
     assert "| add_trait | add trait |" in result.markdown()
     with pytest.raises(DataError, match="unknown arms"):
         steered_finetuning(model, tokenizer, TEXTS, ["x"], trait, layer=2, arms=("sideways",))
+
+
+def test_a_loss_that_turns_nan_stops_with_the_step_and_restores_the_model(monkeypatch):
+    from transformers import Trainer
+
+    model = make_tiny("llama")
+    before = _weights(model)
+    original = Trainer.compute_loss
+
+    def poisoned(self, *args, **kwargs):
+        loss = original(self, *args, **kwargs)
+        return loss * float("nan") if self.state.global_step >= 1 else loss
+
+    monkeypatch.setattr(Trainer, "compute_loss", poisoned)
+    with pytest.raises(SteeringError, match="nan at step 2 of 3"):
+        finetune(model, TOK, TEXTS, steps=3, batch_size=2, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in _weights(model).items())

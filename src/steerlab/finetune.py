@@ -194,6 +194,7 @@ def finetune(
                 use_cpu=input_device(model).type == "cpu",
                 dataloader_num_workers=0,
                 remove_unused_columns=False,
+                logging_nan_inf_filter=False,  # a NaN loss must reach the check below, not be averaged away
                 disable_tqdm=not progress if progress is not None else None,
             )
             trainer = Trainer(
@@ -208,10 +209,12 @@ def finetune(
             with steer(wrapped, items) if items else nullcontext():
                 trainer.train()
         losses = [float(entry["loss"]) for entry in trainer.state.log_history if "loss" in entry]
-        if not losses or not all(math.isfinite(x) for x in losses):
+        bad = next((step for step, x in enumerate(losses, 1) if not math.isfinite(x)), None)
+        if not losses or bad is not None:
+            found = f"{losses[bad - 1]} at step {bad}" if bad is not None else "never logged"
             raise SteeringError(
-                f"the training loss became {losses[-1] if losses else 'absent'} (losses: {losses[:8]}...); lower lr "
-                "or the steering strength. The model was left as it was."
+                f"the training loss was {found} of {steps}; lower lr or the steering strength. The model was left "
+                "as it was."
             )
     except BaseException:
         wrapped.unload()  # the adapters out again: the weights are untouched
