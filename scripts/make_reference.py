@@ -41,6 +41,7 @@ API_MODULES = [
     "steerlab.arch",
     "steerlab.doctor",
     "steerlab.serve",
+    "steerlab.vllm",
 ]
 
 
