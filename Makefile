@@ -34,7 +34,7 @@ TRANSFORMERS_FLOOR := $(shell sed -n 's/.*"transformers>=\([0-9.]*\)".*/\1/p' py
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 VLLM_LOCK := requirements-vllm.lock
-VLLM_TESTS := tests/test_vllm_spec.py tests/test_vllm.py
+VLLM_TESTS := tests/test_vllm_spec.py tests/test_vllm.py tests/test_vllm_serve.py
 # vLLM on CPU: the engine core in this process (no worker processes), a 2 GiB KV cache, no thread pinning (the
 # test machines share their cores).
 VLLM_ENV := VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 VLLM_CPU_OMP_THREADS_BIND=nobind
