@@ -1,14 +1,17 @@
 """Stock vLLM's OpenAI server (its own process, with worker processes: vLLM's default) steered through the plugin
 from the official ``openai`` client: the steering list travels as a JSON string in ``vllm_xargs``, vectors are
-named from ``$STEERLAB_VECTORS``, and a bad entry is a 400 with the library's message. Runs in .venv-vllm."""
+named from ``$STEERLAB_VECTORS``, and a bad entry is a 400 with the library's message; and the vLLM throughput
+benchmark runs. Runs in .venv-vllm."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -77,3 +80,16 @@ def test_stock_vllm_serve_steers_per_request_from_the_openai_client(server):
     assert ask([{"vector": "sentiment", "alpha": 0.25}]) == steered
     with pytest.raises(openai.BadRequestError, match="unknown mode 'bogus'"):
         ask([{"vector": "sentiment", "alpha": 0.25, "mode": "bogus"}])
+
+
+def test_the_vllm_throughput_benchmark_runs(tmp_path):
+    """benchmarks/vllm_throughput.py end to end at the smallest size (its numbers come from a full run only)."""
+    out = tmp_path / "vllm_throughput.json"
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    command = [sys.executable, str(bench / "vllm_throughput.py"), "--clients", "1,2", "--server-clients", "1"]
+    command += ["--max-tokens", "2", "--repeats", "1", "--requests-per-client", "1", "--json", str(out)]
+    done = subprocess.run(command, cwd=bench, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["clients"]) == {"1", "2"} and set(result["server_steered"]) == {"1"}
+    assert all(row["vllm_steered"] > 0 for row in result["clients"].values())
