@@ -111,9 +111,10 @@ def _pearson(xs: list[float], ys: list[float]) -> float:
 
 
 def measure(llm, model, tokenizer, vector: str, prompts: list[str], max_tokens: int) -> list[dict[str, Any]]:
-    """One row per case: token agreement with the transformers hooks, the unsteered agreement, the log-prob shift
-    correlation (``nan`` when steering leaves the prompt untouched: positions="generated") and how many (prompt,
-    token) pairs it is over."""
+    """One row per case: token agreement with the transformers hooks, the unsteered agreement, the share of prompts
+    whose greedy answer the steering changed, the log-prob shift correlation (``nan`` when steering leaves the prompt
+    untouched: positions="generated"), the largest difference of the two engines' shifts and how many (prompt,
+    token) pairs they are over."""
     from vllm import SamplingParams
 
     ids = [encode(tokenizer, [apply_chat(tokenizer, p)])[0] for p in prompts]
@@ -146,6 +147,7 @@ def measure(llm, model, tokenizer, vector: str, prompts: list[str], max_tokens: 
                 "unsteered_equal": base_equal,
                 "steered_changed": sum(t != b for t, b in zip(tokens, hf_base_tokens, strict=True)) / n,
                 "shift_corr": _pearson(hf_shift, vllm_shift) if moved else math.nan,
+                "shift_max_diff": max((abs(a - b) for a, b in zip(hf_shift, vllm_shift, strict=True)), default=0.0),
                 "pairs": len(hf_shift),
             }
         )
@@ -171,14 +173,15 @@ def open_llm(folder: str):
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| case | greedy tokens equal (steered) | equal unsteered | steered changed | log-prob shift corr | pairs |",
-        "|---|---|---|---|---|---|",
+        "| case | greedy tokens equal (steered) | equal unsteered | steered changed | log-prob shift corr "
+        "| max shift difference (nats) | pairs |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         corr = "n/a (prompt untouched)" if math.isnan(r["shift_corr"]) else f"{r['shift_corr']:.4f}"
         lines.append(
             f"| {r['case']} | {r['tokens_equal']:.2f} | {r['unsteered_equal']:.2f} | {r['steered_changed']:.2f} "
-            f"| {corr} | {r['pairs']} |"
+            f"| {corr} | {r['shift_max_diff']:.1e} | {r['pairs']} |"
         )
     return "\n".join(lines)
 
