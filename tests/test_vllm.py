@@ -103,11 +103,17 @@ def test_a_mixed_batch_equals_each_request_run_alone(engine):
 def test_unsteered_requests_stay_bit_for_bit_unsteered_beside_steered_ones(engine):
     llm, _, tokenizer, vector = engine
     prompts = [{"prompt_token_ids": tokenizer(p)["input_ids"]} for p in parity.PROMPTS[:6]]
-    strong = steering_args([{"vector": vector, "alpha": 0.25, "mode": "ablate_then_add"}])
+    # both paths of the hook: folded plain additions and operators applied request by request
+    kinds = [
+        steering_args([{"vector": vector, "alpha": 0.25}]),
+        steering_args([{"vector": vector, "alpha": 0.25, "mode": "ablate_then_add"}]),
+    ]
 
     def run(steered: bool):
         params = [
-            SamplingParams(max_tokens=6, temperature=0.0, logprobs=5, extra_args=strong if steered and i % 2 else None)
+            SamplingParams(
+                max_tokens=6, temperature=0.0, logprobs=5, extra_args=kinds[i // 2 % 2] if steered and i % 2 else None
+            )
             for i in range(len(prompts))
         ]
         return llm.generate(prompts, params, use_tqdm=False)

@@ -13,7 +13,10 @@ adds it). The block output that steerlab's transformers hooks steer (``resid_pos
 token gets ``hidden = op(hidden + residual)`` and ``residual = 0``: the next layer's add then sees exactly the
 steered sum. Tokens of requests without steering keep both tensors as they were, bit for bit, and a step with no
 steered request runs no steering code at all. The operators are the library's own
-(:func:`steerlab._interventions.apply_operator`), applied to each request's tokens as a batch of one row.
+(:func:`steerlab._interventions.apply_operator`), applied to each request's tokens as a batch of one row; plain
+additions (every position, no norm preservation: the common case) are folded per request as steerlab's hooks fold
+them and applied to every such request's tokens at once, so a step costs a few tensor operations per layer whatever
+the number of requests.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -63,6 +67,37 @@ def decoder_layers(model: nn.Module, num_layers: int) -> nn.ModuleList:
     return candidates[0][1]
 
 
+def _plain_add(plan: Plan) -> bool:
+    return plan.mode == "add" and plan.positions == "all" and not plan.preserve_norm
+
+
+@dataclass(eq=False)
+class _Prepared:
+    """A request's steering on this worker's device and dtype, per layer: one folded addition where every entry is
+    a plain addition (every position, no norm preservation), as steerlab's hooks fold them (``0 + a1 v1 + a2 v2``,
+    in order); else the entries in order. Made once per request."""
+
+    adds: dict[int, torch.Tensor]
+    plans: dict[int, list[Plan]]
+
+    @classmethod
+    def of(cls, steering: RequestSteering, device: torch.device, dtype: torch.dtype) -> _Prepared:
+        per_layer: dict[int, list[Plan]] = {}
+        for plan in steering.plans:
+            cast = replace(plan, direction=plan.direction.to(device=device, dtype=dtype))
+            per_layer.setdefault(plan.layer, []).append(cast)
+        adds, plans = {}, {}
+        for layer, items in per_layer.items():
+            if all(_plain_add(plan) for plan in items):
+                total = torch.zeros_like(items[0].direction)
+                for plan in items:
+                    total += plan.alpha * plan.direction
+                adds[layer] = total
+            else:
+                plans[layer] = items
+        return cls(adds, plans)
+
+
 @dataclass(eq=False)
 class _Request:
     """A steered request's tokens in this step's packed batch."""
@@ -71,24 +106,37 @@ class _Request:
     start: int
     end: int
     prompt_length: int
-    steering: RequestSteering
+    steering: _Prepared
 
 
 @dataclass(eq=False)
 class _Step:
-    """The plan of one forward pass: per layer, the token ranges to steer and what to apply to each."""
+    """The plan of one forward pass: per layer, the tokens that get a folded addition (all requests together) and
+    the requests whose entries apply one by one."""
 
     requests: list[_Request]
     masks: dict[tuple[int, Any], torch.Tensor | None] = field(default_factory=dict)
-    by_layer: dict[int, list[tuple[_Request, list[Plan]]]] = field(default_factory=dict)
+    layers: set[int] = field(default_factory=set)
+    _adds: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for request in self.requests:
-            per_layer: dict[int, list[Plan]] = {}
-            for plan in request.steering.plans:
-                per_layer.setdefault(plan.layer, []).append(plan)
-            for layer, plans in per_layer.items():
-                self.by_layer.setdefault(layer, []).append((request, plans))
+            self.layers |= set(request.steering.adds) | set(request.steering.plans)
+
+    def additions(self, layer: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(rows, delta)``: the packed token rows of the requests with a folded addition at ``layer`` and what
+        each row gets added (built once per layer and step: a few tensor operations whatever the request count)."""
+        if layer not in self._adds:
+            plain = [r for r in self.requests if layer in r.steering.adds]
+            if not plain:
+                self._adds[layer] = None
+            else:
+                rows = np.concatenate([np.arange(r.start, r.end) for r in plain])
+                which = np.repeat(np.arange(len(plain)), [r.end - r.start for r in plain])
+                vectors = torch.stack([r.steering.adds[layer] for r in plain])
+                index = torch.from_numpy(which).to(device)
+                self._adds[layer] = (torch.from_numpy(rows).to(device), vectors[index])
+        return self._adds[layer]
 
     def select(self, request: _Request, rule: Any, positions: torch.Tensor) -> torch.Tensor | None:
         """The ``(1, tokens)`` mask of ``request``'s current tokens that a position rule selects (``None``: all).
@@ -120,7 +168,7 @@ class RunnerSteering:
         model_config = runner.vllm_config.model_config
         self.fingerprint = served_fingerprint(model_config)
         self.model_name = str(model_config.model)
-        self._requests: dict[str, RequestSteering | None] = {}
+        self._requests: dict[str, _Prepared | None] = {}
         self._pending: _Step | None = None
         self._active: _Step | None = None
         self._positions: torch.Tensor | None = None
@@ -152,20 +200,15 @@ class RunnerSteering:
             start += count
         self._pending = _Step(steered) if steered else None
 
-    def _steering_of(self, req_id: str, state: Any) -> RequestSteering | None:
+    def _steering_of(self, req_id: str, state: Any) -> _Prepared | None:
         if req_id not in self._requests:
             params = state.sampling_params
             raw = (params.extra_args or {}).get(EXTRA_KEY) if params is not None else None
             # The front end checked this entry before the request was queued; a failure here (a vector file
             # changed since) raises rather than run the request unsteered.
             steering = parse_steering(raw, self.fingerprint, self.model_name)
-            if steering is not None:  # the directions on the model's device and dtype, once per request
-                plans = tuple(
-                    replace(plan, direction=plan.direction.to(device=self._device, dtype=self._dtype))
-                    for plan in steering.plans
-                )
-                steering = replace(steering, plans=plans)
-            self._requests[req_id] = steering
+            prepared = None if steering is None else _Prepared.of(steering, self._device, self._dtype)
+            self._requests[req_id] = prepared
         return self._requests[req_id]
 
     @contextmanager
@@ -187,15 +230,23 @@ class RunnerSteering:
     def _hook(self, layer: int):
         def steer_layer(module: nn.Module, args: tuple, output: Any) -> Any:
             step = self._active
-            work = None if step is None else step.by_layer.get(layer)
-            if not work:
+            if step is None or layer not in step.layers:
                 return None
             split = isinstance(output, tuple) and len(output) == 2 and output[1] is not None
             hidden, residual = output if split else (output, None)
             total = hidden + residual if split else hidden
             new_hidden = hidden.clone()
             new_residual = residual.clone() if split else None
-            for request, plans in work:
+            adds = step.additions(layer, hidden.device)
+            if adds is not None:
+                rows, delta = adds
+                new_hidden[rows] = total[rows] + delta
+                if split:
+                    new_residual[rows] = 0
+            for request in step.requests:
+                plans = request.steering.plans.get(layer)
+                if not plans:
+                    continue
                 segment = total[request.start : request.end][None]
                 for plan in plans:
                     mask = step.select(request, plan.positions, self._positions)
