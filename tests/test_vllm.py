@@ -70,6 +70,21 @@ def test_a_changed_runner_layout_is_refused(monkeypatch):
     ]
 
 
+def test_the_plugin_refuses_to_load_on_a_layout_it_does_not_know(monkeypatch):
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    from steerlab.vllm import _plugin
+
+    # as on a fresh process of another vLLM: methods not yet wrapped, and one of them changed
+    original = getattr(GPUModelRunner._model_forward, "__wrapped__", GPUModelRunner._model_forward)
+    monkeypatch.setattr(GPUModelRunner, "_model_forward", original)
+    monkeypatch.setattr(_plugin, "check_layout", lambda: ["GPUModelRunner._prepare_inputs is missing"])
+    with pytest.raises(
+        RuntimeError, match=r"tested with vLLM 0\.32\.0 .*_prepare_inputs is missing.*STEERLAB_VLLM_DISABLE"
+    ):
+        _plugin.register()
+
+
 def test_parity_with_the_transformers_hooks_for_every_operator_and_position_rule(engine):
     llm, model, tokenizer, vector = engine
     rows = parity.measure(llm, model, tokenizer, vector, parity.PROMPTS[:3], max_tokens=8)
