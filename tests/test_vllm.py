@@ -174,10 +174,18 @@ def test_prompt_steering_never_reuses_unsteered_kv_and_generation_steering_share
     assert list(shared.outputs[0].token_ids) == list(fresh_generated.outputs[0].token_ids)
 
 
-def test_bad_steering_is_refused_with_the_librarys_errors_and_the_engine_goes_on(engine):
+def test_bad_steering_is_refused_with_the_librarys_errors_and_the_engine_goes_on(engine, tmp_path):
+    import torch
+
+    from steerlab import SteeringVector
+    from steerlab._models import ModelFingerprint
+
     llm, *_, vector = engine
     prompt = {"prompt_token_ids": [1, 504, 3458]}
+    other = SteeringVector({3: torch.ones(64)}, model_id="another", fingerprint=ModelFingerprint("llama", 64, 4))
+    other_path = str(other.save(tmp_path / "other.safetensors"))
     bad = {
+        "does not fit the model .*hidden size 64 .vector. vs 576 .model.": [{"vector": other_path, "alpha": 1.0}],
         "unknown mode": [{"vector": vector, "alpha": 0.1, "mode": "multiply"}],
         "layers \\[3\\] are not in the vector": [{"vector": vector, "alpha": 0.1, "layers": [3]}],
         "past the limit": [{"vector": vector, "alpha": 9.0}],
