@@ -109,3 +109,31 @@ def test_the_salt_follows_what_changes_prompt_kv(tmp_path, vec_path):
     # a vector file rewritten under the same name salts differently
     _vector(seed=5).save(vec_path)
     assert base != salt([{"vector": vec_path, "alpha": 0.1}])
+
+
+def test_decoder_layers_are_found_or_refused_by_name():
+    from torch import nn
+
+    from steerlab.vllm._runner import decoder_layers
+
+    class Inner(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Linear(2, 2) for _ in range(n))
+
+    class Model(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.model = Inner(n)
+
+    class Elsewhere(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.transformer = Inner(n)
+
+    model = Model(4)
+    assert decoder_layers(model, 4) is model.model.layers
+    other = Elsewhere(4)
+    assert decoder_layers(other, 4) is other.transformer.layers
+    with pytest.raises(RuntimeError, match="expected one ModuleList named 'layers' with 5 modules, found none"):
+        decoder_layers(model, 5)

@@ -87,6 +87,13 @@ def check_layout() -> list[str]:
         known = set(getattr(owner, "__dataclass_fields__", {})) | set(getattr(owner, "__struct_fields__", ()))
         problems += [f"{owner.__name__}.{name} is missing" for name in names if name not in known]
     problems += [f"InputBatch.{name} is missing" for name in ("req_ids", "num_reqs") if not hasattr(InputBatch, name)]
+    try:  # the CPU runner must inherit the two wrapped methods (a platform's own version would bypass them)
+        from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+    except Exception:  # not a CPU build: nothing to check
+        CPUModelRunner = None
+    for name in ("_prepare_inputs", "_model_forward"):
+        if CPUModelRunner is not None and name in vars(CPUModelRunner):
+            problems.append(f"CPUModelRunner overrides {name}")
     return problems
 
 

@@ -173,11 +173,17 @@ class RunnerSteering:
         self._active: _Step | None = None
         self._positions: torch.Tensor | None = None
         self._device, self._dtype = runner.device, model_config.dtype
-        layers = decoder_layers(runner.get_model(), self.fingerprint.num_layers)
         self._hooks = HookSet().__enter__()
+        self._finalizer = weakref.finalize(runner, self._hooks.close)
+        # A model whose layers are not found still serves unsteered requests: only a steered one is refused (below).
+        self._unsupported: str | None = None
+        try:
+            layers = decoder_layers(runner.get_model(), self.fingerprint.num_layers)
+        except RuntimeError as err:
+            self._unsupported = str(err)
+            return
         for index, layer in enumerate(layers):
             self._hooks.forward(layer, self._hook(index))
-        self._finalizer = weakref.finalize(runner, self._hooks.close)
 
     def close(self) -> None:
         """Remove the hooks (also done when the runner is collected)."""
@@ -194,6 +200,9 @@ class RunnerSteering:
         for i, req_id in enumerate(batch.req_ids[: batch.num_reqs]):
             count = int(num_scheduled_tokens[i])
             steering = self._steering_of(req_id, live[req_id])
+            if steering is not None and self._unsupported is not None:
+                why = self._unsupported
+                raise RuntimeError(f"request {req_id} asks for steering, which this model cannot take: {why}")
             if steering is not None and count > 0:
                 prompt_length = int(live[req_id].num_prompt_tokens)
                 steered.append(_Request(len(steered), start, start + count, prompt_length, steering))
