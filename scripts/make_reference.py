@@ -25,15 +25,20 @@ API_MODULES = [
     "steerlab.evaluate.comparison",
     "steerlab.evaluate.metrics",
     "steerlab.evaluate.sweeps",
+    "steerlab.evaluate.baselines",
     "steerlab.evaluate.results",
     "steerlab.evaluate.probes",
     "steerlab.evaluate.structure",
     "steerlab.evaluate.patching",
+    "steerlab.evaluate.sae",
     "steerlab.evaluate.breakdown_point",
     "steerlab.evaluate.judges",
     "steerlab.evaluate.plots",
     "steerlab.evaluate.report",
+    "steerlab.optimize",
+    "steerlab.finetune",
     "steerlab.bake",
+    "steerlab.recipes",
     "steerlab.io",
     "steerlab.io.gguf",
     "steerlab.io.hub",
@@ -59,9 +64,13 @@ def cli_reference() -> str:
         "Generated from `steerlab --help` by `scripts/make_reference.py`; do not edit by hand.",
         "",
     ]
-    names = [None, *getattr(group, "commands", {})]
-    for name in names:
-        args = [name, "--help"] if name else ["--help"]
+    names: list[list[str]] = [[]]
+    for name, command in getattr(group, "commands", {}).items():
+        names.append([name])
+        names += [[name, sub] for sub in getattr(command, "commands", {})]  # a group's commands: `steerlab sae train`
+    for words in names:
+        name = " ".join(words)
+        args = [*words, "--help"]
         result = runner.invoke(app, args, prog_name="steerlab", env={"COLUMNS": "100", "TERM": "dumb", "NO_COLOR": "1"})
         text = result.output
         text = "\n".join(line.rstrip() for line in re.sub(r"\x1b\[[0-9;]*m", "", text).strip("\n").splitlines())

@@ -522,15 +522,20 @@ def test_figures_and_report_for_every_kind(tmp_path, tiny, tokenizer):
         *({"stage": "evaluation", "prompts": p, "direction": d, "p_refusal": 0.2 + 0.1 * k}
           for p in ("harmless", "harmful") for k, d in enumerate((None, "vector", "random"))),
     ], {"chosen_layer": 4})  # fmt: skip
-    tables = [sweep_table, probe, transfer, pca, breakdown_table, patching, refusal]
+    finetune = ResultTable("finetune", [
+        {"arm": arm, "n": 8, "judge": 0.1 * k, "judge_lo": 0.1 * k - 0.05, "judge_hi": 0.1 * k + 0.05,
+         "projection": -k, "projection_lo": -k - 0.5, "projection_hi": -k + 0.5}
+        for k, arm in enumerate(("base", "finetune", "add_trait", "add_random"))
+    ], {"layer": 2, "judge": "sentiment (VADER)"})  # fmt: skip
+    tables = [sweep_table, probe, transfer, pca, breakdown_table, patching, refusal, finetune]
     assert sorted(t.kind for t in tables) == sorted(KINDS), "a result kind without a table in this test"
-    assert [len(figures_for(t)) for t in tables] == [2, 1, 2, 1, 1, 1, 1]
+    assert [len(figures_for(t)) for t in tables] == [2, 1, 2, 1, 1, 1, 1, 1]
     assert len(figures_for(patching)[0][1].axes) == 4  # one panel per site, each with its colour bar
     assert [title for title, _ in figures_for(sweep_table)] == ["Layer x alpha", "Effect vs coherence"]
     (_, frontier_figure) = figures_for(sweep_table)[1]
     assert frontier_figure.axes[0].get_xlim()[0] == 0  # KL is never negative: no tick below 0
     page = write_report(tables, tmp_path / "r.html", title="<all kinds>").read_text()
-    assert page.count("data:image/png;base64,") == 9 and "&lt;all kinds&gt;" in page
+    assert page.count("data:image/png;base64,") == 10 and "&lt;all kinds&gt;" in page
     assert "http://" not in page and "https://" not in page
     assert "[145.1]" in page and "145.123" not in page  # floats inside lists are rounded like the others
     with pytest.raises(DataError, match="at least one"):
@@ -577,3 +582,28 @@ def test_probes_report_a_shuffled_label_control():
         assert r["test_accuracy"] >= 0.95 and 0.3 <= r["control_accuracy"] <= 0.7, r
         assert r["selectivity"] == r["test_accuracy"] - r["control_accuracy"] and r["selectivity"] > 0.25
     assert run.best().test_accuracy == max(r["test_accuracy"] for r in run.table.records)  # the real probe
+
+
+def test_the_prompting_baseline_asks_for_the_behaviour_and_measures_the_change(tiny, tokenizer):
+    from steerlab.evaluate import prompting_baseline
+    from steerlab.evaluate.metrics import ab_probabilities
+
+    model = tiny("llama")
+    instruction = "Always choose the kind answer."
+    asked = ABBehaviour(tokenizer, QUESTIONS, instruction=instruction)
+    text = tokenizer.decode(asked.input_ids[0][asked.attention_mask[0].bool()])
+    assert "<|im_start|>system\nAlways choose the kind answer.<|im_end|>" in text  # the system turn
+    plain_text = ABBehaviour(tokenizer, QUESTIONS, chat=False, instruction=instruction)
+    first = tokenizer.decode(plain_text.input_ids[-1][plain_text.attention_mask[-1].bool()])
+    assert first.startswith(instruction + "\n\n") and "im_start" not in first  # no template: before the question
+
+    record = prompting_baseline(model, tokenizer, QUESTIONS, instruction)
+    plain = ab_probabilities(model, tokenizer, QUESTIONS)
+    prompted = ab_probabilities(model, tokenizer, asked)
+    assert record["n"] == 3 and record["instruction"] == instruction
+    assert record["unsteered"] == pytest.approx(sum(r["p_matching"] for r in plain) / 6)
+    assert record["prompted"] == pytest.approx(sum(r["p_matching"] for r in prompted) / 6)
+    assert record["effect"] == pytest.approx(record["prompted"] - record["unsteered"]) and record["effect"] != 0
+    assert record["effect_lo"] <= record["effect"] <= record["effect_hi"]
+    with pytest.raises(DataError, match="needs an instruction"):
+        prompting_baseline(model, tokenizer, QUESTIONS, "  ")

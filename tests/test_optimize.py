@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from steerlab import ContrastPair, generate, steer
+from steerlab._text import ScoredIds, completion_ids
 from steerlab.errors import DataError, SteeringError
-from steerlab.optimize import _completions, _Scored, _sequence_logp, optimize_vector
+from steerlab.optimize import _sequence_logp, optimize_vector
 from tiny import random_vector
 
 # The tiny random models need pushes past the breakdown point to move at all.
@@ -16,7 +17,7 @@ PROMPTS = ["The weather today", "My favourite food", "In the morning I", "The ol
 
 
 def loss_per_token(model, tokenizer, examples, vec=None):
-    scored = _completions(tokenizer, examples, False)
+    scored = completion_ids(tokenizer, examples, False, what="promote")
     with torch.no_grad():
         if vec is None:
             logp = _sequence_logp(model, scored, range(len(examples)))
@@ -71,7 +72,7 @@ def test_bipo_moves_the_preference_both_ways(planted, tokenizer):
         scores = []
         for texts in ([p.positive for p in pairs], [p.negative for p in pairs]):
             ids = [tokenizer(t)["input_ids"] for t in texts]
-            scored = _Scored(ids, [1] * len(ids))
+            scored = ScoredIds(ids, [1] * len(ids))
             with torch.no_grad():
                 if sign == 0:
                     scores.append(_sequence_logp(model, scored, range(len(ids))))
@@ -124,7 +125,7 @@ def test_bad_input_fails_before_training(tiny, tokenizer):
         optimize_vector(model, tokenizer, [("Hello there", "")], layer=1, objective="promote", chat=False)
     with pytest.raises(DataError, match="max_relative must be between"):
         optimize_vector(model, tokenizer, [("a", "b")], layer=1, objective="promote", max_relative=5.0)
-    with pytest.raises(DataError, match=r"promote / suppress take \(prompt, completion\)"):
+    with pytest.raises(DataError, match=r"promote / suppress needs \(prompt, completion\)"):
         optimize_vector(model, tokenizer, ["just a string"], layer=1, objective="promote", chat=False)
 
 
@@ -133,10 +134,28 @@ def test_scored_log_probabilities_equal_each_text_run_alone(tiny):
     scored tokens, as the row run alone with every position's logits."""
     model = tiny("qwen2")
     ids = [[5, 9, 14, 3, 8], [7, 2], [4, 4, 6, 1, 9, 12, 30]]
-    scored = _Scored(ids, [2, 1, 5])
+    scored = ScoredIds(ids, [2, 1, 5])
     got = _sequence_logp(model, scored, [0, 1, 2])
     for row, (text, start) in enumerate(zip(ids, scored.starts, strict=True)):
         with torch.no_grad():
             logp = torch.log_softmax(model(input_ids=torch.tensor([text])).logits[0, :-1].float(), -1)
         expected = sum(float(logp[t - 1, text[t]]) for t in range(start, len(text)))
         assert float(got[row]) == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_margin_of_last_tokens_is_read_from_one_pass_of_the_prefix(tiny):
+    """A/B pairs differ only in their answer letter: the margin from one pass of the shared prefix equals the
+    difference of the two texts scored separately; pairs that part earlier are scored text by text."""
+    from steerlab.optimize import _margin
+
+    model = tiny("llama")
+    chosen = ScoredIds([[5, 9, 14, 3, 8], [7, 2, 40], [4, 6, 1, 9]], [4, 2, 2])
+    rejected = ScoredIds([[5, 9, 14, 3, 11], [7, 2, 41], [4, 6, 2, 10]], [4, 2, 2])
+    with torch.no_grad():
+        one_pass = _margin(model, chosen, rejected, [0, 1])
+        two_pass = _sequence_logp(model, chosen, [0, 1]) - _sequence_logp(model, rejected, [0, 1])
+        mixed = _margin(model, chosen, rejected, [0, 2])  # row 2 parts two tokens before its end
+        separate = _sequence_logp(model, chosen, [0, 2]) - _sequence_logp(model, rejected, [0, 2])
+    torch.testing.assert_close(one_pass, two_pass, atol=1e-4, rtol=0)
+    torch.testing.assert_close(mixed, separate, atol=1e-4, rtol=0)
+    assert float(one_pass.abs().min()) > 0

@@ -49,19 +49,25 @@ PUBLIC = {
     "steerlab.evaluate": [
         "ABBehaviour", "ABQuestion", "Comparison", "DEFAULT_KL_BUDGET", "Generation", "LabelledActivations",
         "NeutralKL", "Recommendation", "fit_probes", "generate_rows", "record_labelled",
-        "RefusalClassifier", "ResultTable", "activation_covariance", "activation_pca", "activation_patching",
+        "RefusalClassifier", "ResultTable", "SparseAutoencoder", "train_sae",
+        "activation_covariance", "activation_pca", "activation_patching",
         "attribution_patching", "logit_diff_metric", "patching_error", "breakdown", "calibrate",
         "compare", "cosine_matrix", "cross_layer_cosine", "generation_perplexity", "kl_from_unsteered", "load_ab",
         "logit_diff", "logits_over_alphas", "neutral_texts", "p_matching", "phrase_refusal", "probe_layers",
-        "sentiment", "sweep", "token_projections", "train_probe", "transfer_matrix", "write_report",
+        "prompting_baseline", "sentiment", "sweep", "token_projections", "train_probe", "transfer_matrix",
+        "write_report",
     ],
     "steerlab.io": ["clear_control_vector", "export_gguf", "export_hub_folder", "import_gguf", "set_control_vector"],
     "steerlab.types": [
         "Alpha", "BREAKDOWN_STRENGTH", "DEFAULT_SCALE", "MAX_STRENGTH", "METHODS", "MODES", "Method", "Mode",
         "NAMED_POSITIONS", "NamedPositions", "Positions", "Recommended", "SCALES", "SITES", "Scale", "Site",
     ],
+    "steerlab.finetune": ["FineTuned", "finetune"],
     "steerlab.optimize": ["OBJECTIVES", "Objective", "optimize_vector"],
-    "steerlab.recipes": ["CAABehaviour", "RefusalDirection", "caa_behaviour", "refusal_direction"],
+    "steerlab.recipes": [
+        "CAA_INSTRUCTIONS", "CAABehaviour", "RefusalDirection", "SteeredFinetuning", "caa_behaviour",
+        "refusal_direction", "steered_finetuning",
+    ],
     "steerlab.serve": [
         "ApiError", "Engine", "EngineBusy", "Event", "Job", "ServeLimits", "VectorLibrary", "background_server",
         "create_app", "serve",

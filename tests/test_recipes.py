@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from steerlab import SteeringVector
 from steerlab.cli import app
 from steerlab.evaluate import ResultTable, write_report
+from steerlab.recipes import CAA_INSTRUCTIONS
 
 ROOT = Path(__file__).parents[1] / "datasets"
 runner = CliRunner()
@@ -56,7 +57,8 @@ def test_caa_command_sweeps_against_random_directions_and_calibrates(smol, tmp_p
     result = runner.invoke(app, ["caa", "--pairs", str(caa / "generate/refusal/generate_dataset.json"),
                                  "--questions", str(caa / "test/refusal/test_dataset_ab.json"), "--pair-limit", "4",
                                  "--limit", "4", "--layers", "10", "--alphas", "0,0.1", "--random-seeds", "4",
-                                 "--coherence-texts", str(texts), "--out", str(tmp_path / "caa")])  # fmt: skip
+                                 "--coherence-texts", str(texts), "--instruction", "default",
+                                 "--out", str(tmp_path / "caa")])  # fmt: skip
     assert result.exit_code == 0, result.output
     sweep = ResultTable.load(tmp_path / "caa-sweep.json")
     assert sweep.meta["random_seeds"] == [0, 1, 2, 3] and sweep.meta["n_coherence_texts"] == 2
@@ -66,3 +68,12 @@ def test_caa_command_sweeps_against_random_directions_and_calibrates(smol, tmp_p
     # 2 held-out questions cannot clear the random bound: the vector is saved without a setting, and says so.
     assert "no setting found" in result.stdout and "recommended" not in vec.extra
     assert "carries no recommended setting" in result.stderr
+    # The prompting baseline on the same 4 questions, with steerlab's refusal instruction (named by the folder).
+    assert (
+        f"prompting baseline ({CAA_INSTRUCTIONS['refusal']!r})" in result.stdout
+        and "(n = 4 questions)" in result.stdout
+    )
+    questions = str(caa / "test/refusal/test_dataset_ab.json")
+    wrong = runner.invoke(app, ["caa", "--pairs", str(texts), "--questions", questions, "--layers", "10",
+                                "--instruction", "default", "--out", str(tmp_path / "x")])  # fmt: skip
+    assert wrong.exit_code != 0 and "give the instruction's text instead" in wrong.output

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from steerlab.errors import DataError
+
 __all__ = [
+    "ScoredIds",
     "apply_chat",
     "apply_messages",
+    "completion_ids",
     "encode",
     "forward_kwargs",
     "has_chat_template",
@@ -59,6 +65,32 @@ def encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
         special = not (bos and text.startswith(bos))
         out.append(tokenizer(text, add_special_tokens=special)["input_ids"])
     return out
+
+
+@dataclass
+class ScoredIds:
+    """Token ids of texts and, per row, the first position whose token is scored (a completion after its prompt)."""
+
+    ids: list[list[int]]
+    starts: list[int]
+
+
+def completion_ids(tokenizer: Any, examples: Sequence[Any], chat: bool | None, *, what: str) -> ScoredIds:
+    """Token ids of (prompt, completion) pairs, the prompt in the chat template per ``chat`` (see
+    :func:`apply_chat`), each with the position where its completion starts. ``what`` names the caller in errors.
+    """
+    ids, starts = [], []
+    for i, example in enumerate(examples):
+        if not (isinstance(example, (tuple, list)) and len(example) == 2 and all(isinstance(t, str) for t in example)):
+            raise DataError(f"example {i} is {example!r}; {what} needs (prompt, completion) string pairs.")
+        prompt = apply_chat(tokenizer, example[0], chat=chat)
+        head = encode(tokenizer, [prompt])[0]
+        whole = encode(tokenizer, [prompt + example[1]])[0]
+        if len(whole) <= len(head):
+            raise DataError(f"the completion of example {i} ({example[1]!r}) tokenises to nothing after its prompt.")
+        ids.append(whole)
+        starts.append(len(head))
+    return ScoredIds(ids, starts)
 
 
 def pad_batch(ids: list[list[int]], pad_id: int, *, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:

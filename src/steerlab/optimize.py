@@ -38,7 +38,16 @@ from steerlab._pairs import dataset_hash, pair_texts
 from steerlab._progress import track
 from steerlab._record import record, shared_prefix_length
 from steerlab._steer import Intervention, steer
-from steerlab._text import apply_chat, encode, forward_kwargs, pad_batch, pad_id, takes_logits_to_keep
+from steerlab._text import (
+    ScoredIds,
+    apply_chat,
+    completion_ids,
+    encode,
+    forward_kwargs,
+    pad_batch,
+    pad_id,
+    takes_logits_to_keep,
+)
 from steerlab._vector import SteeringVector
 from steerlab.datasets.pairs import neutral_texts
 from steerlab.errors import DataError, SteeringError
@@ -50,30 +59,7 @@ Objective = Literal["promote", "suppress", "bipo"]
 OBJECTIVES: tuple[str, ...] = ("promote", "suppress", "bipo")
 
 
-@dataclasses.dataclass
-class _Scored:
-    """Token ids of texts and, per row, the first position whose token is scored."""
-
-    ids: list[list[int]]
-    starts: list[int]
-
-
-def _completions(tokenizer: Any, examples: Sequence[tuple[str, str]], chat: bool | None) -> _Scored:
-    ids, starts = [], []
-    for i, example in enumerate(examples):
-        if not (isinstance(example, (tuple, list)) and len(example) == 2 and all(isinstance(t, str) for t in example)):
-            raise DataError(f"example {i} is {example!r}; promote / suppress take (prompt, completion) string pairs.")
-        prompt = apply_chat(tokenizer, example[0], chat=chat)
-        head = encode(tokenizer, [prompt])[0]
-        whole = encode(tokenizer, [prompt + example[1]])[0]
-        if len(whole) <= len(head):
-            raise DataError(f"the completion of example {i} ({example[1]!r}) tokenises to nothing after its prompt.")
-        ids.append(whole)
-        starts.append(len(head))
-    return _Scored(ids, starts)
-
-
-def _sequence_logp(model: nn.Module, scored: _Scored, rows: Sequence[int]) -> torch.Tensor:
+def _sequence_logp(model: nn.Module, scored: ScoredIds, rows: Sequence[int]) -> torch.Tensor:
     """Sum of log p(token | tokens before) over the scored tokens of each row, ``(len(rows),)``, differentiable.
 
     Left-padded, so every row's scored tokens end in the last column: the output head and the softmax run over
@@ -93,6 +79,22 @@ def _sequence_logp(model: nn.Module, scored: _Scored, rows: Sequence[int]) -> to
     columns = torch.arange(width - keep + 1, width, device=device)
     first = torch.tensor([width - len(t) + scored.starts[r] for t, r in zip(texts, rows, strict=True)], device=device)
     return (token * (columns[None, :] >= first[:, None])).sum(-1)
+
+
+def _margin(model: nn.Module, chosen: ScoredIds, rejected: ScoredIds, rows: Sequence[int]) -> torch.Tensor:
+    """``log p(chosen) - log p(rejected)`` per row over the tokens where the two part, differentiable. Where every
+    row's two texts differ only in their last token (an A/B answer letter), both are read from one forward pass of
+    the shared prefix, half the compute of scoring each text."""
+    if not all(len(chosen.ids[r]) == len(rejected.ids[r]) == chosen.starts[r] + 1 for r in rows):
+        return _sequence_logp(model, chosen, rows) - _sequence_logp(model, rejected, rows)
+    ids, mask = pad_batch([chosen.ids[r][: chosen.starts[r]] for r in rows], 0, side="left")
+    device = input_device(model)
+    extra = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
+    logits = model(**forward_kwargs(model, ids.to(device), mask.to(device)), **extra).logits[:, -1]
+    logp = torch.log_softmax(logits.float(), -1)
+    pick = torch.tensor([[chosen.ids[r][-1], rejected.ids[r][-1]] for r in rows], device=device)
+    both = logp.gather(-1, pick)
+    return both[:, 0] - both[:, 1]
 
 
 def optimize_vector(
@@ -154,12 +156,12 @@ def optimize_vector(
         # Only where the two texts part is scored: the tokens they share have the same log-probabilities in both
         # (a causal model), so they cancel in the chosen - rejected margin exactly.
         starts = [max(1, shared_prefix_length(a, b)) for a, b in zip(pos_ids, neg_ids, strict=True)]
-        chosen, rejected = _Scored(pos_ids, starts), _Scored(neg_ids, starts)
+        chosen, rejected = ScoredIds(pos_ids, starts), ScoredIds(neg_ids, starts)
         prompts = pos + neg
         n = len(pos)
         data_hash = dataset_hash(examples)
     else:
-        chosen = _completions(tokenizer, examples, chat)
+        chosen = completion_ids(tokenizer, examples, chat, what="promote / suppress")
         rejected = None
         prompts = [apply_chat(tokenizer, p, chat=chat) for p, _ in examples]
         n = len(examples)
@@ -194,8 +196,7 @@ def optimize_vector(
     with torch.no_grad():
         if rejected is not None:  # the unsteered log-probabilities, in batches of batch_size
             chunks = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
-            reference["chosen"] = torch.cat([_sequence_logp(model, chosen, rows) for rows in chunks])
-            reference["rejected"] = torch.cat([_sequence_logp(model, rejected, rows) for rows in chunks])
+            reference["margin"] = torch.cat([_margin(model, chosen, rejected, rows) for rows in chunks])
     if coherence_weight > 0:
         texts = list(coherence) if coherence is not None else neutral_texts()
         kl_ids, kl_mask = pad_batch(encode(tokenizer, texts), pad_id(tokenizer), side="left")
@@ -212,11 +213,11 @@ def optimize_vector(
         rows = rng.sample(range(n), min(batch_size, n))
         if objective == "bipo":
             assert rejected is not None
-            ref = reference["chosen"][rows] - reference["rejected"][rows]
+            ref = reference["margin"][rows]
             loss = torch.zeros((), device=param.device)
             for sign in (1.0, -1.0):  # +v prefers chosen, -v prefers rejected (Cao et al.'s two directions)
                 with steered(sign):
-                    margin = _sequence_logp(model, chosen, rows) - _sequence_logp(model, rejected, rows)
+                    margin = _margin(model, chosen, rejected, rows)
                 loss = loss - torch.nn.functional.logsigmoid(sign * beta * (margin - ref)).mean()
         else:
             with steered(1.0):

@@ -141,6 +141,11 @@ _REGISTRY: dict[str, ArchSpec] = {
     ),
 }
 
+# Where a wrapper keeps the model it wraps, tried after the model itself: peft's PeftModel (LoRA and the other
+# adapters) holds the transformers model at base_model.model, so a registered layout is still found, and steering
+# hooks land on the same blocks the adapters train through.
+_WRAPPERS = ("", "base_model.model.")
+
 # What the heuristic looks for when a model type is not registered: the final norm's usual names on the module
 # holding the blocks, and the config attributes that scale the logits (the fields of ArchSpec they fill).
 _FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f")
@@ -386,7 +391,7 @@ def _resolve(
 ) -> ModelLayout:
     n_layers = dims[0]
     if spec is not None:
-        for path in spec.layers:
+        for path in (prefix + p for p in spec.layers for prefix in _WRAPPERS):
             found = _resolve_path(model, path)
             if isinstance(found, nn.ModuleList):
                 if len(found) != n_layers:

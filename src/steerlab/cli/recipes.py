@@ -104,6 +104,12 @@ def caa_command(
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of the split into selection / held-out questions."),
     coherence_texts: Path | None = COHERENCE_TEXTS_OPT,
     partial: Path | None = PARTIAL_OPT,
+    instruction: str | None = typer.Option(
+        None,
+        "--instruction",
+        help="Also ask for the behaviour in words on the same questions (the prompting baseline); 'default' takes "
+        "steerlab's instruction for a shipped CAA behaviour, named by the --pairs folder.",
+    ),
     model: str = MODEL_OPT,
     device: str | None = DEVICE_OPT,
     dtype: str | None = DTYPE_OPT,
@@ -112,8 +118,16 @@ def caa_command(
     vector is saved with its setting when one beats them, else as extracted (and the command says so)."""
     from steerlab.datasets import load_pairs
     from steerlab.evaluate.metrics import load_ab
-    from steerlab.recipes import caa_behaviour
+    from steerlab.recipes import CAA_INSTRUCTIONS, caa_behaviour
 
+    if instruction == "default":
+        behaviour = pairs.resolve().parent.name
+        if behaviour not in CAA_INSTRUCTIONS:
+            raise SteerlabError(
+                f"--instruction default knows the shipped CAA behaviours {sorted(CAA_INSTRUCTIONS)}, but the pairs' "
+                f"folder is {behaviour!r}; give the instruction's text instead."
+            )
+        instruction = CAA_INSTRUCTIONS[behaviour]
     if random_seeds < 0:
         raise SteerlabError(f"--random-seeds must be >= 0 (how many random directions), got {random_seeds}.")
     pair_list = load_pairs(pairs)[:pair_limit]
@@ -123,8 +137,14 @@ def caa_command(
     result = caa_behaviour(lm, tokenizer, pair_list, items, layers=parse_ints(layers, "--layers"),
                            alphas=parse_floats(alphas, "--alphas"), random_seeds=range(random_seeds),
                            kl_budget=budget, goal=goal, split_seed=split_seed, coherence=texts,
-                           partial=partial)  # fmt: skip
+                           partial=partial, instruction=instruction)  # fmt: skip
     out.print(result.recommendation.summary())
+    if result.prompting is not None:
+        p = result.prompting
+        out.print(
+            f"prompting baseline ({p['instruction']!r}): p(matching) {p['unsteered']:.3f} -> {p['prompted']:.3f}, "
+            f"effect {p['effect']:+.3f} [{p['effect_lo']:+.3f}, {p['effect_hi']:+.3f}] (n = {p['n']} questions)"
+        )
     written = write_table(result.sweep, out_prefix.with_name(out_prefix.name + "-sweep"))
     vector_path = out_prefix.with_suffix(".safetensors")
     result.result_vector().save(vector_path)

@@ -12,6 +12,7 @@ Example:
 """
 
 from steerlab._replay import logits_over_alphas
+from steerlab.evaluate.baselines import prompting_baseline
 from steerlab.evaluate.breakdown_point import breakdown
 from steerlab.evaluate.comparison import Comparison, Generation, compare, generate_rows
 from steerlab.evaluate.judges import RefusalClassifier, phrase_refusal
@@ -39,6 +40,7 @@ from steerlab.evaluate.probes import (
 )
 from steerlab.evaluate.report import write_report
 from steerlab.evaluate.results import ResultTable
+from steerlab.evaluate.sae import SparseAutoencoder, train_sae
 from steerlab.evaluate.structure import activation_covariance, activation_pca, cosine_matrix, cross_layer_cosine
 from steerlab.evaluate.sweeps import DEFAULT_KL_BUDGET, Recommendation, calibrate, sweep
 
@@ -53,6 +55,7 @@ __all__ = [
     "Recommendation",
     "RefusalClassifier",
     "ResultTable",
+    "SparseAutoencoder",
     "activation_covariance",
     "activation_patching",
     "activation_pca",
@@ -73,12 +76,14 @@ __all__ = [
     "neutral_texts",
     "p_matching",
     "patching_error",
+    "prompting_baseline",
     "phrase_refusal",
     "probe_layers",
     "record_labelled",
     "sentiment",
     "sweep",
     "token_projections",
+    "train_sae",
     "train_probe",
     "transfer_matrix",
     "write_report",

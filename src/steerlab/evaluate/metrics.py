@@ -31,7 +31,7 @@ from steerlab._forward import batched_logits, kl_and_entropy, log_probs_at, mean
 from steerlab._interventions import Alpha
 from steerlab._replay import logits_over_alphas
 from steerlab._steer import Intervention, Scale, as_interventions, checked_layers
-from steerlab._text import apply_chat, encode, pad_batch, pad_id
+from steerlab._text import apply_chat, encode, has_chat_template, pad_batch, pad_id
 from steerlab._vector import SteeringVector
 from steerlab.datasets.pairs import neutral_texts, read_json_file, swap_choice_text
 from steerlab.errors import DataError, SteeringError
@@ -139,13 +139,25 @@ def swap_choices(question: ABQuestion) -> ABQuestion:
     return ABQuestion(swap_choice_text(question.question), question.not_matching, not question.swapped)
 
 
+def _ask(tokenizer: Any, question: str, chat: bool | None, instruction: str | None) -> str:
+    """The question as the prompt, with ``instruction`` as the system turn (in the chat template) or, without a
+    template, written before the question."""
+    if instruction is None:
+        return apply_chat(tokenizer, question, chat=chat)
+    if chat is False or (chat is None and not has_chat_template(tokenizer)):
+        return apply_chat(tokenizer, f"{instruction}\n\n{question}", chat=chat)
+    return apply_chat(tokenizer, question, chat=chat, system=instruction)
+
+
 class ABBehaviour:
     """The CAA A/B metric as a fixed token batch: the question in the user turn, the assistant turn opened with
     ``"("``, and the next-token logits of the two letters. ``p_matching`` is the probability of the matching
     letter among the two; ``p_a`` that of letter A (the letter bias).
 
     With ``balance=True`` (default) every question is asked in both choice orders, so a vector that only
-    pushes towards "A" scores 0.5 whatever the data's answer letters are.
+    pushes towards "A" scores 0.5 whatever the data's answer letters are. ``instruction`` asks for the behaviour
+    in words (the system turn, or before the question without a chat template): the prompting baseline
+    (:func:`steerlab.evaluate.prompting_baseline`).
 
     Example:
         >>> metric = ABBehaviour(tokenizer, load_ab("datasets/caa/test/refusal/test_dataset_ab.json")[:20])
@@ -159,7 +171,13 @@ class ABBehaviour:
     last_only = True
 
     def __init__(
-        self, tokenizer: Any, questions: Sequence[ABQuestion], *, balance: bool = True, chat: bool | None = None
+        self,
+        tokenizer: Any,
+        questions: Sequence[ABQuestion],
+        *,
+        balance: bool = True,
+        chat: bool | None = None,
+        instruction: str | None = None,
     ):
         questions = list(questions)
         if not questions:
@@ -168,7 +186,7 @@ class ABBehaviour:
         if balance:
             questions = [q for orig in questions for q in (orig, swap_choices(orig))]
             origin = [i for i in origin for _ in range(2)]
-        prompts = [apply_chat(tokenizer, q.question, chat=chat) + "(" for q in questions]
+        prompts = [_ask(tokenizer, q.question, chat, instruction) + "(" for q in questions]
         ids = encode(tokenizer, prompts)
         # Longest first: batches then hold questions of similar length and little compute goes to padding.
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))

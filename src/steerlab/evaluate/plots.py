@@ -217,6 +217,26 @@ def refusal_recipe(table: ResultTable) -> Figure:
     return fig
 
 
+def finetune_arms(table: ResultTable) -> Figure:
+    """Per fine-tuning arm, measured unsteered: the judge's mean score (left) and the projection of the generated
+    tokens on the trait direction (right), with 95% intervals."""
+    _need(table, "finetune")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    arms = [r["arm"] for r in table.records]
+    colours = ["0.4" if a in ("base", "finetune") else "0.75" if "random" in a else "C0" for a in arms]
+    panels = (("judge", table.meta.get("judge", "judge")),
+              ("projection", f"projection on the trait, layer {table.meta.get('layer')}"))  # fmt: skip
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        values = np.array([r[key] for r in table.records])
+        errors = np.array([[r[key] - r[f"{key}_lo"], r[f"{key}_hi"] - r[key]] for r in table.records]).T
+        ax.bar(range(len(arms)), values, yerr=errors, color=colours, capsize=3)
+        ax.set_xticks(range(len(arms)), arms, rotation=20)
+        ax.axhline(0, c="k", lw=0.5)
+        ax.set_title(f"{title} (n = {table.records[0]['n']})")
+    fig.tight_layout()
+    return fig
+
+
 def pca_scatter(table: ResultTable) -> Figure:
     """The texts on the first two principal axes, coloured by label."""
     _need(table, "pca")

@@ -83,6 +83,16 @@ KINDS: dict[str, ResultKind] = {
             (("Refusal direction", "refusal_recipe"),),
         ),
         ResultKind(
+            "finetune",
+            "Steering during fine-tuning (preventative steering; concept ablation fine-tuning): copies of one model "
+            "fine-tuned on the same trait-teaching data, each with another intervention active while training "
+            "only, then measured unsteered on held-out prompts: a judge's mean score of the generations, its change "
+            "from the plain fine-tune (paired per prompt) and the mean projection of the generated tokens on the "
+            "trait direction, each with a 95% bootstrap interval. 'random' arms use a random direction of the "
+            "trait's norm (the control).",
+            (("Steering during fine-tuning", "finetune_arms"),),
+        ),
+        ResultKind(
             "breakdown",
             "As the added vector grows (in units of the layer's natural residual norm), how the residual norms, "
             "next-token entropy, KL from unsteered and the perplexity of generations change; collapse = first "

@@ -9,7 +9,16 @@ Example:
     >>> result.layer, result.table.where(stage="evaluation")
 """
 
-from steerlab.recipes.caa import CAABehaviour, caa_behaviour
+from steerlab.recipes.caa import CAA_INSTRUCTIONS, CAABehaviour, caa_behaviour
+from steerlab.recipes.finetuning import SteeredFinetuning, steered_finetuning
 from steerlab.recipes.refusal import RefusalDirection, refusal_direction
 
-__all__ = ["CAABehaviour", "RefusalDirection", "caa_behaviour", "refusal_direction"]
+__all__ = [
+    "CAA_INSTRUCTIONS",
+    "CAABehaviour",
+    "RefusalDirection",
+    "SteeredFinetuning",
+    "caa_behaviour",
+    "refusal_direction",
+    "steered_finetuning",
+]

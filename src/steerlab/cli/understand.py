@@ -1,0 +1,101 @@
+"""``steerlab sae ...``: sparse autoencoders on a model's activations (:mod:`steerlab.evaluate.sae`, through
+sae-lens): ``train``, ``decompose`` (which features a steering vector is made of) and ``feature`` (a feature as a
+steering vector)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from steerlab.cli._common import DEVICE_OPT, DTYPE_OPT, MODEL_OPT, _load, app, err, out, read_lines, user_errors
+
+__all__ = ["sae_app"]
+
+sae_app = typer.Typer(no_args_is_help=True, help="Sparse autoencoders (sae-lens): train, decompose a vector, features.")
+app.add_typer(sae_app, name="sae")
+
+SAE_OPT = typer.Option(..., "--sae", help="An SAE folder in sae-lens's format (as `steerlab sae train` writes).")
+
+
+@sae_app.command("train")
+@user_errors
+def sae_train_command(
+    texts: list[Path] = typer.Option(..., "--texts", help="Training text, one per line (repeat for more files)."),
+    layer: int = typer.Option(..., "--layer", help="The block whose output (resid_post) the SAE reads."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder to write the SAE to (sae-lens's format)."),
+    width: int | None = typer.Option(None, "--width", help="Features (default: 8x the residual width)."),
+    k: int = typer.Option(32, "--k", help="Active features per token (TopK)."),
+    epochs: float = typer.Option(3.0, "--epochs", help="Passes over the recorded tokens."),
+    batch_size: int = typer.Option(1024, "--batch-size", help="Tokens per training step."),
+    chat: bool = typer.Option(False, "--chat", help="Put each text in the chat template first (as a user turn)."),
+    seed: int = typer.Option(0, "--seed"),
+    model: str = MODEL_OPT,
+    device: str | None = DEVICE_OPT,
+    dtype: str | None = DTYPE_OPT,
+) -> None:
+    """Train a TopK SAE with sae-lens's trainer on a block's outputs for the texts; print what it learned."""
+    from steerlab.engines import apply_chat
+    from steerlab.evaluate.sae import train_sae
+
+    lines = [line for path in texts for line in read_lines(path, "--texts")]
+    lm, tokenizer = _load(model, device, dtype)
+    if chat:
+        lines = [apply_chat(tokenizer, line, chat=True) for line in lines]
+    sae = train_sae(lm, tokenizer, lines, layer=layer, width=width, k=k, epochs=epochs, batch_size=batch_size,
+                    seed=seed, progress=True)  # fmt: skip
+    sae.save(out_dir)
+    s = sae.stats
+    out.print(f"{s['tokens']} tokens, width {s['width']}, k {s['k']}: L0 {s['l0']:.1f}, explained variance "
+              f"{s['explained_variance']:.3f}, dead features {s['dead_features']}, trained in "
+              f"{s['train_seconds']:.0f} s")  # fmt: skip
+    err.print(f"wrote {out_dir}")
+
+
+@sae_app.command("decompose")
+@user_errors
+def sae_decompose_command(
+    sae_dir: Path = SAE_OPT,
+    vector: Path = typer.Option(..., "--vector", help="The steering vector to read in the SAE's features."),
+    top: int = typer.Option(10, "--top", help="Features shown each way (along and against the vector)."),
+    texts: Path | None = typer.Option(None, "--texts", help="Texts (one per line) to show where each feature fires."),
+    model: str = MODEL_OPT,
+    device: str | None = DEVICE_OPT,
+    dtype: str | None = DTYPE_OPT,
+) -> None:
+    """The SAE features a steering vector points along (and against) most, by cosine; with --texts, where each one
+    fires most."""
+    from steerlab import SteeringVector
+    from steerlab.evaluate.sae import SparseAutoencoder
+
+    vec = SteeringVector.load(vector)
+    lm, tokenizer = _load(model, device, dtype)
+    sae = SparseAutoencoder.load(sae_dir, lm)
+    lines = read_lines(texts, "--texts") if texts is not None else None
+    for row in sae.decompose(vec, top=top):
+        where = ""
+        if lines:
+            tops = sae.top_activating(lm, tokenizer, lines, row["feature"], k=2)
+            where = "  " + " | ".join(f"{t['context']!r} ({t['activation']:.1f})" for t in tops)
+        out.print(f"{row['sign']}{row['rank'] + 1:<3} feature {row['feature']:>6}  cosine {row['cosine']:+.3f}{where}")
+
+
+@sae_app.command("feature")
+@user_errors
+def sae_feature_command(
+    sae_dir: Path = SAE_OPT,
+    feature: int = typer.Option(..., "--feature", help="The feature whose decoder row becomes the vector."),
+    out_path: Path = typer.Option(..., "--out", help="Where to write the vector (.safetensors)."),
+    model: str = MODEL_OPT,
+    device: str | None = DEVICE_OPT,
+    dtype: str | None = DTYPE_OPT,
+) -> None:
+    """Write one SAE feature's decoder row as a steering vector (steer it like any other)."""
+    from steerlab.evaluate.sae import SparseAutoencoder
+
+    lm, _ = _load(model, device, dtype)
+    sae = SparseAutoencoder.load(sae_dir, lm)
+    vec = sae.feature_vector(feature)
+    vec.save(out_path)
+    scale = "relative strengths work" if vec.resid_norm else "steer it with --scale absolute"
+    err.print(f"wrote {out_path} (feature {feature} at layer {sae.layer}, {sae.site}; {scale})")
