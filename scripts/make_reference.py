@@ -46,6 +46,7 @@ API_MODULES = [
     "steerlab.arch",
     "steerlab.doctor",
     "steerlab.serve",
+    "steerlab.vllm",
 ]
 
 

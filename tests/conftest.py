@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -17,6 +18,10 @@ from steerlab import load_model  # noqa: E402
 from steerlab._hooks import live_hooks  # noqa: E402
 from steerlab.arch import registered_architectures  # noqa: E402
 from tiny import SMALL_VOCAB, SMOL_VOCAB, make_tiny  # noqa: E402
+
+# The vLLM engine tests need vLLM, which has an environment of its own (.venv-vllm: it needs transformers<5.20);
+# `make test` runs them there (`make test-vllm`), where they never skip.
+collect_ignore = [] if importlib.util.find_spec("vllm") else ["test_vllm.py", "test_vllm_serve.py"]
 
 # -- layers ------------------------------------------------------------------------------------------------------
 # Every test belongs to exactly one layer, given here (and only here: files carry no layer marks, so files can be
@@ -99,6 +104,9 @@ LAYERS = {
     "test_serve_playground.py": "apps",
     "test_steer.py": "arch",
     "test_vector.py": "unit",
+    "test_vllm.py": "real",
+    "test_vllm_serve.py": "apps",
+    "test_vllm_spec.py": "unit",
 }
 # What a layer's tests may not ask for: a unit test loads no model, an arch test no real weights.
 _FORBIDDEN_FIXTURES = {

@@ -72,6 +72,9 @@ PUBLIC = {
         "ApiError", "Engine", "EngineBusy", "Event", "Job", "ServeLimits", "VectorLibrary", "background_server",
         "create_app", "serve",
     ],
+    "steerlab.vllm": [
+        "DISABLE_ENV", "EXTRA_KEY", "TESTED_VLLM", "VECTORS_ENV", "check_layout", "register", "steering_args",
+    ],
 }  # fmt: skip
 
 

@@ -62,6 +62,7 @@ __all__ = [
     "checked_layers",
     "directional_ablation",
     "resolve_deltas",
+    "resolve_entries",
     "steer",
     "steer_rows",
 ]
@@ -368,15 +369,35 @@ def resolve_deltas(vector: SteeringVector, layers: Sequence[int] | None, scale: 
 def _resolve(
     model: nn.Module, item: Intervention, rows: list[int] | None
 ) -> tuple[dict[tuple[int, str], _Entry], bool]:
-    """Validate one intervention and resolve it to entries per (layer, site); also: needs positions?"""
-    vector = item.vector
+    """Validate one intervention against ``model`` and resolve it to entries per (layer, site); also: needs
+    positions?"""
+    _check_strength_given(item)
+    item.vector.check_fits(model)
+    return resolve_entries(item, rows)
+
+
+def _check_strength_given(item: Intervention) -> None:
     if item.alpha is None:
         raise SteeringError(
             f"mode {item.mode!r} needs a strength: give alpha (for 'add' a fraction of the residual norm with the "
             "default scale='relative', e.g. 0.1; a projection value for 'ablate_then_add', a band (lo, hi) for "
             "'clamp'), e.g. Intervention(vector, alpha=0.1) or template.at(alpha)."
         )
-    vector.check_fits(model)
+
+
+def resolve_entries(item: Intervention, rows: list[int] | None = None) -> tuple[dict[tuple[int, str], _Entry], bool]:
+    """One intervention resolved to what each hook point applies (direction, operator, alpha in activation units,
+    positions, norm preservation, rows), without a model: the fit is the caller's check (:func:`steer` checks the
+    vector against its model; another engine, such as the vLLM plugin, against that model's fingerprint). Also
+    returns whether the entries depend on token positions.
+
+    Example:
+        >>> entries, positional = resolve_entries(Intervention(vec, alpha=0.1, layers=[10]))
+        >>> list(entries), positional
+        ([(10, 'resid_post')], False)
+    """
+    _check_strength_given(item)
+    vector = item.vector
     site = item.resolved_site
     try:
         check_site(site)  # a vector's own site, read from a file, is checked here

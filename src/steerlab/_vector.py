@@ -98,7 +98,17 @@ class SteeringVector:
         """Raise :class:`VectorMismatchError` if this vector cannot be applied to ``model``; warn (unless
         ``warn=False``: a check made early, ahead of the one where the vector is applied) when the shapes fit but
         the model id differs."""
-        theirs = fingerprint(model)
+        self.check_fingerprint(fingerprint(model), model_id(model), warn=warn, stacklevel=4)
+
+    def check_fingerprint(
+        self, theirs: ModelFingerprint, their_id: str, *, warn: bool = True, stacklevel: int = 3
+    ) -> None:
+        """:meth:`check_fits` for a model known only by its fingerprint and name (one served by another engine,
+        such as vLLM, whose modules are not a transformers model).
+
+        Example:
+            >>> vec.check_fingerprint(ModelFingerprint("llama", 576, 30), "smollm2-135m")
+        """
         mine = self.fingerprint
         problems = []
         if theirs.hidden_size != mine.hidden_size:
@@ -112,15 +122,15 @@ class SteeringVector:
             problems.append(f"layers {out_of_range} do not exist (model has 0..{theirs.num_layers - 1})")
         if problems:
             raise VectorMismatchError(
-                f"the vector extracted from '{self.model_id}' does not fit the model '{model_id(model)}': "
+                f"the vector extracted from '{self.model_id}' does not fit the model '{their_id}': "
                 + "; ".join(problems)
                 + ". Extract a vector on this model (steerlab extract --model ...)."
             )
-        if warn and self.model_id != model_id(model):
+        if warn and self.model_id != their_id:
             warnings.warn(
-                f"the vector was extracted from '{self.model_id}' but is applied to '{model_id(model)}'; the "
+                f"the vector was extracted from '{self.model_id}' but is applied to '{their_id}'; the "
                 "shapes match, so it is allowed (e.g. base -> chat transfer), but check that this is meant.",
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
 
     def _meta_for(self, directions: dict[int, torch.Tensor], method: str, **extra: Any) -> SteeringVector:

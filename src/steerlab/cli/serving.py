@@ -29,12 +29,19 @@ def serve(
     vectors: Path | None = typer.Option(
         None, "--vectors", help="Folder of .safetensors vectors (uploads go there too; default: a temporary folder)."
     ),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default: no authentication)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8000, "--port"),
     batch_window_ms: float = typer.Option(15.0, "--batch-window-ms", help="How long to wait for requests to batch."),
     max_batch: int = typer.Option(16, "--max-batch", help="Most requests decoded together."),
     device: str | None = DEVICE_OPT,
     dtype: str | None = DTYPE_OPT,
+    api_key: str | None = typer.Option(
+        None,
+        "--api-key",
+        envvar="STEERLAB_API_KEY",
+        help="Require 'Authorization: Bearer KEY' (the OpenAI client's api_key) on the API; default $STEERLAB_API_KEY.",
+        show_envvar=False,
+    ),
 ) -> None:
     """Serve the model over an OpenAI-compatible API with per-request steering, and a playground at /."""
     from steerlab.serve import serve as run_server
@@ -48,6 +55,7 @@ def serve(
         dtype=dtype,
         batch_window=batch_window_ms / 1000,
         max_batch=max_batch,
+        api_key=api_key,
     )
 
 

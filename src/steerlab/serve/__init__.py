@@ -7,9 +7,11 @@ tests. Needs the ``serve`` extra (FastAPI, uvicorn). See docs/serving.md.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +21,7 @@ from steerlab.serve.app import create_app
 from steerlab.serve.engine import Engine, EngineBusy, Event, Job
 from steerlab.serve.errors import ApiError
 from steerlab.serve.library import VectorLibrary
+from steerlab.serve.middleware import API_KEY_ENV, is_loopback
 from steerlab.serve.schemas import ServeLimits
 
 __all__ = [
@@ -48,11 +51,14 @@ def serve(
     batch_window: float = 0.015,
     max_batch: int = 16,
     limits: ServeLimits | None = None,
+    api_key: str | None = None,
 ) -> None:
     """Load ``model`` and serve it with the vectors in the folder ``vectors`` until interrupted.
 
     Without ``vectors`` the library is a fresh temporary folder (uploads last as long as the server).
-    Binds to loopback by default: the API has no authentication, so expose it only behind your own proxy.
+    ``api_key`` (default: ``$STEERLAB_API_KEY``) is then required as ``Authorization: Bearer <key>`` on every route
+    but ``/health`` and the playground's files. Binds to loopback by default; binding another address without a
+    key warns, since anyone who reaches it may generate and upload vectors.
 
     Example:
         >>> serve("smollm2-135m", vectors="vectors/", port=8000)   # then open http://127.0.0.1:8000/
@@ -61,11 +67,18 @@ def serve(
 
     from steerlab._models import load_model
 
+    api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+    if not api_key and not is_loopback(host):
+        warnings.warn(
+            f"steerlab serve binds {host} without an API key: anyone who reaches it can generate and upload vectors. "
+            f"Give one with --api-key or ${API_KEY_ENV}, or bind 127.0.0.1.",
+            stacklevel=2,
+        )
     lm, tokenizer = load_model(model, device=device, dtype=dtype)
     folder = Path(vectors) if vectors is not None else Path(tempfile.mkdtemp(prefix="steerlab-vectors-"))
     library = VectorLibrary(folder, lm, max_bytes=(limits or ServeLimits()).max_vector_bytes)
     engine = Engine(lm, tokenizer, batch_window=batch_window, max_batch=max_batch)
-    app = create_app(lm, tokenizer, library, limits=limits, engine=engine)
+    app = create_app(lm, tokenizer, library, limits=limits, engine=engine, api_key=api_key)
     print(  # noqa: T201 - the one line a user needs
         f"steerlab serving {model} with {len(library.names())} vector(s) from {folder} at http://{host}:{port}/ "
         "(playground at /, OpenAI API at /v1)",

@@ -24,7 +24,7 @@ from steerlab._models import model_id
 from steerlab.serve.engine import Engine
 from steerlab.serve.errors import ApiError
 from steerlab.serve.library import VectorLibrary
-from steerlab.serve.middleware import BodyLimit
+from steerlab.serve.middleware import ApiKey, BodyLimit
 from steerlab.serve.openai import error_body
 from steerlab.serve.routes import Server, api, playground
 from steerlab.serve.schemas import ServeLimits
@@ -43,9 +43,11 @@ def create_app(
     limits: ServeLimits | None = None,
     engine: Engine | None = None,
     name: str | None = None,
+    api_key: str | None = None,
 ) -> FastAPI:
     """The FastAPI app serving ``model`` with the vectors of ``library``, under ``name`` (default: the model's id).
-    The engine's worker starts and stops with the app (its lifespan).
+    The engine's worker starts and stops with the app (its lifespan). With ``api_key`` every route but ``/health``
+    and the playground's files needs ``Authorization: Bearer <api_key>`` (401 otherwise).
 
     Example:
         >>> app = create_app(model, tokenizer, VectorLibrary("vectors/", model))
@@ -68,6 +70,8 @@ def create_app(
     app.state.server = Server(model, library, engine, limits, validator, served, int(time.time()))
     app.state.engine, app.state.library, app.state.limits = engine, library, limits
     app.add_middleware(BodyLimit, limits=limits)
+    if api_key:  # added last, so it runs first: an unauthenticated body is not even read
+        app.add_middleware(ApiKey, key=api_key)
     app.include_router(api)
     app.include_router(playground)
 

@@ -1,6 +1,10 @@
-"""The body-size guard: bodies over the limit are refused before anything parses them."""
+"""The guards in front of every route: the API key (a request without it is refused before anything else) and the
+body-size limit (bodies over it are refused before anything parses them)."""
 
 from __future__ import annotations
+
+import hmac
+import ipaddress
 
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -9,7 +13,64 @@ from steerlab.serve.errors import ApiError
 from steerlab.serve.openai import error_body
 from steerlab.serve.schemas import ServeLimits
 
-__all__ = ["BodyLimit"]
+__all__ = ["API_KEY_ENV", "ApiKey", "BodyLimit", "is_loopback"]
+
+API_KEY_ENV = "STEERLAB_API_KEY"
+"""The environment variable ``steerlab serve`` reads its API key from when ``--api-key`` is not given."""
+# Open without a key: the liveness probe, and the playground's page and files (its API calls carry the key).
+_OPEN = ("/health", "/", "/playground/")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` reaches only this machine (``localhost``, 127.0.0.0/8, ``::1``).
+
+    Example:
+        >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("0.0.0.0")
+        (True, True, False)
+    """
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
+
+
+class ApiKey:
+    """ASGI middleware requiring ``Authorization: Bearer <key>`` (what the OpenAI client sends for ``api_key``) on
+    every route but ``/health`` and the playground's own page and files; a request without the key, or with another,
+    gets a 401 in OpenAI's error shape (``invalid_api_key``). Keys are compared in constant time.
+
+    Example:
+        >>> app.add_middleware(ApiKey, key="s3cret")
+    """
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        if not key:
+            raise ValueError("ApiKey needs a non-empty key; leave the middleware out to serve without one.")
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in _OPEN[:2] or path.startswith(_OPEN[2]):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(b"authorization", b"")
+        token = given[7:].strip() if given[:7].lower() == b"bearer " else b""
+        if token and hmac.compare_digest(token, self.key):
+            await self.app(scope, receive, send)
+            return
+        found = "no Authorization header" if not given else "a key that does not match"
+        error = ApiError(
+            401,
+            f"this server needs an API key: expected the header 'Authorization: Bearer <key>' (the OpenAI client's "
+            f"api_key), found {found}. Ask the server's operator for the key (steerlab serve --api-key or "
+            f"${API_KEY_ENV}).",
+            code="invalid_api_key",
+        )
+        response = JSONResponse(error_body(error), status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        await response(scope, receive, send)
 
 
 class BodyLimit:

@@ -4,8 +4,27 @@
 const $ = (id) => document.getElementById(id);
 const state = { model: null, vectors: [], maxRelative: 1.0 };
 
+// A server started with an API key answers 401 until the page sends it: ask once, keep it for this tab.
+function withKey(options) {
+  const key = sessionStorage.getItem("steerlab-api-key");
+  if (!key) return options;
+  return { ...options, headers: { ...(options.headers || {}), Authorization: `Bearer ${key}` } };
+}
+
+async function authorised(path, options) {
+  let response = await fetch(path, withKey(options));
+  if (response.status === 401) {
+    const key = window.prompt("This server needs an API key:");
+    if (key) {
+      sessionStorage.setItem("steerlab-api-key", key.trim());
+      response = await fetch(path, withKey(options));
+    }
+  }
+  return response;
+}
+
 async function api(path, options = {}) {
-  const response = await fetch(path, options);
+  const response = await authorised(path, options);
   const body = await response.json();
   if (!response.ok) throw new Error(body.error ? body.error.message : response.statusText);
   return body;
@@ -63,7 +82,7 @@ async function streamInto(element, extra) {
   element.textContent = "";
   element.dataset.state = "streaming";
   try {
-    const response = await fetch("/v1/chat/completions", {
+    const response = await authorised("/v1/chat/completions", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({

@@ -1,0 +1,268 @@
+"""Steering inside a vLLM worker: one forward hook per decoder layer, and the per-step plan that says which
+packed tokens belong to which steered request.
+
+vLLM packs the tokens of every scheduled request into one ``[tokens, width]`` batch, in the order of the runner's
+``input_batch.req_ids``, each request with ``num_scheduled_tokens`` tokens. Before a step's forward pass the
+runner prepares its inputs; :meth:`RunnerSteering.prepare` reads the same batch then (request ids, tokens per
+request, each request's prompt length and ``SamplingParams.extra_args``) and keeps the ranges of the steered
+requests. :meth:`RunnerSteering.step` makes that plan live for exactly the one forward pass it was made for: warm-up
+and profiling runs call the model directly and see no plan, so they are never steered.
+
+A decoder layer returns ``(hidden, residual)`` with the residual not yet added (the next layer's fused add-norm
+adds it). The block output that steerlab's transformers hooks steer (``resid_post``) is their sum, so a steered
+token gets ``hidden = op(hidden + residual)`` and ``residual = 0``: the next layer's add then sees exactly the
+steered sum. Tokens of requests without steering keep both tensors as they were, bit for bit, and a step with no
+steered request runs no steering code at all. The operators are the library's own
+(:func:`steerlab._interventions.apply_operator`), applied to each request's tokens as a batch of one row; plain
+additions (every position, no norm preservation: the common case) are folded per request as steerlab's hooks fold
+them and applied to every such request's tokens at once, so a step costs a few tensor operations per layer whatever
+the number of requests.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from steerlab._hooks import HookSet
+from steerlab._interventions import apply_operator
+from steerlab._models import ModelFingerprint
+from steerlab.vllm._spec import EXTRA_KEY, Plan, RequestSteering, parse_steering
+
+__all__ = ["RunnerSteering", "decoder_layers", "served_fingerprint"]
+
+
+def served_fingerprint(model_config: Any) -> ModelFingerprint:
+    """The fingerprint a vector must match, from vLLM's ``ModelConfig`` (its Hugging Face config)."""
+    text = model_config.hf_text_config
+    model_type = getattr(text, "model_type", None) or getattr(model_config.hf_config, "model_type", "?")
+    return ModelFingerprint(model_type, int(text.hidden_size), int(text.num_hidden_layers))
+
+
+def decoder_layers(model: nn.Module, num_layers: int) -> nn.ModuleList:
+    """The decoder layers of a vLLM model: ``model.model.layers`` for the Llama family and most others, else the
+    one ``ModuleList`` named ``layers`` that holds ``num_layers`` modules. Refuses when none or several fit."""
+    inner = getattr(model, "model", None)
+    found = getattr(inner, "layers", None)
+    if isinstance(found, nn.ModuleList) and len(found) == num_layers:
+        return found
+    candidates = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and name.split(".")[-1] == "layers" and len(module) == num_layers
+    ]
+    if len(candidates) != 1:
+        raise RuntimeError(
+            f"steerlab cannot find the decoder layers of {type(model).__name__}: expected one ModuleList named "
+            f"'layers' with {num_layers} modules, found {[name for name, _ in candidates] or 'none'}. This "
+            "architecture is not supported by the steerlab vLLM plugin; serve it without steering."
+        )
+    return candidates[0][1]
+
+
+def _plain_add(plan: Plan) -> bool:
+    return plan.mode == "add" and plan.positions == "all" and not plan.preserve_norm
+
+
+@dataclass(eq=False)
+class _Prepared:
+    """A request's steering on this worker's device and dtype, per layer: one folded addition where every entry is
+    a plain addition (every position, no norm preservation), as steerlab's hooks fold them (``0 + a1 v1 + a2 v2``,
+    in order); else the entries in order. Made once per request."""
+
+    adds: dict[int, torch.Tensor]
+    plans: dict[int, list[Plan]]
+
+    @classmethod
+    def of(cls, steering: RequestSteering, device: torch.device, dtype: torch.dtype) -> _Prepared:
+        per_layer: dict[int, list[Plan]] = {}
+        for plan in steering.plans:
+            cast = replace(plan, direction=plan.direction.to(device=device, dtype=dtype))
+            per_layer.setdefault(plan.layer, []).append(cast)
+        adds, plans = {}, {}
+        for layer, items in per_layer.items():
+            if all(_plain_add(plan) for plan in items):
+                total = torch.zeros_like(items[0].direction)
+                for plan in items:
+                    total += plan.alpha * plan.direction
+                adds[layer] = total
+            else:
+                plans[layer] = items
+        return cls(adds, plans)
+
+
+@dataclass(eq=False)
+class _Request:
+    """A steered request's tokens in this step's packed batch."""
+
+    index: int
+    start: int
+    end: int
+    prompt_length: int
+    steering: _Prepared
+
+
+@dataclass(eq=False)
+class _Step:
+    """The plan of one forward pass: per layer, the tokens that get a folded addition (all requests together) and
+    the requests whose entries apply one by one."""
+
+    requests: list[_Request]
+    masks: dict[tuple[int, Any], torch.Tensor | None] = field(default_factory=dict)
+    layers: set[int] = field(default_factory=set)
+    _adds: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for request in self.requests:
+            self.layers |= set(request.steering.adds) | set(request.steering.plans)
+
+    def additions(self, layer: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(rows, delta)``: the packed token rows of the requests with a folded addition at ``layer`` and what
+        each row gets added (built once per layer and step: a few tensor operations whatever the request count)."""
+        if layer not in self._adds:
+            plain = [r for r in self.requests if layer in r.steering.adds]
+            if not plain:
+                self._adds[layer] = None
+            else:
+                rows = np.concatenate([np.arange(r.start, r.end) for r in plain])
+                which = np.repeat(np.arange(len(plain)), [r.end - r.start for r in plain])
+                vectors = torch.stack([r.steering.adds[layer] for r in plain])
+                index = torch.from_numpy(which).to(device)
+                self._adds[layer] = (torch.from_numpy(rows).to(device), vectors[index])
+        return self._adds[layer]
+
+    def select(self, request: _Request, rule: Any, positions: torch.Tensor) -> torch.Tensor | None:
+        """The ``(1, tokens)`` mask of ``request``'s current tokens that a position rule selects (``None``: all).
+        vLLM's positions are absolute token indices: with no padding they are steerlab's real-token indices."""
+        if rule == "all":
+            return None
+        key = (request.index, rule)
+        if key not in self.masks:
+            pos = positions[request.start : request.end]
+            if rule == "prompt":
+                mask = pos < request.prompt_length
+            elif rule == "generated":
+                mask = pos >= request.prompt_length
+            else:
+                mask = pos >= int(rule)
+            self.masks[key] = mask[None]
+        return self.masks[key]
+
+
+class RunnerSteering:
+    """The steering state of one vLLM model runner: its layer hooks, each live request's parsed steering, and the
+    plan of the step about to run.
+
+    The hooks are added through :class:`~steerlab._hooks.HookSet` when the runner first prepares a batch and are
+    removed when the runner is collected (or :meth:`close` is called).
+    """
+
+    def __init__(self, runner: Any) -> None:
+        model_config = runner.vllm_config.model_config
+        self.fingerprint = served_fingerprint(model_config)
+        self.model_name = str(model_config.model)
+        self._requests: dict[str, _Prepared | None] = {}
+        self._pending: _Step | None = None
+        self._active: _Step | None = None
+        self._positions: torch.Tensor | None = None
+        self._device, self._dtype = runner.device, model_config.dtype
+        self._hooks = HookSet().__enter__()
+        self._finalizer = weakref.finalize(runner, self._hooks.close)
+        # A model whose layers are not found still serves unsteered requests: only a steered one is refused (below).
+        self._unsupported: str | None = None
+        try:
+            layers = decoder_layers(runner.get_model(), self.fingerprint.num_layers)
+        except RuntimeError as err:
+            self._unsupported = str(err)
+            return
+        for index, layer in enumerate(layers):
+            self._hooks.forward(layer, self._hook(index))
+
+    def close(self) -> None:
+        """Remove the hooks (also done when the runner is collected)."""
+        self._finalizer()
+
+    # ----- the batch of a step ------------------------------------------------------------------------------------
+    def prepare(self, runner: Any, num_scheduled_tokens: Any) -> None:
+        """Read the batch the runner is about to run (called where the runner prepares its inputs)."""
+        batch = runner.input_batch
+        live = runner.requests
+        for req_id in [r for r in self._requests if r not in live]:  # finished or preempted-and-dropped
+            del self._requests[req_id]
+        steered, start = [], 0
+        for i, req_id in enumerate(batch.req_ids[: batch.num_reqs]):
+            count = int(num_scheduled_tokens[i])
+            steering = self._steering_of(req_id, live[req_id])
+            if steering is not None and self._unsupported is not None:
+                why = self._unsupported
+                raise RuntimeError(f"request {req_id} asks for steering, which this model cannot take: {why}")
+            if steering is not None and count > 0:
+                prompt_length = int(live[req_id].num_prompt_tokens)
+                steered.append(_Request(len(steered), start, start + count, prompt_length, steering))
+            start += count
+        self._pending = _Step(steered) if steered else None
+
+    def _steering_of(self, req_id: str, state: Any) -> _Prepared | None:
+        if req_id not in self._requests:
+            params = state.sampling_params
+            raw = (params.extra_args or {}).get(EXTRA_KEY) if params is not None else None
+            # The front end checked this entry before the request was queued; a failure here (a vector file
+            # changed since) raises rather than run the request unsteered.
+            steering = parse_steering(raw, self.fingerprint, self.model_name)
+            prepared = None if steering is None else _Prepared.of(steering, self._device, self._dtype)
+            self._requests[req_id] = prepared
+        return self._requests[req_id]
+
+    @contextmanager
+    def step(self, positions: torch.Tensor | None) -> Iterator[None]:
+        """Make the prepared plan live for one forward pass of the model."""
+        plan, self._pending = self._pending, None
+        if plan is not None and (positions is None or positions.dim() != 1):
+            raise RuntimeError(
+                "steerlab steers models with 1-D token positions only (found "
+                f"{None if positions is None else tuple(positions.shape)}: M-RoPE models are not supported)."
+            )
+        self._active, self._positions = plan, positions
+        try:
+            yield
+        finally:
+            self._active = self._positions = None
+
+    # ----- the hook -----------------------------------------------------------------------------------------------
+    def _hook(self, layer: int):
+        def steer_layer(module: nn.Module, args: tuple, output: Any) -> Any:
+            step = self._active
+            if step is None or layer not in step.layers:
+                return None
+            split = isinstance(output, tuple) and len(output) == 2 and output[1] is not None
+            hidden, residual = output if split else (output, None)
+            total = hidden + residual if split else hidden
+            new_hidden = hidden.clone()
+            new_residual = residual.clone() if split else None
+            adds = step.additions(layer, hidden.device)
+            if adds is not None:
+                rows, delta = adds
+                new_hidden[rows] = total[rows] + delta
+                if split:
+                    new_residual[rows] = 0
+            for request in step.requests:
+                plans = request.steering.plans.get(layer)
+                if not plans:
+                    continue
+                segment = total[request.start : request.end][None]
+                for plan in plans:
+                    mask = step.select(request, plan.positions, self._positions)
+                    segment = apply_operator(plan.mode, segment, plan.direction, plan.alpha, mask, plan.preserve_norm)
+                new_hidden[request.start : request.end] = segment[0]
+                if split:
+                    new_residual[request.start : request.end] = 0
+            return (new_hidden, new_residual) if split else new_hidden
+
+        return steer_layer

