@@ -78,7 +78,14 @@ demo: $(STAMP)
 
 # Every test on the locked install (the 25 slowest listed at the end), then the invariant tests on the newest and
 # the oldest transformers.
-test: test-locked test-compat test-vllm
+# Every set-up first; then the locked suite runs on one core while the compat and vLLM runs follow each other on
+# the other (every test process uses one thread), so the whole fits CI's time on a 2-core machine. The background
+# run's output is kept in a file and shown after the foreground's; either failing fails `make test`.
+test: $(STAMP) $(LLAMA_STAMP) $(BROWSER) $(COMPAT_STAMP) $(VLLM_STAMP)
+	@$(MAKE) --no-print-directory test-locked > .test-locked.log 2>&1 & locked=$$!; \
+	$(MAKE) --no-print-directory test-compat test-vllm; others=$$?; \
+	wait $$locked; mine=$$?; echo "== the locked suite (make test-locked)"; cat .test-locked.log; \
+	test $$mine -eq 0 && test $$others -eq 0
 
 test-locked: $(STAMP) $(LLAMA_STAMP) $(BROWSER)
 	OMP_NUM_THREADS=$(TEST_THREADS) STEERLAB_TEST_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -q --durations=25
