@@ -15,7 +15,10 @@ import time
 
 from _common import RESULTS, ROOT
 
-BENCHMARKS = ["extraction", "steering_overhead", "mixed_batch", "sweep_reuse", "memory", "scale", "sweep_speed"]
+BENCHMARKS = [
+    "extraction", "steering_overhead", "mixed_batch", "sweep_reuse", "memory", "scale", "sweep_speed",
+    "coherence_scoring",
+]  # fmt: skip
 DOC = ROOT / "docs" / "benchmarks.md"
 PLOT = ROOT / "docs" / "benchmarks.png"
 
@@ -235,6 +238,15 @@ the later GPUs do no work. The prefix replay calls the blocks themselves, so acc
 tensors between GPUs as in a normal forward pass. Tested here: CPU, and `device_map` with disk offload
 (tests/test_models.py); not tested here: real GPUs (none on these machines).
 """,
+    "coherence_scoring": """\
+The coherence figure of a comparison (and of the server's sweep route) is the mean NLL of each generated continuation
+under the unsteered model. Continuations of one prompt share it: the prompt runs once, its KV cache is repeated for
+each continuation (`cache.reorder_cache`, as beam search does), and only the continuations' tokens run again, so n
+strengths cost one prompt and n continuations rather than n of both. Checked on every architecture against whole
+rows (tests/test_prefix.py).
+
+    .venv/bin/python benchmarks/coherence_scoring.py --json benchmarks/results/coherence_scoring.json
+""",
     "sweep_speed": """\
 `sweep` records one unsteered pass per metric, keeping the input of each swept layer's first replayed block, and
 replays every (direction, strength) from it: the blocks below a layer run once for the whole sweep instead of
@@ -288,6 +300,7 @@ def write_doc(results: dict[str, dict]) -> None:
         "memory": "## 5. Memory",
         "scale": "## 6. Scale on paper",
         "sweep_speed": "## 7. Calibration sweeps",
+        "coherence_scoring": "## 8. Coherence scoring",
     }
     for name in BENCHMARKS:
         sections.append(titles[name])
@@ -295,7 +308,7 @@ def write_doc(results: dict[str, dict]) -> None:
         sections.append(PROSE[name])
     vllm = RESULTS / "vllm_throughput.json"
     if vllm.exists():  # measured in .venv-vllm (vLLM needs transformers<5.20), not by `make bench`
-        sections += ["## 8. Steering inside vLLM", json.loads(vllm.read_text())["markdown"], VLLM_PROSE]
+        sections += ["## 9. Steering inside vLLM", json.loads(vllm.read_text())["markdown"], VLLM_PROSE]
     DOC.write_text("\n\n".join(sections).rstrip() + "\n")
     plot(results)
     print(f"wrote {DOC} and {PLOT}")

@@ -37,6 +37,7 @@ def tiny_folder(tmp_path_factory, tokenizer):
             ["--questions", "2", "--pairs", "2", "--layers", "1", "--alphas=-0.2,0,0.2", "--texts", "2"],
             "speedup",
         ),
+        ("coherence_scoring", ["--new-tokens", "3", "--prompts", "2", "--strengths", "3"], "speedup"),
     ],
 )
 def test_benchmark_script_runs(tiny_folder, tmp_path, script, options, key):
@@ -49,7 +50,7 @@ def test_benchmark_script_runs(tiny_folder, tmp_path, script, options, key):
     assert key in result and result["markdown"].count("|") > 4
     if script == "mixed_batch":
         assert result["same_tokens"] is True  # one batch with a vector per row == each row alone
-    if script == "sweep_speed":
+    if script in ("sweep_speed", "coherence_scoring"):
         assert result["max_abs_diff"] <= 1e-4  # the recorded-pass sweep gives the cell-by-cell numbers
     if script == "sweep_reuse":
         assert all(r["max_abs_diff"] <= 1e-3 * max(1.0, r["max_abs_logit"]) for r in result["results"].values())
