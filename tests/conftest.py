@@ -41,6 +41,8 @@ LAYERS = {
     "test_calling.py::test_doctor_passes_here_and_exits_zero": "apps",
     "test_calling.py::test_doctor_fails_on_a_tracker_that_never_sees_the_past": "apps",
     "test_cli.py": "apps",
+    "test_conditions.py": "arch",
+    "test_conditions.py::test_unit_rule_logic_and_scores": "unit",
     "test_data.py": "unit",
     "test_docs.py": "unit",
     "test_examples.py": "apps",

@@ -18,7 +18,7 @@ ROOT = Path(__file__).parents[1]
 
 PUBLIC = {
     "steerlab": [
-        "Activations", "ArchSpec", "ArchitectureError", "Comparison", "ContrastPair", "DEFAULT_MODEL", "DataError",
+        "Activations", "ArchSpec", "ArchitectureError", "Comparison", "Condition", "ContrastPair", "Rule", "DEFAULT_MODEL", "DataError",
         "ExtractionError", "FormatError", "Generation", "Intervention", "ModelLoadError", "SteeringError",
         "SteeringVector", "SteerlabError", "VectorMismatchError", "__version__", "compare", "directional_ablation",
         "extract_vector", "generate", "get_layout", "load_model", "load_pairs", "record", "register_architecture",

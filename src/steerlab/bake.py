@@ -146,6 +146,11 @@ def bake_addition(
             f"positions={item.positions!r} cannot be baked: a bias acts on every token. Use hooks "
             "(steerlab.steer) for position-dependent steering."
         )
+    if item.condition is not None:
+        raise SteeringError(
+            "a conditional intervention cannot be baked: a bias acts on every prompt, whatever its condition says. "
+            "Use hooks (steerlab.steer) to steer conditionally."
+        )
     if item.mode != "add" or item.preserve_norm:
         raise SteeringError(
             f"only additions can be baked into biases, not mode={item.mode!r}"
