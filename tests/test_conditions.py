@@ -13,8 +13,9 @@ from steerlab._conditions import Condition, Rule, aggregate, condition_scores
 from steerlab._models import ModelFingerprint, fingerprint, model_id
 from steerlab._record import ActivationReader
 from steerlab.bake import bake_addition
-from steerlab.engines import pad_batch
-from steerlab.errors import SteeringError, VectorMismatchError
+from steerlab.engines import encode, pad_batch
+from steerlab.errors import DataError, SteeringError, VectorMismatchError
+from steerlab.evaluate.conditions import find_condition_point, gate_f1, threshold_f1
 from tiny import greedy, random_vector
 
 PLANT, OTHER = 777, 1500  # planted token ids
@@ -224,3 +225,74 @@ def test_bad_conditions_are_refused_with_clear_errors(tiny):
         pass
     with pytest.raises(SteeringError, match="cannot be baked"):
         bake_addition(model, Intervention(random_vector(model, layers=(3,)), 1.0, scale="absolute", condition=cond))
+
+
+# -- choosing the condition point ---------------------------------------------------------------------------------
+
+TOPIC = [
+    "Tell me about cats.",
+    "My cat sleeps all day.",
+    "Why do cats purr?",
+    "Cats and their kittens.",
+    "A cat on the mat.",
+    "How old do cats get?",
+    "The cat chased a mouse.",
+    "Do cats like milk?",
+]
+OTHER_TOPIC = [
+    "Tell me about trains.", "The weather is cold.", "How do I bake bread?", "Stocks fell today.",
+    "A song about the sea.", "What is a prime number?", "The bus was late.", "Paint the fence blue.",
+]  # fmt: skip
+
+
+def test_threshold_search_finds_the_best_f1_of_every_threshold():
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(3, 5, 20, generator=gen).round(decimals=1)  # ties included
+    labels = torch.rand(20, generator=gen) > 0.5
+    thresholds, f1s = threshold_f1(scores, labels)
+    for index in range(15):
+        row = scores.reshape(15, 20)[index]
+        cands = torch.cat([row, torch.tensor([row.min() - 1, row.max() + 1])]).unique()
+        cuts = (cands[1:] + cands[:-1]) / 2
+        for side in range(2):
+            fire = (lambda t, row=row: row > t) if side == 0 else (lambda t, row=row: row < t)
+            best = max(gate_f1(fire(t), labels)["f1"] for t in cuts)
+            found_t, found = float(thresholds.reshape(15, 2)[index, side]), float(f1s.reshape(15, 2)[index, side])
+            assert found == pytest.approx(best)
+            assert gate_f1(fire(found_t), labels)["f1"] == pytest.approx(best)  # the threshold gives that F1
+
+
+def test_the_search_finds_a_topic_and_its_f1_is_the_gates(tiny, tokenizer):
+    model = tiny("llama")
+    search = find_condition_point(model, tokenizer, TOPIC, OTHER_TOPIC, held_out=0.25, seed=1)
+    assert search.n_train == 12 and search.n_held_out == 4
+    assert len(search.rows) == 4 * 2 * 2 * 2  # layers x reduces x comparisons x sides
+    assert search.train_f1 == max(row["train_f1"] for row in search.rows) == 1.0
+    assert search.held_out_f1 is not None
+    # The gate, applied under left padding in one batch, fires exactly where the search says.
+    cond = search.condition
+    assert cond.vector.extra["condition"]["threshold"] == cond.threshold
+    texts = TOPIC + OTHER_TOPIC
+    ids = encode(tokenizer, texts)
+    behaviour = random_vector(model, layers=(cond.layers[0] + 1,) if cond.layers[0] < 3 else (3,), scale=8.0)
+    item = Intervention(behaviour, 1.0, scale="absolute", positions="generated", condition=cond)
+    with steer(model, item):
+        gated = greedy(model, ids, new=2)
+    plain = greedy(model, ids, new=2)
+    scores = cond.score({cond.layers[0]: recorded(model, ids, cond.layers[0], cond.site, cond.reduce)})
+    expected = cond.holds(scores)
+    changed = torch.tensor([not torch.equal(g, p) for g, p in zip(gated, plain, strict=True)])
+    assert not (changed & ~expected).any()  # a row the gate leaves shut is never steered
+    assert changed.sum() >= expected.sum() // 2  # and the open ones mostly change their answer
+    again = Condition.recorded(cond.vector)
+    assert (again.threshold, again.layers, again.reduce) == (cond.threshold, cond.layers, cond.reduce)
+
+
+def test_the_search_refuses_bad_choices(tiny, tokenizer):
+    model = tiny("llama")
+    with pytest.raises(DataError, match="reduces="):
+        find_condition_point(model, tokenizer, TOPIC, OTHER_TOPIC, reduces=["max"])
+    with pytest.raises(DataError, match="held_out"):
+        find_condition_point(model, tokenizer, TOPIC, OTHER_TOPIC, held_out=1.0)
+    with pytest.raises(SteeringError, match="records no condition point"):
+        Condition.recorded(random_vector(model))

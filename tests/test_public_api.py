@@ -18,7 +18,8 @@ ROOT = Path(__file__).parents[1]
 
 PUBLIC = {
     "steerlab": [
-        "Activations", "ArchSpec", "ArchitectureError", "Comparison", "Condition", "ContrastPair", "Rule", "DEFAULT_MODEL", "DataError",
+        "Activations", "ArchSpec", "ArchitectureError", "Comparison", "Condition", "ContrastPair", "Rule",
+        "DEFAULT_MODEL", "DataError",
         "ExtractionError", "FormatError", "Generation", "Intervention", "ModelLoadError", "SteeringError",
         "SteeringVector", "SteerlabError", "VectorMismatchError", "__version__", "compare", "directional_ablation",
         "extract_vector", "generate", "get_layout", "load_model", "load_pairs", "record", "register_architecture",
@@ -47,8 +48,9 @@ PUBLIC = {
         "SteerlabError", "StrengthWarning", "VectorMismatchError",
     ],
     "steerlab.evaluate": [
-        "ABBehaviour", "ABQuestion", "Comparison", "DEFAULT_KL_BUDGET", "Generation", "LabelledActivations",
-        "NeutralKL", "Recommendation", "fit_probes", "generate_rows", "record_labelled",
+        "ABBehaviour", "ABQuestion", "Comparison", "ConditionSearch", "DEFAULT_KL_BUDGET", "Generation",
+        "LabelledActivations",
+        "NeutralKL", "Recommendation", "find_condition_point", "fit_probes", "generate_rows", "record_labelled",
         "RefusalClassifier", "ResultTable", "activation_covariance", "activation_pca", "activation_patching",
         "attribution_patching", "logit_diff_metric", "patching_error", "breakdown", "calibrate",
         "compare", "cosine_matrix", "cross_layer_cosine", "generation_perplexity", "kl_from_unsteered", "load_ab",

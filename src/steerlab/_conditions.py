@@ -163,6 +163,30 @@ class Condition(_Combinable):
             f"{list(self.layers or ())}, {self.reduce} over the prompt)"
         )
 
+    @classmethod
+    def recorded(cls, vector: SteeringVector, **overrides: Any) -> Condition:
+        """The condition point recorded in ``vector.extra["condition"]`` by
+        :func:`steerlab.evaluate.find_condition_point` (layer, threshold, comparison, side, reduce); keyword
+        ``overrides`` replace single choices (e.g. a stricter ``threshold``).
+
+        Example:
+            >>> harmful = Condition.recorded(SteeringVector.load("harmful.safetensors"))
+        """
+        point = vector.extra.get("condition") if isinstance(vector, SteeringVector) else None
+        if not isinstance(point, dict):
+            raise SteeringError(
+                "this vector records no condition point (extra['condition']); find one with "
+                "steerlab.evaluate.find_condition_point(...), or give the threshold: Condition(vector, threshold=...)."
+            )
+        options = {
+            "threshold": point.get("threshold"),
+            "layers": [point["layer"]] if "layer" in point else None,
+            "comparison": point.get("comparison", "cosine"),
+            "side": point.get("side", "greater"),
+            "reduce": point.get("reduce", "mean"),
+        }
+        return cls(vector, **{**options, **overrides})
+
     @property
     def site(self) -> str:
         """Where the prompt is read: the vector's site."""
