@@ -92,6 +92,7 @@ LAYERS = {
     "test_record.py": "arch",
     "test_serve.py": "apps",
     "test_serve_app.py": "apps",
+    "test_serve_conditions.py": "arch",
     "test_serve_engine.py": "arch",
     "test_serve_openai.py": "unit",
     "test_serve_validate.py": "arch",

@@ -59,7 +59,9 @@ PUBLIC = {
     ],
     "steerlab.io": ["clear_control_vector", "export_gguf", "export_hub_folder", "import_gguf", "set_control_vector"],
     "steerlab.types": [
-        "Alpha", "BREAKDOWN_STRENGTH", "DEFAULT_SCALE", "MAX_STRENGTH", "METHODS", "MODES", "Method", "Mode",
+        "Alpha", "BREAKDOWN_STRENGTH", "CONDITION_COMPARISONS", "CONDITION_REDUCES", "CONDITION_SIDES",
+        "ConditionComparison", "ConditionReduce", "ConditionSide", "DEFAULT_SCALE", "MAX_STRENGTH", "METHODS", "MODES",
+        "Method", "Mode",
         "NAMED_POSITIONS", "NamedPositions", "Positions", "Recommended", "SCALES", "SITES", "Scale", "Site",
     ],
     "steerlab.optimize": ["OBJECTIVES", "Objective", "optimize_vector"],

@@ -20,34 +20,29 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Union, get_args
+from typing import Any, Literal, Union
 
 import torch
 
 from steerlab._vector import SteeringVector
 from steerlab.arch.registry import check_site
 from steerlab.errors import ArchitectureError, SteeringError
+from steerlab.types import (
+    CONDITION_COMPARISONS,
+    CONDITION_REDUCES,
+    CONDITION_SIDES,
+    ConditionComparison,
+    ConditionReduce,
+    ConditionSide,
+)
 
 __all__ = [
-    "COMPARISONS",
-    "Comparison",
     "Condition",
     "Gate",
     "Rule",
-    "Side",
     "aggregate",
     "condition_scores",
 ]
-
-Comparison = Literal["cosine", "projection"]
-"""How a prompt's activation is compared with the condition's direction: the cosine, or the projection on the unit
-direction (in activation units)."""
-Side = Literal["greater", "smaller"]
-"""Whether the condition holds above (``"greater"``) or below (``"smaller"``) the threshold."""
-Reduce = Literal["mean", "last"]
-COMPARISONS: tuple[str, ...] = get_args(Comparison)
-SIDES: tuple[str, ...] = get_args(Side)
-REDUCES: tuple[str, ...] = get_args(Reduce)
 
 
 def aggregate(hidden: torch.Tensor, index: torch.Tensor, reduce: str) -> torch.Tensor:
@@ -126,9 +121,9 @@ class Condition(_Combinable):
     vector: SteeringVector
     threshold: float
     layers: Sequence[int] | None = None
-    comparison: Comparison = "cosine"
-    side: Side = "greater"
-    reduce: Reduce = "mean"
+    comparison: ConditionComparison = "cosine"
+    side: ConditionSide = "greater"
+    reduce: ConditionReduce = "mean"
 
     def __post_init__(self) -> None:
         if not isinstance(self.vector, SteeringVector):
@@ -144,9 +139,9 @@ class Condition(_Combinable):
                 "steerlab.evaluate.find_condition_point, or give e.g. threshold=0.1 for a cosine."
             )
         for name, value, choices in (
-            ("comparison", self.comparison, COMPARISONS),
-            ("side", self.side, SIDES),
-            ("reduce", self.reduce, REDUCES),
+            ("comparison", self.comparison, CONDITION_COMPARISONS),
+            ("side", self.side, CONDITION_SIDES),
+            ("reduce", self.reduce, CONDITION_REDUCES),
         ):
             if value not in choices:
                 raise SteeringError(f"a condition's {name}={value!r} is not valid; expected one of {list(choices)}.")

@@ -23,6 +23,12 @@ __all__ = [
     "SCALES",
     "SITES",
     "Alpha",
+    "CONDITION_COMPARISONS",
+    "CONDITION_REDUCES",
+    "CONDITION_SIDES",
+    "ConditionComparison",
+    "ConditionReduce",
+    "ConditionSide",
     "METHODS",
     "Method",
     "Mode",
@@ -78,8 +84,22 @@ Recommended = Literal["recommended"]
 """``alpha="recommended"``: the layer, strength, mode and scale that ``steerlab calibrate`` recorded in the vector's
 ``extra["recommended"]`` (only a setting whose held-out effect beat random directions is recorded)."""
 
+ConditionComparison = Literal["cosine", "projection"]
+"""How a condition compares a prompt's activation with its direction: the cosine, or the projection on the unit
+direction (in activation units)."""
+
+ConditionSide = Literal["greater", "smaller"]
+"""Whether a condition holds above (``"greater"``) or below (``"smaller"``) its threshold."""
+
+ConditionReduce = Literal["mean", "last"]
+"""How a condition aggregates the prompt: the ``"mean"`` over its real tokens (the attention sink left out, as
+``record`` does) or its ``"last"`` token."""
+
 MODES: tuple[str, ...] = get_args(Mode)
 METHODS: tuple[str, ...] = get_args(Method)
 SITES: tuple[str, ...] = get_args(Site)
 SCALES: tuple[str, ...] = get_args(Scale)
 NAMED_POSITIONS: tuple[str, ...] = get_args(NamedPositions)
+CONDITION_COMPARISONS: tuple[str, ...] = get_args(ConditionComparison)
+CONDITION_SIDES: tuple[str, ...] = get_args(ConditionSide)
+CONDITION_REDUCES: tuple[str, ...] = get_args(ConditionReduce)

@@ -28,13 +28,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from steerlab._conditions import COMPARISONS, REDUCES, SIDES, Condition, condition_scores
+from steerlab._conditions import Condition, condition_scores
 from steerlab._models import fingerprint, model_id
 from steerlab._record import ActivationReader, check_texts, length_batches
 from steerlab._text import encode, pad_id
 from steerlab._vector import SteeringVector
 from steerlab.errors import DataError
 from steerlab.evaluate.probes import split
+from steerlab.types import CONDITION_COMPARISONS as COMPARISONS
+from steerlab.types import CONDITION_REDUCES as REDUCES
+from steerlab.types import CONDITION_SIDES as SIDES
 
 __all__ = ["ConditionSearch", "find_condition_point", "gate_f1", "threshold_f1"]
 
