@@ -77,6 +77,7 @@ class PositionTracker:
     def __init__(self) -> None:
         self._call: _Call | None = None
         self._prev_ids: torch.Tensor | None = None
+        self._prev_whole = False  # whether the previous call ran its whole sequence (no past)
         self.sequence = 0  # counts the sequences started (the prompt passes seen); what a gate is decided for
         self.new_sequence = False  # whether the current call is a prompt pass (it starts a sequence)
 
@@ -125,11 +126,14 @@ class PositionTracker:
             self.sequence += 1
             self.new_sequence = True
         self._prev_ids = ids
+        self._prev_whole = past == 0
         self._call = _Call(index, prompt_length.to(index.device))
 
     def _extends_previous(self, ids: torch.Tensor | None) -> bool:
         prev = self._prev_ids
-        if ids is None or prev is None or self._call is None:
+        # Only a call that ran its whole sequence can be re-fed longer (generation without a cache); after a cached
+        # step (one token per row), a call with no past is a new prompt even if it begins with that token.
+        if ids is None or prev is None or self._call is None or not self._prev_whole:
             return False
         if prev.shape[0] != ids.shape[0] or prev.shape[1] >= ids.shape[1]:
             return False
