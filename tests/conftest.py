@@ -54,6 +54,7 @@ LAYERS = {
     "test_extract.py::test_peer_shapes_give_the_vector_of_contrast_pairs": "arch",
     "test_extract.py::test_negative_layers_count_from_the_last_and_none_is_every_block": "arch",
     "test_gguf.py": "arch",
+    "test_heads.py": "arch",
     "test_hooks.py": "unit",
     "test_gguf.py::test_cli_export_import": "apps",
     "test_hub.py": "arch",

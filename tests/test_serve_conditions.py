@@ -34,6 +34,7 @@ def served(tmp_path_factory):
     topic.save(folder / "topic.safetensors")
     point = {"layer": 1, "threshold": 0.05, "comparison": "cosine", "side": "greater", "reduce": "last"}
     dataclasses.replace(topic, extra={"condition": point}).save(folder / "found.safetensors")
+    dataclasses.replace(topic, site="heads").save(folder / "heads.safetensors")
     return model, VectorLibrary(folder, model)
 
 
@@ -68,6 +69,17 @@ def test_a_condition_inline_named_or_in_a_rule_gates_the_intervention(validator)
     assert gate.children[1].op == "not"
     plain = validator.chat(chat(steering=[{"vector": "happy", "alpha": 0.2}]))
     assert plain.interventions[0].condition is None
+
+
+def test_a_heads_entry_steers_chosen_heads_and_a_head_out_of_range_is_400(validator):
+    job = validator.chat(chat(steering=[{"vector": "heads", "alpha": 1.0, "scale": "absolute", "heads": [1, 3]}]))
+    assert job.interventions[0].heads == (1, 3) and job.interventions[0].resolved_site == "heads"
+    with pytest.raises(ApiError, match=r"heads \[4\] do not exist.*4 attention heads") as caught:
+        validator.chat(chat(steering=[{"vector": "heads", "alpha": 1.0, "scale": "absolute", "heads": [4]}]))
+    assert (caught.value.status, caught.value.code, caught.value.param) == (400, "invalid_steering", "steering[0]")
+    with pytest.raises(ApiError, match="which exist at the 'heads' site") as caught:
+        validator.chat(chat(steering=[{"vector": "topic", "alpha": 1.0, "scale": "absolute", "heads": [0]}]))
+    assert caught.value.code == "invalid_steering"
 
 
 @pytest.mark.parametrize(

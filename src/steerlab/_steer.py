@@ -108,6 +108,9 @@ class Intervention:
             and holds for the row's whole generation (KV cache or not); other rows are left bit-identical. The
             condition must be read before the intervention acts on the prompt: an intervention at or before the
             condition's layer is refused unless it steers ``positions="generated"`` only.
+        heads: at the ``heads`` site, the attention heads to act on (default: the whole projection input). Each head
+            is changed by the operator with its own slice of the direction (``ablate`` removes each head's own
+            component), and the other heads are left bit-identical.
 
     Example:
         >>> refuse_less = Intervention(refusal, mode="ablate", alpha=1.0)
@@ -127,6 +130,7 @@ class Intervention:
     scale: Scale = DEFAULT_SCALE
     preserve_norm: bool = False
     condition: Gate | None = None
+    heads: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
         if self.condition is not None and not isinstance(self.condition, (Condition, Rule)):
@@ -147,6 +151,7 @@ class Intervention:
             "positions": parse_positions(default_positions(self.mode) if self.positions is None else self.positions),
             "layers": None if self.layers is None else tuple(checked_layers(self.vector, self.layers)),
             "preserve_norm": bool(self.preserve_norm),
+            "heads": None if self.heads is None else _checked_heads(self.heads),
         }
         if self.site is not None:
             try:
@@ -155,6 +160,12 @@ class Intervention:
                 raise SteeringError(str(err)) from None
         if self.scale not in SCALES:
             raise SteeringError(f"scale={self.scale!r} is not valid; expected one of {list(SCALES)}.")
+        if self.heads is not None and (self.site or self.vector.site) != "heads":
+            raise SteeringError(
+                f"heads={list(self.heads)} picks attention heads, which exist at the 'heads' site; this intervention "
+                f"acts at '{self.site or self.vector.site}'. Give site='heads' (with a vector of the heads' width, "
+                "e.g. extracted with site='heads'), or leave heads out."
+            )
         for name, value in normalised.items():  # frozen: normalise in place once, at construction
             object.__setattr__(self, name, value)
         if self.scale == "relative" and OPERATORS[self.mode].uses_scale:
@@ -285,6 +296,16 @@ class Intervention:
         return resolve_deltas(self.vector, self.layers, scale)
 
 
+def _checked_heads(heads: Sequence[int]) -> tuple[int, ...]:
+    try:
+        chosen = tuple(sorted({int(h) for h in heads if not isinstance(h, bool)}))
+    except (TypeError, ValueError):
+        raise SteeringError(f"heads must be a list of head indices, got {heads!r}.") from None
+    if not chosen or len(chosen) != len(set(heads)) or chosen[0] < 0:
+        raise SteeringError(f"heads={list(heads)!r} is not valid; expected a non-empty list of head indices >= 0.")
+    return chosen
+
+
 _OPTION_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Intervention) if f.name != "vector"}
 
 
@@ -360,6 +381,8 @@ class _Entry:
     preserve_norm: bool
     rows: list[int] | None  # batch rows it applies to; None = all
     gate: Gate | None = None  # rows are further limited to those whose prompt met it
+    heads: tuple[int, ...] | None = None  # at the "heads" site: the heads it acts on, each with its own slice
+    head_size: int = 0
 
 
 def resolve_deltas(vector: SteeringVector, layers: Sequence[int] | None, scale: Scale) -> dict[int, torch.Tensor]:
@@ -397,6 +420,7 @@ def _resolve(
         raise SteeringError(str(err)) from None
     if item.condition is not None:
         _check_gate(model, item, site)
+    head_size = _check_heads(model, item) if item.heads is not None else 0
     entries = {}
     for layer, delta in item.deltas().items():
         factor = vector.resid_norm.get(layer, 1.0) if item.scale == "relative" else 1.0
@@ -408,8 +432,24 @@ def _resolve(
             item.preserve_norm,
             rows,
             item.condition,
+            item.heads,  # type: ignore[arg-type]
+            head_size,
         )
     return entries, item.positions != "all" or item.condition is not None
+
+
+def _check_heads(model: nn.Module, item: Intervention) -> int:
+    """The chosen heads exist at every layer of the intervention; returns the head width."""
+    layout = get_layout(model)
+    for layer in checked_layers(item.vector, item.layers):
+        _, count, head_size = layout.heads(layer)
+        outside = [h for h in item.heads or () if h >= count]
+        if outside:
+            raise SteeringError(
+                f"heads {outside} do not exist: block {layer} of '{layout.model_type}' has {count} attention heads "
+                f"(0..{count - 1}); pick heads in that range."
+            )
+    return head_size
 
 
 def _forward_order(layer: int, site: str) -> tuple[int, int]:
@@ -463,7 +503,13 @@ def _as_interventions(what: Intervention | Sequence[Intervention]) -> list[Inter
 
 
 def _plain_add(entry: _Entry) -> bool:
-    return entry.mode == "add" and entry.positions == "all" and not entry.preserve_norm and entry.gate is None
+    return (
+        entry.mode == "add"
+        and entry.positions == "all"
+        and not entry.preserve_norm
+        and entry.gate is None
+        and entry.heads is None
+    )
 
 
 def check_interventions(model: nn.Module, items: Intervention | Sequence[Intervention]) -> None:
@@ -567,7 +613,16 @@ def _install(
                     opened = opened.to(hidden.device)[:, None].expand(batch, length)
                     mask = opened if mask is None else mask & opened
                 v = direction(i, hidden)
-                hidden = apply_operator(entry.mode, hidden, v, entry.alpha, mask, entry.preserve_norm)
+                if entry.heads is None:
+                    hidden = apply_operator(entry.mode, hidden, v, entry.alpha, mask, entry.preserve_norm)
+                    continue
+                size = entry.head_size
+                for head in entry.heads:  # each head with its own slice; the others are copied as they are
+                    span = slice(head * size, (head + 1) * size)
+                    part = apply_operator(
+                        entry.mode, hidden[..., span], v[span], entry.alpha, mask, entry.preserve_norm
+                    )
+                    hidden = torch.cat([hidden[..., : span.start], part, hidden[..., span.stop :]], dim=-1)
             return hidden
 
         return hook
@@ -675,6 +730,7 @@ def steer(
     scale: Scale = DEFAULT_SCALE,
     preserve_norm: bool = False,
     condition: Gate | None = None,
+    heads: Sequence[int] | None = None,
 ) -> Iterator[None]:
     """Apply a vector (with the options below), or a list of :class:`Intervention`, while the block runs.
 
@@ -694,6 +750,7 @@ def steer(
         scale: ``"relative"`` (default: alpha in units of the layer's mean residual norm) or ``"absolute"``.
         preserve_norm: keep each changed token's original L2 norm.
         condition: steer only the rows whose prompt meets this condition (or rule); see :class:`Intervention`.
+        heads: at the ``heads`` site, the attention heads to change (each with its own slice of the direction).
 
     Example:
         >>> with steer(model, vec, alpha=0.15, positions="generated"):  # 15% of the residual norm
@@ -715,6 +772,7 @@ def steer(
         scale=scale,
         preserve_norm=preserve_norm,
         condition=condition,
+        heads=heads,
     )
     with _install(model, [(items, None)], None):
         yield

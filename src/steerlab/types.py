@@ -42,10 +42,13 @@ __all__ = [
 Mode = Literal["add", "ablate", "ablate_then_add", "clamp"]
 """How an intervention changes a hidden state ``h`` along a direction ``v`` (see :mod:`steerlab.steer`'s table)."""
 
-Site = Literal["resid_pre", "attn_out", "mlp_out", "resid_post"]
+Site = Literal["resid_pre", "heads", "attn_out", "mlp_out", "resid_post"]
 """Where in a block activations are read and changed, in forward order:
 
 * ``resid_pre``: the block's input (the residual stream before the block);
+* ``heads``: the attention heads' outputs side by side, before the attention output projection (its input;
+  ``num_heads x head_size`` wide, head ``h`` at ``[h * head_size, (h + 1) * head_size)``); an Intervention's
+  ``heads`` picks heads there;
 * ``attn_out``: the attention sublayer's contribution to the residual stream (after its post-norm, where the
   architecture has one, e.g. Gemma 2/3, OLMo 2);
 * ``mlp_out``: the MLP sublayer's contribution;

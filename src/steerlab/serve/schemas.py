@@ -101,6 +101,7 @@ class SteeringSpec(BaseModel):
     # request's ``conditions``, or a rule {"any": [...]}, {"all": [...]}, {"not": ...} of those (checked by
     # steerlab.Rule.parse in serve/validate.py).
     condition: str | dict[str, Any] | None = None
+    heads: list[int] | None = None  # at a "heads" vector's site: the attention heads to steer (default: all)
 
     @field_validator("alpha")
     @classmethod

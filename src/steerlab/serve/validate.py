@@ -249,7 +249,14 @@ class Validator:
         gate = None if spec.condition is None else self.gate(spec.condition, named or {}, f"{where}.condition")
         try:
             item = Intervention(
-                vector, spec.alpha, spec.mode, spec.layers, spec.positions, scale=spec.scale, condition=gate
+                vector,
+                spec.alpha,
+                spec.mode,
+                spec.layers,
+                spec.positions,
+                scale=spec.scale,
+                condition=gate,
+                heads=spec.heads,
             )
         except SteerlabError as error:
             raise ApiError(400, f"{where}: {error}", param=where, code="invalid_steering") from None
