@@ -122,6 +122,10 @@ def test_bad_heads_fail_with_clear_errors(tiny):
         Intervention(vec, 1.0, scale="absolute", heads=[-1])
     with pytest.raises(SteeringError, match="which exist at the 'heads' site"):
         Intervention(dataclasses.replace(vec, site="resid_post"), 1.0, scale="absolute", heads=[0])
+    narrow = dataclasses.replace(vec, directions={1: vec.directions[1][:16]})
+    wrong_width = r"directions are 32 wide \(heads x head width\), but the vector's are \[16\]"
+    with pytest.raises(SteeringError, match=wrong_width), steer(model, narrow, 1.0, scale="absolute"):
+        pass
     with pytest.raises(SteeringError, match="'heads' site cannot be baked"):
         bake_addition(model, vec, 1.0, scale="absolute")
     layout = get_layout(model)

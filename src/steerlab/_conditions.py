@@ -53,6 +53,7 @@ def aggregate(hidden: torch.Tensor, index: torch.Tensor, reduce: str) -> torch.T
     real tokens (-1 for padding), as :class:`~steerlab._positions.PositionTracker` gives it.
     """
     hidden = hidden.float()
+    index = index.to(hidden.device)  # under a device_map the block may sit on another device than the input ids
     real = index >= 0
     if reduce == "last":
         last = index.argmax(-1)

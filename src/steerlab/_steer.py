@@ -420,6 +420,8 @@ def _resolve(
         raise SteeringError(str(err)) from None
     if item.condition is not None:
         _check_gate(model, item, site)
+    if site == "heads":
+        _check_heads_width(model, vector)
     head_size = _check_heads(model, item) if item.heads is not None else 0
     entries = {}
     for layer, delta in item.deltas().items():
@@ -436,6 +438,17 @@ def _resolve(
             head_size,
         )
     return entries, item.positions != "all" or item.condition is not None
+
+
+def _check_heads_width(model: nn.Module, vector: SteeringVector) -> None:
+    """At the ``heads`` site a direction must be as wide as the attention output projection's input."""
+    width = get_layout(model).site_width("heads")
+    widths = sorted({int(d.shape[0]) for d in vector.directions.values()})
+    if widths != [width]:
+        raise SteeringError(
+            f"at the 'heads' site this model's directions are {width} wide (heads x head width), but the vector's "
+            f"are {widths}; extract it at site='heads' on this model."
+        )
 
 
 def _check_heads(model: nn.Module, item: Intervention) -> int:
