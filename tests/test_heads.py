@@ -8,12 +8,14 @@ import dataclasses
 import pytest
 import torch
 
-from steerlab import Intervention, SteeringVector, get_layout, steer, steer_rows
+from steerlab import Intervention, SteeringVector, get_layout, record, steer, steer_rows
 from steerlab._models import fingerprint, model_id
 from steerlab._record import ActivationReader
 from steerlab.bake import bake_addition
 from steerlab.engines import pad_batch
-from steerlab.errors import ArchitectureError, SteeringError
+from steerlab.errors import ArchitectureError, DataError, SteeringError
+from steerlab.evaluate.probes import split, train_probe
+from steerlab.recipes import head_probes
 from tiny import ARCHS, PROMPTS
 
 HEAD = 2
@@ -131,3 +133,69 @@ def test_bad_heads_fail_with_clear_errors(tiny):
     layout = get_layout(model)
     with pytest.raises(ArchitectureError, match="site 'heads' is not available for model_type 'llama'"):
         dataclasses.replace(layout, num_heads=None).heads(0)
+
+
+# -- ITI -----------------------------------------------------------------------------------------------------------
+
+
+def labelled():
+    from test_conditions import OTHER_TOPIC, TOPIC
+
+    return TOPIC + OTHER_TOPIC, [1] * len(TOPIC) + [0] * len(OTHER_TOPIC)
+
+
+def test_head_probes_are_mass_mean_probes_per_head_ranked_by_held_out_accuracy(tiny, tokenizer):
+    model = tiny("qwen3")
+    texts, labels = labelled()
+    probes = head_probes(model, tokenizer, texts, labels, held_out=0.25, seed=2)
+    assert probes.accuracy.shape == (4, 4) and (probes.n_train, probes.n_held_out) == (12, 4)
+    acts = record(model, tokenizer, texts, layers=None, site="heads", reduce="last")
+    train, test = split(labels, 0.25, 2)
+    y = torch.tensor(labels)
+    for layer, head in [(0, 0), (2, 3), (3, 1)]:
+        x = acts.values[layer][:, head * 8 : (head + 1) * 8]
+        probe = train_probe(x[train], y[train], method="mass_mean", layer=layer)
+        assert float(probes.accuracy[layer, head]) == pytest.approx(probe.accuracy(x[test], y[test]))
+        assert float(probes.train_accuracy[layer, head]) == pytest.approx(probe.train_accuracy)
+        unit = probe.direction / probe.direction.norm()
+        assert float(probes.std[layer, head]) == pytest.approx(float((x[train].double() @ unit).std()), rel=1e-4)
+    best = probes.top(5)
+    accuracies = [float(probes.accuracy[layer, head]) for layer, head in best]
+    assert accuracies == sorted(accuracies, reverse=True) and accuracies[0] == float(probes.accuracy.max())
+
+
+def test_the_iti_vector_shifts_exactly_its_heads_and_records_them(tiny, tokenizer):
+    model = tiny("llama")
+    texts, labels = labelled()
+    probes = head_probes(model, tokenizer, texts, labels)
+    vec = probes.vector(k=3)
+    chosen = probes.top(3)
+    assert vec.site == "heads" and vec.method == "iti"
+    assert vec.extra["iti"]["heads"] == {
+        str(layer): sorted(h for ly, h in chosen if ly == layer) for layer in sorted({ly for ly, _ in chosen})
+    }
+    for layer in vec.layers:
+        per_head = vec.directions[layer].view(4, 8)
+        for head in range(4):
+            if (layer, head) in chosen:
+                row = probes.layers.index(layer)
+                assert float(per_head[head].norm()) == pytest.approx(float(probes.std[row, head]), rel=1e-5)
+            else:
+                assert torch.equal(per_head[head], torch.zeros(8))
+    layer = vec.layers[0]
+    base = captured(model, layer, lambda run: run())
+
+    def steered(run):
+        with steer(model, vec, 0.5, scale="absolute"):
+            run()
+
+    moved = captured(model, layer, steered)
+    for head in range(4):
+        same = torch.equal(moved["x"][..., head * 8 : (head + 1) * 8], base["x"][..., head * 8 : (head + 1) * 8])
+        assert same == ((layer, head) not in chosen)
+    control = probes.random_vector(k=3, seed=1)
+    assert control.method == "iti_random" and control.extra["iti"]["k"] == 3
+    with pytest.raises(DataError, match=r"k=17 heads asked for; expected 1..16"):
+        probes.vector(k=17)
+    with pytest.raises(DataError, match="labels must be 0 and 1"):
+        head_probes(model, tokenizer, texts, [1] * len(texts))

@@ -65,7 +65,9 @@ PUBLIC = {
         "NAMED_POSITIONS", "NamedPositions", "Positions", "Recommended", "SCALES", "SITES", "Scale", "Site",
     ],
     "steerlab.optimize": ["OBJECTIVES", "Objective", "optimize_vector"],
-    "steerlab.recipes": ["CAABehaviour", "RefusalDirection", "caa_behaviour", "refusal_direction"],
+    "steerlab.recipes": [
+        "CAABehaviour", "HeadProbes", "RefusalDirection", "caa_behaviour", "head_probes", "refusal_direction",
+    ],
     "steerlab.serve": [
         "ApiError", "Engine", "EngineBusy", "Event", "Job", "ServeLimits", "VectorLibrary", "background_server",
         "create_app", "serve",

@@ -10,6 +10,7 @@ Example:
 """
 
 from steerlab.recipes.caa import CAABehaviour, caa_behaviour
+from steerlab.recipes.iti import HeadProbes, head_probes
 from steerlab.recipes.refusal import RefusalDirection, refusal_direction
 
-__all__ = ["CAABehaviour", "RefusalDirection", "caa_behaviour", "refusal_direction"]
+__all__ = ["CAABehaviour", "HeadProbes", "RefusalDirection", "caa_behaviour", "head_probes", "refusal_direction"]
