@@ -43,6 +43,7 @@ LAYERS = {
     "test_cli.py": "apps",
     "test_conditions.py": "arch",
     "test_conditions.py::test_unit_rule_logic_and_scores": "unit",
+    "test_conditions.py::test_a_new_prompt_after_a_cached_step_starts_a_new_sequence": "unit",
     "test_conditions.py::test_threshold_search_finds_the_best_f1_of_every_threshold": "unit",
     "test_data.py": "unit",
     "test_docs.py": "unit",

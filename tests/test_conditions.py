@@ -296,3 +296,20 @@ def test_the_search_refuses_bad_choices(tiny, tokenizer):
         find_condition_point(model, tokenizer, TOPIC, OTHER_TOPIC, held_out=1.0)
     with pytest.raises(SteeringError, match="records no condition point"):
         Condition.recorded(random_vector(model))
+
+
+def test_a_new_prompt_after_a_cached_step_starts_a_new_sequence():
+    """The gate is decided once per sequence: a prompt that happens to begin with the last cached step's token is
+    still a new prompt (only a call that ran its whole sequence can be re-fed longer, without a cache)."""
+    from steerlab._positions import PositionTracker
+
+    tracker = PositionTracker()
+
+    def call(ids, mask):
+        tracker._before_forward(None, (), {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)})
+        return tracker.sequence, tracker.new_sequence
+
+    assert call([[5, 6, 7]], [[1, 1, 1]]) == (1, True)  # a prompt pass
+    assert call([[9]], [[1, 1, 1, 1]]) == (1, False)  # a cached step
+    assert call([[9, 4]], [[1, 1]]) == (2, True)  # a new prompt beginning with that token
+    assert call([[9, 4, 8]], [[1, 1, 1]]) == (2, False)  # re-fed longer without a cache: the same sequence

@@ -156,7 +156,7 @@ class Condition(_Combinable):
     def __repr__(self) -> str:
         return (
             f"Condition({self.comparison} {'>' if self.side == 'greater' else '<'} {self.threshold:g} at layers "
-            f"{list(self.layers or ())}, {self.reduce} over the prompt)"
+            f"{list(self.layers or ())}, {'mean over the prompt' if self.reduce == 'mean' else 'last prompt token'})"
         )
 
     @classmethod

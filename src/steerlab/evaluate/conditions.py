@@ -157,7 +157,9 @@ def find_condition_point(
     batch_size: int = 16,
 ) -> ConditionSearch:
     """The condition (layer, aggregate, comparison, side, threshold) that best tells ``positive`` prompts (the gate
-    should fire) from ``negative`` ones, by F1 on a training split; its F1 on the held-out split is reported.
+    should fire) from ``negative`` ones, by F1 on a training split; its F1 on the held-out split is reported. Ties in
+    training F1 go to the first candidate in the order of ``reduces``, ``comparisons``, layers (lowest first) and
+    ``sides``; ``rows`` lists every candidate with its held-out F1, to choose otherwise.
 
     Args:
         positive, negative: prompts as the model will see them at generation time (apply the chat template
