@@ -233,3 +233,14 @@ def test_conditional_and_plain_requests_batched_together_each_equal_their_row_al
     assert changed[0] == fired[0] and changed[3] == (not fired[3])
     assert any(fired) and not all(fired)
     assert isinstance(jobs[0].interventions[0], Intervention)
+
+
+def test_a_malformed_named_condition_is_a_schema_error_naming_its_field():
+    from pydantic import ValidationError
+
+    from steerlab.serve.validate import request_error
+
+    with pytest.raises(ValidationError) as caught:
+        chat(conditions={"c": {"vector": "topic", "threshold": 0.1, "comparison": "dot"}})
+    error = request_error(caught.value.errors())
+    assert (error.status, error.code, error.param) == (400, "invalid_value", "conditions.c.comparison")
