@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from steerlab import Intervention, extract_vector, load_model, sentiment_pairs, steer
+from steerlab import Intervention, extract_vector, load_model, record, sentiment_pairs, steer
 from steerlab.datasets import load_instructions
 from steerlab.engines import apply_chat, generate
 from steerlab.evaluate import find_condition_point, sentiment
@@ -55,14 +55,16 @@ cond = search.condition
 print(f"chosen: {cond}; train F1 {search.train_f1:.3f}, held-out F1 {search.held_out_f1:.3f}", flush=True)
 
 
-def validation_f1(condition) -> dict[str, float]:
-    from steerlab import record
-
+def opens(condition, prompts: list[str]) -> torch.Tensor:
+    """Where the gate opens: the condition on recorded activations (the numbers the gate computes)."""
     layer = condition.layers[0]
-    acts = record(model, tok, harmful_val + harmless_val, layers=[layer], reduce=condition.reduce, site=condition.site)
-    fired = condition.holds(condition.score(acts.values))
+    acts = record(model, tok, prompts, layers=[layer], reduce=condition.reduce, site=condition.site)
+    return condition.holds(condition.score(acts.values))
+
+
+def validation_f1(condition) -> dict[str, float]:
     labels = torch.tensor([True] * len(harmful_val) + [False] * len(harmless_val))
-    return gate_f1(fired, labels)
+    return gate_f1(opens(condition, harmful_val + harmless_val), labels)
 
 
 val = validation_f1(cond)
@@ -92,11 +94,14 @@ for kind, prompts in demo.items():
             out = generate(model, tok, prompts, max_new_tokens=args.tokens, chat=False)
         answers[name] = [tok.decode(ids, skip_special_tokens=True) for _, ids in out]
     scores = {name: sum(sentiment(texts)) / len(texts) for name, texts in answers.items()}
-    changed = sum(a != b for a, b in zip(answers["gated"], answers["unsteered"], strict=True))
-    rows.append((kind, scores, changed, len(prompts)))
-    if kind == "harmless":
-        identical = changed
-    print(kind, scores, f"gated answers differing from unsteered: {changed}/{len(prompts)}", flush=True)
+    differ = [a != b for a, b in zip(answers["gated"], answers["unsteered"], strict=True)]
+    opened = opens(cond, prompts).tolist()
+    # Shut rows must be answered exactly as unsteered: a gated answer that differs where the gate is shut is a bug.
+    assert not any(d and not o for d, o in zip(differ, opened, strict=True)), (differ, opened)
+    # and open rows exactly as steered without the gate.
+    assert all(g == w for g, w, o in zip(answers["gated"], answers["always"], opened, strict=True) if o)
+    rows.append((kind, scores, sum(opened), sum(differ), len(prompts)))
+    print(kind, scores, f"gate opened {sum(opened)}/{len(prompts)}, answers changed {sum(differ)}", flush=True)
 
 minutes = (time.perf_counter() - start) / 60
 lines = [
@@ -132,17 +137,20 @@ lines = [
     "intervention without the gate. A demo of the mechanism (harmful prompts are not a topic one would gate tone "
     "on), not a tuned behaviour.",
     "",
-    "| prompts | unsteered | gated | always | gated answers that differ from unsteered |",
-    "|---|---:|---:|---:|---:|",
+    "| prompts | unsteered | gated | always | gate opened | gated answers that differ from unsteered |",
+    "|---|---:|---:|---:|---:|---:|",
 ]
-for kind, scores, changed, n in rows:
+for kind, scores, opened, changed, n in rows:
     lines.append(
-        f"| {kind} | {scores['unsteered']:+.3f} | {scores['gated']:+.3f} | {scores['always']:+.3f} | {changed}/{n} |"
+        f"| {kind} | {scores['unsteered']:+.3f} | {scores['gated']:+.3f} | {scores['always']:+.3f} | {opened}/{n} | "
+        f"{changed}/{n} |"
     )
 lines += [
     "",
-    f"Harmless prompts whose gate stayed shut are answered exactly as unsteered ({identical} of {args.demo} differ: "
-    "those the gate opened on, its false positives).",
+    "Every answer whose gate stayed shut equals the unsteered answer, and every answer whose gate opened equals the "
+    "*always* answer, token for token (the script asserts both). The random direction separates the two sets "
+    "better than chance (the harmful and harmless instructions also differ in length and form, which any direction "
+    "may pick up), so a gate's F1 means something only beside that control.",
     "",
 ]
 Path(args.out).write_text("\n".join(lines))
