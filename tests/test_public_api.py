@@ -18,7 +18,8 @@ ROOT = Path(__file__).parents[1]
 
 PUBLIC = {
     "steerlab": [
-        "Activations", "ArchSpec", "ArchitectureError", "Comparison", "ContrastPair", "DEFAULT_MODEL", "DataError",
+        "Activations", "ArchSpec", "ArchitectureError", "Comparison", "Condition", "ContrastPair", "Rule",
+        "DEFAULT_MODEL", "DataError",
         "ExtractionError", "FormatError", "Generation", "Intervention", "ModelLoadError", "SteeringError",
         "SteeringVector", "SteerlabError", "VectorMismatchError", "__version__", "compare", "directional_ablation",
         "extract_vector", "generate", "get_layout", "load_model", "load_pairs", "record", "register_architecture",
@@ -47,9 +48,9 @@ PUBLIC = {
         "SteerlabError", "StrengthWarning", "VectorMismatchError",
     ],
     "steerlab.evaluate": [
-        "ABBehaviour", "ABQuestion", "Comparison", "DEFAULT_KL_BUDGET", "Generation", "LabelledActivations",
-        "NeutralKL", "Recommendation", "fit_probes", "generate_rows", "record_labelled",
-        "RefusalClassifier", "ResultTable", "SparseAutoencoder", "train_sae",
+        "ABBehaviour", "ABQuestion", "Comparison", "ConditionSearch", "DEFAULT_KL_BUDGET", "Generation",
+        "LabelledActivations", "NeutralKL", "Recommendation", "find_condition_point", "fit_probes", "generate_rows",
+        "record_labelled", "RefusalClassifier", "ResultTable", "SparseAutoencoder", "train_sae",
         "activation_covariance", "activation_pca", "activation_patching",
         "attribution_patching", "logit_diff_metric", "patching_error", "breakdown", "calibrate",
         "compare", "cosine_matrix", "cross_layer_cosine", "generation_perplexity", "kl_from_unsteered", "load_ab",
@@ -59,14 +60,16 @@ PUBLIC = {
     ],
     "steerlab.io": ["clear_control_vector", "export_gguf", "export_hub_folder", "import_gguf", "set_control_vector"],
     "steerlab.types": [
-        "Alpha", "BREAKDOWN_STRENGTH", "DEFAULT_SCALE", "MAX_STRENGTH", "METHODS", "MODES", "Method", "Mode",
+        "Alpha", "BREAKDOWN_STRENGTH", "CONDITION_COMPARISONS", "CONDITION_REDUCES", "CONDITION_SIDES",
+        "ConditionComparison", "ConditionReduce", "ConditionSide", "DEFAULT_SCALE", "MAX_STRENGTH", "METHODS", "MODES",
+        "Method", "Mode",
         "NAMED_POSITIONS", "NamedPositions", "Positions", "Recommended", "SCALES", "SITES", "Scale", "Site",
     ],
     "steerlab.finetune": ["FineTuned", "finetune"],
     "steerlab.optimize": ["OBJECTIVES", "Objective", "optimize_vector"],
     "steerlab.recipes": [
-        "CAA_INSTRUCTIONS", "CAABehaviour", "RefusalDirection", "SteeredFinetuning", "caa_behaviour",
-        "refusal_direction", "steered_finetuning",
+        "CAA_INSTRUCTIONS", "CAABehaviour", "HeadProbes", "RefusalDirection", "SteeredFinetuning", "caa_behaviour",
+        "head_probes", "refusal_direction", "steered_finetuning",
     ],
     "steerlab.serve": [
         "ApiError", "Engine", "EngineBusy", "Event", "Job", "ServeLimits", "VectorLibrary", "background_server",

@@ -13,6 +13,7 @@ and :mod:`steerlab.cli`. Modules whose names start with ``_`` are private.
 >>> rows = compare(model, tokenizer, ["Tell me about your weekend."], vec, alphas=[-8, 0, 8])
 """
 
+from steerlab._conditions import Condition, Rule
 from steerlab._extract import extract_vector
 from steerlab._models import DEFAULT_MODEL, load_model, resolve_alias
 from steerlab._pairs import ContrastPair
@@ -41,6 +42,7 @@ __all__ = [
     "ArchSpec",
     "ArchitectureError",
     "Comparison",
+    "Condition",
     "ContrastPair",
     "DataError",
     "ExtractionError",
@@ -48,6 +50,7 @@ __all__ = [
     "Generation",
     "Intervention",
     "ModelLoadError",
+    "Rule",
     "SteeringError",
     "SteeringVector",
     "SteerlabError",

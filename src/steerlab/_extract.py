@@ -276,7 +276,7 @@ def extract_vector(
     pos_texts, neg_texts = pair_texts(pairs, tokenizer, chat=chat)
     reader = ActivationReader(model, layers=layers, reduce=reduce, site=site, pad_id=pad_id(tokenizer))
     token_ids = encode(tokenizer, pos_texts + neg_texts)
-    stats = {layer: PairStatistics(method, n, reader.layout.hidden_size) for layer in reader.layers}
+    stats = {layer: PairStatistics(method, n, reader.width) for layer in reader.layers}
     # Pairs whose texts begin alike (a shared prompt, "I love" / "I hate") run that beginning once.
     common = [shared_prefix_length(token_ids[i], token_ids[n + i]) for i in range(n)] if share_prefixes else [0] * n
     shared = [i for i in range(n) if common[i] >= _MIN_SHARED] if reader.can_share_prefixes() else []

@@ -77,6 +77,9 @@ class PositionTracker:
     def __init__(self) -> None:
         self._call: _Call | None = None
         self._prev_ids: torch.Tensor | None = None
+        self._prev_whole = False  # whether the previous call ran its whole sequence (no past)
+        self.sequence = 0  # counts the sequences started (the prompt passes seen); what a gate is decided for
+        self.new_sequence = False  # whether the current call is a prompt pass (it starts a sequence)
 
     def attach(self, hooks: HookSet, model: nn.Module) -> None:
         hooks.pre_forward(model, self._before_forward, with_kwargs=True)
@@ -89,6 +92,7 @@ class PositionTracker:
         ref = ids if ids is not None else embeds
         if ref is None:  # nothing to count: forget the last call so select() cannot answer with stale positions
             self._call = self._prev_ids = None
+            self.new_sequence = False
             return
         batch, length = ref.shape[0], ref.shape[1]
         mask = kwargs.get("attention_mask")
@@ -107,9 +111,11 @@ class PositionTracker:
         past = past_length(args, kwargs, mask, length)
         index = real_token_index(mask, batch, length, past, ref.device)
 
+        self.new_sequence = False
         if past > 0 and self._call is not None and self._call.prompt_length.shape[0] == batch:
             prompt_length = self._call.prompt_length
         elif past > 0:
+            self.sequence += 1  # a cache filled elsewhere: a sequence whose prompt pass was not seen
             # Continuing a cache filled outside our scope: everything before this call is the prompt.
             real_before = index.clamp(min=0).amax(-1) + 1 - (index >= 0).sum(-1)
             prompt_length = real_before
@@ -117,21 +123,24 @@ class PositionTracker:
             prompt_length = self._call.prompt_length  # type: ignore[union-attr]
         else:
             prompt_length = (index >= 0).sum(-1)
+            self.sequence += 1
+            self.new_sequence = True
         self._prev_ids = ids
+        self._prev_whole = past == 0
         self._call = _Call(index, prompt_length.to(index.device))
 
     def _extends_previous(self, ids: torch.Tensor | None) -> bool:
         prev = self._prev_ids
-        if ids is None or prev is None or self._call is None:
+        # Only a call that ran its whole sequence can be re-fed longer (generation without a cache); after a cached
+        # step (one token per row), a call with no past is a new prompt even if it begins with that token.
+        if ids is None or prev is None or self._call is None or not self._prev_whole:
             return False
         if prev.shape[0] != ids.shape[0] or prev.shape[1] >= ids.shape[1]:
             return False
         return bool(torch.equal(ids[:, : prev.shape[1]], prev))
 
-    def select(self, spec: PositionSpec, batch: int, length: int) -> torch.Tensor | None:
-        """Boolean ``(batch, length)`` mask of the current tokens that ``spec`` selects; None means all."""
-        if spec == "all":
-            return None
+    def token_index(self, batch: int, length: int) -> torch.Tensor:
+        """The ``(batch, length)`` index of each current token among its row's real tokens (-1: padding)."""
         call = self._call
         if call is None or call.token_index.shape != (batch, length):
             raise SteeringError(
@@ -139,7 +148,14 @@ class PositionTracker:
                 "ids and attention mask); the hooked block was called directly or with a batch of another "
                 "shape. Call the model (or generate) inside the steer() block, or use positions='all'."
             )
-        index, prompt = call.token_index, call.prompt_length[:, None]
+        return call.token_index
+
+    def select(self, spec: PositionSpec, batch: int, length: int) -> torch.Tensor | None:
+        """Boolean ``(batch, length)`` mask of the current tokens that ``spec`` selects; None means all."""
+        if spec == "all":
+            return None
+        index = self.token_index(batch, length)
+        prompt = self._call.prompt_length[:, None]  # type: ignore[union-attr]
         if spec == "prompt":
             return (index >= 0) & (index < prompt)
         if spec == "generated":

@@ -113,6 +113,7 @@ class ActivationReader:
         self.model = model
         self.layout = get_layout(model)
         self.layers = _check_layers(layers, self.layout.num_layers)
+        self.width = self.layout.site_width(site)  # the residual width; heads x head width at "heads"
         self.reduce = reduce
         self.site = site
         self.exclude_first_token = exclude_first_token
@@ -133,10 +134,10 @@ class ActivationReader:
         """Reduce one layer's activations of a batch; ``order`` numbers each row's real tokens from 1 (the
         sink is number 1), ``weight`` counts tokens shared by several texts once per text in ``resid_norm``.
         ``weight == 2`` marks a shared prefix: only its norms are needed."""
-        if hidden.shape[-1] != self.layout.hidden_size:
+        if hidden.shape[-1] != self.width:
             raise ArchitectureError(
-                f"{self.site} of block {layer} has width {hidden.shape[-1]}, but config.hidden_size is "
-                f"{self.layout.hidden_size}; the layer layout is wrong for this model. Override it with "
+                f"{self.site} of block {layer} has width {hidden.shape[-1]}, but the layout expects "
+                f"{self.width}; the layer layout is wrong for this model. Override it with "
                 "steerlab.arch.set_architecture."
             )
         hidden = hidden.float()

@@ -273,8 +273,8 @@ def _fallback_warning(model: nn.Module, start: int) -> None:
 
 def _replay_start(intervention: Intervention, layout: ModelLayout) -> tuple[Intervention, int] | None:
     """The intervention addressed where a replay starts and that block's index, or ``None`` when it cannot be
-    replayed (positions other than ``"all"`` are read from the model-level call)."""
-    if intervention.positions != "all":
+    replayed (positions other than ``"all"`` and conditions are read from the model-level call)."""
+    if intervention.positions != "all" or intervention.condition is not None:  # gates are read at model calls
         return None
     shifted = _as_next_block_input(intervention, layout.num_layers)
     return shifted, _layers_of(shifted)[0]

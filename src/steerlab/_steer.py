@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from steerlab._conditions import Condition, Gate, Rule, aggregate, condition_scores, read_points
 from steerlab._hooks import HookSet
 from steerlab._interventions import (
     OPERATORS,
@@ -103,6 +104,14 @@ class Intervention:
             norm; or ``"absolute"``: alpha multiplies the stored direction as it is (a vector made outside
             steerlab's extraction, without recorded norms, needs it).
         preserve_norm: give every changed token back the L2 norm it had before.
+        condition: a :class:`~steerlab._conditions.Condition` or a rule of several (``&``, ``|``, ``~``): the
+            intervention applies only to rows whose prompt meets it. The gate is decided per row on the prompt pass
+            and holds for the row's whole generation (KV cache or not); other rows are left bit-identical. The
+            condition must be read before the intervention acts on the prompt: an intervention at or before the
+            condition's layer is refused unless it steers ``positions="generated"`` only.
+        heads: at the ``heads`` site, the attention heads to act on (default: the whole projection input). Each head
+            is changed by the operator with its own slice of the direction (``ablate`` removes each head's own
+            component), and the other heads are left bit-identical.
 
     Example:
         >>> refuse_less = Intervention(refusal, mode="ablate", alpha=1.0)
@@ -121,8 +130,15 @@ class Intervention:
     site: Site | None = None
     scale: Scale = DEFAULT_SCALE
     preserve_norm: bool = False
+    condition: Gate | None = None
+    heads: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
+        if self.condition is not None and not isinstance(self.condition, (Condition, Rule)):
+            raise SteeringError(
+                f"condition must be a Condition or a Rule, got {type(self.condition).__name__}; make one with "
+                "Condition(vector, threshold=...)."
+            )
         if not isinstance(self.vector, SteeringVector):
             raise SteeringError(
                 f"an Intervention needs a SteeringVector, got {type(self.vector).__name__}; load one with "
@@ -136,6 +152,7 @@ class Intervention:
             "positions": parse_positions(default_positions(self.mode) if self.positions is None else self.positions),
             "layers": None if self.layers is None else tuple(checked_layers(self.vector, self.layers)),
             "preserve_norm": bool(self.preserve_norm),
+            "heads": None if self.heads is None else _checked_heads(self.heads),
         }
         if self.site is not None:
             try:
@@ -144,6 +161,12 @@ class Intervention:
                 raise SteeringError(str(err)) from None
         if self.scale not in SCALES:
             raise SteeringError(f"scale={self.scale!r} is not valid; expected one of {list(SCALES)}.")
+        if self.heads is not None and (self.site or self.vector.site) != "heads":
+            raise SteeringError(
+                f"heads={list(self.heads)} picks attention heads, which exist at the 'heads' site; this intervention "
+                f"acts at '{self.site or self.vector.site}'. Give site='heads' (with a vector of the heads' width, "
+                "e.g. extracted with site='heads'), or leave heads out."
+            )
         for name, value in normalised.items():  # frozen: normalise in place once, at construction
             object.__setattr__(self, name, value)
         if self.scale == "relative" and OPERATORS[self.mode].uses_scale:
@@ -274,6 +297,16 @@ class Intervention:
         return resolve_deltas(self.vector, self.layers, scale)
 
 
+def _checked_heads(heads: Sequence[int]) -> tuple[int, ...]:
+    try:
+        chosen = tuple(sorted({int(h) for h in heads if not isinstance(h, bool)}))
+    except (TypeError, ValueError):
+        raise SteeringError(f"heads must be a list of head indices, got {heads!r}.") from None
+    if not chosen or len(chosen) != len(set(heads)) or chosen[0] < 0:
+        raise SteeringError(f"heads={list(heads)!r} is not valid; expected a non-empty list of head indices >= 0.")
+    return chosen
+
+
 _OPTION_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Intervention) if f.name != "vector"}
 
 
@@ -348,6 +381,9 @@ class _Entry:
     positions: PositionSpec
     preserve_norm: bool
     rows: list[int] | None  # batch rows it applies to; None = all
+    gate: Gate | None = None  # rows are further limited to those whose prompt met it
+    heads: tuple[int, ...] | None = None  # at the "heads" site: the heads it acts on, each with its own slice
+    head_size: int = 0
 
 
 def resolve_deltas(vector: SteeringVector, layers: Sequence[int] | None, scale: Scale) -> dict[int, torch.Tensor]:
@@ -373,7 +409,22 @@ def _resolve(
     positions?"""
     _check_strength_given(item)
     item.vector.check_fits(model)
-    return resolve_entries(item, rows)
+    site = _checked_site(item)
+    if item.condition is not None:
+        _check_gate(model, item, site)
+    if site == "heads":
+        _check_heads_width(model, item.vector)
+    head_size = _check_heads(model, item) if item.heads is not None else 0
+    return resolve_entries(item, rows, head_size=head_size)
+
+
+def _checked_site(item: Intervention) -> str:
+    site = item.resolved_site
+    try:
+        check_site(site)  # a vector's own site, read from a file, is checked here
+    except ArchitectureError as err:
+        raise SteeringError(str(err)) from None
+    return site
 
 
 def _check_strength_given(item: Intervention) -> None:
@@ -385,7 +436,9 @@ def _check_strength_given(item: Intervention) -> None:
         )
 
 
-def resolve_entries(item: Intervention, rows: list[int] | None = None) -> tuple[dict[tuple[int, str], _Entry], bool]:
+def resolve_entries(
+    item: Intervention, rows: list[int] | None = None, *, head_size: int = 0
+) -> tuple[dict[tuple[int, str], _Entry], bool]:
     """One intervention resolved to what each hook point applies (direction, operator, alpha in activation units,
     positions, norm preservation, rows), without a model: the fit is the caller's check (:func:`steer` checks the
     vector against its model; another engine, such as the vLLM plugin, against that model's fingerprint). Also
@@ -398,18 +451,84 @@ def resolve_entries(item: Intervention, rows: list[int] | None = None) -> tuple[
     """
     _check_strength_given(item)
     vector = item.vector
-    site = item.resolved_site
-    try:
-        check_site(site)  # a vector's own site, read from a file, is checked here
-    except ArchitectureError as err:
-        raise SteeringError(str(err)) from None
+    site = _checked_site(item)
+    if item.heads is not None and head_size <= 0:
+        raise SteeringError(
+            "per-head steering (heads=...) needs the model's head width; steer through steer() / steer_rows() on "
+            "the model, which checks the heads against it."
+        )
     entries = {}
     for layer, delta in item.deltas().items():
         factor = vector.resid_norm.get(layer, 1.0) if item.scale == "relative" else 1.0
         entries[layer, site] = _Entry(
-            delta, item.mode, scaled_alpha(item.mode, item.alpha, factor), item.positions, item.preserve_norm, rows
+            delta,
+            item.mode,
+            scaled_alpha(item.mode, item.alpha, factor),
+            item.positions,
+            item.preserve_norm,
+            rows,
+            item.condition,
+            item.heads,  # type: ignore[arg-type]
+            head_size,
         )
-    return entries, item.positions != "all"
+    return entries, item.positions != "all" or item.condition is not None
+
+
+def _check_heads_width(model: nn.Module, vector: SteeringVector) -> None:
+    """At the ``heads`` site a direction must be as wide as the attention output projection's input."""
+    width = get_layout(model).site_width("heads")
+    widths = sorted({int(d.shape[0]) for d in vector.directions.values()})
+    if widths != [width]:
+        raise SteeringError(
+            f"at the 'heads' site this model's directions are {width} wide (heads x head width), but the vector's "
+            f"are {widths}; extract it at site='heads' on this model."
+        )
+
+
+def _check_heads(model: nn.Module, item: Intervention) -> int:
+    """The chosen heads exist at every layer of the intervention; returns the head width."""
+    layout = get_layout(model)
+    for layer in checked_layers(item.vector, item.layers):
+        _, count, head_size = layout.heads(layer)
+        outside = [h for h in item.heads or () if h >= count]
+        if outside:
+            raise SteeringError(
+                f"heads {outside} do not exist: block {layer} of '{layout.model_type}' has {count} attention heads "
+                f"(0..{count - 1}); pick heads in that range."
+            )
+    return head_size
+
+
+def _forward_order(layer: int, site: str) -> tuple[int, int]:
+    return layer, SITES.index(site)
+
+
+def _check_gate(model: nn.Module, item: Intervention, site: str) -> None:
+    """A gated intervention's conditions fit the model and are read before the intervention acts on the prompt.
+
+    The gate is decided when the prompt pass reaches the condition's layer. An intervention at or before it would
+    have to steer the prompt's tokens before its gate is known: refused, unless it steers generated tokens only
+    (their forward passes come after the prompt pass)."""
+    gate = item.condition
+    assert gate is not None
+    for condition in gate.conditions():
+        condition.vector.check_fits(model)
+    if item.positions == "generated":
+        return
+    read_layer, read_site = max(read_points(gate), key=lambda point: _forward_order(*point))
+    early = [
+        layer
+        for layer in checked_layers(item.vector, item.layers)
+        if _forward_order(layer, site) <= _forward_order(read_layer, read_site)
+    ]
+    if early:
+        raise SteeringError(
+            f"the intervention steers {site} of layers {early} with positions={item.positions!r}, but its condition "
+            f"reads the prompt at {read_site} of layer {read_layer}: those layers run on the prompt before its gate "
+            f"is decided. Expected intervention layers after {read_layer}; read the condition at an earlier layer, "
+            "steer later layers, or steer positions='generated' (decided on the prompt, applied from the first "
+            "generated token on)."
+        )
 
 
 def _as_interventions(what: Intervention | Sequence[Intervention]) -> list[Intervention]:
@@ -431,7 +550,13 @@ def _as_interventions(what: Intervention | Sequence[Intervention]) -> list[Inter
 
 
 def _plain_add(entry: _Entry) -> bool:
-    return entry.mode == "add" and entry.positions == "all" and not entry.preserve_norm
+    return (
+        entry.mode == "add"
+        and entry.positions == "all"
+        and not entry.preserve_norm
+        and entry.gate is None
+        and entry.heads is None
+    )
 
 
 def check_interventions(model: nn.Module, items: Intervention | Sequence[Intervention]) -> None:
@@ -460,6 +585,7 @@ def _install(
             for key, entry in entries.items():
                 plan.setdefault(key, []).append(entry)
     tracker = PositionTracker() if needs_positions else None
+    gates = _Gates(tracker, [item.condition for items, _ in groups for item in items if item.condition is not None])
 
     def make_hook(layer: int, site: str, entries: list[_Entry]):
         cast: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
@@ -527,8 +653,23 @@ def _install(
                 if entry.rows is not None:
                     rows = row_mask(i, batch, hidden.device)[:, None].expand(batch, length)
                     mask = rows if mask is None else mask & rows
+                if entry.gate is not None:
+                    opened = gates.opened(entry.gate, mask, batch, layer, site)
+                    if opened is None:
+                        continue  # the prompt pass of a "generated"-only intervention: nothing to steer yet
+                    opened = opened.to(hidden.device)[:, None].expand(batch, length)
+                    mask = opened if mask is None else mask & opened
                 v = direction(i, hidden)
-                hidden = apply_operator(entry.mode, hidden, v, entry.alpha, mask, entry.preserve_norm)
+                if entry.heads is None:
+                    hidden = apply_operator(entry.mode, hidden, v, entry.alpha, mask, entry.preserve_norm)
+                    continue
+                size = entry.head_size
+                for head in entry.heads:  # each head with its own slice; the others are copied as they are
+                    span = slice(head * size, (head + 1) * size)
+                    part = apply_operator(
+                        entry.mode, hidden[..., span], v[span], entry.alpha, mask, entry.preserve_norm
+                    )
+                    hidden = torch.cat([hidden[..., : span.start], part, hidden[..., span.stop :]], dim=-1)
             return hidden
 
         return hook
@@ -539,7 +680,88 @@ def _install(
         for (layer, site), entries in sorted(plan.items(), key=lambda kv: (kv[0][0], SITES.index(kv[0][1]))):
             module, is_input = layout.site_module(layer, site)
             hooks.on_hidden(module, is_input, make_hook(layer, site, entries), prepend=True)
+        for (layer, site), reader in gates.readers().items():
+            module, is_input = layout.site_module(layer, site)
+            # Appended: the condition reads the value steering has left at this point (as recording does).
+            hooks.on_hidden(module, is_input, reader)
         yield
+
+
+class _Gates:
+    """The conditions of one steering scope: readers that score each row's prompt at the conditions' layers during
+    the prompt pass, and the per-row decision of each gate for the sequence now running.
+
+    Scores are kept per sequence (:attr:`PositionTracker.sequence`): a new prompt pass forgets the last sequence's,
+    and the calls that continue a sequence (one token with a KV cache, or the whole sequence again without one) read
+    nothing, so a row's gate holds for its whole generation."""
+
+    def __init__(self, tracker: PositionTracker | None, gates: list[Gate]) -> None:
+        self.tracker = tracker
+        conditions: dict[int, Condition] = {}
+        for gate in gates:
+            for condition in gate.conditions():
+                conditions.setdefault(id(condition), condition)
+        self.points: dict[tuple[int, str], list[Condition]] = {}
+        for condition in conditions.values():
+            for layer in condition.layers:  # type: ignore[union-attr]
+                self.points.setdefault((layer, condition.site), []).append(condition)
+        self.scores: dict[tuple[int, int], torch.Tensor] = {}
+        self.sequence = -1
+
+    def readers(self) -> dict[tuple[int, str], Any]:
+        return {point: self._reader(*point, conditions) for point, conditions in self.points.items()}
+
+    def _reader(self, layer: int, site: str, conditions: list[Condition]):
+        directions: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+        def read(hidden: torch.Tensor) -> None:
+            tracker = self.tracker
+            assert tracker is not None
+            if not tracker.new_sequence:
+                return
+            if self.sequence != tracker.sequence:
+                self.scores.clear()
+                self.sequence = tracker.sequence
+            index = tracker.token_index(hidden.shape[0], hidden.shape[1])
+            rows = {reduce: aggregate(hidden, index, reduce) for reduce in {c.reduce for c in conditions}}
+            for condition in conditions:
+                key = (id(condition), hidden.device)
+                if key not in directions:
+                    directions[key] = condition.vector.directions[layer].to(hidden.device)
+                self.scores[id(condition), layer] = condition_scores(
+                    rows[condition.reduce], directions[key], condition.comparison
+                )
+
+        return read
+
+    def _score(self, condition: Condition) -> torch.Tensor | None:
+        if self.tracker is None or self.sequence != self.tracker.sequence:
+            return None
+        parts = [self.scores.get((id(condition), layer)) for layer in condition.layers]  # type: ignore[union-attr]
+        if any(part is None for part in parts):
+            return None
+        return torch.stack(parts).mean(0)  # type: ignore[arg-type]
+
+    def opened(
+        self, gate: Gate, positions: torch.Tensor | None, batch: int, layer: int, site: str
+    ) -> torch.Tensor | None:
+        """Per row, whether ``gate`` lets the intervention act; ``None`` when nothing is selected yet (the prompt
+        pass of a ``"generated"`` intervention). An undecided gate where tokens are selected raises."""
+        fired = gate.fires(self._score)
+        if fired is None:
+            if positions is not None and not bool(positions.any()):
+                return None
+            raise SteeringError(
+                f"a conditional intervention at {site} of layer {layer} would act before its condition was read on "
+                "this sequence's prompt (the prompt pass was not seen: a KV cache filled outside the steer() block, "
+                "or the block called directly). Run the prompt through the model inside the steer() block."
+            )
+        if fired.shape[0] != batch:
+            raise SteeringError(
+                f"the condition was decided for a batch of {fired.shape[0]} rows, but the model ran a batch of "
+                f"{batch}; beam search and num_return_sequences change the batch: use one row per sequence."
+            )
+        return fired
 
 
 @contextmanager
@@ -554,6 +776,8 @@ def steer(
     site: Site | None = None,
     scale: Scale = DEFAULT_SCALE,
     preserve_norm: bool = False,
+    condition: Gate | None = None,
+    heads: Sequence[int] | None = None,
 ) -> Iterator[None]:
     """Apply a vector (with the options below), or a list of :class:`Intervention`, while the block runs.
 
@@ -572,6 +796,8 @@ def steer(
         site: where in the block (default: the vector's site, usually ``resid_post``).
         scale: ``"relative"`` (default: alpha in units of the layer's mean residual norm) or ``"absolute"``.
         preserve_norm: keep each changed token's original L2 norm.
+        condition: steer only the rows whose prompt meets this condition (or rule); see :class:`Intervention`.
+        heads: at the ``heads`` site, the attention heads to change (each with its own slice of the direction).
 
     Example:
         >>> with steer(model, vec, alpha=0.15, positions="generated"):  # 15% of the residual norm
@@ -592,6 +818,8 @@ def steer(
         site=site,
         scale=scale,
         preserve_norm=preserve_norm,
+        condition=condition,
+        heads=heads,
     )
     with _install(model, [(items, None)], None):
         yield

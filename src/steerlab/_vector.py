@@ -83,7 +83,9 @@ class SteeringVector:
                 )
             if not torch.isfinite(tensor).all():
                 raise VectorMismatchError(f"direction at layer {layer} contains NaN or inf.")
-        if widths != {self.fingerprint.hidden_size}:
+        # At the "heads" site a direction is heads x head width wide (not always the residual width, e.g. Gemma);
+        # it is checked against the model where it is applied.
+        if self.site != "heads" and widths != {self.fingerprint.hidden_size}:
             raise VectorMismatchError(
                 f"directions have widths {sorted(widths)}, but the fingerprint says "
                 f"hidden_size={self.fingerprint.hidden_size}."
@@ -219,7 +221,7 @@ class SteeringVector:
         directions = {}
         for layer in self.layers:
             gen = torch.Generator().manual_seed(_layer_seed(seed, layer))
-            noise = torch.randn(self.fingerprint.hidden_size, generator=gen)
+            noise = torch.randn(self.directions[layer].shape[0], generator=gen)
             directions[layer] = noise / noise.norm() * self.directions[layer].norm()
         return replace(
             self,

@@ -146,6 +146,16 @@ def bake_addition(
             f"positions={item.positions!r} cannot be baked: a bias acts on every token. Use hooks "
             "(steerlab.steer) for position-dependent steering."
         )
+    if item.resolved_site == "heads":
+        raise SteeringError(
+            "the 'heads' site cannot be baked here (a head's push becomes a bias of the attention output projection "
+            "only through its weights); steer it with hooks (steerlab.steer)."
+        )
+    if item.condition is not None:
+        raise SteeringError(
+            "a conditional intervention cannot be baked: a bias acts on every prompt, whatever its condition says. "
+            "Use hooks (steerlab.steer) to steer conditionally."
+        )
     if item.mode != "add" or item.preserve_norm:
         raise SteeringError(
             f"only additions can be baked into biases, not mode={item.mode!r}"

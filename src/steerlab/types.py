@@ -23,6 +23,12 @@ __all__ = [
     "SCALES",
     "SITES",
     "Alpha",
+    "CONDITION_COMPARISONS",
+    "CONDITION_REDUCES",
+    "CONDITION_SIDES",
+    "ConditionComparison",
+    "ConditionReduce",
+    "ConditionSide",
     "METHODS",
     "Method",
     "Mode",
@@ -36,10 +42,13 @@ __all__ = [
 Mode = Literal["add", "ablate", "ablate_then_add", "clamp"]
 """How an intervention changes a hidden state ``h`` along a direction ``v`` (see :mod:`steerlab.steer`'s table)."""
 
-Site = Literal["resid_pre", "attn_out", "mlp_out", "resid_post"]
+Site = Literal["resid_pre", "heads", "attn_out", "mlp_out", "resid_post"]
 """Where in a block activations are read and changed, in forward order:
 
 * ``resid_pre``: the block's input (the residual stream before the block);
+* ``heads``: the attention heads' outputs side by side, before the attention output projection (its input;
+  ``num_heads x head_size`` wide, head ``h`` at ``[h * head_size, (h + 1) * head_size)``); an Intervention's
+  ``heads`` picks heads there;
 * ``attn_out``: the attention sublayer's contribution to the residual stream (after its post-norm, where the
   architecture has one, e.g. Gemma 2/3, OLMo 2);
 * ``mlp_out``: the MLP sublayer's contribution;
@@ -78,8 +87,22 @@ Recommended = Literal["recommended"]
 """``alpha="recommended"``: the layer, strength, mode and scale that ``steerlab calibrate`` recorded in the vector's
 ``extra["recommended"]`` (only a setting whose held-out effect beat random directions is recorded)."""
 
+ConditionComparison = Literal["cosine", "projection"]
+"""How a condition compares a prompt's activation with its direction: the cosine, or the projection on the unit
+direction (in activation units)."""
+
+ConditionSide = Literal["greater", "smaller"]
+"""Whether a condition holds above (``"greater"``) or below (``"smaller"``) its threshold."""
+
+ConditionReduce = Literal["mean", "last"]
+"""How a condition aggregates the prompt: the ``"mean"`` over its real tokens (the attention sink left out, as
+``record`` does) or its ``"last"`` token."""
+
 MODES: tuple[str, ...] = get_args(Mode)
 METHODS: tuple[str, ...] = get_args(Method)
 SITES: tuple[str, ...] = get_args(Site)
 SCALES: tuple[str, ...] = get_args(Scale)
 NAMED_POSITIONS: tuple[str, ...] = get_args(NamedPositions)
+CONDITION_COMPARISONS: tuple[str, ...] = get_args(ConditionComparison)
+CONDITION_SIDES: tuple[str, ...] = get_args(ConditionSide)
+CONDITION_REDUCES: tuple[str, ...] = get_args(ConditionReduce)

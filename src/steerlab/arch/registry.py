@@ -165,6 +165,7 @@ class ModelLayout:
         layers: the ``ModuleList`` of decoder blocks, found at ``layers_path``.
         spec: the :class:`ArchSpec` it was resolved with (for the heuristic, one built from what was found).
         num_layers, hidden_size: from the config, checked against the blocks.
+        num_heads: the config's ``num_attention_heads`` (``None`` when it has none).
         source: ``"override"``, ``"registry"`` or ``"heuristic"``.
         final_norm: the module ``spec.final_norm`` names, or ``None`` when the model has none there.
         project_out: the module ``spec.project_out`` names, or ``None`` when the model has none there.
@@ -179,6 +180,7 @@ class ModelLayout:
     source: str = field(default="registry")  # "override", "registry" or "heuristic"
     final_norm: nn.Module | None = None
     project_out: nn.Module | None = None
+    num_heads: int | None = None  # the config's num_attention_heads
 
     def block(self, index: int) -> nn.Module:
         """The decoder block at ``index`` (0-based, Hugging Face numbering)."""
@@ -191,6 +193,8 @@ class ModelLayout:
         block = self.block(index)
         if site in ("resid_pre", "resid_post"):
             return block, site == "resid_pre"
+        if site == "heads":
+            return self.heads(index)[0], True
         path = self.spec.attn_out if site == "attn_out" else self.spec.mlp_out
         module = _resolve_path(block, path) if path else None
         if module is None:
@@ -204,6 +208,52 @@ class ModelLayout:
                 "'resid_post', or register the architecture with the right module path."
             )
         return module, False
+
+    def heads(self, index: int) -> tuple[nn.Module, int, int]:
+        """The attention output projection of block ``index`` (its input holds the heads' outputs side by side),
+        the number of heads and each head's width: what the ``heads`` site reads and steers.
+
+        Example:
+            >>> module, heads, head_size = get_layout(model).heads(3)   # SmolLM2: o_proj, 9, 64
+        """
+        block = self.block(index)
+        found = [
+            module
+            for name, module in block.named_modules()
+            if "." in name
+            and name.rsplit(".", 1)[1] in _OUT_PROJECTIONS
+            and any(part in name.rsplit(".", 1)[0].rsplit(".", 1)[-1] for part in ("attn", "attention"))
+        ]
+        heads = self.num_heads
+        width = _input_width(found[0]) if len(found) == 1 else None
+        if len(found) != 1 or not heads or not width or width % heads:
+            raise ArchitectureError(
+                f"site 'heads' is not available for model_type '{self.model_type}': it needs the attention output "
+                f"projection (a module named one of {list(_OUT_PROJECTIONS)} inside the attention, whose input is "
+                f"num_attention_heads equal slices); found {len(found)} such module(s), {heads} heads, input width "
+                f"{width}. Use the 'attn_out' site, or register the architecture."
+            )
+        return found[0], heads, width // heads
+
+    def site_width(self, site: str) -> int:
+        """The width of the activations at ``site``: the residual width, or heads x head width for ``heads``."""
+        if site == "heads":
+            _, heads, head_size = self.heads(0)
+            return heads * head_size
+        return self.hidden_size
+
+
+# The names of attention output projections (Llama-like o_proj, OPT and GPT-J out_proj, GPT-2 c_proj, NeoX, Falcon,
+# Phi and Bloom dense), looked for inside a module whose name says attention.
+_OUT_PROJECTIONS = ("o_proj", "out_proj", "c_proj", "dense")
+
+
+def _input_width(module: nn.Module) -> int | None:
+    width = getattr(module, "in_features", None)
+    if width is None:
+        weight = getattr(module, "weight", None)  # GPT-2's Conv1D: weight (in, out)
+        width = weight.shape[0] if weight is not None and weight.dim() == 2 else None
+    return width
 
 
 def check_site(site: str) -> None:
@@ -352,7 +402,10 @@ def _layout(
     parent = _parent(model, path)
     final_norm = _resolve_path(parent, spec.final_norm) if spec.final_norm and parent is not None else None
     project_out = _resolve_path(parent, spec.project_out) if spec.project_out and parent is not None else None
-    return ModelLayout(model_type, layers, path, spec, *dims, source, final_norm, project_out)
+    heads = getattr(text_config(model), "num_attention_heads", None)
+    return ModelLayout(
+        model_type, layers, path, spec, *dims, source, final_norm, project_out, int(heads) if heads else None
+    )
 
 
 def get_layout(model: nn.Module) -> ModelLayout:

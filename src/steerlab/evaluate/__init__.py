@@ -15,6 +15,7 @@ from steerlab._replay import logits_over_alphas
 from steerlab.evaluate.baselines import prompting_baseline
 from steerlab.evaluate.breakdown_point import breakdown
 from steerlab.evaluate.comparison import Comparison, Generation, compare, generate_rows
+from steerlab.evaluate.conditions import ConditionSearch, find_condition_point
 from steerlab.evaluate.judges import RefusalClassifier, phrase_refusal
 from steerlab.evaluate.metrics import (
     ABBehaviour,
@@ -49,6 +50,7 @@ __all__ = [
     "ABBehaviour",
     "ABQuestion",
     "Comparison",
+    "ConditionSearch",
     "Generation",
     "LabelledActivations",
     "NeutralKL",
@@ -65,6 +67,7 @@ __all__ = [
     "compare",
     "cosine_matrix",
     "cross_layer_cosine",
+    "find_condition_point",
     "fit_probes",
     "generate_rows",
     "generation_perplexity",

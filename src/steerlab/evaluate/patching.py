@@ -37,7 +37,7 @@ from steerlab._forward import input_device
 from steerlab._hooks import HookSet
 from steerlab._text import encode, forward_kwargs, pad_batch, pad_id
 from steerlab.arch import get_layout
-from steerlab.arch.registry import check_layer_index, text_config
+from steerlab.arch.registry import check_layer_index
 from steerlab.errors import ArchitectureError, DataError
 from steerlab.evaluate.metrics import _token_ids
 from steerlab.evaluate.results import ResultTable
@@ -463,27 +463,7 @@ def _patcher(picked: list, source: torch.Tensor, head_size: int) -> Callable[[to
 
 def _head_projection(model: nn.Module, layout: Any, layer: int) -> tuple[nn.Module, int, int]:
     """The attention output projection of block ``layer`` (its input holds the heads side by side)."""
-    block = layout.block(layer)
-    found = [
-        module
-        for name, module in block.named_modules()
-        if "." in name
-        and name.rsplit(".", 1)[1] in _OUT_PROJECTIONS
-        and any(part in name.rsplit(".", 1)[0].rsplit(".", 1)[-1] for part in ("attn", "attention"))
-    ]
-    heads = getattr(text_config(model), "num_attention_heads", None)
-    width = getattr(found[0], "in_features", None) if len(found) == 1 else None
-    if width is None and len(found) == 1:
-        weight = getattr(found[0], "weight", None)  # GPT-2's Conv1D: weight (in, out)
-        width = weight.shape[0] if isinstance(weight, torch.Tensor) and weight.dim() == 2 else None
-    if len(found) != 1 or not heads or not width or width % int(heads):
-        raise ArchitectureError(
-            f"per-head patching needs the attention output projection of model_type '{layout.model_type}' (a "
-            f"module named one of {list(_OUT_PROJECTIONS)} inside its attention, whose input is num_attention_heads "
-            f"equal slices); found {len(found)} such module(s), {heads} heads, input width {width}. Patch the "
-            "'attn_out' site instead."
-        )
-    return found[0], int(heads), width // int(heads)
+    return layout.heads(layer)
 
 
 def _two_arguments(metric: Metric) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -11,14 +11,17 @@ Example:
 
 from steerlab.recipes.caa import CAA_INSTRUCTIONS, CAABehaviour, caa_behaviour
 from steerlab.recipes.finetuning import SteeredFinetuning, steered_finetuning
+from steerlab.recipes.iti import HeadProbes, head_probes
 from steerlab.recipes.refusal import RefusalDirection, refusal_direction
 
 __all__ = [
     "CAA_INSTRUCTIONS",
     "CAABehaviour",
+    "HeadProbes",
     "RefusalDirection",
     "SteeredFinetuning",
     "caa_behaviour",
+    "head_probes",
     "refusal_direction",
     "steered_finetuning",
 ]

@@ -9,13 +9,30 @@ otherwise silently steer differently from what was meant).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from steerlab.types import DEFAULT_SCALE, Mode, Positions, Recommended, Scale
+from steerlab.types import (
+    DEFAULT_SCALE,
+    ConditionComparison,
+    ConditionReduce,
+    ConditionSide,
+    Mode,
+    Positions,
+    Recommended,
+    Scale,
+)
 
-__all__ = ["ChatMessage", "ChatRequest", "CompletionRequest", "ServeLimits", "SteeringSpec", "SweepRequest"]
+__all__ = [
+    "ChatMessage",
+    "ChatRequest",
+    "CompletionRequest",
+    "ConditionSpec",
+    "ServeLimits",
+    "SteeringSpec",
+    "SweepRequest",
+]
 
 
 @dataclass(frozen=True)
@@ -29,7 +46,7 @@ class ServeLimits:
         max_tokens: most new tokens one request may ask for.
         max_relative_alpha: largest ``|alpha|`` with ``scale="relative"`` (1.0 = a whole mean residual norm).
         max_absolute_alpha: largest ``|alpha|`` with ``scale="absolute"``.
-        max_interventions: most entries in one request's ``steering`` list.
+        max_interventions: most entries in one request's ``steering`` list, and most conditions it defines.
         max_sweep: most strengths in one ``/v1/sweep`` request.
     """
 
@@ -41,6 +58,22 @@ class ServeLimits:
     max_absolute_alpha: float = 100.0
     max_interventions: int = 8
     max_sweep: int = 9
+
+
+class ConditionSpec(BaseModel):
+    """A condition on the prompt (:class:`steerlab.Condition`): a vector from the server's library and how the
+    prompt is compared with it. Options left out come from the point ``find_condition_point`` recorded in the vector
+    (``threshold`` is then required only for a vector without one), else the library's defaults (cosine, greater,
+    mean over the prompt, every layer of the vector)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vector: str
+    threshold: float | None = None
+    layers: list[int] | None = None
+    comparison: ConditionComparison | None = None
+    side: ConditionSide | None = None
+    reduce: ConditionReduce | None = None
 
 
 class SteeringSpec(BaseModel):
@@ -64,6 +97,11 @@ class SteeringSpec(BaseModel):
     layers: list[int] | None = None
     positions: Positions | None = None  # None: the mode's default (the projection modes leave token 0 alone)
     scale: Scale = DEFAULT_SCALE
+    # Steer only rows whose prompt meets it: a condition ({"vector": ..., "threshold": ...}), the name of one in the
+    # request's ``conditions``, or a rule {"any": [...]}, {"all": [...]}, {"not": ...} of those (checked by
+    # steerlab.Rule.parse in serve/validate.py).
+    condition: str | dict[str, Any] | None = None
+    heads: list[int] | None = None  # at a "heads" vector's site: the attention heads to steer (default: all)
 
     @field_validator("alpha")
     @classmethod
@@ -92,6 +130,7 @@ class _Sampling(BaseModel):
     stream_options: dict | None = None
     n: int | None = Field(None, ge=1, le=1)
     steering: list[SteeringSpec] | None = None
+    conditions: dict[str, ConditionSpec] | None = None  # named conditions the steering entries' rules refer to
 
 
 class ChatMessage(BaseModel):

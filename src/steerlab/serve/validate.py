@@ -22,15 +22,24 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import ValidationError
 from torch import nn
 
+from steerlab._conditions import Condition, Gate, Rule
 from steerlab._steer import Intervention, check_interventions
 from steerlab._text import apply_messages, encode, has_chat_template
 from steerlab.errors import SteerlabError
 from steerlab.serve.engine import Job
 from steerlab.serve.errors import ApiError
 from steerlab.serve.library import VectorLibrary
-from steerlab.serve.schemas import ChatRequest, CompletionRequest, ServeLimits, SteeringSpec, SweepRequest
+from steerlab.serve.schemas import (
+    ChatRequest,
+    CompletionRequest,
+    ConditionSpec,
+    ServeLimits,
+    SteeringSpec,
+    SweepRequest,
+)
 
 __all__ = ["Validator", "request_error"]
 
@@ -133,8 +142,11 @@ class Validator:
                 code="model_not_found",
             )
 
-    def steering(self, specs: Sequence[SteeringSpec] | None) -> list[Intervention]:
-        """A request's ``steering`` list as interventions, each checked by the library and against the limits."""
+    def steering(
+        self, specs: Sequence[SteeringSpec] | None, conditions: dict[str, ConditionSpec] | None = None
+    ) -> list[Intervention]:
+        """A request's ``steering`` list as interventions, each checked by the library and against the limits;
+        ``conditions`` are the request's named conditions, which the entries' ``condition`` rules refer to."""
         specs = list(specs or [])
         if len(specs) > self.limits.max_interventions:
             raise ApiError(
@@ -143,27 +155,109 @@ class Validator:
                 param="steering",
                 code="too_many_interventions",
             )
-        return [self.intervention(spec, f"steering[{i}]") for i, spec in enumerate(specs)]
+        conditions = dict(conditions or {})
+        if len(conditions) > self.limits.max_interventions:
+            raise ApiError(
+                400,
+                f"conditions has {len(conditions)} entries; at most {self.limits.max_interventions} are allowed.",
+                param="conditions",
+                code="too_many_conditions",
+            )
+        named = {name: self.condition(spec, f"conditions.{name}") for name, spec in conditions.items()}
+        return [self.intervention(spec, f"steering[{i}]", named) for i, spec in enumerate(specs)]
 
-    def intervention(self, spec: SteeringSpec, where: str) -> Intervention:
-        """One entry: the vector from the library, the server's alpha limits (for ``"recommended"``, once the
-        Intervention has read the recorded setting), then the checks of the library's :class:`Intervention` (the
-        strength's size against the residual norm included). ``where`` names the entry in
-        messages and ``param`` (``"steering[0]"``)."""
+    def condition(self, spec: ConditionSpec, where: str) -> Condition:
+        """A condition: its vector from the library, the options given, the rest from the point recorded in the
+        vector (``find_condition_point``) or the library's defaults; checked by :class:`steerlab.Condition`."""
+        vector = self._vector(spec.vector, where)
+        given = {
+            name: value
+            for name, value in spec.model_dump(exclude={"vector"}).items()
+            if value is not None  # left out: recorded or default
+        }
         try:
-            vector = self.library.get(spec.vector)  # one lookup: a concurrent DELETE cannot slip in between
+            vector.check_fits(self.model, warn=False)
+            if isinstance(vector.extra.get("condition"), dict):
+                return Condition.recorded(vector, **given)
+            if "threshold" not in given:
+                raise ApiError(
+                    400,
+                    f"{where}: the vector '{spec.vector}' records no condition point, so the condition needs a "
+                    "threshold (e.g. 0.1 for a cosine); or find one with steerlab.evaluate.find_condition_point.",
+                    param=f"{where}.threshold",
+                    code="invalid_condition",
+                )
+            return Condition(vector, **given)
+        except SteerlabError as error:
+            raise ApiError(400, f"{where}: {error}", param=where, code="invalid_condition") from None
+
+    def gate(self, rule: str | dict[str, Any], named: dict[str, Condition], where: str) -> Gate:
+        """A steering entry's ``condition``: a condition given inline, a name from the request's ``conditions``, or
+        a rule (any / all / not) of those, nested freely."""
+        named = dict(named)
+
+        def inline(part: Any, path: str) -> Any:
+            # A condition written in place becomes a name of its own, so Rule.parse sees names only.
+            if isinstance(part, dict) and "vector" in part:
+                try:
+                    spec = ConditionSpec.model_validate(part)
+                except ValidationError as error:
+                    first = error.errors()[0]
+                    field = ".".join(str(x) for x in first.get("loc", ()))
+                    raise ApiError(
+                        400,
+                        f"{path}: {field + ': ' if field else ''}{first.get('msg')}",
+                        param=path,
+                        code="invalid_condition",
+                    ) from None
+                key = f"{path}#inline"
+                named[key] = self.condition(spec, path)
+                return key
+            if isinstance(part, dict) and len(part) == 1:
+                ((op, value),) = part.items()
+                if isinstance(value, list):
+                    return {op: [inline(v, f"{path}.{op}[{i}]") for i, v in enumerate(value)]}
+                return {op: inline(value, f"{path}.{op}")}
+            return part
+
+        parsed = inline(rule, where)
+        try:
+            return Rule.parse(parsed, named)
+        except SteerlabError as error:
+            raise ApiError(400, f"{where}: {error}", param=where, code="invalid_condition") from None
+
+    def _vector(self, name: str, where: str) -> Any:
+        try:
+            return self.library.get(name)  # one lookup: a concurrent DELETE cannot slip in between
         except KeyError:
             raise ApiError(
                 404,
-                f"{where}: no vector named '{spec.vector}' in this server's library; available: "
+                f"{where}: no vector named '{name}' in this server's library; available: "
                 f"{self.library.names() or 'none'} (GET /v1/vectors, upload with POST /v1/vectors).",
                 param=f"{where}.vector",
                 code="vector_not_found",
             ) from None
+
+    def intervention(self, spec: SteeringSpec, where: str, named: dict[str, Condition] | None = None) -> Intervention:
+        """One entry: the vector from the library, the server's alpha limits (for ``"recommended"``, once the
+        Intervention has read the recorded setting), then the checks of the library's :class:`Intervention` (the
+        strength's size against the residual norm included). ``where`` names the entry in
+        messages and ``param`` (``"steering[0]"``). ``named``: the request's conditions, for its ``condition``."""
+        vector = self._vector(spec.vector, where)
         if spec.alpha != "recommended":
             self._check_alpha_limit(spec.mode, spec.scale, spec.alpha, where)  # first: the server's own limits
+        gate = None if spec.condition is None else self.gate(spec.condition, named or {}, f"{where}.condition")
         try:
-            item = Intervention(vector, spec.alpha, spec.mode, spec.layers, spec.positions, scale=spec.scale)
+            item = Intervention(
+                vector,
+                spec.alpha,
+                spec.mode,
+                spec.layers,
+                spec.positions,
+                scale=spec.scale,
+                condition=gate,
+                heads=spec.heads,
+            )
         except SteerlabError as error:
             raise ApiError(400, f"{where}: {error}", param=where, code="invalid_steering") from None
         if spec.alpha == "recommended":  # the recorded setting obeys the same limits as a written one
@@ -237,7 +331,7 @@ class Validator:
             )
         return Job(
             prompt_ids=ids,
-            interventions=self.steering(body.steering),
+            interventions=self.steering(body.steering, body.conditions),
             max_tokens=limit,
             temperature=1.0 if body.temperature is None else body.temperature,  # OpenAI's default
             top_p=1.0 if body.top_p is None else body.top_p,
