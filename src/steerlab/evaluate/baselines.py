@@ -13,19 +13,19 @@ from typing import Any
 
 from torch import nn
 
+from steerlab._replay import logits_over_alphas
 from steerlab.errors import DataError
-from steerlab.evaluate.metrics import ABBehaviour, ABQuestion, ab_probabilities
-from steerlab.evaluate.sweeps import effect_interval
+from steerlab.evaluate.metrics import ABBehaviour, ABQuestion
+from steerlab.evaluate.sweeps import _question_values, effect_interval
 
 __all__ = ["prompting_baseline"]
 
 
-def _per_question(rows: list[dict[str, Any]]) -> dict[int, float]:
-    """Mean p(matching) per given question (over both of its choice orders)."""
-    values: dict[int, list[float]] = {}
-    for row in rows:
-        values.setdefault(row["question"], []).append(row["p_matching"])
-    return {q: statistics.fmean(v) for q, v in values.items()}
+def _per_question(model: nn.Module, metric: ABBehaviour, batch_size: int) -> list[float]:
+    """Mean p(matching) per given question (over both of its choice orders), unsteered."""
+    ((_, logits),) = logits_over_alphas(model, metric.input_ids, metric.attention_mask, None, [0.0],
+                                        last_only=True, batch_size=batch_size)  # fmt: skip
+    return _question_values(metric, logits, "p_matching")
 
 
 def prompting_baseline(
@@ -56,17 +56,15 @@ def prompting_baseline(
     if not isinstance(instruction, str) or not instruction.strip():
         raise DataError(f"the prompting baseline needs an instruction asking for the behaviour; got {instruction!r}.")
     questions = list(questions)
-    plain = _per_question(ab_probabilities(model, tokenizer, ABBehaviour(tokenizer, questions, chat=chat),
-                                           batch_size=batch_size))  # fmt: skip
-    asked = ABBehaviour(tokenizer, questions, chat=chat, instruction=instruction)
-    prompted = _per_question(ab_probabilities(model, tokenizer, asked, batch_size=batch_size))
-    effects = [prompted[q] - plain[q] for q in sorted(plain)]
+    plain = _per_question(model, ABBehaviour(tokenizer, questions, chat=chat), batch_size)
+    prompted = _per_question(model, ABBehaviour(tokenizer, questions, chat=chat, instruction=instruction), batch_size)
+    effects = [a - b for a, b in zip(prompted, plain, strict=True)]
     lo, hi = effect_interval(effects, seed=seed)
     return {
         "instruction": instruction,
         "n": len(effects),
-        "unsteered": statistics.fmean(plain.values()),
-        "prompted": statistics.fmean(prompted.values()),
+        "unsteered": statistics.fmean(plain),
+        "prompted": statistics.fmean(prompted),
         "effect": statistics.fmean(effects),
         "effect_lo": lo,
         "effect_hi": hi,

@@ -32,7 +32,7 @@ from torch import nn
 from steerlab._forward import input_device
 from steerlab._hooks import HookSet
 from steerlab._models import ModelFingerprint, fingerprint, model_id
-from steerlab._record import ActivationReader, check_texts, length_batches
+from steerlab._record import check_texts, record
 from steerlab._steer import Intervention, steer
 from steerlab._text import encode, forward_kwargs, pad_batch, pad_id
 from steerlab._vector import SteeringVector
@@ -228,16 +228,9 @@ class SparseAutoencoder:
                     progress: bool | None = None) -> list[torch.Tensor]:  # fmt: skip
         """Per text, the feature activations of its tokens ``(tokens, width)`` (every real token, the first too)."""
         self.check_fits(model)
-        texts = check_texts(texts)
-        reader = ActivationReader(model, layers=[self.layer], reduce="all", site=self.site, exclude_first_token=False,
-                                  pad_id=pad_id(tokenizer))  # fmt: skip
-        ids = encode(tokenizer, texts)
-        out: list[torch.Tensor] = [torch.zeros(0)] * len(texts)
-        batches = length_batches([len(t) for t in ids], batch_size)
-        for rows, values in reader.run(ids, batches, progress=bool(progress)):
-            for row, hidden in zip(rows, values[self.layer], strict=True):
-                out[row] = self.encode(hidden)
-        return out
+        acts = record(model, tokenizer, texts, layers=[self.layer], reduce="all", site=self.site,
+                      exclude_first_token=False, batch_size=batch_size, progress=progress)  # fmt: skip
+        return [self.encode(hidden) for hidden in acts.per_text(self.layer)]
 
     def top_activating(
         self,
@@ -407,14 +400,10 @@ def train_sae(
     if k < 1 or batch_size < 1 or not (math.isfinite(lr) and lr > 0) or not epochs > 0:
         raise DataError(f"k={k}, batch_size={batch_size} must be >= 1, lr={lr} and epochs={epochs} positive.")
     began = time.perf_counter()
-    reader = ActivationReader(model, layers=[layer], reduce="all", site=site, exclude_first_token=True,
-                              pad_id=pad_id(tokenizer))  # fmt: skip
-    ids = encode(tokenizer, texts)
-    pieces: list[torch.Tensor] = []
     show = progress if progress is not None else len(texts) > 2000
-    for _, values in reader.run(ids, length_batches([len(t) for t in ids], 32), progress=show):
-        pieces += values[layer]
-    acts = torch.cat(pieces)
+    recorded_acts = record(model, tokenizer, texts, layers=[layer], reduce="all", site=site, batch_size=32,
+                           progress=show)  # fmt: skip
+    acts = recorded_acts.values[layer]
     hidden = acts.shape[1]
     width = width or 8 * hidden
     if acts.shape[0] < batch_size:
@@ -445,5 +434,5 @@ def train_sae(
              "dead_features": int((fired == 0).sum()), "epochs": epochs, "steps": steps, "batch_size": batch_size,
              "lr": lr, "seed": seed, "record_seconds": round(recorded - began, 1),
              "train_seconds": round(finished - recorded, 1)}  # fmt: skip
-    norm = reader.resid_norm[layer]
+    norm = recorded_acts.resid_norm[layer]
     return SparseAutoencoder(trained, layer, site, model_id(model), fingerprint(model), norm, stats)
