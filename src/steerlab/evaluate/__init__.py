@@ -42,6 +42,7 @@ from steerlab.evaluate.probes import (
 from steerlab.evaluate.report import write_report
 from steerlab.evaluate.results import ResultTable
 from steerlab.evaluate.sae import SparseAutoencoder, train_sae
+from steerlab.evaluate.sae_targeting import FeatureEffects, feature_effect, feature_effects
 from steerlab.evaluate.structure import activation_covariance, activation_pca, cosine_matrix, cross_layer_cosine
 from steerlab.evaluate.sweeps import DEFAULT_KL_BUDGET, Recommendation, calibrate, sweep
 
@@ -51,6 +52,7 @@ __all__ = [
     "ABQuestion",
     "Comparison",
     "ConditionSearch",
+    "FeatureEffects",
     "Generation",
     "LabelledActivations",
     "NeutralKL",
@@ -67,6 +69,8 @@ __all__ = [
     "compare",
     "cosine_matrix",
     "cross_layer_cosine",
+    "feature_effect",
+    "feature_effects",
     "find_condition_point",
     "fit_probes",
     "generate_rows",

@@ -268,6 +268,22 @@ class SparseAutoencoder:
                  "context": tokenizer.decode(ids[max(1, pos - context) : pos + 1])}
                 for value, t, pos, ids in found[:k]]  # fmt: skip
 
+    def quality(
+        self, model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 32,
+        progress: bool | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """How well the SAE reads ``texts`` (e.g. held out from its training): ``tokens``, ``l0``,
+        ``explained_variance`` and ``dead_features`` on their tokens (each text's first, the attention sink, left
+        out), measured as :func:`train_sae` measures its training tokens.
+
+        Example:
+            >>> sae.quality(model, tok, validation_texts)["explained_variance"]
+        """
+        self.check_fits(model)
+        acts = record(model, tokenizer, check_texts(texts), layers=[self.layer], reduce="all", site=self.site,
+                      batch_size=batch_size, progress=progress)  # fmt: skip
+        return _quality(self.sae, acts.values[self.layer])
+
     def attribute(
         self,
         model: nn.Module,
@@ -351,6 +367,19 @@ class SparseAutoencoder:
         return {**sums, "error": sums["first_order"] - sums["through_features"], "n": rows_done, "features": features}
 
 
+def _quality(sae: Any, acts: torch.Tensor) -> dict[str, Any]:
+    """``tokens``, ``l0`` (mean active features per token), ``explained_variance`` (1 - the reconstruction's squared
+    error over the activations' variance about their mean) and ``dead_features`` (features that never fire) of a
+    sae-lens SAE on activations ``(tokens, hidden)``."""
+    with torch.no_grad():
+        acts = acts.to(sae.W_dec.dtype).to(sae.W_dec.device)
+        features = torch.cat([sae.encode(chunk) for chunk in acts.split(8192)])
+        recon = torch.cat([sae.decode(chunk) for chunk in features.split(8192)])
+        explained = 1 - float(((acts - recon) ** 2).sum() / ((acts - acts.mean(0)) ** 2).sum())
+        return {"tokens": int(acts.shape[0]), "l0": float((features > 0).float().sum(-1).mean()),
+                "explained_variance": explained, "dead_features": int(((features > 0).sum(0) == 0).sum())}  # fmt: skip
+
+
 def _batches(acts: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
     """Shuffled batches of the recorded activations, one pass after another, for sae-lens's trainer."""
     gen = torch.Generator().manual_seed(seed)
@@ -424,15 +453,8 @@ def train_sae(
     )  # fmt: skip
     trained = SAETrainer(config, sae, _batches(acts, batch_size, seed)).fit()
     finished = time.perf_counter()
-    with torch.no_grad():
-        features = torch.cat([trained.encode(chunk) for chunk in acts.split(8192)])
-        fired = (features > 0).sum(0)
-        recon = torch.cat([trained.decode(chunk) for chunk in features.split(8192)])
-        explained = 1 - float(((acts - recon) ** 2).sum() / ((acts - acts.mean(0)) ** 2).sum())
-    stats = {"tokens": int(acts.shape[0]), "texts": len(texts), "width": width, "k": k,
-             "l0": float((features > 0).float().sum(-1).mean()), "explained_variance": explained,
-             "dead_features": int((fired == 0).sum()), "epochs": epochs, "steps": steps, "batch_size": batch_size,
-             "lr": lr, "seed": seed, "record_seconds": round(recorded - began, 1),
-             "train_seconds": round(finished - recorded, 1)}  # fmt: skip
+    stats = {**_quality(trained, acts), "texts": len(texts), "width": width, "k": k, "epochs": epochs,
+             "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+             "record_seconds": round(recorded - began, 1), "train_seconds": round(finished - recorded, 1)}  # fmt: skip
     norm = recorded_acts.resid_norm[layer]
     return SparseAutoencoder(trained, layer, site, model_id(model), fingerprint(model), norm, stats)
