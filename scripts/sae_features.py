@@ -3,13 +3,17 @@ its features; writes docs/understand.md (the SAE section) and saves the SAE unde
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/sae_features.py                    # ~30 minutes on 1 CPU thread
     OMP_NUM_THREADS=1 .venv/bin/python scripts/sae_features.py --texts 600 --epochs 1 --out /tmp/check   # a quick look
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/sae_features.py --reuse     # the SAE saved by an earlier run (~15 min)
 
 No SAE for SmolLM2 can be downloaded here, so one is trained with sae-lens's trainer (TopK) on the outputs of block
 LAYER for: the refusal-direction training instructions, harmless and harmful, in the chat template (as the model reads
 them when asked); the Geometry of Truth and RepE true/false statements; steerlab's neutral texts and sentiment
 sentences. The sentiment vector (difference of means of steerlab's 32 sentiment pairs) and the refusal direction
 (harmful minus harmless instructions, last prompt token) are then decomposed into the SAE's features by cosine, each
-top feature shown with the shipped texts where it fires most.
+top feature shown with the shipped texts where it fires most. The SAE's quality is measured again on held-out texts
+(the refusal validation splits and statements left out of training). Last, SAE-targeted steering (SAE-TS): the effect
+of random pushes at an earlier layer on the SAE's features is fitted, a vector is solved for each of two features, and
+each is compared at one strength with the feature's decoder row and a random direction, on texts the fit never saw.
 """
 
 from __future__ import annotations
@@ -21,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from steerlab import ContrastPair, extract_vector, load_model, sentiment_pairs
+from steerlab import ContrastPair, Intervention, SteeringVector, extract_vector, load_model, sentiment_pairs
 from steerlab.datasets import load_instructions, load_statements
 from steerlab.engines import apply_chat
-from steerlab.evaluate import neutral_texts
-from steerlab.evaluate.sae import train_sae
+from steerlab.evaluate import feature_effect, feature_effects, kl_from_unsteered, neutral_texts
+from steerlab.evaluate.sae import SparseAutoencoder, train_sae
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "datasets"
@@ -49,6 +53,52 @@ def training_texts(tok, limit: int) -> dict[str, list[str]]:
         "true/false statements": sample([s for group in statements for s in group]),
         "neutral and sentiment sentences": neutral_texts() + sentences,
     }  # fmt: skip
+
+
+def held_out_texts(tok, training: dict[str, list[str]], limit: int) -> dict[str, list[str]]:
+    """Texts of the same kinds that training never saw: the refusal validation splits (in the chat template) and
+    statements outside the training sample."""
+    rng = random.Random(2)
+    splits = DATA / "refusal-direction" / "splits"
+    seen = set(training["true/false statements"])
+    statements = [load_statements(path)[0] for path in (DATA / "geometry-of-truth").glob("*.csv")]
+    statements.append(load_statements(DATA / "repe" / "facts" / "facts_true_false.csv")[0])
+    unseen = sorted({s for group in statements for s in group} - seen)
+    return {
+        "harmless instructions, validation (chat)": [apply_chat(tok, t) for t in
+                                                      load_instructions(splits / "harmless_val.json")[:limit]],
+        "harmful instructions, validation (chat)": [apply_chat(tok, t) for t in
+                                                     load_instructions(splits / "harmful_val.json")[:limit]],
+        "statements not trained on": rng.sample(unseen, min(limit, len(unseen))),
+    }  # fmt: skip
+
+
+def targeting_rows(model, tok, sae, effects, features, fit_texts, test_texts, alpha):
+    """Per targeted feature: the SAE-TS vector, the decoder row (at the targeting layer and at the SAE's own) and a
+    random direction, each steered at ``alpha``: the target's change on ``test_texts``, the norm of every other
+    feature's change, their ratio, and KL from the unsteered model on ``fit_texts`` (the neutral texts)."""
+    layer = effects.layer
+    rows = []
+    for feature in features:
+        targeted = effects.targeted_vector([feature])
+        decoder = sae.directions()[feature]
+        row_here = SteeringVector({layer: decoder / decoder.norm()}, model_id=sae.model_id,
+                                  fingerprint=sae.fingerprint, method="sae_feature", normalized=True,
+                                  resid_norm={layer: effects.resid_norm})  # fmt: skip
+        arms = {
+            f"SAE-TS, layer {layer}": (targeted, layer),
+            f"decoder row, layer {layer}": (row_here, layer),
+            f"decoder row, layer {sae.layer} (the SAE's)": (sae.feature_vector(feature), sae.layer),
+            f"random direction, layer {layer}": (targeted.random_like(seed=feature), layer),
+        }
+        for name, (vector, at) in arms.items():
+            effect = feature_effect(model, tok, sae, test_texts, Intervention(vector, alpha=alpha, layers=[at]))
+            others = torch.cat([effect[:feature], effect[feature + 1 :]])
+            kl = kl_from_unsteered(model, tok, vector, alpha, layer=at, texts=fit_texts)
+            rows.append({"feature": feature, "arm": name, "target": float(effect[feature]),
+                         "others": float(others.norm()), "ratio": float(effect[feature] / others.norm()),
+                         "kl": float(kl)})  # fmt: skip
+    return rows
 
 
 def stats_table(stats: dict) -> str:
@@ -92,18 +142,35 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--top", type=int, default=5, help="features shown per vector")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    parser.add_argument("--reuse", action="store_true", help="load the SAE an earlier run saved instead of training")
+    parser.add_argument("--target-layer", type=int, default=8, help="where SAE-TS steers (below the SAE's layer)")
+    parser.add_argument("--samples", type=int, default=768, help="random pushes measured for the SAE-TS fit")
+    parser.add_argument("--alpha", type=float, default=0.2, help="strength of the pushes and of the compared arms")
+    parser.add_argument("--held-out", type=int, default=500, help="held-out texts per source at most")
     args = parser.parse_args()
     torch.set_num_threads(1)
     began = time.perf_counter()
     model, tok = load_model()
     sources = training_texts(tok, args.texts)
     texts = [t for group in sources.values() for t in group]
-    sae = train_sae(
-        model, tok, texts, layer=args.layer, width=args.width, k=args.k, epochs=args.epochs, lr=args.lr, progress=True
-    )
-    sae.save(ROOT / "saes" / f"smollm2-l{args.layer}")
+    folder = ROOT / "saes" / f"smollm2-l{args.layer}"
+    if args.reuse:
+        sae = SparseAutoencoder.load(folder, model)
+        if sae.stats.get("texts") != len(texts):
+            raise SystemExit(f"{folder} was trained on {sae.stats.get('texts')} texts, not these {len(texts)}: "
+                             "run without --reuse (or with the --texts it was trained with).")  # fmt: skip
+    else:
+        sae = train_sae(
+            model, tok, texts, layer=args.layer, width=args.width, k=args.k, epochs=args.epochs, lr=args.lr,
+            progress=True,
+        )  # fmt: skip
+        sae.save(folder)
     stats = sae.stats
     print(stats, flush=True)
+    held_out = held_out_texts(tok, sources, args.held_out)
+    quality = {name: sae.quality(model, tok, group) for name, group in held_out.items()}
+    quality["all of them"] = sae.quality(model, tok, [t for group in held_out.values() for t in group])
+    print(quality, flush=True)
 
     splits = DATA / "refusal-direction" / "splits"
     harmful = load_instructions(splits / "harmful_train.json")
@@ -130,12 +197,36 @@ def main() -> None:
             where = "; ".join(_shown(t) for t in tops) or "does not fire on these texts"
             lines.append(f"| {row['feature']} | {row['cosine']:+.3f} | {where} |")
         sections.append("\n".join(lines))
+    # SAE-TS: the features the two vectors point along most, targeted from a lower layer.
+    targets = [sae.decompose(vec, top=1)[0]["feature"] for vec in vectors.values()]
+    fit_texts = neutral_texts()
+    test_texts = random.Random(3).sample(held_out["statements not trained on"], 24)
+    targeting_began = time.perf_counter()
+    effects = feature_effects(model, tok, sae, fit_texts, layer=args.target_layer, alpha=args.alpha,
+                              samples=args.samples, progress=True)  # fmt: skip
+    fit_seconds = time.perf_counter() - targeting_began
+    arms = targeting_rows(model, tok, sae, effects, targets, fit_texts, test_texts, args.alpha)
+    print(arms, flush=True)
+    targeting_table = "\n".join(
+        ["| feature | steered along | target's change | other features' change (norm) | target / others | KL |",
+         "|---:|---|---:|---:|---:|---:|"]
+        + [f"| {r['feature']} | {r['arm']} | {r['target']:+.3f} | {r['others']:.3f} | {r['ratio']:+.3f} | "
+           f"{r['kl']:.3f} |" for r in arms]
+    )  # fmt: skip
+    quality_table = "\n".join(
+        ["| texts | tokens | L0 | explained variance | features that never fire |", "|---|---:|---:|---:|---:|"]
+        + [f"| {name} | {q['tokens']} | {q['l0']:.1f} | {q['explained_variance']:.3f} | {q['dead_features']} |"
+           for name, q in quality.items()]
+    )  # fmt: skip
+    held_list = ", ".join(f"{name} ({len(group)})" for name, group in held_out.items())
     minutes = (time.perf_counter() - began) / 60
+    reused = ", reusing the SAE saved by an earlier run" if args.reuse else ""
     source_list = ", ".join(f"{name} ({len(group)})" for name, group in sources.items())
     page = f"""# Understanding a vector: SAE features (SmolLM2-135M-Instruct)
 
-Generated by `scripts/sae_features.py` ({minutes:.0f} minutes on 1 CPU thread); rerun it to regenerate this page (the
-SAE is written to `saes/smollm2-l{args.layer}/`, in sae-lens's format, and not committed).
+Generated by `scripts/sae_features.py` ({minutes:.0f} minutes on 1 CPU thread{reused}); rerun
+it to regenerate this page (the SAE is written to `saes/smollm2-l{args.layer}/`, in sae-lens's format, and not
+committed; `--reuse` loads it instead of training again).
 
 ## The SAE
 
@@ -146,7 +237,11 @@ sample.
 
 {stats_table(stats)}
 
-Explained variance and dead features are measured on the training tokens themselves (no held-out set).
+Explained variance and dead features above are measured on the training tokens. On texts it never saw
+(`SparseAutoencoder.quality`; {held_list}; "never fire" counts features silent on those texts, which
+is more than the dead features of training on fewer tokens):
+
+{quality_table}
 
 ## Steering vectors in its features
 
@@ -157,6 +252,22 @@ such as the chat template's system turn, shown once; ⏎ is a line break). A cos
 say the vector is one feature; small cosines say it is spread over many.
 
 {chr(10).join(s + chr(10) for s in sections)}
+## Targeting a feature (SAE-TS)
+
+A decoder row is the direction the SAE writes its feature with, not the direction that makes the model produce
+it. SAE-targeted steering (Chalnev et al. 2024; `evaluate.feature_effects`, `FeatureEffects.targeted_vector`)
+measures instead: {effects.samples} random unit directions were added at block {effects.layer}'s output at
+strength {args.alpha} (relative to its mean norm, {effects.resid_norm:.1f}), one per batch row, and the change of
+every feature's mean activation at block {sae.layer} on the {len(fit_texts)} neutral texts was fitted by
+`effect ~= M v + b` (ridge; held-out R^2 {effects.r2:.3f}; {fit_seconds / 60:.1f} min). The targeted vector solves
+`min ||M v - t||^2 + ridge ||v||^2` for `t` one on the feature and zero elsewhere. The features targeted are the
+ones the sentiment and the refusal vectors point along most (above). Each arm steers at strength {args.alpha};
+the effects are measured on {len(test_texts)} held-out statements the fit never saw (tokens but each text's first),
+KL (nats/token, next-token distributions) on the neutral texts. The random direction is the control of the same
+norm at the same layer. Unlike the paper, effects are read in the same forward pass on fixed text rather than on
+text generated under steering.
+
+{targeting_table}
 """
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "understand.md").write_text(page)

@@ -527,15 +527,24 @@ def test_figures_and_report_for_every_kind(tmp_path, tiny, tokenizer):
          "projection": -k, "projection_lo": -k - 0.5, "projection_hi": -k + 0.5}
         for k, arm in enumerate(("base", "finetune", "add_trait", "add_random"))
     ], {"layer": 2, "judge": "sentiment (VADER)"})  # fmt: skip
-    tables = [sweep_table, probe, transfer, pca, breakdown_table, patching, refusal, finetune]
+    sae_features = ResultTable("sae_features", [
+        {"vector": v, "feature": f, "cosine": c, "sign": "+" if c > 0 else "-", "rank": 0}
+        for v in ("happy", "refusal") for f, c in ((3, 0.4), (7, -0.2))
+    ], {"sae_layer": 2})  # fmt: skip
+    sae_targeting = ResultTable("sae_targeting", [
+        {"feature": f, "arm": arm, "target": 0.3, "others": 0.2, "ratio": 1.5, "kl": 0.01}
+        for f in (3, 7) for arm in ("sae_ts, layer 1", "decoder_row, layer 1", "random, layer 1")
+    ], {"alpha": 0.2, "n_texts": 8})  # fmt: skip
+    tables = [sweep_table, probe, transfer, pca, breakdown_table, patching, refusal, finetune, sae_features,
+              sae_targeting]  # fmt: skip
     assert sorted(t.kind for t in tables) == sorted(KINDS), "a result kind without a table in this test"
-    assert [len(figures_for(t)) for t in tables] == [2, 1, 2, 1, 1, 1, 1, 1]
+    assert [len(figures_for(t)) for t in tables] == [2, 1, 2, 1, 1, 1, 1, 1, 1, 1]
     assert len(figures_for(patching)[0][1].axes) == 4  # one panel per site, each with its colour bar
     assert [title for title, _ in figures_for(sweep_table)] == ["Layer x alpha", "Effect vs coherence"]
     (_, frontier_figure) = figures_for(sweep_table)[1]
     assert frontier_figure.axes[0].get_xlim()[0] == 0  # KL is never negative: no tick below 0
     page = write_report(tables, tmp_path / "r.html", title="<all kinds>").read_text()
-    assert page.count("data:image/png;base64,") == 10 and "&lt;all kinds&gt;" in page
+    assert page.count("data:image/png;base64,") == 12 and "&lt;all kinds&gt;" in page
     assert "http://" not in page and "https://" not in page
     assert "[145.1]" in page and "145.123" not in page  # floats inside lists are rounded like the others
     with pytest.raises(DataError, match="at least one"):

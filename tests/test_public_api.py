@@ -54,7 +54,7 @@ PUBLIC = {
         "record_labelled", "RefusalClassifier", "ResultTable", "SparseAutoencoder", "train_sae",
         "activation_covariance", "activation_pca", "activation_patching",
         "attribution_patching", "logit_diff_metric", "patching_error", "breakdown", "calibrate",
-        "compare", "cosine_matrix", "cross_layer_cosine", "feature_effect", "feature_effects",
+        "compare", "compare_targeting", "cosine_matrix", "cross_layer_cosine", "feature_effect", "feature_effects",
         "generation_perplexity", "kl_from_unsteered", "load_ab",
         "logit_diff", "logits_over_alphas", "neutral_texts", "p_matching", "phrase_refusal", "probe_layers",
         "prompting_baseline", "sentiment", "sweep", "token_projections", "train_probe", "transfer_matrix",

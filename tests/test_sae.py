@@ -48,6 +48,7 @@ def test_a_saved_sae_loads_in_sae_lens_format_and_encodes_the_same(trained, tmp_
     assert SAE.load_from_disk(folder).cfg.metadata.hook_name == "blocks.2.hook_resid_post"  # plain sae-lens reads it
     loaded = SparseAutoencoder.load(folder, model)
     assert (loaded.layer, loaded.site, loaded.resid_norm) == (2, "resid_post", sae.resid_norm)
+    assert loaded.stats == sae.stats  # the training statistics travel in its metadata
     acts = record(model, tokenizer, TEXTS[:4], layers=[2], reduce="all").values[2]
     torch.testing.assert_close(loaded.encode(acts), sae.encode(acts), atol=1e-5, rtol=1e-5)
 
@@ -74,6 +75,10 @@ def test_a_vector_made_of_one_feature_decomposes_into_it(trained):
     assert rows[0]["feature"] == 7 and rows[0]["cosine"] == pytest.approx(1.0, abs=1e-5)
     assert [r["sign"] for r in rows] == ["+"] * 3 + ["-"] * 3
     assert rows[3]["cosine"] <= rows[4]["cosine"] <= rows[5]["cosine"] < rows[2]["cosine"]
+    table = sae.decomposition({"seven": 3.0 * vec, "five": sae.feature_vector(5)}, top=3)
+    assert table.kind == "sae_features" and table.meta["sae_layer"] == 2 and len(table.records) == 12
+    assert table.where(vector="seven") == [{"vector": "seven", **row} for row in rows]
+    assert table.where(vector="five", rank=0, sign="+")[0]["feature"] == 5
 
 
 def test_top_activating_tokens_are_the_largest_activations(trained):
@@ -119,6 +124,7 @@ def test_cli_trains_decomposes_and_writes_a_feature(tmp_path, tokenizer):
 
     from steerlab import SteeringVector
     from steerlab.cli import app
+    from steerlab.evaluate import ResultTable
     from tiny import SMOL_VOCAB, make_tiny
 
     folder = tmp_path / "tiny"
@@ -143,6 +149,24 @@ def test_cli_trains_decomposes_and_writes_a_feature(tmp_path, tokenizer):
                                "--texts", str(texts), *common])  # fmt: skip
     assert read.exit_code == 0, read.output
     assert read.stdout.splitlines()[0].split()[:5] == ["+1", "feature", "3", "cosine", "+1.000"]
+    as_json = runner.invoke(app, ["sae", "decompose", "--sae", sae_dir, "--vector", feature_file, "--top", "2",
+                                  "--json", str(tmp_path / "features.json"), *common])  # fmt: skip
+    assert as_json.exit_code == 0, as_json.output
+    assert ResultTable.load(tmp_path / "features.json").where(rank=0, sign="+")[0]["feature"] == 3
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("A quiet road ran past the old mill.\nNobody knew the answer.\n", encoding="utf-8")
+    target = runner.invoke(app, ["sae", "target", "--sae", sae_dir, "--feature", "3", "--texts", str(texts),
+                                 "--samples", "40", "--out", str(tmp_path / "ts.safetensors"),
+                                 "--compare-texts", str(held_out), "--json", str(tmp_path / "ts.json"),
+                                 *common])  # fmt: skip
+    assert target.exit_code == 0, target.output
+    assert "held-out R^2" in target.stdout and "sae_ts, layer 1" in target.stdout
+    targeted = SteeringVector.load(tmp_path / "ts.safetensors")
+    assert targeted.method == "sae_targeted" and targeted.extra["sae_targets"] == [3]
+    assert len(ResultTable.load(tmp_path / "ts.json").records) == 4
+    above = runner.invoke(app, ["sae", "target", "--sae", sae_dir, "--feature", "3", "--texts", str(texts),
+                                "--layer", "2", "--out", str(tmp_path / "no.safetensors"), *common])  # fmt: skip
+    assert above.exit_code == 1 and "above the SAE's layer" in above.output
     bad = runner.invoke(app, ["sae", "feature", "--sae", str(tmp_path / "sae"), "--feature", "64",
                               "--out", str(tmp_path / "x.safetensors"), *common])  # fmt: skip
     assert bad.exit_code == 1 and "features 0-63" in bad.output
@@ -211,7 +235,7 @@ def test_a_feature_effect_is_the_change_of_mean_feature_activations(trained):
 
 def test_targeted_steering_fits_the_effects_and_hits_its_feature_more_cleanly_than_the_decoder_row(trained):
     from steerlab import Intervention, steer
-    from steerlab.evaluate import feature_effect, feature_effects
+    from steerlab.evaluate import compare_targeting, feature_effect, feature_effects
 
     model, tokenizer, sae = trained
     texts = TEXTS[:8]
@@ -239,6 +263,11 @@ def test_targeted_steering_fits_the_effects_and_hits_its_feature_more_cleanly_th
     # directions under-predicts an extreme one: here ~0.6 of it).
     predicted = float(effects.predict(targeted.directions[1])[feature])
     assert target_ts / 2.5 < predicted < target_ts * 2.5
+    table = compare_targeting(model, tokenizer, effects, [feature], TEXTS[8:14], alpha=0.3, kl_texts=texts[:2])
+    assert table.kind == "sae_targeting" and table.meta["n_texts"] == 6 and table.meta["effects"]["r2"] == effects.r2
+    assert [r["arm"] for r in table.records] == ["sae_ts, layer 1", "decoder_row, layer 1", "decoder_row, layer 2",
+                                                 "random, layer 1"]  # fmt: skip
+    assert all(r["kl"] > 0 and r["others"] > 0 for r in table.records)
     with steer(model, Intervention(targeted, alpha=0.3)):
         pass  # a targeted vector steers like any other
     with pytest.raises(DataError, match="above the SAE's layer"):

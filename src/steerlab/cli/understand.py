@@ -1,6 +1,6 @@
 """``steerlab sae ...``: sparse autoencoders on a model's activations (:mod:`steerlab.evaluate.sae`, through
-sae-lens): ``train``, ``decompose`` (which features a steering vector is made of) and ``feature`` (a feature as a
-steering vector)."""
+sae-lens): ``train``, ``decompose`` (which features a steering vector is made of), ``target`` (SAE-targeted steering)
+and ``feature`` (a feature as a steering vector)."""
 
 from __future__ import annotations
 
@@ -59,12 +59,13 @@ def sae_decompose_command(
     vector: Path = typer.Option(..., "--vector", help="The steering vector to read in the SAE's features."),
     top: int = typer.Option(10, "--top", help="Features shown each way (along and against the vector)."),
     texts: Path | None = typer.Option(None, "--texts", help="Texts (one per line) to show where each feature fires."),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the table (kind sae_features) here."),
     model: str = MODEL_OPT,
     device: str | None = DEVICE_OPT,
     dtype: str | None = DTYPE_OPT,
 ) -> None:
     """The SAE features a steering vector points along (and against) most, by cosine; with --texts, where each one
-    fires most."""
+    fires most; with --json, the table for `steerlab report`."""
     from steerlab import SteeringVector
     from steerlab.evaluate.sae import SparseAutoencoder
 
@@ -72,12 +73,62 @@ def sae_decompose_command(
     lm, tokenizer = _load(model, device, dtype)
     sae = SparseAutoencoder.load(sae_dir, lm)
     lines = read_lines(texts, "--texts") if texts is not None else None
-    for row in sae.decompose(vec, top=top):
+    table = sae.decomposition({vector.stem: vec}, top=top)
+    if json_path is not None:
+        table.to_json(json_path)
+        err.print(f"wrote {json_path}")
+    for row in table.records:
         where = ""
         if lines:
             tops = sae.top_activating(lm, tokenizer, lines, row["feature"], k=2)
             where = "  " + " | ".join(f"{t['context']!r} ({t['activation']:.1f})" for t in tops)
         out.print(f"{row['sign']}{row['rank'] + 1:<3} feature {row['feature']:>6}  cosine {row['cosine']:+.3f}{where}")
+
+
+@sae_app.command("target")
+@user_errors
+def sae_target_command(
+    sae_dir: Path = SAE_OPT,
+    features: list[int] = typer.Option(..., "--feature", help="A feature to target (repeat to target several)."),
+    texts: Path = typer.Option(..., "--texts", help="Texts (one per line) the feature effects are measured on."),
+    out_path: Path = typer.Option(..., "--out", help="Where to write the targeted vector (.safetensors)."),
+    layer: int | None = typer.Option(None, "--layer", help="Where to steer (default: the SAE's layer)."),
+    samples: int = typer.Option(1024, "--samples", help="Random pushes measured for the fit."),
+    alpha: float = typer.Option(0.2, "--alpha", help="Strength of the pushes (relative to the layer's norm)."),
+    compare_texts: Path | None = typer.Option(
+        None, "--compare-texts", help="Held-out texts: compare each feature's SAE-TS vector with its decoder row."
+    ),
+    json_path: Path | None = typer.Option(None, "--json", help="With --compare-texts: write the comparison here."),
+    seed: int = typer.Option(0, "--seed"),
+    model: str = MODEL_OPT,
+    device: str | None = DEVICE_OPT,
+    dtype: str | None = DTYPE_OPT,
+) -> None:
+    """SAE-targeted steering: fit how random pushes at --layer move the SAE's features on --texts, then write the
+    vector whose predicted effect is the chosen features alone."""
+    from steerlab.evaluate.sae import SparseAutoencoder
+    from steerlab.evaluate.sae_targeting import compare_targeting, feature_effects
+
+    lines = read_lines(texts, "--texts")
+    held_out = read_lines(compare_texts, "--compare-texts") if compare_texts is not None else None
+    lm, tokenizer = _load(model, device, dtype)
+    sae = SparseAutoencoder.load(sae_dir, lm)
+    effects = feature_effects(lm, tokenizer, sae, lines, layer=layer, alpha=alpha, samples=samples, seed=seed,
+                              progress=True)  # fmt: skip
+    vec = effects.targeted_vector(features)
+    vec.save(out_path)
+    out.print(f"fit of {effects.samples} pushes at layer {effects.layer}: held-out R^2 {effects.r2:.3f}; predicted at "
+              f"alpha {alpha}: target {vec.extra['predicted_target_effect']:+.3f}, others (norm) "
+              f"{vec.extra['predicted_off_target_effect']:.3f}")  # fmt: skip
+    err.print(f"wrote {out_path}")
+    if held_out is not None:
+        table = compare_targeting(lm, tokenizer, effects, features, held_out, alpha=alpha)
+        for r in table.records:
+            out.print(f"feature {r['feature']:>6}  {r['arm']:<22} target {r['target']:+.3f}  others {r['others']:.3f}"
+                      f"  ratio {r['ratio']:+.3f}  KL {r['kl']:.4f}")  # fmt: skip
+        if json_path is not None:
+            table.to_json(json_path)
+            err.print(f"wrote {json_path}")
 
 
 @sae_app.command("feature")

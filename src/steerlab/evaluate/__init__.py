@@ -42,7 +42,7 @@ from steerlab.evaluate.probes import (
 from steerlab.evaluate.report import write_report
 from steerlab.evaluate.results import ResultTable
 from steerlab.evaluate.sae import SparseAutoencoder, train_sae
-from steerlab.evaluate.sae_targeting import FeatureEffects, feature_effect, feature_effects
+from steerlab.evaluate.sae_targeting import FeatureEffects, compare_targeting, feature_effect, feature_effects
 from steerlab.evaluate.structure import activation_covariance, activation_pca, cosine_matrix, cross_layer_cosine
 from steerlab.evaluate.sweeps import DEFAULT_KL_BUDGET, Recommendation, calibrate, sweep
 
@@ -67,6 +67,7 @@ __all__ = [
     "breakdown",
     "calibrate",
     "compare",
+    "compare_targeting",
     "cosine_matrix",
     "cross_layer_cosine",
     "feature_effect",

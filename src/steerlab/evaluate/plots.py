@@ -32,6 +32,8 @@ __all__ = [
     "probe_accuracy",
     "sweep_heatmaps",
     "refusal_recipe",
+    "sae_feature_bars",
+    "sae_targeting_bars",
     "transfer_by_layer",
     "transfer_heatmap",
 ]
@@ -304,6 +306,42 @@ def patching_heatmaps(table: ResultTable) -> Figure:
         ax.set_title(f"{site} ({table.meta.get('method', '?')})")
         fig.colorbar(image, ax=ax, label="recovery")
     fig.suptitle(f"patching: {table.meta.get('metric', '?')} (n = {table.meta.get('n_pairs', '?')} pairs)")
+    fig.tight_layout()
+    return fig
+
+
+def sae_feature_bars(table: ResultTable) -> Figure:
+    """Per decomposed vector, the cosine of each listed SAE feature's decoder row with it (along, then against)."""
+    _need(table, "sae_features")
+    names = list(dict.fromkeys(r["vector"] for r in table.records))
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.5), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        rows = table.where(vector=name)
+        cosines = [r["cosine"] for r in rows]
+        ax.barh(range(len(rows)), cosines, color=["C0" if c > 0 else "C3" for c in cosines])
+        ax.set_yticks(range(len(rows)), [f"#{r['feature']}" for r in rows])
+        ax.invert_yaxis()
+        ax.axvline(0, c="k", lw=0.5)
+        ax.set_xlabel("cosine with the decoder row")
+        ax.set_title(f"{name} (SAE at layer {table.meta.get('sae_layer')})")
+    fig.tight_layout()
+    return fig
+
+
+def sae_targeting_bars(table: ResultTable) -> Figure:
+    """Per targeted feature and arm: the target's change and the norm of the other features' change."""
+    _need(table, "sae_targeting")
+    features = list(dict.fromkeys(r["feature"] for r in table.records))
+    fig, axes = plt.subplots(1, len(features), figsize=(6 * len(features), 4), squeeze=False)
+    for ax, feature in zip(axes[0], features, strict=True):
+        rows = table.where(feature=feature)
+        x = np.arange(len(rows))
+        ax.bar(x - 0.2, [r["target"] for r in rows], 0.4, label="target feature's change", color="C0")
+        ax.bar(x + 0.2, [r["others"] for r in rows], 0.4, label="other features' change (norm)", color="0.6")
+        ax.set_xticks(x, [r["arm"] for r in rows], rotation=20, ha="right")
+        ax.axhline(0, c="k", lw=0.5)
+        ax.set_title(f"feature {feature} (alpha {table.meta.get('alpha')}, n = {table.meta.get('n_texts')} texts)")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

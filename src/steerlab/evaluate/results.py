@@ -112,6 +112,22 @@ KINDS: dict[str, ResultKind] = {
             "the same numbers, poor where the model is far from linear in that activation.",
             (("Layer x position", "patching_heatmaps"),),
         ),
+        ResultKind(
+            "sae_features",
+            "The features of one sparse autoencoder a steering vector points along (sign '+') and against ('-') "
+            "most: cosine between the vector at the SAE's layer and each feature's decoder row. A cosine near 1 "
+            "says the vector is that one feature; many small ones say it is spread over many.",
+            (("Features by cosine", "sae_feature_bars"),),
+        ),
+        ResultKind(
+            "sae_targeting",
+            "SAE-targeted steering: for each targeted feature, vectors steered at one strength (the SAE-TS vector "
+            "solved from fitted feature effects, the feature's decoder row, a random direction of the same norm) "
+            "and what they did on held-out texts: target = change of the feature's mean activation, others = norm "
+            "of every other feature's change, ratio = target / others (higher: cleaner), KL = mean KL(steered || "
+            "unsteered) of next-token distributions (nats/token).",
+            (("Target vs side effects", "sae_targeting_bars"),),
+        ),
     )
 }
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from steerlab._vector import SteeringVector
 from steerlab.arch.registry import check_site, get_layout
 from steerlab.errors import ArchitectureError, DataError
 from steerlab.evaluate.patching import Metric
+from steerlab.evaluate.results import ResultTable
 
 __all__ = ["SparseAutoencoder", "train_sae"]
 
@@ -120,8 +121,10 @@ class SparseAutoencoder:
                 f"the SAE reads block {layer}, but the model has blocks 0-{mine.num_layers - 1}; use an SAE trained "
                 "on this model."
             )
+        saved = getattr(meta, "steerlab", None) or {}  # what save() wrote: the norm and the training statistics
         if resid_norm is None:
-            resid_norm = (getattr(meta, "steerlab", None) or {}).get("resid_norm")
+            resid_norm = saved.get("resid_norm")
+        stats = saved.get("stats") if stats is None else stats
         return cls(sae, int(layer), site, model_id(model), mine, resid_norm, dict(stats or {}))
 
     @classmethod
@@ -223,6 +226,19 @@ class SparseAutoencoder:
         order = torch.cat([cosines.argsort(descending=True)[:top], cosines.argsort()[:top]])
         return [{"feature": int(i), "cosine": float(cosines[i]), "rank": k if k < top else k - top,
                  "sign": "+" if k < top else "-"} for k, i in enumerate(order)]  # fmt: skip
+
+    def decomposition(self, vectors: SteeringVector | Mapping[str, SteeringVector], *, top: int = 10) -> ResultTable:
+        """:meth:`decompose` of one vector or of named vectors as a ``ResultTable(kind="sae_features")`` (one record
+        per vector and feature: ``vector``, ``feature``, ``cosine``, ``sign``, ``rank``), for reports and files.
+
+        Example:
+            >>> sae.decomposition({"sentiment": sentiment, "refusal": refusal}, top=5).to_json("features.json")
+        """
+        named = {"vector": vectors} if isinstance(vectors, SteeringVector) else dict(vectors)
+        records = [{"vector": name, **row} for name, vector in named.items() for row in self.decompose(vector, top=top)]
+        meta = {"sae_layer": self.layer, "site": self.site, "sae_width": self.width, "model_id": self.model_id,
+                "top": top, "stats": self.stats}  # fmt: skip
+        return ResultTable("sae_features", records, meta)
 
     def activations(self, model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 16,
                     progress: bool | None = None) -> list[torch.Tensor]:  # fmt: skip

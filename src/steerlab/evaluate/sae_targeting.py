@@ -13,7 +13,8 @@ the blocks in between. SAE-TS measures that instead of assuming it:
    whatever its direction (the paper's bias term). Its R^2 on a held-out fifth of the samples says how far to trust it.
 2. :meth:`FeatureEffects.targeted_vector` solves ``min ||M v - t||^2 + ridge ||v||^2`` for ``t`` = one on the chosen
    features and zero on every other: the direction whose predicted effect is those features and nothing else.
-3. :func:`feature_effect` measures one intervention's effect the same way (check a prediction, compare vectors).
+3. :func:`feature_effect` measures one intervention's effect the same way (check a prediction, compare vectors);
+   :func:`compare_targeting` sets the targeted vector beside the feature's decoder row and a random direction.
 
 One difference from the paper: it measures effects on text *generated* under steering (encoded by the unsteered
 model); here they are read downstream in the same forward pass on fixed texts, which is deterministic and costs one
@@ -30,7 +31,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -43,9 +44,11 @@ from steerlab._text import encode, pad_id
 from steerlab._vector import SteeringVector
 from steerlab.arch.registry import check_layer_index
 from steerlab.errors import DataError
+from steerlab.evaluate.metrics import kl_from_unsteered
+from steerlab.evaluate.results import ResultTable
 from steerlab.evaluate.sae import SparseAutoencoder
 
-__all__ = ["FeatureEffects", "feature_effect", "feature_effects"]
+__all__ = ["FeatureEffects", "compare_targeting", "feature_effect", "feature_effects"]
 
 
 @dataclass
@@ -198,6 +201,54 @@ def feature_effect(
     token_ids = encode(tokenizer, check_texts(texts))
     means, _ = _mean_features(model, sae, token_ids, [None, steering], pad_id(tokenizer))
     return means[1] - means[0]
+
+
+def compare_targeting(
+    model: nn.Module,
+    tokenizer: Any,
+    effects: FeatureEffects,
+    features: Sequence[int],
+    texts: Sequence[str],
+    *,
+    alpha: float | None = None,
+    kl_texts: Sequence[str] | None = None,
+    random_seed: int = 0,
+) -> ResultTable:
+    """For each feature of ``features``, steer at ``alpha`` (default: the strength the effects were measured at)
+    along its SAE-TS vector, its decoder row at the targeting layer, its decoder row at the SAE's own layer and a
+    random direction at the targeting layer (the control), and measure on ``texts`` (held out from the fit, so
+    the comparison is fair) the change of the target feature, the norm of every other feature's change and their
+    ratio, with KL from the unsteered model on ``kl_texts`` (default: the neutral set). Returns a
+    ``ResultTable(kind="sae_targeting")``.
+
+    Example:
+        >>> table = compare_targeting(model, tok, effects, [2682], held_out_texts)
+        >>> [(r["arm"], round(r["ratio"], 2)) for r in table.records]
+    """
+    sae, layer = effects.sae, effects.layer
+    alpha = effects.alpha if alpha is None else float(alpha)
+    texts = check_texts(texts)
+    records = []
+    for feature in _features(features, sae.width):
+        targeted = effects.targeted_vector([feature])
+        row = sae.directions()[feature]
+        row_here = replace(targeted, directions={layer: row / row.norm()}, method="sae_feature",
+                           extra={"sae_feature": feature})  # fmt: skip
+        arms = [("sae_ts", targeted, layer), ("decoder_row", row_here, layer),
+                ("decoder_row", sae.feature_vector(feature), sae.layer),
+                ("random", targeted.random_like(seed=random_seed), layer)]  # fmt: skip
+        for arm, vector, at in arms:
+            effect = feature_effect(model, tokenizer, sae, texts, Intervention(vector, alpha=alpha, layers=[at]))
+            others = float(torch.cat([effect[:feature], effect[feature + 1 :]]).norm())
+            kl = kl_from_unsteered(model, tokenizer, vector, alpha, layer=at, texts=kl_texts)
+            records.append({"feature": feature, "arm": f"{arm}, layer {at}", "method": arm, "layer": at,
+                            "target": float(effect[feature]), "others": others,
+                            "ratio": float(effect[feature]) / max(others, 1e-12), "kl": kl})  # fmt: skip
+    meta = {"alpha": alpha, "n_texts": len(texts), "sae_layer": sae.layer, "targeting_layer": layer,
+            "effects": {"samples": effects.samples, "texts": effects.texts, "r2": effects.r2, "alpha": effects.alpha,
+                        **effects.stats},
+            "random_seed": random_seed}  # fmt: skip
+    return ResultTable("sae_targeting", records, meta)
 
 
 def _mean_features(
