@@ -21,6 +21,7 @@ BENCHMARKS = [
 ]  # fmt: skip
 DOC = ROOT / "docs" / "benchmarks.md"
 PLOT = ROOT / "docs" / "benchmarks.png"
+VLLM_PLOT = ROOT / "docs" / "vllm-throughput.png"
 
 
 def run(names: list[str], threads: int, repeats: int) -> None:
@@ -191,6 +192,31 @@ def plot(results: dict[str, dict]) -> None:
     fig.savefig(PLOT, dpi=90)
 
 
+def plot_vllm(measured: dict) -> None:
+    """docs/vllm-throughput.png: generated tokens/s against concurrent requests, vLLM unsteered and steered and
+    steerlab's built-in server steered (benchmarks/vllm_throughput.py's results)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clients = sorted(int(c) for c in measured["clients"])
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for key, label, style in (("vllm", "vLLM, unsteered", "o--"), ("vllm_steered", "vLLM, steered (plugin)", "o-")):
+        ax.plot(clients, [measured["clients"][str(c)][key] for c in clients], style, label=label)
+    server = sorted(int(c) for c in measured.get("server_steered", {}))
+    if server:
+        ax.plot(server, [measured["server_steered"][str(c)] for c in server], "s-", label="steerlab serve, steered")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(clients, [str(c) for c in clients])
+    ax.set_xlabel("concurrent requests")
+    ax.set_ylabel("generated tokens / s")
+    ax.set_title(f"{measured['model']}, {measured['max_tokens']} greedy tokens, {measured['machine']}", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(VLLM_PLOT, dpi=90)
+
+
 PROSE = {
     "extraction": """\
 Where the time goes: an extraction costs the blocks it runs, on the tokens it runs them on. steerlab runs blocks
@@ -308,7 +334,14 @@ def write_doc(results: dict[str, dict]) -> None:
         sections.append(PROSE[name])
     vllm = RESULTS / "vllm_throughput.json"
     if vllm.exists():  # measured in .venv-vllm (vLLM needs transformers<5.20), not by `make bench`
-        sections += ["## 9. Steering inside vLLM", json.loads(vllm.read_text())["markdown"], VLLM_PROSE]
+        measured = json.loads(vllm.read_text())
+        sections += [
+            "## 9. Steering inside vLLM",
+            measured["markdown"],
+            VLLM_PROSE,
+            "![vLLM throughput](vllm-throughput.png)",
+        ]
+        plot_vllm(measured)
     DOC.write_text("\n\n".join(sections).rstrip() + "\n")
     plot(results)
     print(f"wrote {DOC} and {PLOT}")

@@ -1,7 +1,8 @@
 """Parity of steering inside vLLM with steerlab's transformers hooks, on SmolLM2 in float32: for every operator and
-position rule at a weak and a strong strength, how often greedy tokens are identical in the two engines (beside the
-same rate unsteered), and the correlation of the next-token log-prob shifts (steered minus unsteered). All steered
-and unsteered vLLM requests run as one continuously batched generate call. tests/test_vllm.py runs it small; the
+position rule at a weak and a strong strength, and every site the plugin steers (resid_pre, resid_post, attn_out,
+mlp_out), how often greedy tokens are identical in the two engines (beside the same rate unsteered), and the
+correlation of the next-token log-prob shifts (steered minus unsteered). All steered and unsteered vLLM requests
+run as one continuously batched generate call. tests/test_vllm.py runs it small; the
 table in docs/vllm.md comes from:
 
     make .venv-vllm/.installed
@@ -70,6 +71,18 @@ def cases(vector: str) -> list[tuple[str, list[dict[str, Any]]]]:
                 _entry(vector, 0.2, layers=[12]),
                 _entry(vector, 1.0, mode="ablate", layers=[8]),
                 _entry(vector, [-0.05, 0.05], mode="clamp", layers=[16], positions="prompt"),
+            ],
+        ),
+        ("add strong at resid_pre", [_entry(vector, 0.25, site="resid_pre")]),
+        ("add strong at attn_out", [_entry(vector, 0.25, site="attn_out")]),
+        ("add strong at mlp_out generated", [_entry(vector, 0.25, site="mlp_out", positions="generated")]),
+        (
+            "ablate at resid_pre 8 + attn_out + mlp_out (directional ablation's sites)",
+            [
+                _entry(vector, 1.0, mode="ablate", site="resid_pre", layers=[8]),
+                _entry(vector, 1.0, mode="ablate", site="attn_out", positions="all"),
+                _entry(vector, 1.0, mode="ablate", site="mlp_out", positions="all"),
+                _entry(vector, 0.2, layers=[12]),
             ],
         ),
     ]

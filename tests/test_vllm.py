@@ -108,7 +108,9 @@ def test_a_mixed_batch_equals_each_request_run_alone(engine):
     params = [
         SamplingParams(max_tokens=8, temperature=0.0, extra_args=None if k is None else steering_args(k)) for k in kinds
     ]
-    requests = [(prompts[i % len(prompts)], params[i % len(params)]) for i in range(32)]
+    # 32 distinct (prompt, steering) pairs whatever the number of kinds: the steering index shifts every round
+    n = len(prompts)
+    requests = [(prompts[i % n], params[(i + i // n) % len(params)]) for i in range(32)]
     together = _tokens(llm.generate([r for r, _ in requests], [p for _, p in requests], use_tqdm=False))
     alone = [_tokens(llm.generate([r], [p], use_tqdm=False))[0] for r, p in requests]
     assert together == alone

@@ -3,6 +3,7 @@ the resolved plan, and the prefix-cache salt (which must change with anything th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -76,9 +77,30 @@ def test_the_librarys_errors_name_the_entry(vec_path, tmp_path):
     with pytest.raises(VectorMismatchError, match="hidden size 8 .vector. vs 16 .model."):
         parse_steering([{"vector": vec_path, "alpha": 0.1}], ModelFingerprint("llama", 16, 4), "big")
     with pytest.raises(SteeringError, match="not steered through vLLM"):
-        parse_steering([{"vector": vec_path, "alpha": 0.1, "site": "attn_out"}], FP, "tiny")
+        parse_steering([{"vector": vec_path, "alpha": 0.1, "site": "heads"}], FP, "tiny")
+    bloom = ModelFingerprint("bloom", 8, 4)  # the registry names no sublayer outputs for it
+    bloom_path = str(dataclasses.replace(_vector(), fingerprint=bloom).save(tmp_path / "bloom.safetensors"))
+    with pytest.raises(SteeringError, match="not known for model type 'bloom'"):
+        parse_steering([{"vector": bloom_path, "alpha": 0.1, "site": "mlp_out"}], bloom, "tiny")
     with pytest.raises(Exception, match="does not exist|not a readable"):
         parse_steering([{"vector": str(tmp_path / "missing.safetensors"), "alpha": 0.1}], FP, "tiny")
+
+
+def test_every_residual_and_sublayer_site_is_planned_where_the_library_resolves_it(vec_path):
+    for site in ("resid_pre", "resid_post", "attn_out", "mlp_out"):
+        entries = [
+            {"vector": vec_path, "alpha": 0.1, "site": site},
+            {"vector": vec_path, "mode": "ablate", "site": site},
+        ]
+        steering = parse_steering(entries, FP, "tiny")
+        assert {(p.layer, p.site) for p in steering.plans} == {(1, site), (2, site)}
+        # the same directions and strengths as the library's own resolution
+        resolved, _ = resolve_entries(steering.interventions[0])
+        assert torch.equal(next(p for p in steering.plans if p.layer == 1).direction, resolved[1, site].direction)
+    salts = {
+        parse_steering([{"vector": vec_path, "alpha": 0.1, "site": s}], FP, "t").salt for s in ("attn_out", "mlp_out")
+    }
+    assert len(salts) == 2  # another site is another prompt KV
 
 
 def test_identity_entries_leave_a_request_unsteered(vec_path):

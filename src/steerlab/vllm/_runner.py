@@ -11,8 +11,12 @@ and profiling runs call the model directly and see no plan, so they are never st
 A decoder layer returns ``(hidden, residual)`` with the residual not yet added (the next layer's fused add-norm
 adds it). The block output that steerlab's transformers hooks steer (``resid_post``) is their sum, so a steered
 token gets ``hidden = op(hidden + residual)`` and ``residual = 0``: the next layer's add then sees exactly the
-steered sum. Tokens of requests without steering keep both tensors as they were, bit for bit, and a step with no
-steered request runs no steering code at all. The operators are the library's own
+steered sum. A layer's input (``resid_pre``) is steered the same way by a pre-hook on its ``(positions, hidden,
+residual)`` arguments (the first layer's residual is ``None``: its input is the embeddings alone). ``attn_out`` and
+``mlp_out`` are the outputs of the modules steerlab's architecture registry names for the served model type
+(``self_attn`` and ``mlp`` in the Llama family), plain ``[tokens, width]`` tensors steered row by row. Tokens of
+requests without steering keep every tensor as it was, bit for bit, and a step with no steered request runs no
+steering code at all. The operators are the library's own
 (:func:`steerlab._interventions.apply_operator`), applied to each request's tokens as a batch of one row; plain
 additions (every position, no norm preservation: the common case) are folded per request as steerlab's hooks fold
 them and applied to every such request's tokens at once, so a step costs a few tensor operations per layer whatever
@@ -34,7 +38,7 @@ from torch import nn
 from steerlab._hooks import HookSet
 from steerlab._interventions import apply_operator
 from steerlab._models import ModelFingerprint
-from steerlab.vllm._spec import EXTRA_KEY, Plan, RequestSteering, parse_steering
+from steerlab.vllm._spec import EXTRA_KEY, Plan, RequestSteering, parse_steering, sublayer_path
 
 __all__ = ["RunnerSteering", "decoder_layers", "served_fingerprint"]
 
@@ -71,30 +75,33 @@ def _plain_add(plan: Plan) -> bool:
     return plan.mode == "add" and plan.positions == "all" and not plan.preserve_norm
 
 
+Key = tuple[int, str]  # (layer, site): where a hook steers
+
+
 @dataclass(eq=False)
 class _Prepared:
-    """A request's steering on this worker's device and dtype, per layer: one folded addition where every entry is
-    a plain addition (every position, no norm preservation), as steerlab's hooks fold them (``0 + a1 v1 + a2 v2``,
-    in order); else the entries in order. Made once per request."""
+    """A request's steering on this worker's device and dtype, per (layer, site): one folded addition where every
+    entry is a plain addition (every position, no norm preservation), as steerlab's hooks fold them (``0 + a1 v1 +
+    a2 v2``, in order); else the entries in order. Made once per request."""
 
-    adds: dict[int, torch.Tensor]
-    plans: dict[int, list[Plan]]
+    adds: dict[Key, torch.Tensor]
+    plans: dict[Key, list[Plan]]
 
     @classmethod
     def of(cls, steering: RequestSteering, device: torch.device, dtype: torch.dtype) -> _Prepared:
-        per_layer: dict[int, list[Plan]] = {}
+        per_key: dict[Key, list[Plan]] = {}
         for plan in steering.plans:
             cast = replace(plan, direction=plan.direction.to(device=device, dtype=dtype))
-            per_layer.setdefault(plan.layer, []).append(cast)
+            per_key.setdefault((plan.layer, plan.site), []).append(cast)
         adds, plans = {}, {}
-        for layer, items in per_layer.items():
+        for key, items in per_key.items():
             if all(_plain_add(plan) for plan in items):
                 total = torch.zeros_like(items[0].direction)
                 for plan in items:
                     total += plan.alpha * plan.direction
-                adds[layer] = total
+                adds[key] = total
             else:
-                plans[layer] = items
+                plans[key] = items
         return cls(adds, plans)
 
 
@@ -116,27 +123,27 @@ class _Step:
 
     requests: list[_Request]
     masks: dict[tuple[int, Any], torch.Tensor | None] = field(default_factory=dict)
-    layers: set[int] = field(default_factory=set)
-    _adds: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=dict)
+    keys: set[Key] = field(default_factory=set)
+    _adds: dict[Key, tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for request in self.requests:
-            self.layers |= set(request.steering.adds) | set(request.steering.plans)
+            self.keys |= set(request.steering.adds) | set(request.steering.plans)
 
-    def additions(self, layer: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(rows, delta)``: the packed token rows of the requests with a folded addition at ``layer`` and what
-        each row gets added (built once per layer and step: a few tensor operations whatever the request count)."""
-        if layer not in self._adds:
-            plain = [r for r in self.requests if layer in r.steering.adds]
+    def additions(self, key: Key, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(rows, delta)``: the packed token rows of the requests with a folded addition at ``key`` and what
+        each row gets added (built once per key and step: a few tensor operations whatever the request count)."""
+        if key not in self._adds:
+            plain = [r for r in self.requests if key in r.steering.adds]
             if not plain:
-                self._adds[layer] = None
+                self._adds[key] = None
             else:
                 rows = np.concatenate([np.arange(r.start, r.end) for r in plain])
                 which = np.repeat(np.arange(len(plain)), [r.end - r.start for r in plain])
-                vectors = torch.stack([r.steering.adds[layer] for r in plain])
+                vectors = torch.stack([r.steering.adds[key] for r in plain])
                 index = torch.from_numpy(which).to(device)
-                self._adds[layer] = (torch.from_numpy(rows).to(device), vectors[index])
-        return self._adds[layer]
+                self._adds[key] = (torch.from_numpy(rows).to(device), vectors[index])
+        return self._adds[key]
 
     def select(self, request: _Request, rule: Any, positions: torch.Tensor) -> torch.Tensor | None:
         """The ``(1, tokens)`` mask of ``request``'s current tokens that a position rule selects (``None``: all).
@@ -177,13 +184,23 @@ class RunnerSteering:
         self._finalizer = weakref.finalize(runner, self._hooks.close)
         # A model whose layers are not found still serves unsteered requests: only a steered one is refused (below).
         self._unsupported: str | None = None
+        self._missing: dict[str, str] = {}  # site -> why this model cannot be steered there
         try:
             layers = decoder_layers(runner.get_model(), self.fingerprint.num_layers)
         except RuntimeError as err:
             self._unsupported = str(err)
             return
         for index, layer in enumerate(layers):
-            self._hooks.forward(layer, self._hook(index))
+            self._hooks.pre_forward(layer, self._input_hook(index), with_kwargs=True)
+            self._hooks.forward(layer, self._hook((index, "resid_post")))
+            for site in ("attn_out", "mlp_out"):
+                module = _sublayer(layer, sublayer_path(self.fingerprint, site))
+                if module is None:
+                    self._missing[site] = (
+                        f"{type(layer).__name__} has no module {sublayer_path(self.fingerprint, site)!r} for {site}"
+                    )
+                else:
+                    self._hooks.forward(module, self._hook((index, site)))
 
     def close(self) -> None:
         """Remove the hooks (also done when the runner is collected)."""
@@ -203,6 +220,10 @@ class RunnerSteering:
             if steering is not None and self._unsupported is not None:
                 why = self._unsupported
                 raise RuntimeError(f"request {req_id} asks for steering, which this model cannot take: {why}")
+            for site in {key[1] for key in (*steering.adds, *steering.plans)} if steering is not None else ():
+                if site in self._missing:
+                    raise RuntimeError(f"request {req_id} steers {site}, which this model cannot take: "
+                                       f"{self._missing[site]}")  # fmt: skip
             if steering is not None and count > 0:
                 prompt_length = int(live[req_id].num_prompt_tokens)
                 steered.append(_Request(len(steered), start, start + count, prompt_length, steering))
@@ -235,34 +256,96 @@ class RunnerSteering:
         finally:
             self._active = self._positions = None
 
-    # ----- the hook -----------------------------------------------------------------------------------------------
-    def _hook(self, layer: int):
-        def steer_layer(module: nn.Module, args: tuple, output: Any) -> Any:
+    # ----- the hooks ----------------------------------------------------------------------------------------------
+    def _apply(self, key: Key, total: torch.Tensor, new: torch.Tensor) -> list[_Request]:
+        """Write the steered rows of ``total`` (this site's ``[tokens, width]`` value) into ``new``; returns the
+        requests whose rows were written by their own entries (the folded additions' rows are written too)."""
+        step = self._active
+        adds = step.additions(key, total.device)
+        if adds is not None:
+            rows, delta = adds
+            new[rows] = total[rows] + delta
+        done = []
+        for request in step.requests:
+            plans = request.steering.plans.get(key)
+            if not plans:
+                continue
+            segment = total[request.start : request.end][None]
+            for plan in plans:
+                mask = step.select(request, plan.positions, self._positions)
+                segment = apply_operator(plan.mode, segment, plan.direction, plan.alpha, mask, plan.preserve_norm)
+            new[request.start : request.end] = segment[0]
+            done.append(request)
+        return done
+
+    def _steered_rows(self, key: Key) -> list[tuple[int, int]]:
+        """The packed token ranges that steering at ``key`` writes (to zero their residual)."""
+        step = self._active
+        return [(r.start, r.end) for r in step.requests if key in r.steering.adds or key in r.steering.plans]
+
+    def _hook(self, key: Key):
+        layer, site = key
+
+        def steer_output(module: nn.Module, args: tuple, output: Any) -> Any:
             step = self._active
-            if step is None or layer not in step.layers:
+            if step is None or key not in step.keys:
                 return None
             split = isinstance(output, tuple) and len(output) == 2 and output[1] is not None
+            if site != "resid_post" and not isinstance(output, torch.Tensor):
+                raise RuntimeError(
+                    f"steerlab cannot steer {site} of layer {layer}: {type(module).__name__} returned "
+                    f"{type(output).__name__}, not a [tokens, width] tensor (this architecture's vLLM module differs "
+                    "from its transformers one); steer resid_pre or resid_post."
+                )
             hidden, residual = output if split else (output, None)
             total = hidden + residual if split else hidden
             new_hidden = hidden.clone()
-            new_residual = residual.clone() if split else None
-            adds = step.additions(layer, hidden.device)
-            if adds is not None:
-                rows, delta = adds
-                new_hidden[rows] = total[rows] + delta
-                if split:
-                    new_residual[rows] = 0
-            for request in step.requests:
-                plans = request.steering.plans.get(layer)
-                if not plans:
-                    continue
-                segment = total[request.start : request.end][None]
-                for plan in plans:
-                    mask = step.select(request, plan.positions, self._positions)
-                    segment = apply_operator(plan.mode, segment, plan.direction, plan.alpha, mask, plan.preserve_norm)
-                new_hidden[request.start : request.end] = segment[0]
-                if split:
-                    new_residual[request.start : request.end] = 0
-            return (new_hidden, new_residual) if split else new_hidden
+            self._apply(key, total, new_hidden)
+            if not split:
+                return new_hidden
+            new_residual = residual.clone()
+            for start, end in self._steered_rows(key):
+                new_residual[start:end] = 0
+            return new_hidden, new_residual
 
-        return steer_layer
+        return steer_output
+
+    def _input_hook(self, layer: int):
+        key = (layer, "resid_pre")
+
+        def steer_input(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
+            step = self._active
+            if step is None or key not in step.keys:
+                return None
+            if len(args) < 2 or not isinstance(args[1], torch.Tensor):
+                raise RuntimeError(
+                    f"steerlab cannot steer resid_pre of layer {layer}: {type(module).__name__} was not called as "
+                    "(positions, hidden_states, residual); steer resid_post of the layer before."
+                )
+            hidden = args[1]
+            residual = args[2] if len(args) > 2 else kwargs.get("residual")
+            total = hidden + residual if residual is not None else hidden
+            new_hidden = hidden.clone()
+            self._apply(key, total, new_hidden)
+            if residual is None:
+                return (args[0], new_hidden, *args[2:]), kwargs
+            new_residual = residual.clone()
+            for start, end in self._steered_rows(key):
+                new_residual[start:end] = 0
+            if len(args) > 2:
+                return (args[0], new_hidden, new_residual, *args[3:]), kwargs
+            return (args[0], new_hidden, *args[2:]), {**kwargs, "residual": new_residual}
+
+        return steer_input
+
+
+def _sublayer(layer: nn.Module, path: str | None) -> nn.Module | None:
+    """The module at ``path`` (dotted) inside a decoder layer, or ``None``."""
+    if path is None:
+        return None
+    module: Any = layer
+    for part in path.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module if isinstance(module, nn.Module) else None

@@ -29,9 +29,19 @@ import torch
 from steerlab._models import ModelFingerprint
 from steerlab._steer import Intervention, resolve_entries
 from steerlab._vector import SteeringVector
+from steerlab.arch.registry import registered_architectures
 from steerlab.errors import SteeringError, SteerlabError
 
-__all__ = ["EXTRA_KEY", "VECTORS_ENV", "Plan", "RequestSteering", "parse_steering", "steering_args"]
+__all__ = [
+    "EXTRA_KEY",
+    "SITES",
+    "VECTORS_ENV",
+    "Plan",
+    "RequestSteering",
+    "parse_steering",
+    "steering_args",
+    "sublayer_path",
+]
 
 EXTRA_KEY = "steering"
 """The key of ``SamplingParams.extra_args`` (``vllm_xargs`` over HTTP) that carries a request's steering."""
@@ -39,8 +49,9 @@ VECTORS_ENV = "STEERLAB_VECTORS"
 """An environment variable naming a folder of ``<name>.safetensors`` vectors that requests may name."""
 
 _KEYS = ("vector", "alpha", "mode", "layers", "positions", "scale", "preserve_norm", "site")
-# The site the plugin steers at: vLLM's decoder layers hand on (hidden, residual), whose sum is the block output.
-_SITES = ("resid_post",)
+# The sites the plugin steers at: a decoder layer's input and output (vLLM hands on (hidden, residual), whose sum is
+# the residual stream) and its attention and MLP outputs (the modules steerlab's architecture registry names).
+SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out")
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,7 @@ class Plan:
     alpha: Any
     positions: Any  # "all", "prompt", "generated" or an int k
     preserve_norm: bool
+    site: str = "resid_post"
 
 
 @dataclass(frozen=True)
@@ -185,10 +197,15 @@ def parse_steering(
                 entry.get("scale", "relative"),
                 bool(entry.get("preserve_norm", False)),
             )
-            if item.resolved_site not in _SITES:
+            if item.resolved_site not in SITES:
                 raise SteeringError(
-                    f"site {item.resolved_site!r} is not steered through vLLM yet; expected one of {list(_SITES)} "
-                    "(the output of a decoder layer). Extract the vector at resid_post or steer with transformers."
+                    f"site {item.resolved_site!r} is not steered through vLLM yet; expected one of {list(SITES)}. "
+                    "Steer attention heads with transformers."
+                )
+            if item.resolved_site in ("attn_out", "mlp_out") and sublayer_path(model, item.resolved_site) is None:
+                raise SteeringError(
+                    f"site {item.resolved_site!r} is not known for model type {model.model_type!r} (steerlab's "
+                    "architecture registry names no such module for it); steer resid_pre or resid_post."
                 )
             resolved, _ = resolve_entries(item)
         except SteerlabError as err:
@@ -197,13 +214,23 @@ def parse_steering(
             continue
         items.append(item)
         digests.append(digest)
-        for (layer, _site), e in resolved.items():
-            plans.append(Plan(layer, e.mode, e.direction.float(), e.alpha, e.positions, e.preserve_norm))
+        for (layer, site), e in resolved.items():
+            plans.append(Plan(layer, e.mode, e.direction.float(), e.alpha, e.positions, e.preserve_norm, site))
     if not items:
         return None
-    plans.sort(key=lambda plan: plan.layer)  # stable: the order given stays within a layer
+    plans.sort(key=lambda plan: plan.layer)  # stable: the order given stays within a layer and site
     steers_prompt = any(item.positions != "generated" for item in items)
     return RequestSteering(tuple(items), tuple(plans), _salt(entries, digests, salt) if steers_prompt else None)
+
+
+def sublayer_path(model: ModelFingerprint, site: str) -> str | None:
+    """The path, inside a decoder layer, of the module whose output is ``site`` (``attn_out`` / ``mlp_out``) for the
+    served model type, as steerlab's architecture registry names it (vLLM keeps Hugging Face's module names for
+    the architectures it shares with transformers); ``None`` when the registry has none."""
+    spec = registered_architectures().get(model.model_type)
+    if spec is None:
+        return None
+    return spec.attn_out if site == "attn_out" else spec.mlp_out
 
 
 def _salt(entries: list[dict[str, Any]], digests: list[str], salt: str | None) -> str:
