@@ -25,10 +25,11 @@ from pathlib import Path
 
 import torch
 
-from steerlab import ContrastPair, Intervention, SteeringVector, extract_vector, load_model, sentiment_pairs
+from steerlab import ContrastPair, Intervention, extract_vector, load_model, sentiment_pairs
 from steerlab.datasets import load_instructions, load_statements
 from steerlab.engines import apply_chat
-from steerlab.evaluate import feature_effect, feature_effects, kl_from_unsteered, neutral_texts
+from steerlab.evaluate import compare_targeting, feature_effects, logit_diff_metric, neutral_texts
+from steerlab.evaluate.plots import sae_feature_bars, sae_targeting_bars
 from steerlab.evaluate.sae import SparseAutoencoder, train_sae
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +56,28 @@ def training_texts(tok, limit: int) -> dict[str, list[str]]:
     }  # fmt: skip
 
 
+# Sentence openers whose next word carries a judgement (ours): where the sentiment vector's effect on " great" vs
+# " terrible" is split over the SAE's features.
+OPENERS = [
+    "The film we watched last night was",
+    "My first day at the new job was",
+    "The food at that restaurant was",
+    "Honestly, the weather this weekend was",
+    "The service at the hotel was",
+    "Her latest album is",
+    "The meeting this morning was",
+    "Our trip to the coast was",
+    "The book I finished yesterday was",
+    "The new phone I bought is",
+    "The concert on Friday was",
+    "His answer to the question was",
+    "The hike up the mountain was",
+    "The coffee in this place is",
+    "The game last night was",
+    "My neighbour's garden is",
+]
+
+
 def held_out_texts(tok, training: dict[str, list[str]], limit: int) -> dict[str, list[str]]:
     """Texts of the same kinds that training never saw: the refusal validation splits (in the chat template) and
     statements outside the training sample."""
@@ -71,34 +94,6 @@ def held_out_texts(tok, training: dict[str, list[str]], limit: int) -> dict[str,
                                                      load_instructions(splits / "harmful_val.json")[:limit]],
         "statements not trained on": rng.sample(unseen, min(limit, len(unseen))),
     }  # fmt: skip
-
-
-def targeting_rows(model, tok, sae, effects, features, fit_texts, test_texts, alpha):
-    """Per targeted feature: the SAE-TS vector, the decoder row (at the targeting layer and at the SAE's own) and a
-    random direction, each steered at ``alpha``: the target's change on ``test_texts``, the norm of every other
-    feature's change, their ratio, and KL from the unsteered model on ``fit_texts`` (the neutral texts)."""
-    layer = effects.layer
-    rows = []
-    for feature in features:
-        targeted = effects.targeted_vector([feature])
-        decoder = sae.directions()[feature]
-        row_here = SteeringVector({layer: decoder / decoder.norm()}, model_id=sae.model_id,
-                                  fingerprint=sae.fingerprint, method="sae_feature", normalized=True,
-                                  resid_norm={layer: effects.resid_norm})  # fmt: skip
-        arms = {
-            f"SAE-TS, layer {layer}": (targeted, layer),
-            f"decoder row, layer {layer}": (row_here, layer),
-            f"decoder row, layer {sae.layer} (the SAE's)": (sae.feature_vector(feature), sae.layer),
-            f"random direction, layer {layer}": (targeted.random_like(seed=feature), layer),
-        }
-        for name, (vector, at) in arms.items():
-            effect = feature_effect(model, tok, sae, test_texts, Intervention(vector, alpha=alpha, layers=[at]))
-            others = torch.cat([effect[:feature], effect[feature + 1 :]])
-            kl = kl_from_unsteered(model, tok, vector, alpha, layer=at, texts=fit_texts)
-            rows.append({"feature": feature, "arm": name, "target": float(effect[feature]),
-                         "others": float(others.norm()), "ratio": float(effect[feature] / others.norm()),
-                         "kl": float(kl)})  # fmt: skip
-    return rows
 
 
 def stats_table(stats: dict) -> str:
@@ -145,6 +140,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="load the SAE an earlier run saved instead of training")
     parser.add_argument("--target-layer", type=int, default=8, help="where SAE-TS steers (below the SAE's layer)")
     parser.add_argument("--samples", type=int, default=768, help="random pushes measured for the SAE-TS fit")
+    parser.add_argument("--fit-texts", type=int, default=12, help="neutral texts the pushes are measured on")
     parser.add_argument("--alpha", type=float, default=0.2, help="strength of the pushes and of the compared arms")
     parser.add_argument("--held-out", type=int, default=500, help="held-out texts per source at most")
     args = parser.parse_args()
@@ -197,22 +193,45 @@ def main() -> None:
             where = "; ".join(_shown(t) for t in tops) or "does not fire on these texts"
             lines.append(f"| {row['feature']} | {row['cosine']:+.3f} | {where} |")
         sections.append("\n".join(lines))
+    # Attribution: which features carry the sentiment vector's push on " great" vs " terrible".
+    sentiment = next(iter(vectors.values()))
+    metric = logit_diff_metric(tok, " great", " terrible")
+    attributed = sae.attribute(model, tok, OPENERS, Intervention(sentiment, alpha=args.alpha / 2), metric, top=8)
+    attribution_rows = []
+    for row in attributed["features"]:
+        tops = _distinct(sae.top_activating(model, tok, shown, row["feature"], k=30, context=10,
+                                            activations=shown_acts), 2)  # fmt: skip
+        where = "; ".join(_shown(t) for t in tops) or "does not fire on these texts"
+        attribution_rows.append(f"| {row['feature']} | {row['attribution']:+.3f} | {row['delta_activation']:+.2f} | "
+                                f"{where} |")  # fmt: skip
+    attribution_table = "\n".join(
+        ["| feature | attribution (logit diff) | change of its activation (summed over tokens) | where it fires most |",
+         "|---:|---:|---:|---|", *attribution_rows]
+    )  # fmt: skip
+
     # SAE-TS: the features the two vectors point along most, targeted from a lower layer.
     targets = [sae.decompose(vec, top=1)[0]["feature"] for vec in vectors.values()]
-    fit_texts = neutral_texts()
+    fit_texts = neutral_texts()[: args.fit_texts]
     test_texts = random.Random(3).sample(held_out["statements not trained on"], 24)
     targeting_began = time.perf_counter()
     effects = feature_effects(model, tok, sae, fit_texts, layer=args.target_layer, alpha=args.alpha,
                               samples=args.samples, progress=True)  # fmt: skip
     fit_seconds = time.perf_counter() - targeting_began
-    arms = targeting_rows(model, tok, sae, effects, targets, fit_texts, test_texts, args.alpha)
-    print(arms, flush=True)
+    targeting = compare_targeting(model, tok, effects, targets, test_texts, alpha=args.alpha)
+    print(targeting.records, flush=True)
     targeting_table = "\n".join(
-        ["| feature | steered along | target's change | other features' change (norm) | target / others | KL |",
-         "|---:|---|---:|---:|---:|---:|"]
+        ["| feature | steered along | target's change | other features' change (norm) | target / others | "
+         "target's pre-activation change | KL |", "|---:|---|---:|---:|---:|---:|---:|"]
         + [f"| {r['feature']} | {r['arm']} | {r['target']:+.3f} | {r['others']:.3f} | {r['ratio']:+.3f} | "
-           f"{r['kl']:.3f} |" for r in arms]
+           f"{r['target_pre']:+.3f} | {r['kl']:.4f} |" for r in targeting.records]
     )  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    figures = args.out / "figures"
+    figures.mkdir(exist_ok=True)
+    decomposition = sae.decomposition({name.split(" ")[0]: vec for name, vec in vectors.items()}, top=args.top)
+    sae_feature_bars(decomposition).savefig(figures / "sae-features.png", dpi=110)
+    sae_targeting_bars(targeting).savefig(figures / "sae-targeting.png", dpi=110)
+    targeting.to_json(figures / "sae-targeting.json")
     quality_table = "\n".join(
         ["| texts | tokens | L0 | explained variance | features that never fire |", "|---|---:|---:|---:|---:|"]
         + [f"| {name} | {q['tokens']} | {q['l0']:.1f} | {q['explained_variance']:.3f} | {q['dead_features']} |"
@@ -252,24 +271,44 @@ such as the chat template's system turn, shown once; ⏎ is a line break). A cos
 say the vector is one feature; small cosines say it is spread over many.
 
 {chr(10).join(s + chr(10) for s in sections)}
+![Features by cosine](figures/sae-features.png)
+
+### Which features carry the sentiment vector's effect (attribution)
+
+Cosine says what a vector looks like; attribution says what it does through each feature
+(`SparseAutoencoder.attribute`): the sentiment vector added at block {args.layer} (alpha {args.alpha / 2:g},
+relative) on {attributed["n"]} sentence openers whose next word is a judgement ("The film we watched last
+night was"), metric = logit of " great" minus " terrible" at the last token. Per feature: its change of
+activation under the steering times the metric's gradient along its decoder row, summed over the tokens (the
+first left out) and averaged over the openers. The measured change of the metric is
+{attributed["effect"]:+.3f}; its first-order estimate {attributed["first_order"]:+.3f} splits into
+{attributed["through_features"]:+.3f} through the SAE's features and {attributed["error"]:+.3f} through what it
+does not reconstruct. The 8 largest:
+
+{attribution_table}
+
 ## Targeting a feature (SAE-TS)
 
 A decoder row is the direction the SAE writes its feature with, not the direction that makes the model produce
 it. SAE-targeted steering (Chalnev et al. 2024; `evaluate.feature_effects`, `FeatureEffects.targeted_vector`)
 measures instead: {effects.samples} random unit directions were added at block {effects.layer}'s output at
 strength {args.alpha} (relative to its mean norm, {effects.resid_norm:.1f}), one per batch row, and the change of
-every feature's mean activation at block {sae.layer} on the {len(fit_texts)} neutral texts was fitted by
-`effect ~= M v + b` (ridge; held-out R^2 {effects.r2:.3f}; {fit_seconds / 60:.1f} min). The targeted vector solves
-`min ||M v - t||^2 + ridge ||v||^2` for `t` one on the feature and zero elsewhere. The features targeted are the
-ones the sentiment and the refusal vectors point along most (above). Each arm steers at strength {args.alpha};
-the effects are measured on {len(test_texts)} held-out statements the fit never saw (tokens but each text's first),
-KL (nats/token, next-token distributions) on the neutral texts. The random direction is the control of the same
-norm at the same layer. Unlike the paper, effects are read in the same forward pass on fixed text rather than on
-text generated under steering.
+every feature's mean pre-activation (the encoder's output before TopK: a sparse feature's activation stays 0
+under most pushes, so the fit would see nothing of it) at block {sae.layer} on {len(fit_texts)} neutral texts was
+fitted by `effect ~= M v + b` (ridge; held-out R^2 {effects.r2:.3f}; {fit_seconds / 60:.1f} min). The targeted
+vector solves `min ||M v - t||^2 + ridge ||v||^2` for `t` one on the feature and zero elsewhere. The features
+targeted are the ones the sentiment and the refusal vectors point along most (above). Each arm steers at
+strength {args.alpha}; the effects are measured on {len(test_texts)} held-out statements the fit never saw
+(tokens but each text's first): the target's and the other features' change of activation (what fires), the
+target's change of pre-activation (how much nearer to firing), and KL (nats/token, next-token distributions) on
+the 24 neutral texts. The random direction is the control of the same norm at the same layer. Unlike the paper,
+effects are read in the same forward pass on fixed text rather than on text generated under steering. Records:
+`figures/sae-targeting.json` (a result table: `steerlab report` renders it).
 
 {targeting_table}
+
+![Target vs side effects](figures/sae-targeting.png)
 """
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "understand.md").write_text(page)
     print(page)
 

@@ -201,6 +201,10 @@ def test_quality_on_the_training_texts_is_what_training_reported(trained):
         assert found[key] == sae.stats[key]
     for key in ("l0", "explained_variance"):
         assert found[key] == pytest.approx(sae.stats[key], abs=1e-5)
+    acts = record(model, tokenizer, TEXTS[:3], layers=[2], reduce="all").values[2]
+    pre, fired = sae.pre_activations(acts), sae.encode(acts)
+    assert pre.shape == fired.shape and bool((pre[fired > 0] > 0).all())  # what fires was positive before TopK
+    assert int((pre != 0).sum(-1).min()) > sae.stats["k"]  # dense where the activations keep k per token
     held_out = sae.quality(model, tokenizer, ["A quiet road ran past the old mill.", "Nobody knew the answer."])
     assert held_out["tokens"] < 30 and held_out["explained_variance"] < 1.0
 
@@ -241,33 +245,41 @@ def test_targeted_steering_fits_the_effects_and_hits_its_feature_more_cleanly_th
     texts = TEXTS[:8]
     effects = feature_effects(model, tokenizer, sae, texts, layer=1, alpha=0.3, samples=160, directions_per_batch=16)
     assert effects.matrix.shape == (64, 32) and effects.layer == 1 and effects.samples == 160
-    assert effects.r2 > 0.5  # a linear map predicts held-out directions' effects
+    assert effects.measure == "pre" and effects.r2 > 0.8  # a linear map predicts held-out directions' effects
     # The feature that moves most under the pushes measured: one the fit can target.
     feature = int(effects.matrix.norm(dim=1).argmax())
     targeted = effects.targeted_vector([feature])
     assert targeted.layers == [1] and targeted.method == "sae_targeted"
     assert targeted.extra["sae_targets"] == [feature] and targeted.extra["predicted_target_effect"] > 0
 
-    def clean(vec):
+    def clean(vec, measure):
         """Target effect over the size of the effect on every other feature, measured at the same strength."""
-        effect = feature_effect(model, tokenizer, sae, texts, Intervention(vec, alpha=0.3, layers=[1]))
+        steering = Intervention(vec, alpha=0.3, layers=[1])
+        effect = feature_effect(model, tokenizer, sae, texts, steering, measure=measure)
         others = torch.cat([effect[:feature], effect[feature + 1 :]])
         return float(effect[feature]), float(effect[feature]) / float(others.norm())
 
     row = sae.directions()[feature]
     decoder_row = dataclasses.replace(targeted, directions={1: row / row.norm()}, method="sae_feature")
-    target_ts, ratio_ts = clean(targeted)
-    target_row, ratio_row = clean(decoder_row)
-    assert target_ts > 0 and ratio_ts > ratio_row
-    # The prediction is of the size steering along the targeted vector measures (a linear fit over random
-    # directions under-predicts an extreme one: here ~0.6 of it).
+    (target_ts, ratio_ts), (_, ratio_row) = clean(targeted, "pre"), clean(decoder_row, "pre")
+    assert target_ts > 0 and ratio_ts > ratio_row  # cleaner where it was fitted...
+    (fired_ts, fired_ratio_ts), (_, fired_ratio_row) = clean(targeted, "post"), clean(decoder_row, "post")
+    assert fired_ts > 0 and fired_ratio_ts > fired_ratio_row  # ...and in what fires
+    # The prediction is of the size steering along the targeted vector measures.
     predicted = float(effects.predict(targeted.directions[1])[feature])
-    assert target_ts / 2.5 < predicted < target_ts * 2.5
+    assert target_ts / 2 < predicted < target_ts * 2
+    on_activations = feature_effects(model, tokenizer, sae, texts, layer=1, alpha=0.3, samples=40, measure="post")
+    assert on_activations.measure == "post" and on_activations.matrix.shape == (64, 32)
+    with pytest.raises(DataError, match="expected 'pre'"):
+        feature_effect(model, tokenizer, sae, texts, Intervention(targeted, alpha=0.3), measure="both")
     table = compare_targeting(model, tokenizer, effects, [feature], TEXTS[8:14], alpha=0.3, kl_texts=texts[:2])
     assert table.kind == "sae_targeting" and table.meta["n_texts"] == 6 and table.meta["effects"]["r2"] == effects.r2
     assert [r["arm"] for r in table.records] == ["sae_ts, layer 1", "decoder_row, layer 1", "decoder_row, layer 2",
                                                  "random, layer 1"]  # fmt: skip
     assert all(r["kl"] > 0 and r["others"] > 0 for r in table.records)
+    assert table.records[0]["target_pre"] == pytest.approx(
+        float(feature_effect(model, tokenizer, sae, TEXTS[8:14], Intervention(targeted, alpha=0.3), measure="pre")[
+            feature]), abs=1e-5)  # fmt: skip
     with steer(model, Intervention(targeted, alpha=0.3)):
         pass  # a targeted vector steers like any other
     with pytest.raises(DataError, match="above the SAE's layer"):

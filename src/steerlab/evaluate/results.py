@@ -124,8 +124,9 @@ KINDS: dict[str, ResultKind] = {
             "SAE-targeted steering: for each targeted feature, vectors steered at one strength (the SAE-TS vector "
             "solved from fitted feature effects, the feature's decoder row, a random direction of the same norm) "
             "and what they did on held-out texts: target = change of the feature's mean activation, others = norm "
-            "of every other feature's change, ratio = target / others (higher: cleaner), KL = mean KL(steered || "
-            "unsteered) of next-token distributions (nats/token).",
+            "of every other feature's change, ratio = target / others (higher: cleaner), target_pre = change of the "
+            "target's pre-activation (how much nearer to firing), KL = mean KL(steered || unsteered) of next-token "
+            "distributions (nats/token).",
             (("Target vs side effects", "sae_targeting_bars"),),
         ),
     )

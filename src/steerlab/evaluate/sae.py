@@ -183,6 +183,22 @@ class SparseAutoencoder:
         with torch.no_grad():
             return self.sae.encode(activations.to(self.sae.W_dec.dtype).to(self.sae.W_dec.device)).float().cpu()
 
+    def pre_activations(self, activations: torch.Tensor) -> torch.Tensor:
+        """Every feature's pre-activation ``(n, width)``: the encoder's output before the SAE's activation function
+        (TopK, ReLU, JumpReLU), as sae-lens's ``hook_sae_acts_pre`` sees it. Dense where :meth:`encode` is sparse:
+        how far each feature is from firing, which moves smoothly with the input.
+
+        Example:
+            >>> sae.pre_activations(acts)[:, 812].mean()
+        """
+        if activations.shape[-1] != self.sae.cfg.d_in:
+            raise DataError(f"activations of width {activations.shape[-1]}; this SAE reads width {self.sae.cfg.d_in}.")
+        seen: list[torch.Tensor] = []
+        with torch.no_grad(), HookSet() as hooks:
+            hooks.forward(self.sae.hook_sae_acts_pre, lambda module, args, out: seen.append(out))
+            self.sae.encode(activations.to(self.sae.W_dec.dtype).to(self.sae.W_dec.device))
+        return seen[0].float().cpu()
+
     def directions(self) -> torch.Tensor:
         """Every feature's decoder row ``(width, hidden)``, float32 on the CPU."""
         return self.sae.W_dec.detach().float().cpu()

@@ -7,8 +7,12 @@ the blocks in between. SAE-TS measures that instead of assuming it:
 
 1. :func:`feature_effects` steers along ``samples`` random unit directions, all of one strength, at ``layer`` (at or
    below the SAE's layer), one direction per row of a batch (:func:`steerlab.steer_rows`), reads the SAE's site on
-   fixed texts and encodes it. A direction's *effect* is the change of every feature's mean activation over the
-   texts' tokens (each text's first, the attention sink, left out) from the unsteered run. A linear map
+   fixed texts and encodes it. A direction's *effect* is the change of every feature's mean pre-activation (by
+   default; or activation) over the texts' tokens (each text's first, the attention sink, left out) from the
+   unsteered run. Pre-activations (the encoder's output before TopK / ReLU / JumpReLU) are the default because a
+   sparse SAE's activations do not move at all under most pushes: a feature outside the top k stays exactly 0, so
+   the fit would see nothing of the features one wants to reach; the pre-activation says how far each is from
+   firing and moves smoothly. A linear map
    ``effect ~= M @ direction + b`` is fitted by ridge least squares; ``b`` is what any push of that size does
    whatever its direction (the paper's bias term). Its R^2 on a held-out fifth of the samples says how far to trust it.
 2. :meth:`FeatureEffects.targeted_vector` solves ``min ||M v - t||^2 + ridge ||v||^2`` for ``t`` = one on the chosen
@@ -58,6 +62,7 @@ class FeatureEffects:
 
     Attributes:
         matrix: ``(features, hidden)``, the linear part of the effect of a unit direction at ``alpha``.
+        measure: ``"pre"`` (effects on the features' pre-activations) or ``"post"`` (on their activations).
         bias: ``(features,)``, the effect any direction of that strength has on average.
         r2: the fit's R^2 on held-out samples (the share of the effects' variance it predicts, over all features).
         samples: how many random directions were measured.
@@ -77,6 +82,7 @@ class FeatureEffects:
     samples: int
     texts: int
     sae: SparseAutoencoder = field(repr=False)
+    measure: str = "pre"
     stats: dict[str, Any] = field(default_factory=dict)
 
     def predict(self, direction: torch.Tensor) -> torch.Tensor:
@@ -136,13 +142,15 @@ def feature_effects(
     samples: int = 1024,
     ridge: float = 1.0,
     seed: int = 0,
+    measure: str = "pre",
     directions_per_batch: int = 8,
     progress: bool | None = None,
 ) -> FeatureEffects:
     """Measure the effect on ``sae``'s features of ``samples`` random unit directions at ``layer`` (default: the
     SAE's layer; resid_post, at or below the SAE's layer) at strength ``alpha`` (relative to the layer's mean
     residual norm on ``texts``), and fit ``effect ~= M @ direction + b`` (ridge least squares, penalty ``ridge``),
-    with its R^2 on a held-out fifth of the samples.
+    with its R^2 on a held-out fifth of the samples. ``measure``: ``"pre"`` (default) fits the features'
+    pre-activations, ``"post"`` their activations (see the module doc).
 
     Cost: one forward pass of ``texts`` up to the SAE's layer per sample; ``directions_per_batch`` directions run
     side by side in one batch (rows of ``len(texts) * directions_per_batch``). The fit needs more samples than the
@@ -164,8 +172,10 @@ def feature_effects(
         )
     if samples < 10 or directions_per_batch < 1 or not ridge >= 0:
         raise DataError(f"samples={samples} must be >= 10, directions_per_batch >= 1, ridge={ridge} >= 0.")
+    if measure not in ("pre", "post"):
+        raise DataError(f"measure={measure!r}: expected 'pre' (pre-activations) or 'post' (activations).")
     token_ids = encode(tokenizer, texts)
-    plain, norms = _mean_features(model, sae, token_ids, [None], pad_id(tokenizer), also_layer=layer)
+    plain, norms = _mean_features(model, sae, token_ids, [None], pad_id(tokenizer), measure, also_layer=layer)
     resid_norm = norms[layer]
     hidden = sae.fingerprint.hidden_size
     gen = torch.Generator().manual_seed(seed)
@@ -173,8 +183,9 @@ def feature_effects(
     units = units / units.norm(dim=-1, keepdim=True)
     interventions = [_push(sae, layer, unit, alpha, resid_norm) for unit in units]
     show = progress if progress is not None else samples > 64
+    pad = pad_id(tokenizer)
     effects = torch.cat([
-        _mean_features(model, sae, token_ids, interventions[i : i + directions_per_batch], pad_id(tokenizer))[0]
+        _mean_features(model, sae, token_ids, interventions[i : i + directions_per_batch], pad, measure)[0]
         for i in track(range(0, samples, directions_per_batch), "measuring feature effects", show=show)
     ]) - plain  # fmt: skip
     held = max(1, samples // 5)
@@ -184,14 +195,21 @@ def feature_effects(
     r2 = 1.0 - float((residual**2).sum() / ((test_y - test_y.mean(0)) ** 2).sum().clamp_min(1e-30))
     matrix, bias = _ridge(units, effects, ridge)  # the final map uses every sample
     stats = {"ridge": ridge, "seed": seed, "tokens": sum(len(ids) - 1 for ids in token_ids), "held_out": held}
-    return FeatureEffects(matrix, bias, layer, float(alpha), resid_norm, r2, samples, len(texts), sae, stats)
+    return FeatureEffects(matrix, bias, layer, float(alpha), resid_norm, r2, samples, len(texts), sae, measure, stats)
 
 
 def feature_effect(
-    model: nn.Module, tokenizer: Any, sae: SparseAutoencoder, texts: Sequence[str], steering: Intervention
+    model: nn.Module,
+    tokenizer: Any,
+    sae: SparseAutoencoder,
+    texts: Sequence[str],
+    steering: Intervention,
+    *,
+    measure: str = "post",
 ) -> torch.Tensor:
-    """The measured change ``(features,)`` of every feature's mean activation on ``texts`` (tokens but each text's
-    first) when ``steering`` is on, from the unsteered run: what :func:`feature_effects` fits, for one vector.
+    """The measured change ``(features,)`` of every feature's mean activation (``measure="post"``) or
+    pre-activation (``"pre"``) on ``texts`` (tokens but each text's first) when ``steering`` is on, from the
+    unsteered run: what :func:`feature_effects` fits, for one vector.
 
     Example:
         >>> effect = feature_effect(model, tok, sae, texts, Intervention(vec, alpha=0.2))
@@ -199,7 +217,9 @@ def feature_effect(
     """
     sae.check_fits(model)
     token_ids = encode(tokenizer, check_texts(texts))
-    means, _ = _mean_features(model, sae, token_ids, [None, steering], pad_id(tokenizer))
+    if measure not in ("pre", "post"):
+        raise DataError(f"measure={measure!r}: expected 'pre' (pre-activations) or 'post' (activations).")
+    means, _ = _mean_features(model, sae, token_ids, [None, steering], pad_id(tokenizer), measure)
     return means[1] - means[0]
 
 
@@ -218,7 +238,8 @@ def compare_targeting(
     along its SAE-TS vector, its decoder row at the targeting layer, its decoder row at the SAE's own layer and a
     random direction at the targeting layer (the control), and measure on ``texts`` (held out from the fit, so
     the comparison is fair) the change of the target feature, the norm of every other feature's change and their
-    ratio, with KL from the unsteered model on ``kl_texts`` (default: the neutral set). Returns a
+    ratio (all on activations: what the SAE reads as the features firing), the change of the target's
+    pre-activation, and KL from the unsteered model on ``kl_texts`` (default: the neutral set). Returns a
     ``ResultTable(kind="sae_targeting")``.
 
     Example:
@@ -238,15 +259,18 @@ def compare_targeting(
                 ("decoder_row", sae.feature_vector(feature), sae.layer),
                 ("random", targeted.random_like(seed=random_seed), layer)]  # fmt: skip
         for arm, vector, at in arms:
-            effect = feature_effect(model, tokenizer, sae, texts, Intervention(vector, alpha=alpha, layers=[at]))
+            steering = Intervention(vector, alpha=alpha, layers=[at])
+            effect = feature_effect(model, tokenizer, sae, texts, steering)
+            pre = feature_effect(model, tokenizer, sae, texts, steering, measure="pre")
             others = float(torch.cat([effect[:feature], effect[feature + 1 :]]).norm())
             kl = kl_from_unsteered(model, tokenizer, vector, alpha, layer=at, texts=kl_texts)
             records.append({"feature": feature, "arm": f"{arm}, layer {at}", "method": arm, "layer": at,
                             "target": float(effect[feature]), "others": others,
-                            "ratio": float(effect[feature]) / max(others, 1e-12), "kl": kl})  # fmt: skip
+                            "ratio": float(effect[feature]) / max(others, 1e-12), "target_pre": float(pre[feature]),
+                            "kl": kl})  # fmt: skip
     meta = {"alpha": alpha, "n_texts": len(texts), "sae_layer": sae.layer, "targeting_layer": layer,
             "effects": {"samples": effects.samples, "texts": effects.texts, "r2": effects.r2, "alpha": effects.alpha,
-                        **effects.stats},
+                        "measure": effects.measure, **effects.stats},
             "random_seed": random_seed}  # fmt: skip
     return ResultTable("sae_targeting", records, meta)
 
@@ -257,6 +281,7 @@ def _mean_features(
     token_ids: list[list[int]],
     steering: Sequence[Intervention | None],
     pad: int,
+    measure: str,
     also_layer: int | None = None,
 ) -> tuple[torch.Tensor, dict[int, float]]:
     """Per entry of ``steering``, the mean feature activations ``(entries, features)`` over every text's tokens but
@@ -272,7 +297,7 @@ def _mean_features(
     means = []
     for k in range(len(steering)):
         tokens = torch.cat(acts[k * len(token_ids) : (k + 1) * len(token_ids)])
-        means.append(sae.encode(tokens).mean(0))
+        means.append((sae.encode(tokens) if measure == "post" else sae.pre_activations(tokens)).mean(0))
     return torch.stack(means), reader.resid_norm
 
 
