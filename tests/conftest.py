@@ -94,6 +94,7 @@ LAYERS = {
     "test_notebook.py::test_notebook_is_stored_without_outputs": "unit",
     "test_optimize.py": "arch",
     "test_mediation.py": "arch",
+    "test_mediation.py::test_smollm2_sentiment_steering_is_carried_downstream": "real",
     "test_patch_pairs.py": "unit",
     "test_patching.py": "arch",
     "test_patching.py::test_smollm2_ioi_attribution_error_is_reported": "real",

@@ -100,3 +100,22 @@ def test_bad_input_and_no_hook_left(tiny):
     with pytest.raises(DataError, match=r"heads \[4\]: expected a non-empty list of head indices 0-3"):
         mediation(model, None, PROMPTS, steering, metric, sites=("head",), heads=[4])
     assert live_hooks() == hooks and steerlab_hooks(model) == 0
+
+
+def test_smollm2_sentiment_steering_is_carried_downstream(smol):
+    """On the real model: the sentiment vector at layer 10 raises logit(" great") - logit(" terrible"); components
+    at or before layer 10 carry none of it (exactly), later ones some, and the steered input of block 11 all of it."""
+    from steerlab import extract_vector, sentiment_pairs
+    from steerlab.evaluate import logit_diff_metric
+
+    model, tokenizer = smol
+    vec = extract_vector(model, tokenizer, sentiment_pairs(), layers=[10])
+    steering = Intervention(vec, alpha=0.15, layers=[10])
+    prompts = ["The food at the new restaurant was", "To be honest, the movie was", "My new phone is"]
+    metric = logit_diff_metric(tokenizer, " great", " terrible")
+    table = mediation(model, tokenizer, prompts, steering, metric, layers=[9, 10, 20, 29], batch_size=8)
+    assert table.meta["clean_metric"] > table.meta["corrupted_metric"]
+    assert max(abs(v) for v in share(table, layer=9) + share(table, layer=10)) < 1e-6
+    assert max(abs(v) for v in share(table, layer=20) + share(table, layer=29)) > 0.01
+    whole = patch_nodes(model, tokenizer, prompts, prompts, metric, [(11, "resid_pre")], clean_steering=steering)
+    assert whole["recovery"] == pytest.approx(1.0, abs=1e-4)
