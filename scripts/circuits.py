@@ -99,7 +99,7 @@ def table_md(header: list[str], rows: list[list]) -> str:
 # -- 1-2: IOI --------------------------------------------------------------------------------------------------
 
 
-def ioi_section(model, tok, args, figures: Path) -> tuple[str, list]:
+def ioi_section(model, tok, args, figures: Path) -> tuple[str, dict]:
     began = time.perf_counter()
     pairs = ioi_pairs(args.ioi_eval, tokenizer=tok, seed=0)
     metric = logit_diff_metric(tok, [p.correct for p in pairs], [p.wrong for p in pairs])
@@ -167,10 +167,12 @@ def ioi_section(model, tok, args, figures: Path) -> tuple[str, list]:
     everyone = [(r["layer"], "head", r["head"]) for r in heads.records]
     rng = random.Random(0)
     circuit_rows = []
-    circuit_nodes = []
+    facts: dict = {"n": len(clean), "clean": float(clean.mean()), "right": float((clean > 0).double().mean()),
+                   "corrupted": float(corrupt.mean()), "n_circuit": len(circ), "resid_error": resid_error,
+                   "heads_error": heads_error, "top": [f"{r['layer']}.{r['head']}" for r in ranked[:3]],
+                   "prompts": cl, "metric": cm}  # fmt: skip
     for k in args.ks:
         nodes = [(r["layer"], "head", r["head"]) for r in ranked[:k]]
-        circuit_nodes = nodes if k == args.ks[-1] else circuit_nodes
         suff = patch_nodes(model, tok, cl, co, cm, nodes, batch_size=32)["recovery"]
         # Necessity: the corrupted values of the nodes written into the clean run (clean and corrupted exchanged):
         # the share of the clean-corrupted difference that goes with them.
@@ -178,6 +180,8 @@ def ioi_section(model, tok, args, figures: Path) -> tuple[str, list]:
         draws = [rng.sample(everyone, k) for _ in range(args.random_draws)]
         rs = [patch_nodes(model, tok, cl, co, cm, d, batch_size=32)["recovery"] for d in draws]
         rn = [patch_nodes(model, tok, co, cl, cm, d, batch_size=32)["recovery"] for d in draws]
+        facts.update(k=k, nodes=nodes, suff=suff, nec=nec, suff_random=statistics.mean(rs),
+                     nec_random=statistics.mean(rn))  # fmt: skip
         circuit_rows.append([k, f"{suff:+.3f}", f"{statistics.mean(rs):+.3f} (max {max(rs):+.3f})",
                              f"{nec:+.3f}", f"{statistics.mean(rn):+.3f} (max {max(rn):+.3f})"])  # fmt: skip
     circuit_table = table_md(
@@ -233,13 +237,13 @@ heads drawn at random from all {len(everyone)} (the control). Sufficiency: clean
 
 (section: {minutes:.1f} minutes)
 """
-    return text, circuit_nodes
+    return text, facts
 
 
 # -- 3: steering through components ---------------------------------------------------------------------------
 
 
-def steering_section(model, tok, args, figures: Path) -> str:
+def steering_section(model, tok, args, figures: Path, ioi: dict) -> tuple[str, list[dict]]:
     began = time.perf_counter()
     n_layers = model.config.num_hidden_layers
     sent_metric = mean_logit_diff(token_ids(tok, POSITIVE), token_ids(tok, NEGATIVE))
@@ -256,7 +260,7 @@ def steering_section(model, tok, args, figures: Path) -> str:
         ("refusal (CAA)", caa_vec, args.caa_layer, args.caa_alpha, caa_prompts, caa_metric,
          "logit of the refusal answer's letter minus the other's (A/B, both orders)", args.caa_batch),
     ]  # fmt: skip
-    parts = []
+    parts, found = [], []
     for name, vec, layer, alpha, prompts, metric, metric_text, batch in cases:
         steering = Intervention(vec, alpha=alpha, layers=[layer])
         control = Intervention(vec.random_like(seed=0), alpha=alpha, layers=[layer])
@@ -325,6 +329,33 @@ def steering_section(model, tok, args, figures: Path) -> str:
              "k random nodes: share removed", "random direction through the top-k: effect"],
             node_rows,
         )  # fmt: skip
+        # The IOI circuit's heads (those after the steered layer) as the only route, beside as many random heads of
+        # the same layers; and what the steering does to IOI itself (the circuit's own metric), beside the control.
+        circuit = [node for node in ioi["nodes"] if node[0] > layer]
+        n_heads = model.config.num_attention_heads
+        later_heads = [(a, "head", h) for a in later for h in range(n_heads)]
+        via = patch_nodes(model, tok, prompts, prompts, metric, circuit, clean_steering=steering,
+                          batch_size=batch)["recovery"] if circuit else float("nan")  # fmt: skip
+        via_random = [patch_nodes(model, tok, prompts, prompts, metric, rng.sample(later_heads, len(circuit)),
+                                  clean_steering=steering, batch_size=batch)["recovery"]
+                      for _ in range(args.random_draws)] if circuit else [float("nan")]  # fmt: skip
+        ioi_plain = float(metric_values(model, tok, ioi["prompts"], ioi["metric"]).mean())
+        ioi_steered = float(metric_values(model, tok, ioi["prompts"], ioi["metric"], steering).mean())
+        ioi_control = float(metric_values(model, tok, ioi["prompts"], ioi["metric"], control).mean())
+        ioi_table = table_md(
+            ["IOI circuit heads after layer " + str(layer), "steer only through them: share",
+             f"as many random heads of layers {later[0]}-{later[-1]} ({args.random_draws} draws: mean)",
+             "IOI logit diff: unsteered", "steered everywhere", "random direction"],
+            [[", ".join(f"{a}.{h}" for a, _, h in circuit) or "none", f"{via:+.3f}",
+              f"{statistics.mean(via_random):+.3f}", f"{ioi_plain:+.2f}", f"{ioi_steered:+.2f}",
+              f"{ioi_control:+.2f}"]],
+        )  # fmt: skip
+        found.append({"name": name, "layer": layer, "alpha": alpha, "n": len(prompts), "total": total,
+                      "total_random": total_random, "top": [f"{a} {s}" for a, s in top], "only": only["recovery"],
+                      "only_random": statistics.mean(r_only), "gone": gone["recovery"],
+                      "gone_random": statistics.mean(r_gone), "k": k, "via": via,
+                      "via_random": statistics.mean(via_random), "ioi": (ioi_plain, ioi_steered, ioi_control),
+                      "heads": [f"{r['layer']}.{r['head']}" for r in head_rank[:3]]})  # fmt: skip
         shares_attn = sum(r["recovery"] for r in med.where(site="attn_out"))
         shares_mlp = sum(r["recovery"] for r in med.where(site="mlp_out"))
         parts.append(f"""### {name}: steering at layer {layer}, alpha {alpha:g} (n = {len(prompts)} prompts)
@@ -349,9 +380,16 @@ Heads of the attention layers that carry most (layers {head_layers}), each head 
 Steering at the top nodes only vs everywhere (everywhere = share 1):
 
 {node_table}
+
+The IOI circuit's top {ioi["k"]} heads (above) as the steering's only route, and the steering's effect on IOI
+(n = {len(ioi["prompts"])} IOI prompts of template 0):
+
+{ioi_table}
 """)
     minutes = (time.perf_counter() - began) / 60
-    return f"""## Steering through components
+    return (
+        found,
+        f"""## Steering through components
 
 The sentiment vector (difference of means of steerlab's 32 sentiment pairs) on {args.steer_prompts} prompts we
 wrote whose next word is an evaluation (`The food at the new restaurant was`), and the refusal CAA vector (difference
@@ -363,7 +401,8 @@ same layer and strength, and, for node sets, as many nodes drawn at random from 
 
 {chr(10).join(parts)}
 (section: {minutes:.1f} minutes)
-"""
+""",
+    )
 
 
 def main() -> None:
@@ -374,7 +413,7 @@ def main() -> None:
     parser.add_argument("--random-draws", type=int, default=3)
     parser.add_argument("--sentiment-layer", type=int, default=10)
     parser.add_argument("--sentiment-alpha", type=float, default=0.15)
-    parser.add_argument("--steer-prompts", type=int, default=16)
+    parser.add_argument("--steer-prompts", type=int, default=12)
     parser.add_argument("--steer-batch", type=int, default=32)
     parser.add_argument("--caa-layer", type=int, default=13)
     parser.add_argument("--caa-alpha", type=float, default=0.2)
@@ -393,10 +432,34 @@ def main() -> None:
     model, tok = load_model()
     figures = args.out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    ioi_text, _ = ioi_section(model, tok, args, figures)
+    ioi_text, ioi = ioi_section(model, tok, args, figures)
     print(ioi_text, flush=True)
-    steer_text = steering_section(model, tok, args, figures)
+    found, steer_text = steering_section(model, tok, args, figures, ioi)
     print(steer_text, flush=True)
+    summary = [
+        f"- SmolLM2-135M-Instruct does IOI: logit(IO) - logit(S) {ioi['clean']:+.2f} on average over n = {ioi['n']} "
+        f"prompts of 8 templates, the right name preferred on {ioi['right']:.0%}; {ioi['corrupted']:+.2f} when the "
+        "repeated name is replaced (ABC).",
+        f"- Its circuit (n = {ioi['n_circuit']} pairs): the heads whose output at the last position restores most "
+        f"are {', '.join(ioi['top'])}; the top {ioi['k']} heads together restore {ioi['suff']:+.2f} of the logit "
+        f"difference (random heads: {ioi['suff_random']:+.2f}) and take away {ioi['nec']:+.2f} of it when corrupted "
+        f"(random heads: {ioi['nec_random']:+.2f}).",
+        f"- Attribution patching vs activation patching: resid_post cells correlation "
+        f"{ioi['resid_error']['correlation']:.2f} (mean |error| {ioi['resid_error']['mean_abs']:.3f}, max "
+        f"{ioi['resid_error']['max_abs']:.2f}); head cells at the last position correlation "
+        f"{ioi['heads_error']['correlation']:.3f} (mean |error| {ioi['heads_error']['mean_abs']:.3f}, max "
+        f"{ioi['heads_error']['max_abs']:.2f}).",
+    ]
+    for f in found:
+        summary.append(
+            f"- {f['name']} (layer {f['layer']}, alpha {f['alpha']:g}, n = {f['n']}): whole effect {f['total']:+.2f} "
+            f"(random direction of the same norm: {f['total_random']:+.2f}). Its top {f['k']} nodes "
+            f"({', '.join(f['top'])}) alone carry {f['only']:+.2f} of it ({f['k']} random nodes: "
+            f"{f['only_random']:+.2f}); removing the steering only there removes {f['gone']:+.2f} (random nodes: "
+            f"{f['gone_random']:+.2f}). Top heads of the split layers: {', '.join(f['heads'])}. Through the IOI "
+            f"circuit's heads only: {f['via']:+.2f} (as many random later heads: {f['via_random']:+.2f}); IOI logit "
+            f"difference unsteered {f['ioi'][0]:+.2f}, steered {f['ioi'][1]:+.2f}, random direction {f['ioi'][2]:+.2f}."
+        )
     minutes = (time.perf_counter() - began) / 60
     page = f"""# Circuits: IOI on SmolLM2 and the components a steering vector acts through
 
@@ -404,6 +467,10 @@ Generated by `scripts/circuits.py` ({minutes:.0f} minutes on 1 CPU thread, SmolL
 it to regenerate this page and its figures. Tools: `steerlab.evaluate.activation_patching`,
 `attribution_patching`, `patching_error`, `mediation`, `patch_nodes` (docs/measure.md), and `steerlab patch` on the
 command line. Every number is a mean over the n prompts stated; recovery and share are ratios of those means.
+
+## Summary
+
+{chr(10).join(summary)}
 
 {ioi_text}
 {steer_text}"""
