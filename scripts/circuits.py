@@ -1,7 +1,7 @@
 """A circuit on SmolLM2 (indirect-object identification) and the components a steering vector acts through; writes
 docs/circuits.md and its figures (docs/figures/circuits-*.png).
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/circuits.py                       # ~20 minutes on 1 CPU thread
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/circuits.py                       # 35 min (1 thread, busy 2-core box)
     OMP_NUM_THREADS=1 .venv/bin/python scripts/circuits.py --small --out /tmp/c  # a quick look (~7 minutes)
 
 1. IOI: the logit difference logit(IO) - logit(S) SmolLM2-135M-Instruct reaches on our IOI prompts
