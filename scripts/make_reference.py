@@ -30,6 +30,7 @@ API_MODULES = [
     "steerlab.evaluate.probes",
     "steerlab.evaluate.structure",
     "steerlab.evaluate.patching",
+    "steerlab.evaluate.circuits",
     "steerlab.evaluate.sae",
     "steerlab.evaluate.breakdown_point",
     "steerlab.evaluate.judges",

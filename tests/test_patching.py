@@ -89,8 +89,12 @@ def test_bad_input_is_refused_with_what_was_expected(tiny, tokenizer):
         activation_patching(model, None, [[1, 2, 3], [1, 2]], [[1, 2, 4], [1, 3]], metric)
     with pytest.raises(DataError, match="as many corrupted prompts as clean ones"):
         activation_patching(model, None, CLEAN, CORRUPTED[:1], metric)
-    with pytest.raises(DataError, match="positions must be 'each' or 'all'"):
+    with pytest.raises(DataError, match="positions must be 'each', 'all' or a list of indices"):
         activation_patching(model, None, CLEAN, CORRUPTED, metric, positions="last")
+    with pytest.raises(DataError, match=r"positions \[6\]: expected a non-empty list of indices into the 6-token"):
+        activation_patching(model, None, CLEAN, CORRUPTED, metric, positions=[6])
+    with pytest.raises(DataError, match=r"heads=\[1\] selects attention heads, which needs the 'head' site"):
+        attribution_patching(model, None, CLEAN, CORRUPTED, metric, heads=[1])
     with pytest.raises(ArchitectureError, match="out of range"):
         activation_patching(model, None, CLEAN, CORRUPTED, metric, layers=[7])
     with pytest.raises(ArchitectureError, match="site 'attn_out' is not available"):
@@ -101,6 +105,21 @@ def test_bad_input_is_refused_with_what_was_expected(tiny, tokenizer):
     text = activation_patching(model, tokenizer, ["The cat sat on", "A dog ran"], ["The dog sat on", "A cat ran"],
                                logit_diff_metric(tokenizer, " the", " a"), positions="all", layers=[0, -1])  # fmt: skip
     assert recoveries(text, layer=3) == pytest.approx([1.0], abs=1e-4)
+
+
+@pytest.mark.parametrize("method", [activation_patching, attribution_patching])
+def test_chosen_positions_and_heads_are_those_cells_of_the_full_table(tiny, method):
+    """positions=[...] (negative from the end) and heads=[...] give exactly those cells of the whole table."""
+    model = tiny("llama")
+    full = method(model, None, CLEAN, CORRUPTED, metric, sites=("resid_post", "head"), layers=[1, 2])
+    some = method(model, None, CLEAN, CORRUPTED, metric, sites=("resid_post", "head"), layers=[1, 2],
+                  positions=[CHANGED, -1], heads=[3, 0])  # fmt: skip
+    assert {r["position"] for r in some.records} == {CHANGED, LAST}
+    assert [r["head"] for r in some.where(site="head", layer=1, position=LAST)] == [3, 0]
+    assert some.meta["positions"] == [CHANGED, LAST] and some.meta["heads"] == [3, 0]
+    for r in some.records:
+        twin = full.where(layer=r["layer"], site=r["site"], position=r["position"], head=r["head"])
+        assert r["recovery"] == pytest.approx(twin[0]["recovery"], abs=1e-6)
 
 
 @pytest.mark.parametrize("method", [activation_patching, attribution_patching])
@@ -144,3 +163,57 @@ def test_smollm2_ioi_attribution_error_is_reported(smol):
     assert final[-1] == pytest.approx(1.0, abs=1e-3) and max(abs(v) for v in final[:-1]) < 1e-3
     assert exact.where(layer=0, position=1)[0]["token"] in (" Mary", " Alice", " Sarah")
     assert error["cells"] == len(exact.records) and error["correlation"] > 0.4
+
+
+def test_cli_patch_writes_tables_and_a_report_and_refuses_bad_pairs(tmp_path, tokenizer):
+    """`steerlab patch` on a tiny model with SmolLM2's vocabulary and our IOI pairs (ABC corruption: only the
+    repeated name differs): before that token nothing can be recovered, the last block's last position recovers all;
+    bad pair files and a metric that cannot separate the prompts end with one error line and exit code 1."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from steerlab.cli import app
+    from steerlab.datasets import IOI_TEMPLATES, ioi_pairs, save_patch_pairs
+    from steerlab.evaluate import ResultTable
+    from tiny import SMOL_VOCAB
+
+    folder = tmp_path / "tiny"
+    make_tiny("llama", vocab=SMOL_VOCAB).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    pairs = ioi_pairs(4, templates=IOI_TEMPLATES[:1], tokenizer=tokenizer)
+    path = save_patch_pairs(pairs, tmp_path / "ioi.jsonl")
+    runner = CliRunner()
+    common = ["--model", str(folder)]
+    prefix, report = tmp_path / "runs" / "ioi", tmp_path / "ioi.html"
+    done = runner.invoke(app, ["patch", "--pairs", str(path), "--out", str(prefix), "--method", "both", "--sites",
+                               "resid_post,head", "--layers", "0,3", "--heads", "0,2", "--report", str(report),
+                               *common])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert "4 pairs: logit_diff" in done.stdout and "attribution vs activation over" in done.stdout
+    exact = ResultTable.load(prefix.with_name("ioi-activation.json"))
+    assert prefix.with_name("ioi-attribution.csv").exists() and report.read_text().count("<img") >= 2
+    s2 = 9  # "When A and B went to the store, S": the repeated name's position (no BOS for SmolLM2)
+    assert exact.where(layer=0, site="resid_post", position=s2)[0]["token"] == pairs[0].wrong
+    assert max(abs(r["recovery"]) for r in exact.records if r["position"] < s2) < 1e-4
+    final = [r["recovery"] for r in exact.where(layer=3, site="resid_post")]
+    assert final[-1] == pytest.approx(1.0, abs=1e-4) and {r["head"] for r in exact.where(site="head")} == {0, 2}
+    last = runner.invoke(app, ["patch", "--pairs", str(path), "--out", str(prefix), "--positions", "-1", *common])
+    assert last.exit_code == 0, last.output
+    assert {r["position"] for r in ResultTable.load(prefix.with_suffix(".json")).records} == {13}
+
+    def fails(rows, *extra):
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        result = runner.invoke(app, ["patch", "--pairs", str(bad), "--out", str(tmp_path / "x"), *extra, *common])
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        return " ".join(result.output.split())
+
+    row = {"clean": pairs[0].clean, "corrupted": pairs[0].corrupted, "correct": " Mary", "wrong": " John"}
+    longer = dict(row, corrupted=pairs[0].corrupted.replace(" gave", " then gave"))
+    assert "is 14 tokens but the corrupted" in fails([row, longer]) and "same token length" in fails([row, longer])
+    assert "lacks ['wrong']" in fails([{k: v for k, v in row.items() if k != "wrong"}])
+    assert "no difference to patch" in fails([dict(row, wrong=" Mary")])
+    assert "' Mary and' is 2 tokens" in fails([dict(row, correct=" Mary and")])
+    assert "--positions 'last' is not each, all or a list" in fails([row], "--positions", "last")
+    assert "unknown patching site(s) ['resid']" in fails([row], "--sites", "resid")

@@ -1,16 +1,31 @@
-"""``steerlab sae ...``: sparse autoencoders on a model's activations (:mod:`steerlab.evaluate.sae`, through
-sae-lens): ``train``, ``decompose`` (which features a steering vector is made of), ``target`` (SAE-targeted steering)
-and ``feature`` (a feature as a steering vector)."""
+"""Commands that look inside the model: ``steerlab sae ...`` (sparse autoencoders on a model's activations,
+:mod:`steerlab.evaluate.sae`, through sae-lens: ``train``, ``decompose`` (which features a steering vector is made
+of), ``target`` (SAE-targeted steering) and ``feature`` (a feature as a steering vector)) and ``steerlab patch``
+(activation and attribution patching of clean/corrupted pairs, :mod:`steerlab.evaluate.patching`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
-from steerlab.cli._common import DEVICE_OPT, DTYPE_OPT, MODEL_OPT, _load, app, err, out, read_lines, user_errors
+from steerlab.cli._common import (
+    DEVICE_OPT,
+    DTYPE_OPT,
+    MODEL_OPT,
+    _load,
+    app,
+    err,
+    out,
+    parse_ints,
+    read_lines,
+    user_errors,
+    write_table,
+)
+from steerlab.errors import SteerlabError
 
-__all__ = ["sae_app"]
+__all__ = ["patch_command", "sae_app"]
 
 sae_app = typer.Typer(no_args_is_help=True, help="Sparse autoencoders (sae-lens): train, decompose a vector, features.")
 app.add_typer(sae_app, name="sae")
@@ -150,3 +165,97 @@ def sae_feature_command(
     vec.save(out_path)
     scale = "relative strengths work" if vec.resid_norm else "steer it with --scale absolute"
     err.print(f"wrote {out_path} (feature {feature} at layer {sae.layer}, {sae.site}; {scale})")
+
+
+@app.command("patch")
+@user_errors
+def patch_command(
+    pairs: Path = typer.Option(
+        ...,
+        "--pairs",
+        help='JSON array or JSON Lines of {"clean", "corrupted", "correct", "wrong"}: the two prompts (same token '
+        "length) and the answer tokens compared (logit(correct) - logit(wrong) at the last position).",
+    ),
+    out_prefix: Path = typer.Option(..., "--out", help="Output prefix: PREFIX.csv/.json (per method with 'both')."),
+    method: Literal["activation", "attribution", "both"] = typer.Option(
+        "activation", "--method", help="activation (one run per cell), attribution (gradient estimate), or both."
+    ),
+    sites: str = typer.Option(
+        "resid_post", "--sites", help="Comma-separated: resid_pre, attn_out, mlp_out, resid_post, head."
+    ),
+    layers: str | None = typer.Option(None, "--layers", help="Blocks, e.g. 0-29 or 8,12 (default: every block)."),
+    positions: str = typer.Option(
+        "each",
+        "--positions",
+        help="each (one at a time), all (at once) or indices, e.g. -1 or 9,-1 (negative: from the end).",
+    ),
+    heads: str | None = typer.Option(None, "--heads", help="With the head site: which heads (default: all)."),
+    limit: int | None = typer.Option(None, "--limit", help="Use only the first N pairs."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Rows per forward pass."),
+    top: int = typer.Option(10, "--top", help="Cells printed, by recovery."),
+    report: Path | None = typer.Option(None, "--report", help="Also write an HTML report (heatmaps) here."),
+    model: str = MODEL_OPT,
+    device: str | None = DEVICE_OPT,
+    dtype: str | None = DTYPE_OPT,
+) -> None:
+    """Activation / attribution patching of clean-corrupted pairs: which layer, site, position and head carries the
+    answer. Prints the clean and corrupted metric and the top cells; writes the result table(s)."""
+    from steerlab.datasets.patch_pairs import load_patch_pairs
+    from steerlab.evaluate.patching import (
+        activation_patching,
+        attribution_patching,
+        logit_diff_metric,
+        patching_error,
+    )
+
+    items = load_patch_pairs(pairs)
+    if limit is not None:
+        if limit < 1:
+            raise SteerlabError(f"--limit must be >= 1, got {limit}.")
+        items = items[:limit]
+    site_list = [part.strip() for part in sites.split(",") if part.strip()]
+    layer_list = parse_ints(layers, "--layers") if layers else None
+    spots = positions if positions in ("each", "all") else _indices(positions, "--positions")
+    head_list = parse_ints(heads, "--heads") if heads else None
+    lm, tokenizer = _load(model, device, dtype)
+    metric = logit_diff_metric(tokenizer, [p.correct for p in items], [p.wrong for p in items])
+    clean, corrupted = [p.clean for p in items], [p.corrupted for p in items]
+    methods = {"activation": activation_patching, "attribution": attribution_patching}
+    chosen = list(methods) if method == "both" else [method]
+    tables, written = {}, []
+    for name in chosen:
+        table = methods[name](lm, tokenizer, clean, corrupted, metric, layers=layer_list, sites=site_list,
+                              positions=spots, heads=head_list, batch_size=batch_size)  # fmt: skip
+        tables[name] = table
+        written += write_table(
+            table, out_prefix if len(chosen) == 1 else out_prefix.with_name(f"{out_prefix.name}-{name}")
+        )
+    first = next(iter(tables.values()))
+    out.print(f"{len(items)} pairs: {first.meta['metric']} clean {first.meta['clean_metric']:+.3f}, corrupted "
+              f"{first.meta['corrupted_metric']:+.3f}")  # fmt: skip
+    for name, table in tables.items():
+        for r in sorted(table.records, key=lambda r: -abs(r["recovery"]))[:top]:
+            head = "" if r["head"] is None else f" head {r['head']}"
+            token = "" if r.get("token") is None else f" {r['token']!r}"
+            out.print(f"{name:<11} layer {r['layer']:>2} {r['site']}{head} position {r['position']}{token}: "
+                      f"recovery {r['recovery']:+.3f}")  # fmt: skip
+    if len(tables) == 2:
+        error = patching_error(tables["activation"], tables["attribution"])
+        out.print(f"attribution vs activation over {error['cells']} cells: mean |error| {error['mean_abs']:.3f}, "
+                  f"max {error['max_abs']:.3f}, correlation {error['correlation']:.3f}")  # fmt: skip
+    if report is not None:
+        from steerlab.evaluate.report import write_report
+
+        written.append(write_report(list(tables.values()), report, title=f"patching: {pairs.name}"))
+    err.print("wrote " + ", ".join(str(p) for p in written))
+
+
+def _indices(text: str, what: str) -> list[int]:
+    """``"9,-1"`` -> [9, -1] (negative indices allowed, unlike ranges)."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SteerlabError(f"{what} '{text}' is not each, all or a list of indices; write e.g. -1 or 9,-1.") from None
+    if not values:
+        raise SteerlabError(f"{what} is empty; write each, all, or indices such as 9,-1.")
+    return values

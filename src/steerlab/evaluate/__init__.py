@@ -14,6 +14,7 @@ Example:
 from steerlab._replay import logits_over_alphas
 from steerlab.evaluate.baselines import prompting_baseline
 from steerlab.evaluate.breakdown_point import breakdown
+from steerlab.evaluate.circuits import mediation, patch_nodes
 from steerlab.evaluate.comparison import Comparison, Generation, compare, generate_rows
 from steerlab.evaluate.conditions import ConditionSearch, find_condition_point
 from steerlab.evaluate.judges import RefusalClassifier, phrase_refusal
@@ -81,8 +82,10 @@ __all__ = [
     "logit_diff",
     "logit_diff_metric",
     "logits_over_alphas",
+    "mediation",
     "neutral_texts",
     "p_matching",
+    "patch_nodes",
     "patching_error",
     "prompting_baseline",
     "phrase_refusal",

@@ -25,8 +25,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -35,6 +36,7 @@ from torch import nn
 
 from steerlab._forward import input_device
 from steerlab._hooks import HookSet
+from steerlab._steer import Intervention, steer
 from steerlab._text import encode, forward_kwargs, pad_batch, pad_id
 from steerlab.arch import get_layout
 from steerlab.arch.registry import check_layer_index
@@ -59,6 +61,8 @@ _OUT_PROJECTIONS = ("o_proj", "out_proj", "c_proj", "dense")
 
 Prompt = str | Sequence[int]
 Metric = Callable[..., torch.Tensor]
+Positions = Literal["each", "all"] | Sequence[int]
+Steering = Intervention | Sequence[Intervention] | None
 
 
 def logit_diff_metric(
@@ -101,7 +105,8 @@ def activation_patching(
     *,
     layers: Sequence[int] | None = None,
     sites: Sequence[str] = ("resid_post",),
-    positions: Literal["each", "all"] = "each",
+    positions: Positions = "each",
+    heads: Sequence[int] | None = None,
     batch_size: int = 16,
 ) -> ResultTable:
     """Patch each clean activation into the corrupted run, one cell at a time, and measure the recovery.
@@ -113,7 +118,10 @@ def activation_patching(
             ``(rows, tokens, vocab)`` of a left-padded batch and ``pairs`` the pair index of each row.
         layers: block indices (negative counts from the last); ``None``: every block.
         sites: any of :data:`PATCH_SITES` (``"head"``: each attention head's output, before the output projection).
-        positions: ``"each"`` patches one position at a time; ``"all"`` every position at once.
+        positions: ``"each"`` patches one position at a time; ``"all"`` every position at once; a list of
+            indices (negative counts from the end) patches those positions, one at a time (every prompt must then
+            have the same token length, as with ``"each"``).
+        heads: with the ``"head"`` site, which heads to patch (default: every head).
 
     Returns:
         ``ResultTable(kind="patching")``: one record per cell (``layer``, ``site``, ``position`` (``"all"`` or an
@@ -122,22 +130,30 @@ def activation_patching(
 
     Example:
         >>> table = activation_patching(model, tokenizer, clean, corrupted, metric, layers=range(0, 30, 4))
+        >>> heads = activation_patching(model, tokenizer, clean, corrupted, metric, sites=["head"], positions=[-1])
     """
-    run = _Run.prepare(model, tokenizer, clean, corrupted, metric, layers, sites, positions, batch_size)
+    run = _Run.prepare(model, tokenizer, clean, corrupted, metric, layers, sites, positions, batch_size, heads)
+    return _activation_table(run, "activation")
+
+
+def _activation_table(run: _Run, method: str) -> ResultTable:
+    """Activation patching of every cell of ``run`` (also :func:`~steerlab.evaluate.circuits.mediation`'s)."""
+    model = run.model
+    batch_size = run.batch_size
     device = input_device(model)
     cells = run.cells()
     # Every (cell, pair) is one row; rows of different cells share batches (each row patches its own cell).
     rows = [(c, p) for c in range(len(cells)) for p in range(run.n)]
     values = torch.empty(len(cells), run.n, dtype=torch.float64)
     with _eval(model), torch.no_grad():
-        clean_acts, clean_m = run.forward(run.clean_ids, record=True)
-        corrupt_m = run.forward(run.corrupt_ids)[1]
+        clean_acts, clean_m = run.forward(run.clean_ids, record=True, side="clean")
+        corrupt_m = run.forward(run.corrupt_ids, side="corrupted")[1]
         run.check_metric(clean_m, corrupt_m)
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
             pair_index = torch.tensor([p for _, p in chunk])
             ids, mask = run.corrupt_ids[0][pair_index], run.corrupt_ids[1][pair_index]
-            with HookSet() as hooks:
+            with run.steering("corrupted"), HookSet() as hooks:
                 for key in {cells[c][:2] for c, _ in chunk}:
                     module, is_input = run.modules[key]
                     picked = [(i, cells[c], p) for i, (c, p) in enumerate(chunk) if cells[c][:2] == key]
@@ -146,7 +162,7 @@ def activation_patching(
             out = run.call_metric(logits, pair_index)
             for i, (c, p) in enumerate(chunk):
                 values[c, p] = out[i]
-    return run.table(cells, values, clean_m, corrupt_m, "activation")
+    return run.table(cells, values, clean_m, corrupt_m, method)
 
 
 def attribution_patching(
@@ -158,7 +174,8 @@ def attribution_patching(
     *,
     layers: Sequence[int] | None = None,
     sites: Sequence[str] = ("resid_post",),
-    positions: Literal["each", "all"] = "each",
+    positions: Positions = "each",
+    heads: Sequence[int] | None = None,
     batch_size: int = 16,
 ) -> ResultTable:
     """The first-order estimate of :func:`activation_patching` from one forward and backward pass per batch.
@@ -172,10 +189,10 @@ def attribution_patching(
         >>> fast = attribution_patching(model, tokenizer, clean, corrupted, metric)
         >>> patching_error(activation_patching(model, tokenizer, clean, corrupted, metric), fast)
     """
-    run = _Run.prepare(model, tokenizer, clean, corrupted, metric, layers, sites, positions, batch_size)
+    run = _Run.prepare(model, tokenizer, clean, corrupted, metric, layers, sites, positions, batch_size, heads)
     cells = run.cells()
     with _eval(model), torch.no_grad():
-        clean_acts, clean_m = run.forward(run.clean_ids, record=True)
+        clean_acts, clean_m = run.forward(run.clean_ids, record=True, side="clean")
     keys = list(run.modules)
     estimates = {key: [] for key in keys}
     corrupt_parts = []
@@ -185,7 +202,7 @@ def attribution_patching(
             pair_index = torch.arange(start, min(start + batch_size, run.n))
             ids, mask = run.corrupt_ids[0][pair_index], run.corrupt_ids[1][pair_index]
             found: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
-            with torch.enable_grad(), HookSet() as hooks:
+            with torch.enable_grad(), run.steering("corrupted"), HookSet() as hooks:
                 for key in keys:
                     module, is_input = run.modules[key]
                     hooks.on_hidden(module, is_input, _tap(found, key))
@@ -256,11 +273,13 @@ class _Run:
     lengths: list[int]
     layers: list[int]
     sites: list[str]
-    positions: str
+    positions: str | list[int]
     modules: dict[tuple[int, str], tuple[nn.Module, bool]]
-    heads: int
+    heads: list[int]
     head_size: int
     batch_size: int
+    clean_steering: Steering = None
+    corrupted_steering: Steering = None
 
     @classmethod
     def prepare(
@@ -272,13 +291,16 @@ class _Run:
         metric: Metric,
         layers: Sequence[int] | None,
         sites: Sequence[str],
-        positions: str,
+        positions: Positions,
         batch_size: int,
+        heads: Sequence[int] | None = None,
+        clean_steering: Steering = None,
+        corrupted_steering: Steering = None,
     ) -> _Run:
         if not callable(metric):
             raise DataError(f"metric must be a function of the logits, got {type(metric).__name__}.")
-        if positions not in ("each", "all"):
-            raise DataError(f"positions must be 'each' or 'all', not {positions!r}.")
+        if isinstance(positions, str) and positions not in ("each", "all"):
+            raise DataError(f"positions must be 'each', 'all' or a list of indices, not {positions!r}.")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise DataError(f"batch_size must be a positive integer, not {batch_size!r}.")
         sites = [sites] if isinstance(sites, str) else list(sites)
@@ -303,58 +325,79 @@ class _Run:
                     "len(tokenizer(text)['input_ids']))."
                 )
         lengths = [len(a) for a in clean_tok]
-        if positions == "each" and len(set(lengths)) > 1:
+        if positions != "all" and len(set(lengths)) > 1:
             raise DataError(
-                f"positions='each' compares positions across pairs, so every prompt must have the same token length; "
-                f"found lengths {sorted(set(lengths))}. Use prompts of one template, or positions='all'."
+                f"positions={positions!r} compares positions across pairs, so every prompt must have the same token "
+                f"length; found lengths {sorted(set(lengths))}. Use prompts of one template, or positions='all'."
             )
+        if not isinstance(positions, str):
+            positions = _position_list(positions, lengths[0])
         layout = get_layout(model)
         chosen = range(layout.num_layers) if layers is None else layers
         chosen = list(dict.fromkeys(check_layer_index(i, layout.num_layers, negative=True) for i in chosen))
         if not chosen:
             raise DataError("no layers to patch; give at least one layer index, or layers=None for all.")
-        heads, head_size, modules = 0, 0, {}
+        n_heads, head_size, modules = 0, 0, {}
         for layer in chosen:
             for site in sites:
                 if site == "head":
-                    module, heads, head_size = _head_projection(model, layout, layer)
+                    module, n_heads, head_size = _head_projection(model, layout, layer)
                     modules[layer, site] = (module, True)
                 else:
                     modules[layer, site] = layout.site_module(layer, site)
+        head_list = _head_list(heads, n_heads, "head" in sites)
         pad = pad_id(tokenizer) if tokenizer is not None else 0
         name = getattr(metric, "__name__", None) or type(metric).__name__
         return cls(
             model, tokenizer, _two_arguments(metric), name, len(clean), pad_batch(clean_tok, pad, side="left"),
-            pad_batch(corrupt_tok, pad, side="left"), lengths, chosen, sites, positions, modules, heads, head_size,
-            batch_size,
+            pad_batch(corrupt_tok, pad, side="left"), lengths, chosen, sites, positions, modules, head_list, head_size,
+            batch_size, clean_steering, corrupted_steering,
         )  # fmt: skip
 
     def cells(self) -> list[tuple[int, str, int | str, int | None]]:
         """``(layer, site, position, head)`` of every cell, in table order."""
-        spots: list[int | str] = ["all"] if self.positions == "all" else list(range(self.lengths[0]))
+        if isinstance(self.positions, list):
+            spots: list[int | str] = list(self.positions)
+        else:
+            spots = ["all"] if self.positions == "all" else list(range(self.lengths[0]))
         return [
             (layer, site, position, head)
             for site in self.sites
             for layer in self.layers
             for position in spots
-            for head in (range(self.heads) if site == "head" else [None])
+            for head in (self.heads if site == "head" else [None])
         ]
+
+    @contextlib.contextmanager
+    def steering(self, side: Literal["clean", "corrupted"]) -> Iterator[None]:
+        """The steering of the clean or corrupted runs (none by default; :func:`mediation` steers the clean)."""
+        interventions = self.clean_steering if side == "clean" else self.corrupted_steering
+        if interventions is None:
+            yield
+            return
+        with steer(self.model, interventions):
+            yield
 
     def column(self, position: int) -> int:
         """The batch column of a prompt position (batches are left padded; with 'each' every row is full)."""
         return self.clean_ids[0].shape[1] - self.lengths[0] + position
 
     def forward(
-        self, batch: tuple[torch.Tensor, torch.Tensor], *, record: bool = False
+        self,
+        batch: tuple[torch.Tensor, torch.Tensor],
+        *,
+        record: bool = False,
+        side: Literal["clean", "corrupted"] = "clean",
     ) -> tuple[dict[tuple[int, str], torch.Tensor], torch.Tensor]:
-        """The metric of every pair on ``batch`` (and the activations at every (layer, site) with ``record``)."""
+        """The metric of every pair on ``batch`` (and the activations at every (layer, site) with ``record``), with
+        ``side``'s steering."""
         device = input_device(self.model)
         acts: dict[tuple[int, str], list[torch.Tensor]] = {key: [] for key in self.modules}
         values = []
         for start in range(0, self.n, self.batch_size):
             pair_index = torch.arange(start, min(start + self.batch_size, self.n))
             ids, mask = batch[0][pair_index], batch[1][pair_index]
-            with HookSet() as hooks:
+            with self.steering(side), HookSet() as hooks:
                 if record:
                     for key, (module, is_input) in self.modules.items():
                         hooks.on_hidden(module, is_input, _keeper(acts[key]))
@@ -377,6 +420,12 @@ class _Run:
             raise DataError(f"the metric {self.metric_name} is not finite on the clean or corrupted prompts.")
         a, b = float(clean.mean()), float(corrupt.mean())
         if abs(a - b) <= 1e-9 * (1.0 + abs(a) + abs(b)):
+            if self.clean_steering is not None or self.corrupted_steering is not None:
+                raise DataError(
+                    f"the metric {self.metric_name} has the same mean with and without the steering ({a:.6g}); "
+                    "there is no effect to mediate. Expected a steering that moves the metric: a larger alpha, "
+                    "another layer, or a metric the vector acts on."
+                )
             raise DataError(
                 f"the metric {self.metric_name} has the same mean on the clean and the corrupted prompts ({a:.6g}); "
                 "there is no difference to patch. Expected a metric that separates them, e.g. the logit of the "
@@ -398,14 +447,15 @@ class _Run:
             })  # fmt: skip
         meta = {
             "method": method, "metric": self.metric_name, "n_pairs": self.n, "positions": self.positions,
-            "layers": self.layers, "sites": self.sites, "clean_metric": clean_mean, "corrupted_metric": corrupt_mean,
+            "layers": self.layers, "sites": self.sites, "heads": self.heads if "head" in self.sites else None,
+            "clean_metric": clean_mean, "corrupted_metric": corrupt_mean,
             "clean_per_pair": [float(v) for v in clean_m], "corrupted_per_pair": [float(v) for v in corrupt_m],
         }  # fmt: skip
         return ResultTable("patching", records, meta)
 
     def _tokens(self) -> list[str] | None:
         """The first clean prompt's tokens, to label positions."""
-        if self.positions != "each" or self.tokenizer is None:
+        if self.positions == "all" or self.tokenizer is None:
             return None
         ids = self.clean_ids[0][0, self.clean_ids[0].shape[1] - self.lengths[0] :].tolist()
         try:
@@ -464,6 +514,31 @@ def _patcher(picked: list, source: torch.Tensor, head_size: int) -> Callable[[to
 def _head_projection(model: nn.Module, layout: Any, layer: int) -> tuple[nn.Module, int, int]:
     """The attention output projection of block ``layer`` (its input holds the heads side by side)."""
     return layout.heads(layer)
+
+
+def _position_list(positions: Sequence[int], length: int) -> list[int]:
+    """Positions given as indices (negative from the end) as indices from the start, checked."""
+    found = list(positions)
+    bad = [p for p in found if isinstance(p, bool) or not isinstance(p, int) or not -length <= p < length]
+    if not found or bad:
+        raise DataError(
+            f"positions {found!r}: expected a non-empty list of indices into the {length}-token prompts "
+            f"({-length} to {length - 1}; negative counts from the end), or 'each' or 'all'."
+        )
+    return list(dict.fromkeys(p % length for p in found))
+
+
+def _head_list(heads: Sequence[int] | None, n_heads: int, has_head_site: bool) -> list[int]:
+    """The heads to patch: all by default; a given list must fit the model and comes with the 'head' site."""
+    if heads is None:
+        return list(range(n_heads))
+    found = list(heads)
+    if not has_head_site:
+        raise DataError(f"heads={found!r} selects attention heads, which needs the 'head' site in sites.")
+    bad = [h for h in found if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < n_heads]
+    if not found or bad:
+        raise DataError(f"heads {found!r}: expected a non-empty list of head indices 0-{n_heads - 1}.")
+    return list(dict.fromkeys(found))
 
 
 def _two_arguments(metric: Metric) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -109,7 +109,9 @@ KINDS: dict[str, ResultKind] = {
             "Recovery = (metric with one clean activation patched into the corrupted run - corrupted metric) / "
             "(clean metric - corrupted metric), of the means over pairs: 1 where that activation alone restores the "
             "clean answer, 0 where it does nothing. method 'attribution' is the first-order (gradient) estimate of "
-            "the same numbers, poor where the model is far from linear in that activation.",
+            "the same numbers, poor where the model is far from linear in that activation. method 'mediation': the "
+            "clean run is the steered one and the corrupted run the unsteered one, so recovery is the share of a "
+            "steering intervention's effect that one component (every position) carries alone.",
             (("Layer x position", "patching_heatmaps"),),
         ),
         ResultKind(
