@@ -46,6 +46,8 @@ LAYERS = {
     "test_calling.py::test_doctor_passes_here_and_exits_zero": "apps",
     "test_calling.py::test_doctor_fails_on_a_tracker_that_never_sees_the_past": "apps",
     "test_cli.py": "apps",
+    "test_cli_conditions.py": "apps",
+    "test_cli_conditions.py::test_a_rule_of_conditions_round_trips_through_a_file": "unit",
     "test_conditions.py": "arch",
     "test_conditions.py::test_unit_rule_logic_and_scores": "unit",
     "test_conditions.py::test_a_new_prompt_after_a_cached_step_starts_a_new_sequence": "unit",
