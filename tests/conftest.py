@@ -106,6 +106,7 @@ LAYERS = {
     "test_serve.py": "apps",
     "test_serve_app.py": "apps",
     "test_serve_conditions.py": "arch",
+    "test_serve_conditions.py::test_conditional_and_plain_requests_over_http": "apps",
     "test_serve_engine.py": "arch",
     "test_serve_openai.py": "unit",
     "test_serve_validate.py": "arch",
