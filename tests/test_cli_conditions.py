@@ -89,6 +89,22 @@ def test_find_writes_the_search_of_find_condition_point_with_its_held_out_f1(fou
     assert isinstance(gate, Condition) and gate.threshold == pytest.approx(search.condition.threshold)
 
 
+def test_find_with_a_given_direction_searches_that_direction(folder, loaded, prompt_files, tmp_path):
+    model, tokenizer = loaded
+    given = random_vector(model, layers=(1, 2), seed=5).save(tmp_path / "dir.safetensors")
+    positive, negative = prompt_files
+    result = runner.invoke(app, ["condition", "find", "--positive", str(positive), "--negative", str(negative),
+                                 "--out", str(tmp_path / "g.json"), "--vector", str(given), "--reduces", "last",
+                                 "--model", str(folder)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    chat = [[apply_chat(tokenizer, p) for p in texts] for texts in (CATS, OTHER)]
+    search = find_condition_point(model, tokenizer, *chat, vector=SteeringVector.load(given), reduces=["last"])
+    gate = load_conditions(tmp_path / "g.json")
+    assert (gate.threshold, gate.layers, gate.reduce) == (search.condition.threshold, search.condition.layers, "last")
+    layer = gate.layers[0]
+    assert torch.equal(gate.vector.directions[layer], SteeringVector.load(given).directions[layer])
+
+
 def test_generate_with_a_condition_steers_only_where_the_gate_opens(found, folder, loaded, tmp_path):
     _, path = found
     model, tokenizer = loaded
