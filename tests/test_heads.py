@@ -199,3 +199,31 @@ def test_the_iti_vector_shifts_exactly_its_heads_and_records_them(tiny, tokenize
         probes.vector(k=17)
     with pytest.raises(DataError, match="labels must be 0 and 1"):
         head_probes(model, tokenizer, texts, [1] * len(texts))
+
+
+@pytest.mark.filterwarnings("ignore::steerlab.errors.StrengthWarning")  # strong pushes move a tiny model
+def test_an_iti_vector_is_swept_as_one_cell_for_its_k_and_strength(tiny, tokenizer):
+    """ITI's k and strength under the KL budget: one joint sweep per k (the k heads steered together, as ITI
+    does), each cell equal to a full pass steering every head of the vector, then calibrate on it."""
+    from steerlab.evaluate import logits_over_alphas
+    from steerlab.evaluate.metrics import ABBehaviour, neutral_texts
+    from steerlab.evaluate.sweeps import calibrate, sweep
+    from test_measure import MANY
+
+    model = tiny("llama")
+    texts, labels = labelled()
+    probes = head_probes(model, tokenizer, texts, labels)
+    behaviour = ABBehaviour(tokenizer, MANY[:6], balance=False)
+    for k in (2, 5):
+        vec = probes.vector(k)
+        result = sweep(model, tokenizer, vec, behaviour, alphas=[0.0, 4.0], scale="absolute", joint=True,
+                       coherence=neutral_texts()[:2], random_seeds=range(4))  # fmt: skip
+        assert {tuple(r["layer"]) for r in result.records} == {tuple(vec.layers)}
+        (cell,) = result.where(direction="vector", alpha=4.0)
+        template = Intervention(vec, layers=vec.layers, scale="absolute")
+        ((_, full),) = logits_over_alphas(model, behaviour.input_ids, behaviour.attention_mask, template, [4.0],
+                                          last_only=True, reuse_prefix=False)  # fmt: skip
+        assert cell["p_matching"] == pytest.approx(behaviour.score(full)["p_matching"], abs=1e-4)
+        assert cell["kl"] > 0 and cell["p_matching"] != result.meta["unsteered"]["p_matching"]
+        rec = calibrate(result, kl_budget=1e6)
+        assert rec.layer == vec.layers and rec.alpha == 4.0  # the one steered cell, found or not
