@@ -67,6 +67,7 @@ LAYERS = {
     "test_sae.py::test_cli_trains_decomposes_and_writes_a_feature": "apps",
     "test_gguf.py": "arch",
     "test_heads.py": "arch",
+    "test_heads.py::test_cli_sweeps_an_iti_vector_jointly": "apps",
     "test_hooks.py": "unit",
     "test_gguf.py::test_cli_export_import": "apps",
     "test_hub.py": "arch",
