@@ -15,7 +15,7 @@ from steerlab._record import ActivationReader
 from steerlab.bake import bake_addition
 from steerlab.engines import encode, pad_batch
 from steerlab.errors import DataError, SteeringError, VectorMismatchError
-from steerlab.evaluate.conditions import find_condition_point, gate_f1, threshold_f1
+from steerlab.evaluate.conditions import find_condition_point, gate_f1, gate_opens, threshold_f1
 from tiny import greedy, random_vector
 
 PLANT, OTHER = 777, 1500  # planted token ids
@@ -313,3 +313,21 @@ def test_a_new_prompt_after_a_cached_step_starts_a_new_sequence():
     assert call([[9]], [[1, 1, 1, 1]]) == (1, False)  # a cached step
     assert call([[9, 4]], [[1, 1]]) == (2, True)  # a new prompt beginning with that token
     assert call([[9, 4, 8]], [[1, 1, 1]]) == (2, False)  # re-fed longer without a cache: the same sequence
+
+
+def test_gate_opens_says_where_a_gate_steers(tiny, tokenizer):
+    """gate_opens (what the CLI and scripts report) equals what the gate decides inside steer, rules included."""
+    model = tiny("llama")
+    texts = TOPIC + OTHER_TOPIC
+    ids = encode(tokenizer, texts)
+    topic = find_condition_point(model, tokenizer, TOPIC, OTHER_TOPIC, layers=[0, 1], held_out=0).condition
+    arbitrary = Condition(random_vector(model, layers=(1,), seed=3), 0.0)
+    scores = arbitrary.score({1: recorded(model, ids, 1, "resid_post", "mean")})
+    arbitrary = Condition(arbitrary.vector, float(scores.median()))  # splits the prompts about in half
+    behaviour = random_vector(model, layers=(3,), scale=8.0)
+    base = logits(model, ids, steer(model, []))
+    for gate in (topic, arbitrary, topic & ~arbitrary, topic | arbitrary):
+        opened = gate_opens(model, tokenizer, texts, gate)
+        assert 0 < int(opened.sum()) < len(texts), gate  # some open, some shut: the comparison below can fail
+        gated = logits(model, ids, steer(model, behaviour, 1.0, scale="absolute", condition=gate))
+        assert [not torch.equal(gated[i], base[i]) for i in range(len(texts))] == opened.tolist(), gate

@@ -199,3 +199,64 @@ def test_the_iti_vector_shifts_exactly_its_heads_and_records_them(tiny, tokenize
         probes.vector(k=17)
     with pytest.raises(DataError, match="labels must be 0 and 1"):
         head_probes(model, tokenizer, texts, [1] * len(texts))
+
+
+@pytest.mark.filterwarnings("ignore::steerlab.errors.StrengthWarning")  # strong pushes move a tiny model
+def test_an_iti_vector_is_swept_as_one_cell_for_its_k_and_strength(tiny, tokenizer):
+    """ITI's k and strength under the KL budget: one joint sweep per k (the k heads steered together, as ITI
+    does), each cell equal to a full pass steering every head of the vector, then calibrate on it."""
+    from steerlab.evaluate import logits_over_alphas
+    from steerlab.evaluate.metrics import ABBehaviour, neutral_texts
+    from steerlab.evaluate.sweeps import calibrate, sweep
+    from test_measure import MANY
+
+    model = tiny("llama")
+    texts, labels = labelled()
+    probes = head_probes(model, tokenizer, texts, labels)
+    behaviour = ABBehaviour(tokenizer, MANY[:6], balance=False)
+    for k in (2, 5):
+        vec = probes.vector(k)
+        result = sweep(model, tokenizer, vec, behaviour, alphas=[0.0, 4.0], scale="absolute", joint=True,
+                       coherence=neutral_texts()[:2], random_seeds=range(4))  # fmt: skip
+        assert {tuple(r["layer"]) for r in result.records} == {tuple(vec.layers)}
+        (cell,) = result.where(direction="vector", alpha=4.0)
+        template = Intervention(vec, layers=vec.layers, scale="absolute")
+        ((_, full),) = logits_over_alphas(model, behaviour.input_ids, behaviour.attention_mask, template, [4.0],
+                                          last_only=True, reuse_prefix=False)  # fmt: skip
+        assert cell["p_matching"] == pytest.approx(behaviour.score(full)["p_matching"], abs=1e-4)
+        assert cell["kl"] > 0 and cell["p_matching"] != result.meta["unsteered"]["p_matching"]
+        rec = calibrate(result, kl_budget=1e6)
+        assert rec.layer == vec.layers and rec.alpha == 4.0  # the one steered cell, found or not
+
+
+def test_cli_sweeps_an_iti_vector_jointly(tokenizer, tmp_path):
+    """`steerlab sweep --joint` on a tiny model folder: every record steers the ITI vector's layers together, and
+    `calibrate --sweep` names them."""
+    import json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from steerlab import load_model
+    from steerlab.cli import app
+    from tiny import SMOL_VOCAB, make_tiny
+
+    make_tiny("llama", vocab=SMOL_VOCAB).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    model, _ = load_model(str(tmp_path / "model"))  # as the CLI loads it, so the vector names the same model
+    texts, labels = labelled()
+    vec = head_probes(model, tokenizer, texts, labels).vector(3).save(tmp_path / "iti.safetensors")
+    (tmp_path / "neutral.txt").write_text("The sky is blue.\nA cup of tea.\n")
+    runner = CliRunner()
+    questions = str(Path(__file__).parents[1] / "datasets" / "caa" / "test" / "refusal" / "test_dataset_ab.json")
+    result = runner.invoke(app, ["sweep", "--vector", str(vec), "--questions", questions, "--limit", "5", "--joint",
+                                 "--scale", "absolute", "--alphas", "0,3", "--random-seeds", "4", "--coherence-texts",
+                                 str(tmp_path / "neutral.txt"), "--out", str(tmp_path / "s"), "--model",
+                                 str(tmp_path / "model")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    layers = SteeringVector.load(vec).layers
+    records = json.loads((tmp_path / "s.json").read_text())["records"]
+    assert len(records) == 2 * 5 and all(r["layer"] == layers for r in records)
+    calibrated = runner.invoke(app, ["calibrate", "--vector", str(vec), "--sweep", str(tmp_path / "s.json"), "--out",
+                                     str(tmp_path / "c.safetensors"), "--budget", "1e6"])  # fmt: skip
+    assert f"layers {layers}, alpha 3" in calibrated.stdout, calibrated.output

@@ -158,6 +158,42 @@ def test_sweep_and_calibrate_find_the_planted_cell(tiny, tokenizer):
                 outcome.annotate(vec)
 
 
+def test_a_joint_sweep_steers_its_layers_together_and_calibrates_to_them(tiny, tokenizer, tmp_path):
+    """A vector that acts across layers (ITI's heads) is one cell: its records equal full passes steering every
+    layer at once, calibrate recommends the list of layers, and alpha="recommended" steers all of them."""
+    from steerlab.evaluate.plots import sweep_heatmaps
+
+    model = tiny("llama")
+    behaviour = ABBehaviour(tokenizer, MANY, balance=False)
+    w = model.get_output_embeddings().weight.detach().float()
+    push = w[behaviour.letter_ids[0]] - w[behaviour.letter_ids[1]]
+    vec = SteeringVector({2: push / push.norm() * 3.0, 3: push / push.norm() * 3.0}, model_id=model_id(model),
+                         fingerprint=fingerprint(model))  # fmt: skip
+    options = dict(alphas=[0.0, 1.0, 2.0], scale="absolute", coherence=neutral_texts()[:2], joint=True)
+    result = sweep(model, tokenizer, vec, behaviour, partial=tmp_path / "p.jsonl", **options)
+    assert len(result.records) == 3 * (1 + 8) and all(r["layer"] == [2, 3] for r in result.records)
+    assert result.meta["joint"] is True
+    template = Intervention(vec, layers=[2, 3], scale="absolute")
+    full = dict(logits_over_alphas(model, behaviour.input_ids, behaviour.attention_mask, template, [1.0, 2.0],
+                                   last_only=True, reuse_prefix=False))  # fmt: skip
+    for alpha in (1.0, 2.0):
+        (rec,) = result.where(direction="vector", alpha=alpha)
+        assert rec["p_matching"] == pytest.approx(behaviour.score(full[alpha])["p_matching"], abs=1e-4)
+        assert rec["added_norm"] == pytest.approx(alpha * float(torch.cat([push, push]).norm() / push.norm() * 3.0))
+    rec = calibrate(result, kl_budget=1e6)
+    assert rec.found and rec.layer == [2, 3] and rec.alpha == 2.0, rec.summary()
+    assert rec.summary().startswith("recommended: layers [2, 3], alpha 2 (add, absolute)")
+    item = Intervention(rec.annotate(vec), "recommended")
+    assert (item.layers, item.alpha, item.scale) == ((2, 3), 2.0, "absolute")
+    with pytest.raises(SteeringError, match="contradicts"):
+        Intervention(rec.annotate(vec), "recommended", layers=[3])
+    again = sweep(model, tokenizer, vec, behaviour, partial=tmp_path / "p.jsonl", **options)  # read back whole
+    assert again.records == result.records
+    with pytest.raises(SteeringError, match="not from this sweep"):  # a one-layer sweep is another run
+        sweep(model, tokenizer, vec, behaviour, partial=tmp_path / "p.jsonl", **{**options, "joint": False})
+    sweep_heatmaps(result)  # the joint cell is one row, labelled 2+3
+
+
 def _synthetic(vector_effect, *, n=20, seeds=8, spread=0.01, per_question_noise=0.02):
     """A sweep table with per-question values: layers 1, 2 x alphas 0-0.3; the vector's true effect per cell is
     ``vector_effect(layer, alpha)``, a random direction's is drawn with sd ``spread`` per (seed, cell)."""

@@ -61,7 +61,10 @@ PUBLIC = {
         "prompting_baseline", "sentiment", "sweep", "token_projections", "train_probe", "transfer_matrix",
         "write_report",
     ],
-    "steerlab.io": ["clear_control_vector", "export_gguf", "export_hub_folder", "import_gguf", "set_control_vector"],
+    "steerlab.io": [
+        "CONDITIONS_FORMAT", "clear_control_vector", "export_gguf", "export_hub_folder", "import_gguf",
+        "load_conditions", "save_conditions", "set_control_vector",
+    ],
     "steerlab.types": [
         "Alpha", "BREAKDOWN_STRENGTH", "CONDITION_COMPARISONS", "CONDITION_REDUCES", "CONDITION_SIDES",
         "ConditionComparison", "ConditionReduce", "ConditionSide", "DEFAULT_SCALE", "MAX_STRENGTH", "METHODS", "MODES",

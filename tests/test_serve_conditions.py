@@ -244,3 +244,56 @@ def test_a_malformed_named_condition_is_a_schema_error_naming_its_field():
         chat(conditions={"c": {"vector": "topic", "threshold": 0.1, "comparison": "dot"}})
     error = request_error(caught.value.errors())
     assert (error.status, error.code, error.param) == (400, "invalid_value", "conditions.c.comparison")
+
+
+@pytest.mark.filterwarnings("ignore::steerlab.errors.StrengthWarning")  # strong pushes: the tiny model's answers move
+def test_conditional_and_plain_requests_over_http(served, tokenizer):
+    """Through uvicorn and the official client, sent together: a gated request's answer equals the plain request's
+    where its gate is shut and the always-steered request's where it opens; bad conditions come back as 4xx."""
+    import openai
+
+    from steerlab.serve import background_server, create_app
+
+    model, library = served
+    prompts = ["Tell me about cats.", "Once upon a time", "The weather today is", "Cats purr when happy."]
+    scores = Condition(library.get("topic"), 0.0, reduce="last").score(
+        {1: recorded(model, encode(tokenizer, prompts), 1, "resid_post", "last")}
+    )
+    middle = float(scores.sort().values[1:3].mean())  # two prompts open, two stay shut
+    fired = (scores > middle).tolist()
+    gate = {"vector": "topic", "threshold": middle, "reduce": "last"}
+    behaviour = {"vector": "happy", "alpha": 1.0, "layers": [2]}
+    arms = {"gated": [{**behaviour, "condition": gate}], "always": [behaviour], "plain": None}
+    app = create_app(model, tokenizer, library, limits=LIMITS, name=SERVED)
+    answers: dict[tuple[str, int], str] = {}
+    with background_server(app) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="-")
+
+        def ask(arm: str, i: int) -> None:
+            extra = {} if arms[arm] is None else {"steering": arms[arm]}
+            reply = client.completions.create(
+                model=SERVED, prompt=prompts[i], max_tokens=6, temperature=0.0, extra_body=extra
+            )
+            answers[arm, i] = reply.choices[0].text
+
+        threads = [threading.Thread(target=ask, args=(arm, i)) for arm in arms for i in range(len(prompts))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert len(answers) == len(threads)
+        for i, open_ in enumerate(fired):
+            assert answers["gated", i] == answers["always" if open_ else "plain", i], (i, open_)
+            assert answers["always", i] != answers["plain", i]  # the push shows, so the equalities above say something
+        for body, code, param, match in (
+            ({"steering": [{**behaviour, "condition": "harmfull"}], "conditions": {"harmful": gate}},
+             "invalid_condition", "steering[0].condition", "names the condition 'harmfull'"),
+            ({"steering": [{**behaviour, "condition": {"vector": "topic"}}]}, "invalid_condition",
+             "steering[0].condition.threshold", "records no condition point"),
+            ({"steering": [{**behaviour, "condition": {"vector": "nope", "threshold": 0.1}}]}, "vector_not_found",
+             "steering[0].condition.vector", "no vector named 'nope'"),
+        ):  # fmt: skip
+            with pytest.raises(openai.APIStatusError, match=match) as caught:
+                client.completions.create(model=SERVED, prompt=prompts[0], max_tokens=2, extra_body=body)
+            error = caught.value.body
+            assert caught.value.status_code in (400, 404) and (error["code"], error["param"]) == (code, param)

@@ -188,7 +188,9 @@ class Intervention:
                 f"directions on held-out questions; this vector has {found}. Run `steerlab calibrate --vector ...` "
                 "(or calibrate(sweep(...)).annotate(vec)), or give alpha as a number."
             )
-        wanted = {"mode": rec["mode"], "layers": (int(rec["layer"]),), "scale": rec["scale"]}
+        # A joint sweep's cell records its layers as a list: they are steered together.
+        layers = tuple(int(x) for x in rec["layer"]) if isinstance(rec["layer"], list) else (int(rec["layer"]),)
+        wanted = {"mode": rec["mode"], "layers": layers, "scale": rec["scale"]}
         given = {
             "mode": self.mode,
             "layers": None if self.layers is None else tuple(sorted({int(x) for x in self.layers})),

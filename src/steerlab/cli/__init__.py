@@ -11,7 +11,7 @@ from steerlab.cli._common import app
 
 # isort: off
 # Importing a command module registers its commands; this order is the order `steerlab --help` lists them in.
-from steerlab.cli import vectors, serving, doctor, measure, recipes, understand  # noqa: F401, E402
+from steerlab.cli import vectors, conditions, serving, doctor, measure, recipes, understand  # noqa: F401, E402
 # isort: on
 
 __all__ = ["app", "main"]

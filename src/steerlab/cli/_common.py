@@ -103,6 +103,17 @@ def read_lines(path: Path, what: str) -> list[str]:
     return lines
 
 
+def read_prompts(prompt: str | None, prompts: Path | None) -> list[str]:
+    """``--prompt TEXT`` or ``--prompts FILE`` (one prompt per line), exactly one of them."""
+    if (prompt is None) == (prompts is None):
+        raise SteerlabError("give exactly one of --prompt TEXT or --prompts FILE.")
+    if prompts is not None:
+        return read_lines(prompts, "--prompts")
+    if not (prompt or "").strip():
+        raise SteerlabError("--prompt is empty.")
+    return [prompt or ""]
+
+
 COHERENCE_TEXTS_OPT = typer.Option(
     None,
     "--coherence-texts",

@@ -61,6 +61,12 @@ RANDOM_SEEDS_OPT = typer.Option(
     help="How many same-norm random directions (seeds 0..N-1) to sweep as the baseline; each costs as much as "
     "the vector.",
 )
+JOINT_OPT = typer.Option(
+    False,
+    "--joint",
+    help="Steer the layers together, as one cell per mode, instead of each alone (a vector that acts across "
+    "layers, such as ITI's top-k heads).",
+)
 PARTIAL_OPT = typer.Option(
     None,
     "--partial",
@@ -71,7 +77,7 @@ PARTIAL_OPT = typer.Option(
 
 def _run_sweep(
     vector_path, questions, limit, layers, alphas, modes, scale, random_seeds, coherence_texts, model, device, dtype,
-    *, partial=None,
+    *, partial=None, joint=False,
 ):  # fmt: skip
     from steerlab._vector import SteeringVector
     from steerlab.evaluate.metrics import load_ab
@@ -92,6 +98,7 @@ def _run_sweep(
     result = sweep(
         lm, tokenizer, vec, items, layers=layer_list, alphas=parse_floats(alphas, "--alphas"), modes=mode_list,
         scale=scale, coherence=texts, random_seeds=range(random_seeds), partial=partial,  # type: ignore[arg-type]
+        joint=joint,
     )  # fmt: skip
     return vec, result
 
@@ -130,6 +137,7 @@ def sweep_command(
     random_seeds: int = RANDOM_SEEDS_OPT,
     coherence_texts: Path | None = COHERENCE_TEXTS_OPT,
     partial: Path | None = PARTIAL_OPT,
+    joint: bool = JOINT_OPT,
     model: str = MODEL_OPT,
     device: str | None = DEVICE_OPT,
     dtype: str | None = DTYPE_OPT,
@@ -137,7 +145,7 @@ def sweep_command(
     """Sweep layers x strengths: A/B behaviour, KL coherence, and random directions as the baseline."""
     _, result = _run_sweep(
         vector, questions, limit, layers, alphas, modes, scale, random_seeds, coherence_texts, model, device, dtype,
-        partial=partial,
+        partial=partial, joint=joint,
     )  # fmt: skip
     _print_sweep(result)
     err.print("wrote " + ", ".join(str(p) for p in write_table(result, out_prefix)))
@@ -163,6 +171,7 @@ def calibrate_command(
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of the split into selection / held-out questions."),
     coherence_texts: Path | None = COHERENCE_TEXTS_OPT,
     partial: Path | None = PARTIAL_OPT,
+    joint: bool = JOINT_OPT,
     model: str = MODEL_OPT,
     device: str | None = DEVICE_OPT,
     dtype: str | None = DTYPE_OPT,
@@ -198,6 +207,7 @@ def calibrate_command(
             device,
             dtype,
             partial=partial,
+            joint=joint,
         )
         written = write_table(result, out_path.with_name(out_path.stem + "-sweep"))
         err.print("wrote " + ", ".join(str(p) for p in written))

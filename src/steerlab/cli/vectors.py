@@ -22,7 +22,7 @@ from steerlab.cli._common import (
     out,
     parse_alphas,
     parse_ints,
-    read_lines,
+    read_prompts,
     show_comparison,
     user_errors,
 )
@@ -150,6 +150,12 @@ def generate(
     ),
     scale: Scale = typer.Option(DEFAULT_SCALE, "--scale", help="relative (to the residual norm) or absolute."),
     preserve_norm: bool = typer.Option(False, "--preserve-norm", help="Keep each token's residual norm."),
+    condition: Path | None = typer.Option(
+        None,
+        "--condition",
+        help="A condition file (steerlab condition find): steer only the prompts whose gate opens; the others are "
+        "answered as unsteered at every strength.",
+    ),
     max_new_tokens: int = typer.Option(40, "--max-new-tokens"),
     sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
     seed: int = typer.Option(0, "--seed"),
@@ -158,18 +164,15 @@ def generate(
     device: str | None = DEVICE_OPT,
     dtype: str | None = DTYPE_OPT,
 ) -> None:
-    """Generate unsteered and steered text side by side."""
+    """Generate unsteered and steered text side by side (with --condition: steered only where the gate opens)."""
+    from steerlab.engines import apply_chat
     from steerlab.evaluate.comparison import compare
+    from steerlab.evaluate.conditions import gate_opens
+    from steerlab.io.conditions import load_conditions
 
-    if (prompt is None) == (prompts is None):
-        raise SteerlabError("give exactly one of --prompt TEXT or --prompts FILE.")
-    if prompts is not None:
-        prompt_list = read_lines(prompts, "--prompts")
-    else:
-        prompt_list = [prompt or ""]
-        if not prompt_list[0].strip():
-            raise SteerlabError("--prompt is empty.")
+    prompt_list = read_prompts(prompt, prompts)
     vec = load_combined(vector)
+    gate = load_conditions(condition) if condition is not None else None
     if alphas is None and "recommended" in vec.extra:
         # The calibrated setting (layer, mode, scale and strength) beside the unsteered model; Intervention checks
         # that --layers / --mode / --scale, if given, agree with it.
@@ -183,6 +186,9 @@ def generate(
         alpha_list = [None, *alpha_list]  # these modes have no identity alpha: show the unsteered model too
     layer_list = parse_ints(layers, "--layers") if layers else None
     lm, tokenizer = _load(model, device, dtype)
+    # Whether each prompt's gate opens, read as the gate reads it (the prompt in the chat template, as compare puts
+    # it); first, so that a condition of another model is the error named, before any generation.
+    opened = None if gate is None else gate_opens(lm, tokenizer, [apply_chat(tokenizer, p) for p in prompt_list], gate)
     rows = compare(
         lm,
         tokenizer,
@@ -195,15 +201,19 @@ def generate(
         site=site,
         scale=scale,
         preserve_norm=preserve_norm,  # type: ignore[arg-type]
+        condition=gate,
         max_new_tokens=max_new_tokens,
         do_sample=sample,
         seed=seed,
     )
     if as_json:
-        for row in rows:
-            sys.stdout.write(json.dumps(row.as_dict(), ensure_ascii=False) + "\n")
+        for i, row in enumerate(rows):
+            line = row.as_dict() if opened is None else {**row.as_dict(), "gate_open": bool(opened[i])}
+            sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
         return
-    for row in rows:
+    for i, row in enumerate(rows):
+        if opened is not None:
+            out.print(f"gate {'open: steered' if opened[i] else 'shut: every answer unsteered'}", style="bold")
         show_comparison(row)
 
 

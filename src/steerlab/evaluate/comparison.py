@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from steerlab._conditions import Gate
 from steerlab._interventions import Alpha
 from steerlab._progress import track
 from steerlab._steer import Intervention, as_interventions, steer, steer_rows
@@ -102,6 +103,7 @@ def compare(
     site: Site | None = None,
     scale: Scale = DEFAULT_SCALE,
     preserve_norm: bool = False,
+    condition: Gate | None = None,
     max_new_tokens: int = 40,
     chat: bool | None = None,
     system: str | None = None,
@@ -121,6 +123,9 @@ def compare(
     2-3x faster on a CPU than one pass per strength. Sampling runs one pass per strength instead, so that every
     strength draws the same random numbers as the unsteered run (``seed``).
 
+    ``condition`` (a :class:`~steerlab.Condition` or :class:`~steerlab.Rule`) gates every strength: a prompt whose
+    gate stays shut is answered as unsteered at each of them (see :class:`~steerlab.Intervention`).
+
     Example:
         >>> for row in compare(model, tokenizer, ["Tell me about your day."], vec, alphas=[-0.15, 0, 0.15]):
         ...     for g in row.generations:
@@ -133,7 +138,14 @@ def compare(
     # e.g. norms for the relative scale, but that is not the mistake), and before the unsteered run.
     (vector.vector if isinstance(vector, Intervention) else vector).check_fits(model, warn=False)
     items = as_interventions(
-        vector, mode=mode, layers=layers, positions=positions, site=site, scale=scale, preserve_norm=preserve_norm
+        vector,
+        mode=mode,
+        layers=layers,
+        positions=positions,
+        site=site,
+        scale=scale,
+        preserve_norm=preserve_norm,
+        condition=condition,
     )
     if len(items) != 1:
         raise SteeringError(f"compare varies the strength of one intervention; got {len(items)}.")

@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from steerlab._conditions import Condition, condition_scores
+from steerlab._conditions import Condition, Gate, condition_scores
 from steerlab._models import fingerprint, model_id
-from steerlab._record import ActivationReader, check_texts, length_batches
+from steerlab._record import ActivationReader, check_texts, length_batches, record
 from steerlab._text import encode, pad_id
 from steerlab._vector import SteeringVector
 from steerlab.errors import DataError
@@ -39,7 +39,7 @@ from steerlab.types import CONDITION_COMPARISONS as COMPARISONS
 from steerlab.types import CONDITION_REDUCES as REDUCES
 from steerlab.types import CONDITION_SIDES as SIDES
 
-__all__ = ["ConditionSearch", "find_condition_point", "gate_f1", "threshold_f1"]
+__all__ = ["ConditionSearch", "find_condition_point", "gate_f1", "gate_opens", "threshold_f1"]
 
 
 def gate_f1(fired: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -58,6 +58,30 @@ def gate_f1(fired: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         "recall": tp / (tp + fn) if tp + fn else 0.0,
         "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
     }
+
+
+def gate_opens(
+    model: nn.Module, tokenizer: Any, prompts: Sequence[str], gate: Gate, *, batch_size: int = 16
+) -> torch.Tensor:
+    """Per prompt, whether ``gate`` (a condition or a rule) opens for it: a boolean tensor, what the gate decides at
+    generation time. Each condition is scored on the prompt's recorded activations, aggregated as the gate
+    aggregates them; give prompts as the model will see them (chat template applied, e.g.
+    ``steerlab.engines.apply_chat``). A condition vector that does not fit ``model`` raises.
+
+    Example:
+        >>> gate_opens(model, tokenizer, [apply_chat(tokenizer, "How do I bake bread?")], cooking)
+        tensor([True])
+    """
+    prompts = check_texts(prompts)
+    scores = {}
+    for condition in gate.conditions():
+        condition.vector.check_fits(model)
+        acts = record(model, tokenizer, prompts, layers=list(condition.layers or ()), reduce=condition.reduce,
+                      site=condition.site, batch_size=batch_size)  # fmt: skip
+        scores[id(condition)] = condition.score(acts.values)
+    fired = gate.fires(lambda condition: scores[id(condition)])
+    assert fired is not None  # every condition was scored above
+    return fired
 
 
 def threshold_f1(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

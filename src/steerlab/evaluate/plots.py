@@ -46,13 +46,18 @@ def _need(table: ResultTable, kind: str) -> None:
         raise DataError(f"the {kind} table has no records to plot.")
 
 
+def _row_label(layer: int | list[int]) -> Any:
+    """A sweep row's layer, or ``"2+3"`` for a joint cell (its layers steered together)."""
+    return "+".join(str(x) for x in layer) if isinstance(layer, list) else layer
+
+
 def _grid(rows: list[dict[str, Any]], value: str) -> tuple[list[Any], list[Any], np.ndarray]:
-    layers = sorted({r["layer"] for r in rows})
+    layers = sorted({_row_label(r["layer"]) for r in rows}, key=lambda x: (isinstance(x, str), x))
     alphas = sorted({r["alpha"] for r in rows})
     grid = np.full((len(layers), len(alphas)), np.nan)
     for r in rows:
         if r.get(value) is not None:
-            grid[layers.index(r["layer"]), alphas.index(r["alpha"])] = r[value]
+            grid[layers.index(_row_label(r["layer"])), alphas.index(r["alpha"])] = r[value]
     return layers, alphas, grid
 
 
@@ -95,8 +100,8 @@ def sweep_heatmaps(table: ResultTable, *, mode: str | None = None) -> Figure:
     layers, alphas, _ = _grid(vector, "effect")
     for r in vector:
         if r.get("beats_random") is False:
-            axes[0][0].text(alphas.index(r["alpha"]), layers.index(r["layer"]), "x", ha="center", va="center",
-                            color="0.3", fontsize=11)  # fmt: skip
+            row = layers.index(_row_label(r["layer"]))
+            axes[0][0].text(alphas.index(r["alpha"]), row, "x", ha="center", va="center", color="0.3", fontsize=11)
     fig.suptitle(f"sweep ({mode}, scale {table.meta.get('scale', '?')}, n = {table.meta.get('n_items', '?')})")
     fig.tight_layout()
     return fig

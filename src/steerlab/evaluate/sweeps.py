@@ -162,6 +162,7 @@ def sweep(
     batch_size: int = 16,
     progress: bool | None = None,
     partial: str | os.PathLike | None = None,
+    joint: bool = False,
 ) -> ResultTable:
     """Measure a behaviour and coherence for every (mode, layer, alpha), for ``vector`` and for same-norm random
     directions, one per seed of ``random_seeds`` (the baseline's distribution).
@@ -192,6 +193,10 @@ def sweep(
             hash of the model, the vector and the random directions, layers, alphas, modes, scale, seeds, the
             behaviour's and coherence texts' tokens); a file from another run raises
             :class:`~steerlab.SteeringError` (delete it or pass another path), never mixes in.
+        joint: steer ``layers`` together, as one cell per mode, instead of each alone: for a vector that acts as a
+            whole across layers, such as ITI's shift of the top-k heads (``recipes.HeadProbes.vector(k)``; sweep
+            one per k). The cell's records carry ``layer`` = the list of layers; the random directions have the
+            vector's norm at each of them; :func:`calibrate` and ``alpha="recommended"`` take the list.
 
     Returns a ``ResultTable(kind="sweep")`` with one record per cell and direction: ``mode, layer, alpha, scale,
     direction`` (``vector`` or ``random``), ``seed`` (the random direction's; ``None`` for the vector), the
@@ -213,6 +218,8 @@ def sweep(
     if not isinstance(coherence, NeutralKL):
         coherence = NeutralKL(tokenizer, coherence)
     layers = checked_layers(vector, layers)
+    # What each cell steers: one layer, or (joint) all of them; a list in the records, a string in cell keys.
+    steered: list[int | list[int]] = [list(layers)] if joint else list(layers)
     alphas = list(alphas)
     if not alphas or not layers or not modes:
         raise SteeringError("a sweep needs at least one layer, one alpha and one mode.")
@@ -225,12 +232,15 @@ def sweep(
     store = None
     if partial is not None:
         identity = _run_identity(model, directions, behaviour, coherence, layers, alphas, modes, scale)
+        if joint:  # only then: files of one-layer sweeps keep the identity they were written with
+            identity["joint"] = True
         store = PartialResults(partial, "sweep", identity)
     coherence.reference(model, batch_size)
     # One unsteered pass per metric, recorded at every swept layer: each (direction, alpha) then runs only the
     # blocks from its layer up (nothing below a steered layer changes), and the unsteered behaviour comes free.
     # The rows of one question (its two orders) run packed, their shared beginning once.
-    templates = [Intervention(vector, mode=mode, layers=[layer], scale=scale) for mode in modes for layer in layers]
+    templates = [Intervention(vector, mode=mode, layers=_as_list(cell), scale=scale) for mode in modes
+                 for cell in steered]  # fmt: skip
     bases = {
         id(metric): UnsteeredPass(
             model, metric.input_ids, metric.attention_mask, templates, last_only=metric.last_only,
@@ -250,7 +260,8 @@ def sweep(
 
     unsteered, unsteered_pq = measure(behaviour, None, [None], per_question=True)[repr(None)]
     first = next(iter(unsteered))
-    cells = [(mode, layer, seed) for mode in modes for layer in layers for seed in directions]
+    cells = [(mode, _cell_key(layer), seed) for mode in modes for layer in steered for seed in directions]
+    steered_of = {_cell_key(layer): layer for layer in steered}
     show = progress if progress is not None else len(cells) > 4
     finished = dict(store.done) if store is not None else {}  # cell -> its records, read back from `partial`
     todo = [cell for cell in cells if cell not in finished]
@@ -259,12 +270,13 @@ def sweep(
         print(f"sweeping: resuming from {partial}, {done}/{len(cells)} cells done", file=sys.stderr, flush=True)
     with warnings.catch_warnings():  # a sweep measures what strong pushes cost: no StrengthWarning per cell
         warnings.simplefilter("ignore", StrengthWarning)
-        for mode, layer, seed in track(todo, "sweeping", show=show):
-            template = Intervention(directions[seed], mode=mode, layers=[layer], scale=scale)
+        for mode, cell_key, seed in track(todo, "sweeping", show=show):
+            layer = steered_of[cell_key]
+            template = Intervention(directions[seed], mode=mode, layers=_as_list(layer), scale=scale)
             moving = [a for a in alphas if not is_identity(mode, a)]
             scores = measure(behaviour, template, moving, per_question=True) if moving else {}
             kls = measure(coherence, template, moving) if moving else {}
-            delta_norm = float(template.deltas()[layer].norm())
+            delta_norm = float(torch.cat([d.flatten().float() for d in template.deltas().values()]).norm())
             cell_records = []
             for alpha in alphas:
                 key = repr(alpha)
@@ -282,8 +294,8 @@ def sweep(
                 rec["per_question"] = per_question
                 cell_records.append(rec)
             if store is not None:
-                store.add((mode, layer, seed), cell_records)
-            finished[mode, layer, seed] = cell_records
+                store.add((mode, cell_key, seed), cell_records)
+            finished[mode, cell_key, seed] = cell_records
     records = [dict(rec) for cell in cells for rec in finished[cell]]  # in cell order, resumed or not
     _mark_random_bands(records)
     meta = {
@@ -295,6 +307,7 @@ def sweep(
         "n_questions": None if unsteered_pq is None else len(unsteered_pq),
         "n_coherence_texts": int(coherence.input_ids.shape[0]),
         "layers": layers,
+        "joint": joint,
         "alphas": [_alpha_key(a) for a in alphas],
         "modes": list(modes),
         "scale": scale,
@@ -304,6 +317,16 @@ def sweep(
         "resid_norm": {str(k): v for k, v in vector.resid_norm.items() if k in layers},
     }
     return ResultTable("sweep", records, meta)
+
+
+def _as_list(layer: int | list[int]) -> list[int]:
+    return list(layer) if isinstance(layer, list) else [layer]
+
+
+def _cell_key(layer: int | list[int] | tuple[int, ...]) -> int | str:
+    """A cell's layer as a key (hashable, and the same after a JSON round trip): the layer, or ``"2+3"`` for a
+    joint cell."""
+    return "+".join(str(x) for x in layer) if isinstance(layer, (list, tuple)) else layer
 
 
 def _run_identity(
@@ -345,9 +368,10 @@ def _mark_random_bands(records: list[dict[str, Any]]) -> None:
     random: dict[tuple, list[float]] = {}
     for r in records:
         if r["direction"] == "random":
-            random.setdefault((r["mode"], r["layer"], repr(r["alpha"])), []).append(r["effect"])
+            random.setdefault((r["mode"], _cell_key(r["layer"]), repr(r["alpha"])), []).append(r["effect"])
     for r in records:
-        effects = random.get((r["mode"], r["layer"], repr(r["alpha"]))) if r["direction"] == "vector" else None
+        key = (r["mode"], _cell_key(r["layer"]), repr(r["alpha"]))
+        effects = random.get(key) if r["direction"] == "vector" else None
         if not effects:
             r.update(random_mean=None, random_sd=None, beats_random=None)
             continue
@@ -360,6 +384,7 @@ def _mark_random_bands(records: list[dict[str, Any]]) -> None:
 @dataclass
 class Recommendation:
     """What :func:`calibrate` found: a recommended (layer, alpha), or "no setting found" with the best cell.
+    ``layer`` is a list of layers for a joint sweep's cell (steered together).
 
     ``effect`` and ``interval`` are measured on the held-out questions only (the cell was chosen on the others,
     where its effect was ``selection_effect``). ``random_mean`` / ``random_sd`` are the random directions' held-out
@@ -375,7 +400,7 @@ class Recommendation:
 
     found: bool
     reason: str
-    layer: int
+    layer: int | list[int]
     alpha: Any
     mode: str
     scale: str
@@ -408,8 +433,9 @@ class Recommendation:
         """
         alpha = f"[{self.alpha[0]}, {self.alpha[1]}]" if isinstance(self.alpha, (list, tuple)) else f"{self.alpha:g}"
         level = f"{INTERVAL_LEVEL:.0%}"
+        where = f"layers {self.layer}" if isinstance(self.layer, list) else f"layer {self.layer}"
         cell = (
-            f"layer {self.layer}, alpha {alpha} ({self.mode}, {self.scale}): held-out effect on {self.metric} "
+            f"{where}, alpha {alpha} ({self.mode}, {self.scale}): held-out effect on {self.metric} "
             f"{self.effect:+.3f} ({level} interval [{self.interval[0]:+.3f}, {self.interval[1]:+.3f}], "
             f"n = {self.n_held_out} questions; chosen on {self.n_selection} others, where it was "
             f"{self.selection_effect:+.3f}); random directions ({len(self.random_seeds)} seeds): at this cell "
@@ -569,7 +595,7 @@ def calibrate(
     return Recommendation(
         found=found,
         reason=reason,
-        layer=int(best["layer"]),
+        layer=[int(x) for x in best["layer"]] if isinstance(best["layer"], list) else int(best["layer"]),
         alpha=best["alpha"],
         mode=best["mode"],
         scale=best["scale"],
