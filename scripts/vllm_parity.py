@@ -177,11 +177,12 @@ def make_vector(model, tokenizer, folder: Path, pairs: int = 32) -> str:
     return str(vector.save(folder / "sentiment.safetensors"))
 
 
-def open_llm(folder: str):
-    """SmolLM2 in vLLM as the plugin needs it: eager, float32 (the settings of docs/vllm.md)."""
-    from vllm import LLM
+def open_llm(model):
+    """SmolLM2 in vLLM as the plugin needs it: eager, float32 (the settings of docs/vllm.md), through the function
+    `steerlab serve --engine vllm` uses."""
+    from steerlab.serve.vllm_engine import open_llm as open_served
 
-    return LLM(model=folder, dtype="float32", enforce_eager=True, max_model_len=1024, seed=0)
+    return open_served(model, max_batch=256, max_model_len=1024, seed=0)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = load_model("smollm2-135m", dtype="float32")
     folder = Path(tempfile.mkdtemp())
     vector = make_vector(model, tokenizer, folder)
-    llm = open_llm(str(model.config.name_or_path))
+    llm = open_llm(model)
     rows = measure(llm, model, tokenizer, vector, PROMPTS[: args.prompts], args.max_tokens)
     print(table(rows))
     print(f"\n{args.prompts} prompts x {args.max_tokens} greedy tokens; {time.time() - start:.0f} s")

@@ -78,8 +78,8 @@ PUBLIC = {
         "head_probes", "refusal_direction", "steered_finetuning",
     ],
     "steerlab.serve": [
-        "ApiError", "Engine", "EngineBusy", "Event", "Job", "ServeLimits", "VectorLibrary", "background_server",
-        "create_app", "serve",
+        "ApiError", "Engine", "EngineBusy", "Event", "Job", "ServeLimits", "VLLMEngine", "VectorLibrary",
+        "background_server", "create_app", "open_llm", "serve",
     ],
     "steerlab.vllm": [
         "DISABLE_ENV", "EXTRA_KEY", "TESTED_VLLM", "VECTORS_ENV", "check_layout", "register", "steering_args",

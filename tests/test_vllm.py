@@ -38,7 +38,7 @@ def engine(smol, smol_cache, tmp_path_factory):
     12 and 16. One request runs first, so the plugin's layer hooks exist before any test counts hooks."""
     model, tokenizer = smol
     vector = parity.make_vector(model, tokenizer, tmp_path_factory.mktemp("vllm"), pairs=16)
-    llm = parity.open_llm(str(smol_cache.folder))
+    llm = parity.open_llm(model)
     llm.generate([{"prompt_token_ids": [1, 2, 3]}], SamplingParams(max_tokens=1), use_tqdm=False)
     yield llm, model, tokenizer, vector
     from steerlab.vllm._plugin import _STATES
@@ -200,3 +200,50 @@ def test_bad_steering_is_refused_with_the_librarys_errors_and_the_engine_goes_on
             llm.generate([prompt], [SamplingParams(max_tokens=2, extra_args=extra)], use_tqdm=False)
     out = llm.generate([prompt], [SamplingParams(max_tokens=2, temperature=0.0)], use_tqdm=False)
     assert len(out[0].outputs[0].token_ids) == 2
+
+
+def test_steerlab_serve_on_the_vllm_engine_answers_as_the_built_in_engine(engine, tmp_path):
+    """`steerlab serve --engine vllm`: the server's own routes over vLLM give the built-in engine's greedy answers,
+    steered and not, whole and streamed; what the plugin cannot apply is a 400, and the engine goes on."""
+    import shutil
+
+    import httpx
+    import openai
+
+    from steerlab.serve import Engine, VectorLibrary, background_server, create_app
+    from steerlab.serve.vllm_engine import VLLMEngine
+
+    llm, model, tokenizer, vector = engine
+    folder = tmp_path / "vectors"
+    folder.mkdir()
+    shutil.copy(vector, folder / "sentiment.safetensors")
+    library = VectorLibrary(folder, model)
+    steered = [{"vector": "sentiment", "alpha": 0.2, "layers": [12]}]
+    # an ablation and a push on the generated tokens only, in one request
+    mixed = [{"vector": "sentiment", "mode": "ablate", "alpha": 1.0, "layers": [8]},
+             {"vector": "sentiment", "alpha": -0.25, "layers": [12], "positions": "generated"}]  # fmt: skip
+    gated = [{**steered[0], "condition": {"vector": "sentiment", "threshold": 0.0, "layers": [8]}}]
+    answers = {}
+    for name, worker in (("vllm", VLLMEngine(llm, model, tokenizer)), ("transformers", Engine(model, tokenizer))):
+        with background_server(create_app(model, tokenizer, library, engine=worker)) as url:
+            client = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0, timeout=300)
+
+            def ask(steering, stream=False, client=client):
+                reply = client.chat.completions.create(
+                    model="smollm2-135m", messages=[{"role": "user", "content": "Tell me about your day."}],
+                    max_tokens=12, temperature=0, stream=stream,
+                    extra_body={"steering": steering} if steering else None,
+                )  # fmt: skip
+                if not stream:
+                    return reply.choices[0].message.content
+                return "".join(c.choices[0].delta.content or "" for c in reply if c.choices)
+
+            answers[name] = [ask(None), ask(steered), ask(mixed), ask(steered, stream=True)]
+            if name == "vllm":
+                with pytest.raises(openai.BadRequestError, match="condition gates are not applied by the vLLM"):
+                    ask(gated)
+                assert ask(None) == answers["vllm"][0]  # the engine goes on after a refusal
+                metrics = httpx.get(url + "/metrics").json()
+                assert metrics["engine"] == "vllm" and metrics["tokens_generated_total"] >= 4 * 12
+    assert answers["vllm"] == answers["transformers"]
+    assert len(set(answers["vllm"][:3])) == 3 and answers["vllm"][3] == answers["vllm"][1]

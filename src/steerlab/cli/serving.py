@@ -42,6 +42,9 @@ def serve(
         help="Require 'Authorization: Bearer KEY' (the OpenAI client's api_key) on the API; default $STEERLAB_API_KEY.",
         show_envvar=False,
     ),
+    engine: Literal["transformers", "vllm"] = typer.Option(
+        "transformers", "--engine", help="Where generation runs: transformers (built in) or vllm (needs vLLM)."
+    ),
 ) -> None:
     """Serve the model over an OpenAI-compatible API with per-request steering, and a playground at /."""
     from steerlab.serve import serve as run_server
@@ -56,6 +59,7 @@ def serve(
         batch_window=batch_window_ms / 1000,
         max_batch=max_batch,
         api_key=api_key,
+        engine=engine,
     )
 
 

@@ -17,12 +17,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from steerlab.errors import SteerlabError
 from steerlab.serve.app import create_app
 from steerlab.serve.engine import Engine, EngineBusy, Event, Job
 from steerlab.serve.errors import ApiError
 from steerlab.serve.library import VectorLibrary
 from steerlab.serve.middleware import API_KEY_ENV, is_loopback
 from steerlab.serve.schemas import ServeLimits
+from steerlab.serve.vllm_engine import VLLMEngine, open_llm
 
 __all__ = [
     "ApiError",
@@ -31,9 +33,11 @@ __all__ = [
     "Event",
     "Job",
     "ServeLimits",
+    "VLLMEngine",
     "VectorLibrary",
     "background_server",
     "create_app",
+    "open_llm",
     "serve",
 ]
 
@@ -52,8 +56,13 @@ def serve(
     max_batch: int = 16,
     limits: ServeLimits | None = None,
     api_key: str | None = None,
+    engine: str = "transformers",
 ) -> None:
     """Load ``model`` and serve it with the vectors in the folder ``vectors`` until interrupted.
+
+    ``engine="vllm"`` generates in vLLM (:class:`~steerlab.serve.vllm_engine.VLLMEngine`, steered by steerlab's
+    vLLM plugin; needs vLLM installed, docs/vllm.md): the same routes, checks and playground, with vLLM's
+    continuous batching. The transformers model is loaded too (request checks, the sweep's coherence score).
 
     Without ``vectors`` the library is a fresh temporary folder (uploads last as long as the server).
     ``api_key`` (default: ``$STEERLAB_API_KEY``) is then required as ``Authorization: Bearer <key>`` on every route
@@ -74,14 +83,19 @@ def serve(
             f"Give one with --api-key or ${API_KEY_ENV}, or bind 127.0.0.1.",
             stacklevel=2,
         )
+    if engine not in ("transformers", "vllm"):
+        raise SteerlabError(f"engine={engine!r} is not known; expected 'transformers' or 'vllm'.")
     lm, tokenizer = load_model(model, device=device, dtype=dtype)
     folder = Path(vectors) if vectors is not None else Path(tempfile.mkdtemp(prefix="steerlab-vectors-"))
     library = VectorLibrary(folder, lm, max_bytes=(limits or ServeLimits()).max_vector_bytes)
-    engine = Engine(lm, tokenizer, batch_window=batch_window, max_batch=max_batch)
-    app = create_app(lm, tokenizer, library, limits=limits, engine=engine, api_key=api_key)
+    if engine == "vllm":
+        worker: Any = VLLMEngine(open_llm(lm, max_batch=max_batch), lm, tokenizer)
+    else:
+        worker = Engine(lm, tokenizer, batch_window=batch_window, max_batch=max_batch)
+    app = create_app(lm, tokenizer, library, limits=limits, engine=worker, api_key=api_key)
     print(  # noqa: T201 - the one line a user needs
-        f"steerlab serving {model} with {len(library.names())} vector(s) from {folder} at http://{host}:{port}/ "
-        "(playground at /, OpenAI API at /v1)",
+        f"steerlab serving {model} ({engine}) with {len(library.names())} vector(s) from {folder} at "
+        f"http://{host}:{port}/ (playground at /, OpenAI API at /v1)",
         flush=True,
     )
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,359 @@
+"""The server's engine on vLLM (``steerlab serve --engine vllm``): the same routes, playground, vector library and
+request checks as the built-in engine, with generation in vLLM's continuously batched engine, steered per request
+by steerlab's vLLM plugin (:mod:`steerlab.vllm`).
+
+One worker thread owns a ``vllm.LLM``'s engine: it admits queued requests between steps (each with its own
+``SamplingParams``: ``max_tokens``, temperature, top-p, seed, and its steering as the plugin's ``extra_args``),
+runs ``step()`` while any request is live, and hands every new token to its request through the same
+:class:`~steerlab.serve.engine.Job` the built-in engine uses, so stop strings, streaming and token counts behave
+the same; a request that a stop string ends or whose client went away is aborted in vLLM. Greedy answers equal the
+built-in engine's (the plugin's parity with steerlab's hooks, docs/vllm.md); sampled ones follow vLLM's sampler.
+
+A request's steering travels as the plugin's entries: each :class:`~steerlab.Intervention` becomes an entry whose
+``vector`` is a file written once per vector content into a private folder (vLLM's workers read it, in this
+process or another). What the plugin cannot do is refused when the request is checked (400): condition gates and
+attention heads.
+
+The transformers model stays loaded beside vLLM: requests are checked against it (as in the built-in engine) and
+the sweep route scores coherence with it (:meth:`VLLMEngine.call`); on a GPU load it on the CPU to leave vLLM the
+device memory.
+
+Example:
+    >>> from vllm import LLM
+    >>> llm = LLM(model=folder, dtype="float32", enforce_eager=True)
+    >>> engine = VLLMEngine(llm, model, tokenizer)
+    >>> app = create_app(model, tokenizer, library, engine=engine)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from steerlab._steer import Intervention, check_interventions
+from steerlab.engines.transformers import eos_ids
+from steerlab.errors import SteeringError
+from steerlab.serve.engine import EngineBusy, Event, Job, _Call
+
+__all__ = ["VLLMEngine", "open_llm"]
+
+log = logging.getLogger("steerlab.serve")
+
+
+def open_llm(model: nn.Module, *, max_batch: int = 16, max_model_len: int | None = None, **options: Any) -> Any:
+    """A ``vllm.LLM`` of the same model as the transformers ``model`` (its folder or hub id, its dtype), eager (the
+    plugin steers eager runs), with at most ``max_batch`` sequences per step; ``options`` go to ``vllm.LLM``.
+
+    Example:
+        >>> engine = VLLMEngine(open_llm(model), model, tokenizer)
+    """
+    try:
+        from vllm import LLM
+    except ImportError as err:
+        raise SteeringError(
+            f"the vLLM engine needs vLLM ({err}); install it next to steerlab (docs/vllm.md: pip install "
+            "'steerlab[vllm]', or make .venv-vllm/.installed here)."
+        ) from None
+    source = str(model.config.name_or_path)
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    options = {"max_num_seqs": max_batch, **options}
+    if max_model_len is not None:
+        options["max_model_len"] = max_model_len
+    return LLM(model=source, dtype=dtype, enforce_eager=True, **options)
+
+
+class VLLMEngine:
+    """Serves generation requests through a ``vllm.LLM``, steered per request by steerlab's vLLM plugin; the same
+    interface as :class:`~steerlab.serve.engine.Engine` (``start``, ``stop``, ``submit``, ``run``, ``call``,
+    ``metrics``, ``alive``).
+
+    Args:
+        llm: a ``vllm.LLM`` of the same model, started with ``enforce_eager=True`` (the plugin steers eager runs).
+        model: the transformers model, for checking requests and for :meth:`call`.
+        tokenizer: its tokenizer (decoding, stop strings).
+        max_queue: requests waiting to be admitted before :class:`EngineBusy`.
+
+    Example:
+        >>> engine = VLLMEngine(llm, model, tokenizer).start()
+        >>> "".join(e.text for e in engine.run(Job(prompt_ids=ids, max_tokens=20)))
+        >>> engine.stop()
+    """
+
+    def __init__(self, llm: Any, model: nn.Module, tokenizer: Any, *, max_queue: int = 256) -> None:
+        self.llm, self.model, self.tokenizer = llm, model, tokenizer
+        self.max_queue = max_queue
+        self._engine = llm.llm_engine
+        self._queue: queue.Queue[Job | _Call | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._eos = eos_ids(model, tokenizer)
+        self._lock = threading.Lock()
+        self._started = time.monotonic()
+        self._recent: deque[tuple[float, int]] = deque()
+        self._folder = Path(tempfile.mkdtemp(prefix="steerlab-vllm-vectors-"))
+        self._files: dict[int, tuple[Any, str]] = {}  # id(vector) -> (vector, file): the vector kept alive with it
+        self._live: dict[str, Job] = {}
+        self._ids = 0
+        self.stats = {"requests_total": 0, "requests_failed": 0, "tokens_generated_total": 0, "steps_total": 0,
+                      "largest_batch": 0, "active_rows": 0}  # fmt: skip
+
+    # ----- life cycle -------------------------------------------------------------------------------------
+    def start(self) -> VLLMEngine:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="steerlab-vllm-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Fail what is still queued, cancel what is running, and end the worker."""
+        if self._thread is not None:
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(item, Job):
+                    item._fail(EngineBusy("the server is shutting down."))
+            self._queue.put(None)
+            self._thread.join(timeout)
+            self._thread = None
+
+    def alive(self) -> bool:
+        """Whether the worker thread is running."""
+        return self._thread is not None and self._thread.is_alive()
+
+    # ----- submitting -------------------------------------------------------------------------------------
+    def submit(self, job: Job) -> Job:
+        """Check ``job``'s steering (the library's checks, then what the plugin can do) and queue it.
+
+        Raises :class:`~steerlab.errors.SteeringError` for steering the plugin cannot apply (condition gates,
+        attention heads), the library's errors for invalid steering, :class:`EngineBusy` when the queue is full.
+        """
+        if self._thread is None:
+            raise EngineBusy("the engine is not running.")
+        if job.interventions:
+            check_interventions(self.model, job.interventions)
+            self._entries(job.interventions)  # refuses what the plugin cannot do, before the request is queued
+        if self._queue.qsize() >= self.max_queue:
+            raise EngineBusy(f"{self.max_queue} requests are already waiting; retry in a moment.")
+        with self._lock:
+            self.stats["requests_total"] += 1
+        self._queue.put(job)
+        return job
+
+    def run(self, job: Job) -> Iterator[Event]:
+        """Submit ``job`` and yield its events as they come, ending with ``done`` (or raising its error)."""
+        events: queue.Queue[Event] = queue.Queue()
+        job.sink = events.put
+        self.submit(job)
+        try:
+            while True:
+                event = events.get()
+                if event.kind == "error":
+                    raise event.error  # type: ignore[misc]
+                yield event
+                if event.kind == "done":
+                    return
+        finally:
+            job.cancel()
+
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run ``fn()`` in the worker thread between steps (the transformers model is not used by vLLM, but the
+        built-in engine's callers expect this one owner); returns a future with its result."""
+        future: Future = Future()
+        self._queue.put(_Call(fn, future))
+        return future
+
+    def queue_length(self) -> int:
+        return self._queue.qsize()
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters, the queue length and the generation rate over the last 60 s."""
+        now = time.monotonic()
+        with self._lock:
+            while self._recent and self._recent[0][0] < now - 60:
+                self._recent.popleft()
+            recent = sum(n for _, n in self._recent)
+            stats = dict(self.stats)
+        span = min(60.0, max(now - self._started, 1e-9))
+        return {
+            **stats,
+            "engine": "vllm",
+            "queue_length": self.queue_length(),
+            "tokens_per_second": round(recent / span, 3),
+            "uptime_seconds": round(now - self._started, 1),
+        }
+
+    # ----- steering as the plugin's entries -----------------------------------------------------------------
+    def _entries(self, items: list[Intervention]) -> list[dict[str, Any]]:
+        entries = []
+        for i, item in enumerate(items):
+            if item.condition is not None:
+                raise SteeringError(
+                    f"steering[{i}]: condition gates are not applied by the vLLM engine; serve with the built-in "
+                    "engine (steerlab serve without --engine vllm) to gate steering."
+                )
+            if item.heads is not None:
+                raise SteeringError(
+                    f"steering[{i}]: attention heads are not steered by the vLLM engine; serve with the built-in "
+                    "engine for the heads site."
+                )
+            alpha = list(item.alpha) if isinstance(item.alpha, tuple) else item.alpha
+            entries.append({"vector": self._file(item.vector), "alpha": alpha, "mode": item.mode,
+                            "layers": list(item.layers) if item.layers is not None else None,
+                            "positions": item.positions, "site": item.site, "scale": item.scale,
+                            "preserve_norm": item.preserve_norm})  # fmt: skip
+        return [{k: v for k, v in entry.items() if v is not None} for entry in entries]
+
+    def _file(self, vector: Any) -> str:
+        """A file holding ``vector``, written once per vector object (named by its content, so a rewritten
+        library vector is a new file and vLLM's prefix-cache salt follows it)."""
+        with self._lock:
+            known = self._files.get(id(vector))
+            if known is not None and known[0] is vector:
+                return known[1]
+        digest = hashlib.sha256()
+        for layer in vector.layers:
+            digest.update(str(layer).encode())
+            digest.update(vector.directions[layer].float().contiguous().numpy().tobytes())
+        digest.update(repr(sorted(vector.resid_norm.items())).encode())
+        path = self._folder / f"{digest.hexdigest()[:32]}.safetensors"
+        if not path.exists():
+            vector.save(path)
+        with self._lock:
+            self._files[id(vector)] = (vector, str(path))
+        return str(path)
+
+    def _params(self, job: Job) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        from steerlab.vllm import steering_args
+
+        extra = steering_args(self._entries(job.interventions)) if job.interventions else None
+        return SamplingParams(
+            max_tokens=job.max_tokens, temperature=job.temperature, top_p=job.top_p, seed=job.seed,
+            output_kind=RequestOutputKind.DELTA, extra_args=extra,
+        )  # fmt: skip
+
+    # ----- the worker -------------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            items = self._take()
+            for item in items:
+                if item is None:
+                    self._cancel_all("cancelled")
+                    return
+                if isinstance(item, _Call):
+                    if item.future.set_running_or_notify_cancel():
+                        try:
+                            item.future.set_result(item.fn())
+                        except BaseException as error:  # noqa: BLE001 - handed to the caller
+                            item.future.set_exception(error)
+                    continue
+                self._admit(item)
+            if self._live:
+                self._step()
+
+    def _take(self) -> list[Job | _Call | None]:
+        """Everything queued; waits for the first item only when nothing is running."""
+        items: list[Job | _Call | None] = []
+        if not self._live:
+            items.append(self._queue.get())
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                return items
+
+    def _admit(self, job: Job) -> None:
+        if job.cancelled.is_set():
+            job._finish("cancelled")
+            return
+        try:
+            self._ids += 1
+            # Outputs and aborts use the id given here (add_request returns vLLM's internal one, with a suffix).
+            request_id = f"steerlab-{self._ids}"
+            self._engine.add_request(request_id, {"prompt_token_ids": list(job.prompt_ids)}, self._params(job))
+        except Exception as error:  # noqa: BLE001 - this request alone fails
+            log.exception("vLLM refused a request")
+            with self._lock:
+                self.stats["requests_failed"] += 1
+            job._fail(error)
+            return
+        self._live[request_id] = job
+
+    def _step(self) -> None:
+        gone = [request_id for request_id, job in self._live.items() if job.cancelled.is_set()]
+        if gone:  # clients that went away: their requests leave vLLM now, not at their next token
+            self._engine.abort_request(gone)
+            for request_id in gone:
+                self._live.pop(request_id)._finish("cancelled")
+            if not self._live:
+                return
+        with self._lock:
+            self.stats["steps_total"] += 1
+            self.stats["active_rows"] = len(self._live)
+            self.stats["largest_batch"] = max(self.stats["largest_batch"], len(self._live))
+        try:
+            outputs = self._engine.step()
+        except Exception as error:  # noqa: BLE001 - every live request learns of it; the worker goes on
+            log.exception("a vLLM step failed")
+            for request_id, job in list(self._live.items()):
+                with self._lock:
+                    self.stats["requests_failed"] += 1
+                job._fail(error)
+                self._live.pop(request_id, None)
+            return
+        finished: list[str] = []
+        tokens = 0
+        for output in outputs:
+            job = self._live.get(output.request_id)
+            if job is None:
+                continue
+            reason = None
+            for token in output.outputs[0].token_ids:
+                if job.cancelled.is_set():
+                    reason = "cancelled"
+                elif token in self._eos:
+                    reason = "stop"
+                else:
+                    tokens += 1
+                    if job._add(int(token), self.tokenizer):
+                        reason = "stop"
+                    elif len(job.tokens) >= job.max_tokens:
+                        reason = "length"
+                if reason is not None:
+                    break
+            if reason is None and job.cancelled.is_set():
+                reason = "cancelled"
+            if reason is None and output.finished:
+                reason = "length" if output.outputs[0].finish_reason == "length" else "stop"
+            if reason is not None:
+                if not output.finished:
+                    finished.append(output.request_id)
+                del self._live[output.request_id]
+                job._finish(reason)
+        if finished:
+            self._engine.abort_request(finished)
+        with self._lock:
+            self.stats["tokens_generated_total"] += tokens
+            self._recent.append((time.monotonic(), tokens))
+            self.stats["active_rows"] = len(self._live)
+
+    def _cancel_all(self, reason: str) -> None:
+        if self._live:
+            self._engine.abort_request(list(self._live))
+        for job in self._live.values():
+            job._finish(reason)
+        self._live.clear()
