@@ -94,8 +94,8 @@ def serve(
         worker = Engine(lm, tokenizer, batch_window=batch_window, max_batch=max_batch)
     app = create_app(lm, tokenizer, library, limits=limits, engine=worker, api_key=api_key)
     print(  # noqa: T201 - the one line a user needs
-        f"steerlab serving {model} ({engine}) with {len(library.names())} vector(s) from {folder} at "
-        f"http://{host}:{port}/ (playground at /, OpenAI API at /v1)",
+        f"steerlab serving {model}{' on vLLM' if engine == 'vllm' else ''} with {len(library.names())} vector(s) "
+        f"from {folder} at http://{host}:{port}/ (playground at /, OpenAI API at /v1)",
         flush=True,
     )
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -38,7 +38,7 @@ from steerlab._text import pad_batch, pad_id
 from steerlab.engines.transformers import eos_ids, generate_batch
 from steerlab.errors import SteerlabError
 
-__all__ = ["Engine", "EngineBusy", "Event", "Job"]
+__all__ = ["Engine", "EngineBusy", "Event", "Job", "QueuedWorker"]
 
 log = logging.getLogger("steerlab.serve")
 
@@ -202,48 +202,29 @@ class _Call:
     future: Future
 
 
-class Engine:
-    """Serves generation requests for one model from one worker thread, batching concurrent ones.
-
-    Example:
-        >>> engine = Engine(model, tokenizer).start()
-        >>> job = Job(prompt_ids=encode(tokenizer, ["Hello"])[0], max_tokens=20)
-        >>> "".join(event.text for event in engine.run(job))
-        >>> engine.stop()
+class QueuedWorker:
+    """What every engine of the server shares: one worker thread fed by a queue of :class:`Job` s and calls, the
+    checks at submission, ``run`` (events of one job), ``call`` (a function in the worker thread between batches),
+    counters and the generation rate. A subclass gives ``_work`` (the thread's loop), ``_check(job)`` (its own
+    refusals beside the library's) and the counters it keeps.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        tokenizer: Any,
-        *,
-        batch_window: float = 0.015,
-        max_batch: int = 16,
-        max_queue: int = 256,
-    ) -> None:
-        self.model, self.tokenizer = model, tokenizer
-        self.batch_window, self.max_batch, self.max_queue = batch_window, max_batch, max_queue
+    _thread_name = "steerlab-engine"
+
+    def __init__(self, model: nn.Module, tokenizer: Any, *, max_queue: int, stats: dict[str, int]) -> None:
+        self.model, self.tokenizer, self.max_queue = model, tokenizer, max_queue
         self._queue: queue.Queue[Job | _Call | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._eos = eos_ids(model, tokenizer)
-        self._pad = pad_id(tokenizer)
         self._lock = threading.Lock()
         self._started = time.monotonic()
         self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) per step, for tokens/s
-        self.stats = {
-            "requests_total": 0,
-            "requests_failed": 0,
-            "tokens_generated_total": 0,
-            "batches_total": 0,
-            "rows_batched_total": 0,
-            "largest_batch": 0,
-            "active_rows": 0,
-        }
+        self.stats = {"requests_total": 0, "requests_failed": 0, "tokens_generated_total": 0, **stats}
 
     # ----- life cycle -------------------------------------------------------------------------------------
-    def start(self) -> Engine:
+    def start(self) -> QueuedWorker:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="steerlab-engine", daemon=True)
+            self._thread = threading.Thread(target=self._work, name=self._thread_name, daemon=True)
             self._thread.start()
         return self
 
@@ -257,6 +238,10 @@ class Engine:
             self._thread.join(timeout)
             self._thread = None
 
+    def alive(self) -> bool:
+        """Whether the worker thread is running."""
+        return self._thread is not None and self._thread.is_alive()
+
     # ----- submitting -------------------------------------------------------------------------------------
     def submit(self, job: Job) -> Job:
         """Validate ``job``'s steering against the model and queue it; events then go to ``job.sink``.
@@ -268,12 +253,16 @@ class Engine:
             raise EngineBusy("the engine is not running.")
         if job.interventions:
             check_interventions(self.model, job.interventions)  # no hook: safe beside the running batch
+            self._check(job)
         if self._queue.qsize() >= self.max_queue:
             raise EngineBusy(f"{self.max_queue} requests are already waiting; retry in a moment.")
         with self._lock:
             self.stats["requests_total"] += 1
         self._queue.put(job)
         return job
+
+    def _check(self, job: Job) -> None:
+        """The engine's own refusals of a job's steering (after the library's checks)."""
 
     def run(self, job: Job) -> Iterator[Event]:
         """Submit ``job`` and yield its events as they come, ending with ``done`` (or raising its error)."""
@@ -310,16 +299,17 @@ class Engine:
             recent = sum(n for _, n in self._recent)
             stats = dict(self.stats)
         span = min(60.0, max(now - self._started, 1e-9))
-        batches = stats["batches_total"]
         return {
             **stats,
             "queue_length": self.queue_length(),
             "tokens_per_second": round(recent / span, 3),
-            "mean_batch_size": round(stats["rows_batched_total"] / batches, 3) if batches else 0.0,
             "uptime_seconds": round(now - self._started, 1),
         }
 
-    # ----- the worker -------------------------------------------------------------------------------------
+    # ----- helpers of the worker ---------------------------------------------------------------------------
+    def _work(self) -> None:  # pragma: no cover - every engine has its own loop
+        raise NotImplementedError
+
     def _drain(self) -> list[Job | _Call | None]:
         items = []
         while True:
@@ -328,6 +318,51 @@ class Engine:
             except queue.Empty:
                 return items
 
+    def _call(self, item: _Call) -> None:
+        if item.future.set_running_or_notify_cancel():
+            try:
+                item.future.set_result(item.fn())
+            except BaseException as error:  # noqa: BLE001 - handed to the caller
+                item.future.set_exception(error)
+
+    def _count(self, tokens: int) -> None:
+        with self._lock:
+            self.stats["tokens_generated_total"] += tokens
+            self._recent.append((time.monotonic(), tokens))
+
+
+class Engine(QueuedWorker):
+    """Serves generation requests for one model from one worker thread, batching concurrent ones.
+
+    Example:
+        >>> engine = Engine(model, tokenizer).start()
+        >>> job = Job(prompt_ids=encode(tokenizer, ["Hello"])[0], max_tokens=20)
+        >>> "".join(event.text for event in engine.run(job))
+        >>> engine.stop()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        *,
+        batch_window: float = 0.015,
+        max_batch: int = 16,
+        max_queue: int = 256,
+    ) -> None:
+        stats = {"batches_total": 0, "rows_batched_total": 0, "largest_batch": 0, "active_rows": 0}
+        super().__init__(model, tokenizer, max_queue=max_queue, stats=stats)
+        self.batch_window, self.max_batch = batch_window, max_batch
+        self._pad = pad_id(tokenizer)
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters, the queue length, the generation rate over the last 60 s and the mean batch size."""
+        found = super().metrics()
+        batches = found["batches_total"]
+        found["mean_batch_size"] = round(found["rows_batched_total"] / batches, 3) if batches else 0.0
+        return found
+
+    # ----- the worker -------------------------------------------------------------------------------------
     def _work(self) -> None:
         while True:
             item = self._queue.get()
@@ -361,18 +396,6 @@ class Engine:
             job._finish("cancelled")
             return True
         return False
-
-    def _call(self, item: _Call) -> None:
-        if item.future.set_running_or_notify_cancel():
-            try:
-                item.future.set_result(item.fn())
-            except BaseException as error:  # noqa: BLE001 - handed to the caller
-                item.future.set_exception(error)
-
-    def _count(self, tokens: int) -> None:
-        with self._lock:
-            self.stats["tokens_generated_total"] += tokens
-            self._recent.append((time.monotonic(), tokens))
 
     def _run_batch(self, jobs: list[Job]) -> None:
         if not jobs:
@@ -414,7 +437,3 @@ class Engine:
         if rows is not None:
             rows.release()
             rows.finish_rest("length")  # generate ended on its own length limit
-
-    def alive(self) -> bool:
-        """Whether the worker thread is running."""
-        return self._thread is not None and self._thread.is_alive()

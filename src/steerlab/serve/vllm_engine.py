@@ -31,20 +31,14 @@ import hashlib
 import logging
 import queue
 import tempfile
-import threading
-import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from steerlab._steer import Intervention, check_interventions
-from steerlab.engines.transformers import eos_ids
+from steerlab._steer import Intervention
 from steerlab.errors import SteeringError
-from steerlab.serve.engine import EngineBusy, Event, Job, _Call
+from steerlab.serve.engine import Job, QueuedWorker, _Call
 
 __all__ = ["VLLMEngine", "open_llm"]
 
@@ -73,7 +67,7 @@ def open_llm(model: nn.Module, *, max_batch: int = 16, max_model_len: int | None
     return LLM(model=source, dtype=dtype, enforce_eager=True, **options)
 
 
-class VLLMEngine:
+class VLLMEngine(QueuedWorker):
     """Serves generation requests through a ``vllm.LLM``, steered per request by steerlab's vLLM plugin; the same
     interface as :class:`~steerlab.serve.engine.Engine` (``start``, ``stop``, ``submit``, ``run``, ``call``,
     ``metrics``, ``alive``).
@@ -82,7 +76,7 @@ class VLLMEngine:
         llm: a ``vllm.LLM`` of the same model, started with ``enforce_eager=True`` (the plugin steers eager runs).
         model: the transformers model, for checking requests and for :meth:`call`.
         tokenizer: its tokenizer (decoding, stop strings).
-        max_queue: requests waiting to be admitted before :class:`EngineBusy`.
+        max_queue: requests waiting to be admitted before :class:`~steerlab.serve.engine.EngineBusy`.
 
     Example:
         >>> engine = VLLMEngine(llm, model, tokenizer).start()
@@ -90,109 +84,25 @@ class VLLMEngine:
         >>> engine.stop()
     """
 
+    _thread_name = "steerlab-vllm-engine"
+
     def __init__(self, llm: Any, model: nn.Module, tokenizer: Any, *, max_queue: int = 256) -> None:
-        self.llm, self.model, self.tokenizer = llm, model, tokenizer
-        self.max_queue = max_queue
+        super().__init__(model, tokenizer, max_queue=max_queue,
+                         stats={"steps_total": 0, "largest_batch": 0, "active_rows": 0})  # fmt: skip
+        self.llm = llm
         self._engine = llm.llm_engine
-        self._queue: queue.Queue[Job | _Call | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._eos = eos_ids(model, tokenizer)
-        self._lock = threading.Lock()
-        self._started = time.monotonic()
-        self._recent: deque[tuple[float, int]] = deque()
         self._folder = Path(tempfile.mkdtemp(prefix="steerlab-vllm-vectors-"))
         self._files: dict[int, tuple[Any, str]] = {}  # id(vector) -> (vector, file): the vector kept alive with it
         self._live: dict[str, Job] = {}
         self._ids = 0
-        self.stats = {"requests_total": 0, "requests_failed": 0, "tokens_generated_total": 0, "steps_total": 0,
-                      "largest_batch": 0, "active_rows": 0}  # fmt: skip
 
-    # ----- life cycle -------------------------------------------------------------------------------------
-    def start(self) -> VLLMEngine:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="steerlab-vllm-engine", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Fail what is still queued, cancel what is running, and end the worker."""
-        if self._thread is not None:
-            while True:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(item, Job):
-                    item._fail(EngineBusy("the server is shutting down."))
-            self._queue.put(None)
-            self._thread.join(timeout)
-            self._thread = None
-
-    def alive(self) -> bool:
-        """Whether the worker thread is running."""
-        return self._thread is not None and self._thread.is_alive()
-
-    # ----- submitting -------------------------------------------------------------------------------------
-    def submit(self, job: Job) -> Job:
-        """Check ``job``'s steering (the library's checks, then what the plugin can do) and queue it.
-
-        Raises :class:`~steerlab.errors.SteeringError` for steering the plugin cannot apply (condition gates,
-        attention heads), the library's errors for invalid steering, :class:`EngineBusy` when the queue is full.
-        """
-        if self._thread is None:
-            raise EngineBusy("the engine is not running.")
-        if job.interventions:
-            check_interventions(self.model, job.interventions)
-            self._entries(job.interventions)  # refuses what the plugin cannot do, before the request is queued
-        if self._queue.qsize() >= self.max_queue:
-            raise EngineBusy(f"{self.max_queue} requests are already waiting; retry in a moment.")
-        with self._lock:
-            self.stats["requests_total"] += 1
-        self._queue.put(job)
-        return job
-
-    def run(self, job: Job) -> Iterator[Event]:
-        """Submit ``job`` and yield its events as they come, ending with ``done`` (or raising its error)."""
-        events: queue.Queue[Event] = queue.Queue()
-        job.sink = events.put
-        self.submit(job)
-        try:
-            while True:
-                event = events.get()
-                if event.kind == "error":
-                    raise event.error  # type: ignore[misc]
-                yield event
-                if event.kind == "done":
-                    return
-        finally:
-            job.cancel()
-
-    def call(self, fn: Callable[[], Any]) -> Future:
-        """Run ``fn()`` in the worker thread between steps (the transformers model is not used by vLLM, but the
-        built-in engine's callers expect this one owner); returns a future with its result."""
-        future: Future = Future()
-        self._queue.put(_Call(fn, future))
-        return future
-
-    def queue_length(self) -> int:
-        return self._queue.qsize()
+    def _check(self, job: Job) -> None:
+        """Refuse what the plugin cannot apply (condition gates, attention heads) before the job is queued."""
+        self._entries(job.interventions)
 
     def metrics(self) -> dict[str, Any]:
-        """Counters, the queue length and the generation rate over the last 60 s."""
-        now = time.monotonic()
-        with self._lock:
-            while self._recent and self._recent[0][0] < now - 60:
-                self._recent.popleft()
-            recent = sum(n for _, n in self._recent)
-            stats = dict(self.stats)
-        span = min(60.0, max(now - self._started, 1e-9))
-        return {
-            **stats,
-            "engine": "vllm",
-            "queue_length": self.queue_length(),
-            "tokens_per_second": round(recent / span, 3),
-            "uptime_seconds": round(now - self._started, 1),
-        }
+        """Counters, the queue length and the generation rate over the last 60 s; ``engine`` says ``vllm``."""
+        return {**super().metrics(), "engine": "vllm"}
 
     # ----- steering as the plugin's entries -----------------------------------------------------------------
     def _entries(self, items: list[Intervention]) -> list[dict[str, Any]]:
@@ -255,11 +165,7 @@ class VLLMEngine:
                     self._cancel_all("cancelled")
                     return
                 if isinstance(item, _Call):
-                    if item.future.set_running_or_notify_cancel():
-                        try:
-                            item.future.set_result(item.fn())
-                        except BaseException as error:  # noqa: BLE001 - handed to the caller
-                            item.future.set_exception(error)
+                    self._call(item)
                     continue
                 self._admit(item)
             if self._live:
@@ -346,9 +252,8 @@ class VLLMEngine:
                 job._finish(reason)
         if finished:
             self._engine.abort_request(finished)
+        self._count(tokens)
         with self._lock:
-            self.stats["tokens_generated_total"] += tokens
-            self._recent.append((time.monotonic(), tokens))
             self.stats["active_rows"] = len(self._live)
 
     def _cancel_all(self, reason: str) -> None:
