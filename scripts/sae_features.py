@@ -96,6 +96,23 @@ def held_out_texts(tok, training: dict[str, list[str]], limit: int) -> dict[str,
     }  # fmt: skip
 
 
+def targeting_reading(table, layer: int, sae_layer: int) -> list[str]:
+    """One sentence per targeted feature, from the records: SAE-TS against the decoder row at the same layer (how
+    much cleaner, which costs less KL), and the decoder row at the SAE's own layer."""
+    sentences = []
+    for feature in dict.fromkeys(r["feature"] for r in table.records):
+        arm = {r["method"] + ("_own" if r["layer"] == sae_layer else ""): r for r in table.where(feature=feature)}
+        ts, row, own = arm["sae_ts"], arm["decoder_row"], arm["decoder_row_own"]
+        times = ts["ratio"] / row["ratio"] if row["ratio"] > 0 else float("inf")
+        kl = "less" if ts["kl"] < row["kl"] else "more"
+        sentences.append(
+            f"Feature {feature}: from layer {layer}, SAE-TS moves it {times:.1f}x as cleanly as its decoder row "
+            f"(target / others {ts['ratio']:.3f} against {row['ratio']:.3f}) at {kl} KL ({ts['kl']:.3f} against "
+            f"{row['kl']:.3f}); the decoder row at the SAE's own layer {sae_layer} reaches {own['ratio']:.3f}."
+        )
+    return sentences
+
+
 def stats_table(stats: dict) -> str:
     header = "| tokens | width | k (L0 target) | L0 | explained variance | dead features | epochs | record | train |"
     row = (f"| {stats['tokens']} | {stats['width']} | {stats['k']} | {stats['l0']:.1f} | "
@@ -225,6 +242,7 @@ def main() -> None:
         + [f"| {r['feature']} | {r['arm']} | {r['target']:+.3f} | {r['others']:.3f} | {r['ratio']:+.3f} | "
            f"{r['target_pre']:+.3f} | {r['kl']:.4f} |" for r in targeting.records]
     )  # fmt: skip
+    reading = " ".join(targeting_reading(targeting, effects.layer, sae.layer))
     args.out.mkdir(parents=True, exist_ok=True)
     figures = args.out / "figures"
     figures.mkdir(exist_ok=True)
@@ -280,13 +298,12 @@ say the vector is one feature; small cosines say it is spread over many.
 
 Cosine says what a vector looks like; attribution says what it does through each feature
 (`SparseAutoencoder.attribute`): the sentiment vector added at block {args.layer} (alpha {args.alpha / 2:g},
-relative) on {attributed["n"]} sentence openers whose next word is a judgement ("The film we watched last
-night was"), metric = logit of " great" minus " terrible" at the last token. Per feature: its change of
-activation under the steering times the metric's gradient along its decoder row, summed over the tokens (the
-first left out) and averaged over the openers. The measured change of the metric is
-{attributed["effect"]:+.3f}; its first-order estimate {attributed["first_order"]:+.3f} splits into
-{attributed["through_features"]:+.3f} through the SAE's features and {attributed["error"]:+.3f} through what it
-does not reconstruct. The 8 largest:
+relative) on {attributed["n"]} sentence openers whose next word is a judgement ("The film we watched last night
+was"), metric = logit of " great" minus " terrible" at the last token. Per feature: its change of activation
+under the steering times the metric's gradient along its decoder row, summed over the tokens (the first left out)
+and averaged over the openers. The measured change of the metric is {attributed["effect"]:+.3f}; its first-order
+estimate {attributed["first_order"]:+.3f} splits into {attributed["through_features"]:+.3f} through the SAE's
+features and {attributed["error"]:+.3f} through what it does not reconstruct. The 8 largest:
 
 {attribution_table}
 
@@ -309,6 +326,8 @@ effects are read in the same forward pass on fixed text rather than on text gene
 `figures/sae-targeting.json` (a result table: `steerlab report` renders it).
 
 {targeting_table}
+
+{reading}
 
 ![Target vs side effects](figures/sae-targeting.png)
 """
