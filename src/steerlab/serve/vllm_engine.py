@@ -27,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
 import tempfile
@@ -39,6 +38,7 @@ from torch import nn
 from steerlab._steer import Intervention
 from steerlab.errors import SteeringError
 from steerlab.serve.engine import Job, QueuedWorker, _Call
+from steerlab.vllm._spec import vector_digest
 
 __all__ = ["VLLMEngine", "open_llm"]
 
@@ -132,12 +132,7 @@ class VLLMEngine(QueuedWorker):
             known = self._files.get(id(vector))
             if known is not None and known[0] is vector:
                 return known[1]
-        digest = hashlib.sha256()
-        for layer in vector.layers:
-            digest.update(str(layer).encode())
-            digest.update(vector.directions[layer].float().contiguous().numpy().tobytes())
-        digest.update(repr(sorted(vector.resid_norm.items())).encode())
-        path = self._folder / f"{digest.hexdigest()[:32]}.safetensors"
+        path = self._folder / f"{vector_digest(vector)[:32]}.safetensors"
         if not path.exists():
             vector.save(path)
         with self._lock:

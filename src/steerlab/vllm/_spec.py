@@ -41,6 +41,7 @@ __all__ = [
     "parse_steering",
     "steering_args",
     "sublayer_path",
+    "vector_digest",
 ]
 
 EXTRA_KEY = "steering"
@@ -111,7 +112,7 @@ class _VectorCache:
         with self._lock:
             if key not in self._cache:
                 vector = SteeringVector.load(target)
-                self._cache[key] = (vector, _digest(vector))
+                self._cache[key] = (vector, vector_digest(vector))
             return self._cache[key]
 
 
@@ -123,7 +124,7 @@ def _named_vector(source: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def _digest(vector: SteeringVector) -> str:
+def vector_digest(vector: SteeringVector) -> str:
     """What the KV cache depends on: the directions and the norms that scale them."""
     digest = hashlib.sha256()
     for layer in vector.layers:
