@@ -8,6 +8,9 @@ table in docs/vllm.md comes from:
     make .venv-vllm/.installed
     VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 VLLM_CPU_OMP_THREADS_BIND=nobind OMP_NUM_THREADS=1 \
         .venv-vllm/bin/python scripts/vllm_parity.py --prompts 16 --max-tokens 24
+
+With ``--reading`` it measures reading instead (docs/vllm.md, "Reading"): ``steerlab.record`` given the
+``vllm.LLM`` against the transformers model at every site and reduction, and ``extract_vector`` on both engines.
 """
 
 from __future__ import annotations
@@ -200,14 +203,70 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def measure_reading(llm, model, tokenizer, texts: list[str], pairs: int) -> tuple[list[dict], list[dict]]:
+    """Reading on both engines: per site and reduction, the largest difference of a recorded row relative to its
+    norm and of the mean activation norm (layers 0, 12, 29); per method, the cosine and norm ratio of the vectors
+    extracted from the first ``pairs`` sentiment pairs at LAYERS."""
+    from steerlab import record
+
+    recorded = []
+    for site in ("resid_pre", "resid_post", "attn_out", "mlp_out"):
+        for reduce in ("last", "mean", "all"):
+            ours = record(llm, tokenizer, texts, layers=[0, 12, -1], reduce=reduce, site=site)
+            theirs = record(model, tokenizer, texts, layers=[0, 12, -1], reduce=reduce, site=site)
+            gap = max(
+                float(((ours.values[k] - theirs.values[k]).norm(dim=-1) / theirs.values[k].norm(dim=-1)).max())
+                for k in ours.layers
+            )
+            norm_gap = max(abs(ours.resid_norm[k] / theirs.resid_norm[k] - 1) for k in ours.layers)
+            rows = sum(ours.lengths) if ours.lengths else len(texts)
+            recorded.append({"site": site, "reduce": reduce, "rows": rows, "gap": gap, "norm_gap": norm_gap})
+    extracted = []
+    for method in ("mean_diff", "pca_diff", "pca_center"):
+        ours = extract_vector(llm, llm.get_tokenizer(), sentiment_pairs()[:pairs], layers=LAYERS, method=method)
+        theirs = extract_vector(model, tokenizer, sentiment_pairs()[:pairs], layers=LAYERS, method=method)
+        cosines = [float(torch.cosine_similarity(ours.directions[k], theirs.directions[k], dim=0)) for k in LAYERS]
+        ratios = [float(ours.directions[k].norm() / theirs.directions[k].norm()) for k in LAYERS]
+        extracted.append({"method": method, "cosine": min(cosines), "ratio": max(ratios, key=lambda r: abs(r - 1))})
+    return recorded, extracted
+
+
+def reading_tables(recorded: list[dict], extracted: list[dict], texts: int, pairs: int) -> str:
+    lines = [
+        f"`steerlab.record`, {texts} texts, layers 0, 12 and 29:",
+        "",
+        "| site | reduce | rows compared | largest row difference / row norm | largest mean-norm difference |",
+        "|---|---|---:|---:|---:|",
+    ]
+    lines += [f"| {r['site']} | {r['reduce']} | {r['rows']} | {r['gap']:.1e} | {r['norm_gap']:.1e} |" for r in recorded]
+    lines += [
+        "",
+        f"`steerlab.extract_vector`, {pairs} sentiment pairs, layers {LAYERS}:",
+        "",
+        "| method | lowest cosine (vLLM vs transformers) | norm ratio furthest from 1 |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {e['method']} | {e['cosine']:.6f} | {e['ratio']:.5f} |" for e in extracted]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=24)
+    parser.add_argument("--reading", action="store_true", help="measure record / extract_vector instead")
+    parser.add_argument("--pairs", type=int, default=32, help="sentiment pairs for --reading (32 ship)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.time()
     model, tokenizer = load_model("smollm2-135m", dtype="float32")
+    if args.reading:
+        llm = open_llm(model)
+        texts = [apply_chat(tokenizer, p) for p in PROMPTS[: args.prompts]] + PROMPTS[: args.prompts]
+        recorded, extracted = measure_reading(llm, model, tokenizer, texts, args.pairs)
+        print(reading_tables(recorded, extracted, len(texts), args.pairs))
+        print(f"\n{time.time() - start:.0f} s")
+        return 0
     folder = Path(tempfile.mkdtemp())
     vector = make_vector(model, tokenizer, folder)
     llm = open_llm(model)

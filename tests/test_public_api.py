@@ -82,7 +82,8 @@ PUBLIC = {
         "background_server", "create_app", "open_llm", "serve",
     ],
     "steerlab.vllm": [
-        "DISABLE_ENV", "EXTRA_KEY", "TESTED_VLLM", "VECTORS_ENV", "check_layout", "register", "steering_args",
+        "DISABLE_ENV", "EXTRA_KEY", "TESTED_VLLM", "VECTORS_ENV", "VLLMReader", "check_layout", "register",
+        "steering_args",
     ],
 }  # fmt: skip
 

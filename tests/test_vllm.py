@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import tempfile
 from pathlib import Path
 
 for _name, _value in {
@@ -18,6 +19,7 @@ for _name, _value in {
     os.environ.setdefault(_name, _value)
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from vllm import SamplingParams  # noqa: E402
 from vllm.exceptions import VLLMValidationError  # noqa: E402
 
@@ -247,3 +249,112 @@ def test_steerlab_serve_on_the_vllm_engine_answers_as_the_built_in_engine(engine
                 assert metrics["engine"] == "vllm" and metrics["tokens_generated_total"] >= 4 * 12
     assert answers["vllm"] == answers["transformers"]
     assert len(set(answers["vllm"][:3])) == 3 and answers["vllm"][3] == answers["vllm"][1]
+
+
+# ----- reading through vLLM: record / extract_vector given the vllm.LLM ----------------------------------------------
+def _read_texts(tokenizer) -> list[str]:
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "Tell me about your day."}], tokenize=False,
+                                         add_generation_prompt=True)  # fmt: skip
+    return [LONG_PROMPT, "I love this film, it is wonderful.", "Terrible.", chat, *parity.PROMPTS[:4]]
+
+
+def _close(ours, theirs, tolerance: float) -> float:
+    """The largest difference of two activation tensors, relative to the norm of each row."""
+    gap = float(((ours - theirs).norm(dim=-1) / theirs.norm(dim=-1).clamp_min(1e-6)).max())
+    assert gap < tolerance, gap
+    return gap
+
+
+@pytest.mark.parametrize("site", ["resid_post", "resid_pre", "attn_out", "mlp_out"])
+def test_record_on_vllm_equals_record_on_transformers(engine, site):
+    from steerlab import record
+
+    llm, model, tokenizer, _ = engine
+    texts = _read_texts(tokenizer)
+    for reduce in ("last", "mean", "all"):
+        ours = record(llm, tokenizer, texts, layers=[0, 12, -1], reduce=reduce, site=site)
+        theirs = record(model, tokenizer, texts, layers=[0, 12, -1], reduce=reduce, site=site)
+        assert (ours.layers, ours.reduce, ours.site, ours.lengths) == (theirs.layers, reduce, site, theirs.lengths)
+        assert ours.layers == [0, 12, 29]
+        for layer in ours.layers:
+            _close(ours.values[layer], theirs.values[layer], 1e-4)
+            assert ours.resid_norm[layer] == pytest.approx(theirs.resid_norm[layer], rel=1e-4)
+
+
+def test_extract_vector_on_vllm_equals_transformers_and_steers_vllm(engine):
+    from steerlab import extract_vector
+
+    llm, model, tokenizer, _ = engine
+    pairs = parity.sentiment_pairs()[:16]
+    for method in ("mean_diff", "pca_diff"):
+        # vLLM's own tokenizer, as a user of a vLLM deployment would pass it
+        ours = extract_vector(llm, llm.get_tokenizer(), pairs, layers=[8, 12], method=method)
+        theirs = extract_vector(model, tokenizer, pairs, layers=[8, 12], method=method)
+        assert ours.fingerprint == theirs.fingerprint and ours.dataset_hash == theirs.dataset_hash
+        assert ours.model_id == str(llm.llm_engine.model_config.model)
+        for layer in (8, 12):
+            a, b = ours.directions[layer], theirs.directions[layer]
+            assert float(torch.nn.functional.cosine_similarity(a, b, dim=0)) > 0.9999
+            assert float(a.norm()) == pytest.approx(float(b.norm()), rel=1e-3)
+            assert ours.resid_norm[layer] == pytest.approx(theirs.resid_norm[layer], rel=1e-4)
+    # the vector read through vLLM steers vLLM (its fingerprint is the served model's)
+    prompt = {"prompt_token_ids": tokenizer(parity.PROMPTS[0])["input_ids"]}
+    entry = {"vector": str(ours.save(Path(tempfile.mkdtemp()) / "read.safetensors")), "alpha": 0.25, "layers": [12]}
+    steered, plain = llm.generate(
+        [prompt, prompt],
+        [SamplingParams(max_tokens=8, temperature=0.0, extra_args=steering_args([entry])),
+         SamplingParams(max_tokens=8, temperature=0.0)],
+        use_tqdm=False,
+    )  # fmt: skip
+    assert steered.outputs[0].token_ids != plain.outputs[0].token_ids
+
+
+def test_reading_beside_steered_requests_reads_every_token_and_leaves_nothing_behind(engine):
+    """Captures in one batch with steered requests read their own unsteered values; prompt blocks cached by an
+    unsteered run of the same texts are not reused (the capture would miss their tokens); nothing stays on the
+    worker once fetched."""
+    from steerlab import record
+    from steerlab.vllm import VLLMReader
+    from steerlab.vllm._capture import unpack
+    from steerlab.vllm._plugin import _STATES, FETCH_METHOD
+    from steerlab.vllm._spec import CAPTURE_KEY
+
+    llm, _, tokenizer, vector = engine
+    texts = _read_texts(tokenizer)
+    alone = record(llm, tokenizer, texts, layers=[12], reduce="all")
+    plain = [{"prompt_token_ids": tokenizer(text)["input_ids"]} for text in texts]
+    llm.generate(plain, SamplingParams(max_tokens=1), use_tqdm=False)  # fills the prefix cache, unsalted
+    reader = VLLMReader(llm, layers=[12], reduce="all")
+    captures = [reader._capture() for _ in texts]
+    steer = steering_args([{"vector": vector, "alpha": 0.3}])
+    prompts, params = [], []
+    for text, capture in zip(texts, captures, strict=True):  # each capture between two steered requests
+        ids = {"prompt_token_ids": tokenizer(text)["input_ids"]}
+        prompts += [ids, ids]
+        params += [SamplingParams(max_tokens=1, extra_args={CAPTURE_KEY: capture}),
+                   SamplingParams(max_tokens=4, temperature=0.0, extra_args=steer)]  # fmt: skip
+    llm.generate(prompts, params, use_tqdm=False)
+    (answer,) = llm.collective_rpc(FETCH_METHOD, args=([c["id"] for c in captures],))
+    answer = unpack(answer)
+    for capture, expected in zip(captures, alone.per_text(12), strict=True):
+        torch.testing.assert_close(answer[capture["id"]][12]["value"], expected)
+    assert all(not state._captured for state in _STATES.values())
+
+
+def test_reading_refuses_what_it_cannot_read_and_the_engine_goes_on(engine):
+    import json
+
+    from steerlab import record
+    from steerlab.errors import ArchitectureError
+    from steerlab.vllm._spec import CAPTURE_KEY
+
+    llm, _, tokenizer, _ = engine
+    with pytest.raises(ArchitectureError, match="site 'heads' is not read through vLLM"):
+        record(llm, tokenizer, ["Hello there"], layers=[1], site="heads")
+    with pytest.raises(ArchitectureError, match="layer"):
+        record(llm, tokenizer, ["Hello there"], layers=[30])
+    over_http = {CAPTURE_KEY: json.dumps({"id": "x", "layers": [1]})}  # what vllm_xargs could carry
+    with pytest.raises(VLLMValidationError, match="cannot travel over HTTP"):
+        llm.generate([{"prompt_token_ids": [1, 2, 3]}], SamplingParams(max_tokens=1, extra_args=over_http),
+                     use_tqdm=False)  # fmt: skip
+    assert record(llm, tokenizer, ["Hello there"], layers=[1]).values[1].shape == (1, 576)

@@ -93,3 +93,42 @@ def test_the_vllm_throughput_benchmark_runs(tmp_path):
     result = json.loads(out.read_text())
     assert set(result["clients"]) == {"1", "2"} and set(result["server_steered"]) == {"1"}
     assert all(row["vllm_steered"] > 0 for row in result["clients"].values())
+
+
+READER = """
+import sys, torch
+from vllm import LLM
+from steerlab import extract_vector, record, sentiment_pairs
+
+if __name__ == "__main__":
+    folder, out = sys.argv[1], sys.argv[2]
+    llm = LLM(model=folder, dtype="float32", enforce_eager=True, max_model_len=512, seed=0)
+    tokenizer = llm.get_tokenizer()
+    acts = record(llm, tokenizer, ["I love this film.", "Tell me about your day, please."], layers=[3, 12],
+                  reduce="mean")
+    torch.save(acts.values, out + "/acts.pt")
+    extract_vector(llm, tokenizer, sentiment_pairs()[:8], layers=[12]).save(out + "/vector.safetensors")
+"""
+
+
+def test_reading_through_an_offline_engine_whose_workers_run_in_processes_of_their_own(smol, smol_cache, tmp_path):
+    """record / extract_vector on a vllm.LLM with vLLM's default multiprocessing: the captures come back from the
+    worker processes by name (no pickled functions) and equal the transformers model's."""
+    import torch
+
+    from steerlab import SteeringVector, record
+
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+    command = [sys.executable, "-c", READER, str(smol_cache.folder), str(tmp_path)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    model, tokenizer = smol
+    theirs = record(model, tokenizer, ["I love this film.", "Tell me about your day, please."], layers=[3, 12],
+                    reduce="mean")  # fmt: skip
+    ours = torch.load(tmp_path / "acts.pt")
+    for layer in (3, 12):
+        torch.testing.assert_close(ours[layer], theirs.values[layer], rtol=1e-4, atol=1e-4)
+    vector = SteeringVector.load(tmp_path / "vector.safetensors")
+    expected = extract_vector(model, tokenizer, sentiment_pairs()[:8], layers=[12])
+    assert float(torch.cosine_similarity(vector.directions[12], expected.directions[12], dim=0)) > 0.9999

@@ -159,3 +159,54 @@ def test_decoder_layers_are_found_or_refused_by_name():
     assert decoder_layers(other, 4) is other.transformer.layers
     with pytest.raises(RuntimeError, match="expected one ModuleList named 'layers' with 5 modules, found none"):
         decoder_layers(model, 5)
+
+
+# ----- reading: the capture a request asks for, and what a worker keeps of it ---------------------------------------
+def _capture_spec(**changes):
+    from steerlab.vllm._spec import parse_capture
+
+    raw = {"id": "c1", "layers": [2, 1], "site": "resid_post", "reduce": "last", "exclude_first_token": True}
+    return parse_capture({**raw, **changes}, FP)
+
+
+def test_a_capture_is_checked_against_the_model_and_only_travels_as_a_dict():
+    spec = _capture_spec()
+    assert spec.layers == (1, 2) and spec.site == "resid_post"
+    with pytest.raises(SteeringError, match="cannot travel over HTTP"):
+        from steerlab.vllm._spec import parse_capture
+
+        parse_capture(json.dumps({"id": "c1"}), FP)
+    with pytest.raises(SteeringError, match=r"layers must be .* in 0\.\.3, found \[4\]"):
+        _capture_spec(layers=[4])
+    with pytest.raises(SteeringError, match="site 'heads' is not read through vLLM"):
+        _capture_spec(site="heads")
+    with pytest.raises(SteeringError, match="reduce='first' is not valid"):
+        _capture_spec(reduce="first")
+
+
+@pytest.mark.parametrize("reduce", ["last", "mean", "all"])
+def test_a_capture_reduces_as_the_transformers_reader_does_and_a_recomputed_token_counts_once(reduce):
+    """Rows arrive in chunks (chunked prefill), one chunk twice (recomputed after a preemption) and with a generated
+    token past the prompt: the result is the one reduction of the prompt's rows, sink left out."""
+    from steerlab.vllm._capture import Capture
+
+    rows = torch.randn(5, 8)
+    rows[0] *= 100  # the attention sink
+    capture = Capture(_capture_spec(reduce=reduce), prompt_length=5)
+    capture.write(1, rows[:3], torch.arange(3))
+    capture.write(1, rows[:3] + 0.0, torch.arange(3))  # recomputed
+    capture.write(1, torch.cat([rows[3:], torch.randn(1, 8)]), torch.arange(3, 6))  # with a generated token
+    result = capture.result()[1]
+    expected = {"last": rows[4], "mean": rows[1:].mean(0), "all": rows[1:]}[reduce]
+    torch.testing.assert_close(result["value"], expected)
+    assert result["norm_count"] == 4 and not result["single"]
+    assert result["norm_sum"] == pytest.approx(float(rows[1:].norm(dim=-1).sum()), rel=1e-6)
+
+
+def test_a_capture_with_a_token_never_computed_is_refused():
+    from steerlab.vllm._capture import Capture
+
+    capture = Capture(_capture_spec(), prompt_length=4)
+    capture.write(2, torch.randn(2, 8), torch.tensor([2, 3]))  # the first two came from a cache
+    with pytest.raises(RuntimeError, match=r"positions \[0, 1\] of the 4-token prompt were never computed"):
+        capture.result()

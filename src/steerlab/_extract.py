@@ -28,9 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from steerlab._models import fingerprint, model_id
 from steerlab._pairs import PairLike, as_pairs, dataset_hash, pair_texts
-from steerlab._record import ActivationReader, Reduce, length_batches, shared_prefix_length
+from steerlab._record import Reduce, length_batches, make_reader, shared_prefix_length
 from steerlab._text import encode, pad_id
 from steerlab.errors import ExtractionError
 
@@ -236,6 +235,10 @@ def extract_vector(
 ):
     """Extract a :class:`~steerlab.SteeringVector` (one direction per layer) from contrast pairs.
 
+    ``model`` is a transformers model, or a ``vllm.LLM`` served with steerlab's plugin (pass
+    ``llm.get_tokenizer()``): the vector is then read where the model is served, with the same numbers up to float
+    rounding (docs/vllm.md, "Reading").
+
     Args:
         pairs: contrast pairs, each a :class:`~steerlab.ContrastPair` or in a peer's shape
             (:data:`~steerlab.datasets.PairLike`): a ``(positive, negative)`` tuple (steering-vectors), a dict with
@@ -274,7 +277,7 @@ def extract_vector(
     n = len(pairs)
     record.check_pairs(n)
     pos_texts, neg_texts = pair_texts(pairs, tokenizer, chat=chat)
-    reader = ActivationReader(model, layers=layers, reduce=reduce, site=site, pad_id=pad_id(tokenizer))
+    reader = make_reader(model, layers=layers, reduce=reduce, site=site, pad_id=pad_id(tokenizer))
     token_ids = encode(tokenizer, pos_texts + neg_texts)
     stats = {layer: PairStatistics(method, n, reader.width) for layer in reader.layers}
     # Pairs whose texts begin alike (a shared prompt, "I love" / "I hate") run that beginning once.
@@ -298,8 +301,8 @@ def extract_vector(
     directions = {layer: stat.direction() for layer, stat in stats.items()}
     vector = SteeringVector(
         directions=directions,
-        model_id=model_id(model),
-        fingerprint=fingerprint(model),
+        model_id=reader.model_id,
+        fingerprint=reader.fingerprint,
         site=site,
         method=method,
         dataset_hash=dataset_hash(pairs),

@@ -13,7 +13,7 @@ includes it is dominated by it, and a difference of such means points almost ent
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -24,12 +24,13 @@ from torch import nn
 from steerlab._calling import cache_argument
 from steerlab._forward import input_device
 from steerlab._hooks import HookSet
+from steerlab._models import ModelFingerprint, fingerprint, model_id
 from steerlab._progress import track
 from steerlab._text import encode, forward_kwargs, pad_batch, pad_id, position_ids_from_mask, takes_position_ids
 from steerlab.arch.registry import check_layer_index, check_site, get_layout
 from steerlab.errors import ArchitectureError, DataError
 
-__all__ = ["ActivationReader", "Activations", "Reduce", "record"]
+__all__ = ["ActivationReader", "Activations", "Reader", "Reduce", "make_reader", "record", "register_engine_reader"]
 
 Reduce = Literal["last", "mean", "all"]
 
@@ -73,7 +74,7 @@ class _StopForward(Exception):
     """Raised by the hook on the deepest layer asked for: nothing above it needs computing."""
 
 
-def _check_layers(layers: Sequence[int] | int | None, num_layers: int) -> list[int]:
+def check_layers(layers: Sequence[int] | int | None, num_layers: int) -> list[int]:
     """The one check of the layers to read: ``None`` is every block, negative indices count from the last
     (``-1``), and the result is 0-based, sorted and unique, so what is recorded is keyed the same way however the
     layers were named."""
@@ -87,8 +88,80 @@ def _check_layers(layers: Sequence[int] | int | None, num_layers: int) -> list[i
     return sorted({check_layer_index(layer, num_layers, negative=True) for layer in given})
 
 
-class ActivationReader:
-    """Runs batches through a model and hands back, per batch, the reduced activations at chosen layers.
+class Reader:
+    """What :func:`record` and extraction need of an engine that reads activations: :meth:`run` yields each
+    batch's reduced values at :attr:`layers` (0-based, sorted), :attr:`width` is a value's width,
+    :attr:`resid_norm` the mean activation norm per layer over everything read so far (real tokens, attention
+    sink excluded), and :attr:`model_id` / :attr:`fingerprint` name the model a vector from it belongs to.
+    :class:`ActivationReader` reads a transformers model; ``steerlab.vllm`` registers one for a ``vllm.LLM``."""
+
+    layers: list[int]
+    width: int
+    model_id: str
+    fingerprint: ModelFingerprint
+
+    def __init__(self, layers: list[int], reduce: str, site: str, exclude_first_token: bool) -> None:
+        if reduce not in ("last", "mean", "all"):
+            raise DataError(f"reduce={reduce!r} is not valid; expected 'last', 'mean' or 'all'.")
+        self.layers = layers
+        self.reduce = reduce
+        self.site = site
+        self.exclude_first_token = exclude_first_token
+        self.single_token_seen = False
+        self._norm_sum = dict.fromkeys(self.layers, 0.0)
+        self._norm_count = dict.fromkeys(self.layers, 0)
+
+    @property
+    def resid_norm(self) -> dict[int, float]:
+        """Mean L2 norm of the activations read so far (real tokens, attention sink excluded), per layer."""
+        return {layer: self._norm_sum[layer] / max(self._norm_count[layer], 1) for layer in self.layers}
+
+    def run(
+        self, token_ids: Sequence[Sequence[int]], batches: Sequence[Sequence[int]], *, progress: bool = False
+    ) -> Iterator[tuple[list[int], dict[int, Any]]]:  # pragma: no cover - every reader defines it
+        raise NotImplementedError
+
+    def can_share_prefixes(self) -> bool:
+        """Whether the reader has :meth:`ActivationReader.run_pairs` (it pays where pairs begin alike)."""
+        return False
+
+    def warn_single_tokens(self) -> None:
+        if self.single_token_seen and self.reduce != "last" and self.exclude_first_token:
+            warnings.warn(
+                "some texts have a single token; for them the first token was kept despite exclude_first_token=True.",
+                stacklevel=3,
+            )
+
+
+# Readers for other engines (a factory returns None for a model that is not its engine's): steerlab.vllm adds
+# one when it is imported, which vLLM does in every process through the plugin's entry point.
+_ENGINE_READERS: list[Callable[..., Reader | None]] = []
+
+
+def register_engine_reader(factory: Callable[..., Reader | None]) -> None:
+    """Let :func:`record` and :func:`~steerlab.extract_vector` read another engine's models: ``factory(model,
+    **reader_options)`` returns a :class:`Reader`, or ``None`` for a model that is not its engine's."""
+    if factory not in _ENGINE_READERS:
+        _ENGINE_READERS.append(factory)
+
+
+def make_reader(model: Any, **options: Any) -> Reader:
+    """The reader for ``model``: a registered engine's, else :class:`ActivationReader` (transformers)."""
+    for factory in _ENGINE_READERS:
+        reader = factory(model, **options)
+        if reader is not None:
+            return reader
+    if type(model).__module__.split(".")[0] == "vllm":
+        raise ArchitectureError(
+            f"{type(model).__name__} is a vLLM engine, but steerlab's vLLM reader is not loaded: import steerlab.vllm "
+            "first (vLLM loads it through the plugin's entry point unless STEERLAB_VLLM_DISABLE is set)."
+        )
+    return ActivationReader(model, **options)
+
+
+class ActivationReader(Reader):
+    """Runs batches through a transformers model and hands back, per batch, the reduced activations at chosen
+    layers.
 
     The one engine behind :func:`record` (which keeps everything) and extraction (which folds each batch into
     running statistics and keeps nothing else). Stops the forward pass after the deepest layer it reads.
@@ -107,26 +180,16 @@ class ActivationReader:
         padding_side: str = "left",
         pad_id: int = 0,
     ) -> None:
-        if reduce not in ("last", "mean", "all"):
-            raise DataError(f"reduce={reduce!r} is not valid; expected 'last', 'mean' or 'all'.")
         check_site(site)
+        layout = get_layout(model)
+        super().__init__(check_layers(layers, layout.num_layers), reduce, site, exclude_first_token)
         self.model = model
-        self.layout = get_layout(model)
-        self.layers = _check_layers(layers, self.layout.num_layers)
-        self.width = self.layout.site_width(site)  # the residual width; heads x head width at "heads"
-        self.reduce = reduce
-        self.site = site
-        self.exclude_first_token = exclude_first_token
+        self.layout = layout
+        self.width = layout.site_width(site)  # the residual width; heads x head width at "heads"
         self.padding_side = padding_side
         self.pad_id = pad_id
-        self.single_token_seen = False
-        self._norm_sum = dict.fromkeys(self.layers, 0.0)
-        self._norm_count = dict.fromkeys(self.layers, 0)
-
-    @property
-    def resid_norm(self) -> dict[int, float]:
-        """Mean L2 norm of the activations read so far (real tokens, attention sink excluded), per layer."""
-        return {layer: self._norm_sum[layer] / max(self._norm_count[layer], 1) for layer in self.layers}
+        self.model_id = model_id(model)
+        self.fingerprint = fingerprint(model)
 
     def _reduce(
         self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, order: torch.Tensor, weight: int
@@ -266,13 +329,6 @@ class ActivationReader:
                 )
                 yield rows, state["out"]
 
-    def warn_single_tokens(self) -> None:
-        if self.single_token_seen and self.reduce != "last" and self.exclude_first_token:
-            warnings.warn(
-                "some texts have a single token; for them the first token was kept despite exclude_first_token=True.",
-                stacklevel=3,
-            )
-
 
 def check_texts(texts: Sequence[str]) -> list[str]:
     """The texts as a list, or a clear error for an empty list or an empty / non-string entry."""
@@ -326,6 +382,9 @@ def record(
 ) -> Activations:
     """Run ``texts`` through ``model`` and keep the block outputs at ``layers``.
 
+    ``model`` is a transformers model, or a ``vllm.LLM`` served with steerlab's plugin (``import steerlab.vllm``;
+    docs/vllm.md): the same tokens, layers, sites and reductions, read inside vLLM's batches.
+
     Args:
         layers: block indices, 0-based (Hugging Face numbering) or negative from the last (``-1``); the result is
             keyed 0-based. ``None`` (default) reads every block, which runs the whole model and keeps
@@ -346,7 +405,7 @@ def record(
         torch.Size([2, 576])
     """
     texts = check_texts(texts)
-    reader = ActivationReader(
+    reader = make_reader(
         model,
         layers=layers,
         reduce=reduce,

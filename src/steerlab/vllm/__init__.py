@@ -15,9 +15,24 @@ Example:
 
 Over HTTP (``vllm serve <folder> --enforce-eager``) the same list travels as a JSON string in ``vllm_xargs``:
 ``client.chat.completions.create(..., extra_body={"vllm_xargs": steering_args([...])})``.
+
+Reading goes through the same plugin: :func:`steerlab.record` and :func:`steerlab.extract_vector` take a
+``vllm.LLM`` where they take a transformers model (:class:`VLLMReader`), so a vector is computed where it is served:
+
+    >>> vec = steerlab.extract_vector(llm, llm.get_tokenizer(), pairs, layers=[12])
 """
 
 from steerlab.vllm._plugin import DISABLE_ENV, TESTED_VLLM, check_layout, register
+from steerlab.vllm._reading import VLLMReader
 from steerlab.vllm._spec import EXTRA_KEY, VECTORS_ENV, steering_args
 
-__all__ = ["DISABLE_ENV", "EXTRA_KEY", "TESTED_VLLM", "VECTORS_ENV", "check_layout", "register", "steering_args"]
+__all__ = [
+    "DISABLE_ENV",
+    "EXTRA_KEY",
+    "TESTED_VLLM",
+    "VECTORS_ENV",
+    "VLLMReader",
+    "check_layout",
+    "register",
+    "steering_args",
+]

@@ -7,7 +7,9 @@ What it changes in vLLM (three methods, wrapped, never replaced):
 - ``InputProcessor.process_inputs`` (the front end, where a request is admitted): the ``steering`` entry is parsed
   and checked against the served model with the library's own errors (raised to the caller as a
   ``VLLMValidationError``: a 400 over HTTP), and a request that steers prompt tokens gets a ``cache_salt`` of its
-  steering, so its prompt never reuses KV blocks computed without it or under other steering.
+  steering, so its prompt never reuses KV blocks computed without it or under other steering. A request that reads
+  activations (``steerlab_capture``) is checked the same way and salted by its own capture id, so every one of its
+  prompt tokens is computed (and read), never taken from the cache.
 - ``GPUModelRunner._prepare_inputs`` (every worker, every step; the CPU runner inherits it): reads which packed
   tokens belong to which steered request.
 - ``GPUModelRunner._model_forward``: makes that plan live for exactly that forward pass.
@@ -30,13 +32,17 @@ import weakref
 from typing import Any
 
 from steerlab.errors import SteerlabError
+from steerlab.vllm._capture import pack
 from steerlab.vllm._runner import RunnerSteering, served_fingerprint
-from steerlab.vllm._spec import EXTRA_KEY, parse_steering
+from steerlab.vllm._spec import CAPTURE_KEY, EXTRA_KEY, parse_capture, parse_steering
 
-__all__ = ["DISABLE_ENV", "TESTED_VLLM", "check_layout", "register"]
+__all__ = ["DISABLE_ENV", "FETCH_METHOD", "TESTED_VLLM", "check_layout", "fetch_captures", "register"]
 
 TESTED_VLLM = ("0.32.0",)
 """vLLM releases the plugin's tests ran on. Another release is accepted only when :func:`check_layout` passes."""
+FETCH_METHOD = "steerlab_fetch_captures"
+"""The method the plugin adds to vLLM's workers (``WorkerBase``): ``LLM.collective_rpc(FETCH_METHOD, args=(ids,))``
+returns each worker's captures by id. Called by name, so it crosses vLLM's process boundaries without pickle."""
 DISABLE_ENV = "STEERLAB_VLLM_DISABLE"
 """Set to 1 to keep the installed plugin from changing vLLM (steering requests are then not recognised)."""
 
@@ -64,6 +70,7 @@ def check_layout() -> list[str]:
         from vllm.v1.engine.input_processor import InputProcessor
         from vllm.v1.worker.gpu_input_batch import CachedRequestState, InputBatch
         from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+        from vllm.v1.worker.worker_base import WorkerBase
     except ImportError as err:
         return [f"a module is missing ({err})"]
 
@@ -87,6 +94,8 @@ def check_layout() -> list[str]:
         known = set(getattr(owner, "__dataclass_fields__", {})) | set(getattr(owner, "__struct_fields__", ()))
         problems += [f"{owner.__name__}.{name} is missing" for name in names if name not in known]
     problems += [f"InputBatch.{name} is missing" for name in ("req_ids", "num_reqs") if not hasattr(InputBatch, name)]
+    if getattr(WorkerBase, FETCH_METHOD, fetch_captures) is not fetch_captures:
+        problems.append(f"WorkerBase already has a method {FETCH_METHOD}")
     try:  # the CPU runner must inherit the two wrapped methods (a platform's own version would bypass them)
         from vllm.v1.worker.cpu_model_runner import CPUModelRunner
     except Exception:  # not a CPU build: nothing to check
@@ -122,6 +131,9 @@ def register() -> None:
     _wrap(InputProcessor, "process_inputs", _process_inputs)
     _wrap(GPUModelRunner, "_prepare_inputs", _prepare_inputs)
     _wrap(GPUModelRunner, "_model_forward", _model_forward)
+    from vllm.v1.worker.worker_base import WorkerBase
+
+    setattr(WorkerBase, FETCH_METHOD, fetch_captures)  # a new method, called by name: nothing of vLLM's is replaced
 
 
 def _wrap(owner: type, name: str, wrapper: Any) -> None:
@@ -159,20 +171,28 @@ def _process_inputs(original: Any, self: Any, request_id: str, prompt: Any, para
 
     request = original(self, request_id, prompt, params, *args, **kwargs)
     sampling = request.sampling_params
-    raw = None if sampling is None else (sampling.extra_args or {}).get(EXTRA_KEY)
-    if raw is None:
+    extra = {} if sampling is None else (sampling.extra_args or {})
+    raw, capture = extra.get(EXTRA_KEY), extra.get(CAPTURE_KEY)
+    if raw is None and capture is None:
         return request
+    key = EXTRA_KEY if raw is not None else CAPTURE_KEY
     problem = _engine_problem(self.vllm_config)
     if problem is not None:
-        raise VLLMValidationError(f"{EXTRA_KEY}: {problem}.", parameter=EXTRA_KEY)
+        raise VLLMValidationError(f"{key}: {problem}.", parameter=key)
     model_config = self.vllm_config.model_config
+    fingerprint = served_fingerprint(model_config)
     try:
-        fingerprint = served_fingerprint(model_config)
         steering = parse_steering(raw, fingerprint, str(model_config.model), salt=request.cache_salt)
     except SteerlabError as err:
         raise VLLMValidationError(str(err), parameter=EXTRA_KEY) from None
     if steering is not None and steering.salt is not None:
         request.cache_salt = steering.salt
+    try:
+        spec = parse_capture(capture, fingerprint)
+    except SteerlabError as err:
+        raise VLLMValidationError(str(err), parameter=CAPTURE_KEY) from None
+    if spec is not None:  # its own salt: no prompt block comes from the cache, so every token is read
+        request.cache_salt = f"{request.cache_salt or ''}steerlab-capture-{spec.id}"
     return request
 
 
@@ -196,3 +216,12 @@ def _model_forward(original: Any, self: Any, *args: Any, **kwargs: Any):
     positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
     with state.step(positions):
         return original(self, *args, **kwargs)
+
+
+def fetch_captures(worker: Any, ids: list[str]) -> dict[str, Any]:
+    """:data:`FETCH_METHOD` on every worker: the reduced activations of the captures ``ids`` read there, packed
+    (:func:`steerlab.vllm._capture.pack`; ``{}`` on a worker that has not run a batch). Under pipeline parallelism
+    each rank answers for its own layers."""
+    runner = getattr(worker, "model_runner", None)
+    state = None if runner is None else _STATES.get(runner)
+    return {} if state is None else pack(state.fetch(list(ids)))

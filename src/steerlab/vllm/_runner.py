@@ -21,11 +21,17 @@ steering code at all. The operators are the library's own
 additions (every position, no norm preservation: the common case) are folded per request as steerlab's hooks fold
 them and applied to every such request's tokens at once, so a step costs a few tensor operations per layer whatever
 the number of requests.
+
+The same hooks read activations for :func:`steerlab.record` / :func:`steerlab.extract_vector` on a ``vllm.LLM``: a
+request whose ``extra_args`` carries ``steerlab_capture`` has its prompt tokens' values at the asked sites written
+into a :class:`~steerlab.vllm._capture.Capture` (after any steering of the same site, as a transformers reader
+inside ``steer()`` sees them), kept on the worker until the caller fetches them with :func:`fetch_captures`.
 """
 
 from __future__ import annotations
 
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -38,9 +44,22 @@ from torch import nn
 from steerlab._hooks import HookSet
 from steerlab._interventions import apply_operator
 from steerlab._models import ModelFingerprint
-from steerlab.vllm._spec import EXTRA_KEY, Plan, RequestSteering, parse_steering, sublayer_path
+from steerlab.vllm._capture import Capture
+from steerlab.vllm._spec import (
+    CAPTURE_KEY,
+    EXTRA_KEY,
+    Plan,
+    RequestSteering,
+    parse_capture,
+    parse_steering,
+    sublayer_path,
+)
 
-__all__ = ["RunnerSteering", "decoder_layers", "served_fingerprint"]
+__all__ = ["MAX_UNFETCHED", "RunnerSteering", "decoder_layers", "served_fingerprint"]
+
+MAX_UNFETCHED = 65536
+"""Finished captures a worker keeps for their caller; beyond it the oldest are dropped (their fetch then fails
+loudly), so a caller that never fetches cannot fill the worker's memory."""
 
 
 def served_fingerprint(model_config: Any) -> ModelFingerprint:
@@ -122,13 +141,28 @@ class _Step:
     the requests whose entries apply one by one."""
 
     requests: list[_Request]
+    captures: list[tuple[int, int, Capture]] = field(default_factory=list)  # (start, end, capture)
     masks: dict[tuple[int, Any], torch.Tensor | None] = field(default_factory=dict)
-    keys: set[Key] = field(default_factory=set)
+    keys: set[Key] = field(default_factory=set)  # where some request is steered
+    reads: dict[Key, list[tuple[int, int, Capture]]] = field(default_factory=dict)  # where some request is read
     _adds: dict[Key, tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for request in self.requests:
             self.keys |= set(request.steering.adds) | set(request.steering.plans)
+        for item in self.captures:
+            spec = item[2].spec
+            for layer in spec.layers:
+                self.reads.setdefault((layer, spec.site), []).append(item)
+
+    def hooked(self, key: Key) -> bool:
+        return key in self.keys or key in self.reads
+
+    def read(self, key: Key, hidden: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor) -> None:
+        """Write the residual stream (``hidden + residual``) of each reading request's tokens into its capture."""
+        for start, end, capture in self.reads.get(key, ()):
+            values = hidden[start:end] if residual is None else hidden[start:end] + residual[start:end]
+            capture.write(key[0], values, positions[start:end])
 
     def additions(self, key: Key, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(rows, delta)``: the packed token rows of the requests with a folded addition at ``key`` and what
@@ -176,6 +210,8 @@ class RunnerSteering:
         self.fingerprint = served_fingerprint(model_config)
         self.model_name = str(model_config.model)
         self._requests: dict[str, _Prepared | None] = {}
+        self._reading: dict[str, Capture | None] = {}  # live request -> its capture
+        self._captured: OrderedDict[str, Capture] = OrderedDict()  # capture id -> capture, until fetched
         self._pending: _Step | None = None
         self._active: _Step | None = None
         self._positions: torch.Tensor | None = None
@@ -213,7 +249,9 @@ class RunnerSteering:
         live = runner.requests
         for req_id in [r for r in self._requests if r not in live]:  # finished or preempted-and-dropped
             del self._requests[req_id]
-        steered, start = [], 0
+        for req_id in [r for r in self._reading if r not in live]:
+            del self._reading[req_id]
+        steered, captures, start = [], [], 0
         for i, req_id in enumerate(batch.req_ids[: batch.num_reqs]):
             count = int(num_scheduled_tokens[i])
             steering = self._steering_of(req_id, live[req_id])
@@ -227,8 +265,35 @@ class RunnerSteering:
             if steering is not None and count > 0:
                 prompt_length = int(live[req_id].num_prompt_tokens)
                 steered.append(_Request(len(steered), start, start + count, prompt_length, steering))
+            capture = self._capture_of(req_id, live[req_id])
+            if capture is not None and count > 0:
+                if self._unsupported is not None:
+                    raise RuntimeError(f"request {req_id} reads activations, which this model cannot give: "
+                                       f"{self._unsupported}")  # fmt: skip
+                if capture.spec.site in self._missing:
+                    raise RuntimeError(f"request {req_id} reads {capture.spec.site}, which this model cannot give: "
+                                       f"{self._missing[capture.spec.site]}")  # fmt: skip
+                captures.append((start, start + count, capture))
             start += count
-        self._pending = _Step(steered) if steered else None
+        self._pending = _Step(steered, captures) if steered or captures else None
+
+    def _capture_of(self, req_id: str, state: Any) -> Capture | None:
+        if req_id not in self._reading:
+            params = state.sampling_params
+            raw = (params.extra_args or {}).get(CAPTURE_KEY) if params is not None else None
+            spec = parse_capture(raw, self.fingerprint)
+            capture = None if spec is None else Capture(spec, int(state.num_prompt_tokens))
+            if capture is not None:
+                self._captured[spec.id] = capture
+                while len(self._captured) > MAX_UNFETCHED:
+                    self._captured.popitem(last=False)
+            self._reading[req_id] = capture
+        return self._reading[req_id]
+
+    def fetch(self, ids: list[str]) -> dict[str, Any]:
+        """The reduced results of the captures ``ids`` read on this worker (each removed once fetched; an id this
+        worker never saw, e.g. dropped past :data:`MAX_UNFETCHED`, is absent)."""
+        return {i: self._captured.pop(i).result() for i in ids if i in self._captured}
 
     def _steering_of(self, req_id: str, state: Any) -> _Prepared | None:
         if req_id not in self._requests:
@@ -288,7 +353,7 @@ class RunnerSteering:
 
         def steer_output(module: nn.Module, args: tuple, output: Any) -> Any:
             step = self._active
-            if step is None or key not in step.keys:
+            if step is None or not step.hooked(key):
                 return None
             split = isinstance(output, tuple) and len(output) == 2 and output[1] is not None
             if site != "resid_post" and not isinstance(output, torch.Tensor):
@@ -298,14 +363,19 @@ class RunnerSteering:
                     "from its transformers one); steer resid_pre or resid_post."
                 )
             hidden, residual = output if split else (output, None)
+            if key not in step.keys:  # read only
+                step.read(key, hidden, residual, self._positions)
+                return None
             total = hidden + residual if split else hidden
             new_hidden = hidden.clone()
             self._apply(key, total, new_hidden)
             if not split:
+                step.read(key, new_hidden, None, self._positions)
                 return new_hidden
             new_residual = residual.clone()
             for start, end in self._steered_rows(key):
                 new_residual[start:end] = 0
+            step.read(key, new_hidden, new_residual, self._positions)
             return new_hidden, new_residual
 
         return steer_output
@@ -315,7 +385,7 @@ class RunnerSteering:
 
         def steer_input(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
             step = self._active
-            if step is None or key not in step.keys:
+            if step is None or not step.hooked(key):
                 return None
             if len(args) < 2 or not isinstance(args[1], torch.Tensor):
                 raise RuntimeError(
@@ -324,14 +394,19 @@ class RunnerSteering:
                 )
             hidden = args[1]
             residual = args[2] if len(args) > 2 else kwargs.get("residual")
+            if key not in step.keys:  # read only
+                step.read(key, hidden, residual, self._positions)
+                return None
             total = hidden + residual if residual is not None else hidden
             new_hidden = hidden.clone()
             self._apply(key, total, new_hidden)
             if residual is None:
+                step.read(key, new_hidden, None, self._positions)
                 return (args[0], new_hidden, *args[2:]), kwargs
             new_residual = residual.clone()
             for start, end in self._steered_rows(key):
                 new_residual[start:end] = 0
+            step.read(key, new_hidden, new_residual, self._positions)
             if len(args) > 2:
                 return (args[0], new_hidden, new_residual, *args[3:]), kwargs
             return (args[0], new_hidden, *args[2:]), {**kwargs, "residual": new_residual}

@@ -33,11 +33,14 @@ from steerlab.arch.registry import registered_architectures
 from steerlab.errors import SteeringError, SteerlabError
 
 __all__ = [
+    "CAPTURE_KEY",
     "EXTRA_KEY",
+    "CaptureSpec",
     "SITES",
     "VECTORS_ENV",
     "Plan",
     "RequestSteering",
+    "parse_capture",
     "parse_steering",
     "steering_args",
     "sublayer_path",
@@ -48,6 +51,10 @@ EXTRA_KEY = "steering"
 """The key of ``SamplingParams.extra_args`` (``vllm_xargs`` over HTTP) that carries a request's steering."""
 VECTORS_ENV = "STEERLAB_VECTORS"
 """An environment variable naming a folder of ``<name>.safetensors`` vectors that requests may name."""
+
+CAPTURE_KEY = "steerlab_capture"
+"""The key of ``SamplingParams.extra_args`` that asks a worker to keep a request's prompt activations (what
+:func:`steerlab.record` and :func:`steerlab.extract_vector` send when given a ``vllm.LLM``)."""
 
 _KEYS = ("vector", "alpha", "mode", "layers", "positions", "scale", "preserve_norm", "site")
 # The sites the plugin steers at: a decoder layer's input and output (vLLM hands on (hidden, residual), whose sum is
@@ -239,3 +246,61 @@ def _salt(entries: list[dict[str, Any]], digests: list[str], salt: str | None) -
     of their vectors (a file rewritten under the same name salts differently)."""
     digest = hashlib.sha256(json.dumps([entries, digests, salt], sort_keys=True, default=str).encode())
     return f"steerlab-{digest.hexdigest()[:32]}"
+
+
+@dataclass(frozen=True)
+class CaptureSpec:
+    """What a request asks its workers to read: the prompt's activations at ``site`` of ``layers``, reduced as
+    :func:`steerlab.record` reduces them, kept under ``id`` until the caller fetches them."""
+
+    id: str
+    layers: tuple[int, ...]
+    site: str
+    reduce: str
+    exclude_first_token: bool
+
+
+_CAPTURE_KEYS = {"id", "layers", "site", "reduce", "exclude_first_token"}
+
+
+def parse_capture(raw: Any, model: ModelFingerprint) -> CaptureSpec | None:
+    """A request's ``steerlab_capture`` value, checked against the served model, or ``None`` when it has none.
+
+    Only a dict is accepted, never a JSON string: over HTTP ``vllm_xargs`` carries strings and scalars alone, so a
+    capture (whose results are fetched from the workers in the caller's process) cannot be asked for remotely.
+
+    Example:
+        >>> parse_capture({"id": "a1", "layers": [12], "site": "resid_post", "reduce": "last",
+        ...                "exclude_first_token": True}, fingerprint).layers
+        (12,)
+    """
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or set(raw) != _CAPTURE_KEYS:
+        found = sorted(raw) if isinstance(raw, Mapping) else type(raw).__name__
+        raise SteeringError(
+            f"extra_args['{CAPTURE_KEY}'] must be a dict with keys {sorted(_CAPTURE_KEYS)}, found {found}; it is "
+            "set by steerlab.record / steerlab.extract_vector given a vllm.LLM, in the process that made it (it "
+            "cannot travel over HTTP)."
+        )
+    site, reduce = raw["site"], raw["reduce"]
+    if site not in SITES:
+        raise SteeringError(f"{CAPTURE_KEY}: site {site!r} is not read through vLLM; expected one of {list(SITES)}.")
+    if site in ("attn_out", "mlp_out") and sublayer_path(model, site) is None:
+        raise SteeringError(
+            f"{CAPTURE_KEY}: site {site!r} is not known for model type {model.model_type!r}; read resid_pre or "
+            "resid_post."
+        )
+    if reduce not in ("last", "mean", "all"):
+        raise SteeringError(f"{CAPTURE_KEY}: reduce={reduce!r} is not valid; expected 'last', 'mean' or 'all'.")
+    layers = raw["layers"]
+    if (
+        not isinstance(layers, (list, tuple))
+        or not layers
+        or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < model.num_layers for x in layers)
+    ):
+        raise SteeringError(
+            f"{CAPTURE_KEY}: layers must be a non-empty list of block indices in 0..{model.num_layers - 1}, found "
+            f"{layers!r}."
+        )
+    return CaptureSpec(str(raw["id"]), tuple(sorted(set(layers))), site, reduce, bool(raw["exclude_first_token"]))
