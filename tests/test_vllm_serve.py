@@ -1,7 +1,7 @@
 """Stock vLLM's OpenAI server (its own process, with worker processes: vLLM's default) steered through the plugin
 from the official ``openai`` client: the steering list travels as a JSON string in ``vllm_xargs``, vectors are
 named from ``$STEERLAB_VECTORS``, and a bad entry is a 400 with the library's message; and the vLLM throughput
-benchmark runs. Runs in .venv-vllm."""
+benchmark runs; tensor parallelism (TP=2 on CPU) steers and reads as one model. Runs in .venv-vllm."""
 
 from __future__ import annotations
 
@@ -95,40 +95,80 @@ def test_the_vllm_throughput_benchmark_runs(tmp_path):
     assert all(row["vllm_steered"] > 0 for row in result["clients"].values())
 
 
-READER = """
-import sys, torch
-from vllm import LLM
-from steerlab import extract_vector, record, sentiment_pairs
+TENSOR_PARALLEL = """
+import json, sys, torch
+from vllm import LLM, SamplingParams
+from steerlab import record
+from steerlab.vllm import steering_args
 
 if __name__ == "__main__":
-    folder, out = sys.argv[1], sys.argv[2]
-    llm = LLM(model=folder, dtype="float32", enforce_eager=True, max_model_len=512, seed=0)
+    folder, cases, prompts, out = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
+    llm = LLM(model=folder, dtype="float32", enforce_eager=True, max_model_len=256, seed=0, tensor_parallel_size=2,
+              distributed_executor_backend="mp")
     tokenizer = llm.get_tokenizer()
-    acts = record(llm, tokenizer, ["I love this film.", "Tell me about your day, please."], layers=[3, 12],
-                  reduce="mean")
-    torch.save(acts.values, out + "/acts.pt")
-    extract_vector(llm, tokenizer, sentiment_pairs()[:8], layers=[12]).save(out + "/vector.safetensors")
+    ids = [{"prompt_token_ids": tokenizer(p)["input_ids"]} for p in prompts]
+    first = {}
+    for name, entries in cases.items():  # each case as one batch, every prompt steered alike
+        extra = steering_args(entries) if entries else None
+        params = SamplingParams(max_tokens=3, temperature=0.0, logprobs=5, extra_args=extra)
+        outputs = llm.generate(ids, params, use_tqdm=False)
+        first[name] = [{int(t): lp.logprob for t, lp in o.outputs[0].logprobs[0].items()} for o in outputs]
+    acts = record(llm, tokenizer, prompts, layers=[1, 3], reduce="mean")
+    torch.save({"first": first, "acts": acts.values, "norms": acts.resid_norm}, out)
 """
 
 
-def test_reading_through_an_offline_engine_whose_workers_run_in_processes_of_their_own(smol, smol_cache, tmp_path):
-    """record / extract_vector on a vllm.LLM with vLLM's default multiprocessing: the captures come back from the
-    worker processes by name (no pickled functions) and equal the transformers model's."""
+def test_tensor_parallel_ranks_steer_and_read_as_one_model(smol_cache, tmp_path):
+    """TP=2 on CPU, one worker process per rank (SmolLM2's 9 heads do not split, so a random Llama with 4 heads and
+    2 KV heads): steered next-token log-probs, for a folded addition and an operator on prompt positions, and
+    recorded activations equal steerlab's transformers hooks on the same weights; the captures come back from the
+    worker processes by name, without pickle."""
+    import shutil
+    from contextlib import nullcontext
+
     import torch
+    import transformers as tf
 
-    from steerlab import SteeringVector, record
+    from steerlab import Intervention, SteeringVector, record, steer
 
+    folder = tmp_path / "tiny"
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(vocab_size=49152, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                            tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)  # fmt: skip
+    model = tf.LlamaForCausalLM(config).float().eval()
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # SmolLM2's tokenizer, for the same token ids
+        shutil.copy(smol_cache.folder / name, folder / name)
+    tokenizer = tf.AutoTokenizer.from_pretrained(folder)
+    vector = str(extract_vector(model, tokenizer, sentiment_pairs()[:8], layers=[1, 2]).save(tmp_path / "v"))
+    cases = {
+        "plain": [],
+        "add": [{"vector": vector, "alpha": 0.5}],
+        "ablate_then_add on the prompt": [{"vector": vector, "alpha": 0.5, "mode": "ablate_then_add",
+                                           "positions": "prompt"}],
+    }  # fmt: skip
+    prompts = ["Tell me about your day.", "Describe the weather this morning, please.", "Hello"]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-    command = [sys.executable, "-c", READER, str(smol_cache.folder), str(tmp_path)]
+    out = tmp_path / "tp.pt"
+    command = [sys.executable, "-c", TENSOR_PARALLEL, str(folder), json.dumps(cases), json.dumps(prompts), str(out)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    model, tokenizer = smol
-    theirs = record(model, tokenizer, ["I love this film.", "Tell me about your day, please."], layers=[3, 12],
-                    reduce="mean")  # fmt: skip
-    ours = torch.load(tmp_path / "acts.pt")
-    for layer in (3, 12):
-        torch.testing.assert_close(ours[layer], theirs.values[layer], rtol=1e-4, atol=1e-4)
-    vector = SteeringVector.load(tmp_path / "vector.safetensors")
-    expected = extract_vector(model, tokenizer, sentiment_pairs()[:8], layers=[12])
-    assert float(torch.cosine_similarity(vector.directions[12], expected.directions[12], dim=0)) > 0.9999
+    ours = torch.load(out)
+    for name, entries in cases.items():
+        items = [Intervention(SteeringVector.load(e["vector"]), e["alpha"], **{k: v for k, v in e.items()
+                              if k not in ("vector", "alpha")}) for e in entries]  # fmt: skip
+        for prompt, vllm_first in zip(prompts, ours["first"][name], strict=True):
+            with steer(model, items) if items else nullcontext(), torch.no_grad():
+                logits = model(torch.tensor([tokenizer(prompt)["input_ids"]])).logits[0, -1]
+            expected = torch.log_softmax(logits.float(), -1)
+            for token, logprob in vllm_first.items():
+                assert logprob == pytest.approx(float(expected[token]), abs=1e-4), (name, prompt)
+    changed = [abs(next(iter(a.values())) - next(iter(b.values()))) for a, b in zip(ours["first"]["add"],
+               ours["first"]["plain"], strict=True)]  # fmt: skip
+    assert max(changed) > 1e-2  # the steering is seen
+    theirs = record(model, tokenizer, prompts, layers=[1, 3], reduce="mean")
+    for layer in (1, 3):
+        torch.testing.assert_close(ours["acts"][layer], theirs.values[layer], rtol=1e-4, atol=1e-5)
+        assert ours["norms"][layer] == pytest.approx(theirs.resid_norm[layer], rel=1e-4)
