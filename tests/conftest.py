@@ -90,6 +90,7 @@ LAYERS = {
     "test_measure_real.py::test_cli_sweep_calibrate_probe_breakdown_report": "apps",
     "test_models.py": "unit",
     "test_models.py::test_local_folder_with_dtype": "arch",
+    "test_models.py::test_meta_device_builds_the_structure_without_weights": "arch",
     "test_models.py::test_device_map_with_disk_offload_steers_like_the_plain_model": "arch",
     "test_models.py::test_vector_follows_the_layer_dtype": "arch",
     "test_models.py::test_cached_weights_equal_direct_gguf_load": "real",

@@ -3,8 +3,8 @@ import importlib.metadata
 import pytest
 import torch
 
+from steerlab import Intervention, load_model
 from steerlab import _models as models
-from steerlab import load_model
 from steerlab._state import state
 from steerlab.errors import ModelLoadError
 
@@ -73,6 +73,22 @@ def test_local_folder_with_dtype(tmp_path, tiny, tokenizer):
     model, tok = load_model(str(tmp_path), dtype="bfloat16")
     assert model.dtype == torch.bfloat16 and not model.training
     assert models.model_id(model) == str(tmp_path) and tok.pad_token is not None
+
+
+def test_meta_device_builds_the_structure_without_weights(tmp_path, tiny, tokenizer):
+    """What `steerlab serve --engine vllm` checks requests against: the layout, fingerprint and name of the model,
+    no weight read or allocated, in the config's dtype unless one is given."""
+    from steerlab._steer import check_interventions
+    from tiny import random_vector
+
+    source = tiny("llama")
+    source.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model, _ = load_model(str(tmp_path), device="meta")
+    assert all(p.device.type == "meta" for p in model.parameters())
+    assert models.fingerprint(model) == models.fingerprint(source) and model.config.name_or_path == str(tmp_path)
+    check_interventions(model, [Intervention(random_vector(source, layers=(1, 2)), 0.1, scale="absolute")])
+    assert load_model(str(tmp_path), device="meta", dtype="bfloat16")[0].dtype == torch.bfloat16
 
 
 def test_cached_weights_equal_direct_gguf_load(smol, smol_cache):

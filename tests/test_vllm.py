@@ -205,29 +205,37 @@ def test_bad_steering_is_refused_with_the_librarys_errors_and_the_engine_goes_on
 
 
 def test_steerlab_serve_on_the_vllm_engine_answers_as_the_built_in_engine(engine, tmp_path):
-    """`steerlab serve --engine vllm`: the server's own routes over vLLM give the built-in engine's greedy answers,
-    steered and not, whole and streamed; what the plugin cannot apply is a 400, and the engine goes on."""
+    """`steerlab serve --engine vllm`: the server's own routes over vLLM, checked against a weightless model (as
+    `serve` loads it: device "meta"), give the built-in engine's greedy answers, steered and not, whole and
+    streamed, and the sweep route's coherence (scored by vLLM) equals the built-in engine's; what the plugin cannot
+    apply is a 400, and the engine goes on."""
     import shutil
 
     import httpx
     import openai
 
+    from steerlab import load_model
     from steerlab.serve import Engine, VectorLibrary, background_server, create_app
     from steerlab.serve.vllm_engine import VLLMEngine
 
     llm, model, tokenizer, vector = engine
+    skeleton, _ = load_model("smollm2-135m", device="meta")
+    assert all(p.device.type == "meta" for p in skeleton.parameters())
     folder = tmp_path / "vectors"
     folder.mkdir()
     shutil.copy(vector, folder / "sentiment.safetensors")
-    library = VectorLibrary(folder, model)
     steered = [{"vector": "sentiment", "alpha": 0.2, "layers": [12]}]
     # an ablation and a push on the generated tokens only, in one request
     mixed = [{"vector": "sentiment", "mode": "ablate", "alpha": 1.0, "layers": [8]},
              {"vector": "sentiment", "alpha": -0.25, "layers": [12], "positions": "generated"}]  # fmt: skip
     gated = [{**steered[0], "condition": {"vector": "sentiment", "threshold": 0.0, "layers": [8]}}]
-    answers = {}
-    for name, worker in (("vllm", VLLMEngine(llm, model, tokenizer)), ("transformers", Engine(model, tokenizer))):
-        with background_server(create_app(model, tokenizer, library, engine=worker)) as url:
+    answers, sweeps = {}, {}
+    engines = (
+        ("vllm", skeleton, VLLMEngine(llm, skeleton, tokenizer)),
+        ("transformers", model, Engine(model, tokenizer)),
+    )
+    for name, served, worker in engines:
+        with background_server(create_app(served, tokenizer, VectorLibrary(folder, served), engine=worker)) as url:
             client = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0, timeout=300)
 
             def ask(steering, stream=False, client=client):
@@ -241,6 +249,9 @@ def test_steerlab_serve_on_the_vllm_engine_answers_as_the_built_in_engine(engine
                 return "".join(c.choices[0].delta.content or "" for c in reply if c.choices)
 
             answers[name] = [ask(None), ask(steered), ask(mixed), ask(steered, stream=True)]
+            sweep = {"prompt": "Tell me about your day.", "vector": "sentiment", "alphas": [0.0, 0.3],
+                     "layers": [12], "max_tokens": 8}  # fmt: skip
+            sweeps[name] = httpx.post(url + "/v1/sweep", json=sweep, timeout=300).json()["results"]
             if name == "vllm":
                 with pytest.raises(openai.BadRequestError, match="condition gates are not applied by the vLLM"):
                     ask(gated)
@@ -248,6 +259,10 @@ def test_steerlab_serve_on_the_vllm_engine_answers_as_the_built_in_engine(engine
                 metrics = httpx.get(url + "/metrics").json()
                 assert metrics["engine"] == "vllm" and metrics["tokens_generated_total"] >= 4 * 12
     assert answers["vllm"] == answers["transformers"]
+    assert [r["text"] for r in sweeps["vllm"]] == [r["text"] for r in sweeps["transformers"]]
+    for ours, theirs in zip(sweeps["vllm"], sweeps["transformers"], strict=True):
+        assert ours["nll"] == pytest.approx(theirs["nll"], abs=1e-4)
+    assert sweeps["vllm"][1]["nll"] > sweeps["vllm"][0]["nll"]  # the strong push reads as less likely text
     assert len(set(answers["vllm"][:3])) == 3 and answers["vllm"][3] == answers["vllm"][1]
 
 

@@ -152,12 +152,22 @@ def _load_folder(
     offload_folder: Any = None,
     trust_remote_code: bool = False,
 ):
-    """``(model, tokenizer)`` from a transformers folder or hub id, or from ``gguf_file`` inside ``folder``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """``(model, tokenizer)`` from a transformers folder or hub id, or from ``gguf_file`` inside ``folder``;
+    ``device="meta"`` builds the model from its config alone, without reading (or allocating) a weight."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     common: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if gguf_file is not None:
         common["gguf_file"] = gguf_file
+    if device == "meta":
+        config = AutoConfig.from_pretrained(folder, **common)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(
+                config, dtype=dtype if dtype not in (None, "auto") else getattr(config, "dtype", None),
+                trust_remote_code=trust_remote_code,
+            )  # fmt: skip
+        model.config.name_or_path = folder  # what vLLM is pointed at (steerlab.serve.open_llm)
+        return model, AutoTokenizer.from_pretrained(folder, **common)
     kwargs = dict(common)
     if dtype is not None:
         kwargs["dtype"] = dtype
@@ -187,7 +197,10 @@ def load_model(
     Args:
         spec: the alias ``smollm2-135m`` (default), a path to a ``.gguf`` file, a local model folder, or a
             Hugging Face hub id such as ``meta-llama/Llama-3.1-8B-Instruct``.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; ignored when ``device_map`` is given.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; ignored when ``device_map`` is given. ``"meta"``
+            builds the model's structure without its weights (no memory, no forward pass): enough to check
+            vectors and requests against it while another engine holds the weights (``steerlab serve --engine
+            vllm``). A GGUF is still dequantized into its cache folder once, for that engine to load.
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``, ``"auto"`` or a ``torch.dtype``.
         device_map: passed to transformers (e.g. ``"auto"`` to spread a 70B model over several GPUs, or a dict
             placing each module; steering hooks move the vector to each layer's device and dtype).

@@ -85,7 +85,8 @@ def serve(
         )
     if engine not in ("transformers", "vllm"):
         raise SteerlabError(f"engine={engine!r} is not known; expected 'transformers' or 'vllm'.")
-    lm, tokenizer = load_model(model, device=device, dtype=dtype)
+    # On vLLM the weights live in vLLM alone: requests are checked against the model's structure (device "meta").
+    lm, tokenizer = load_model(model, device="meta" if engine == "vllm" else device, dtype=dtype)
     folder = Path(vectors) if vectors is not None else Path(tempfile.mkdtemp(prefix="steerlab-vectors-"))
     library = VectorLibrary(folder, lm, max_bytes=(limits or ServeLimits()).max_vector_bytes)
     if engine == "vllm":

@@ -35,7 +35,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from steerlab._forward import input_device
 from steerlab._steer import Intervention, check_interventions, steer_rows
 from steerlab._text import pad_batch, pad_id
-from steerlab.engines.transformers import eos_ids, generate_batch
+from steerlab.engines.transformers import eos_ids, generate_batch, generated_nll
 from steerlab.errors import SteerlabError
 
 __all__ = ["Engine", "EngineBusy", "Event", "Job", "QueuedWorker"]
@@ -286,6 +286,12 @@ class QueuedWorker:
         future: Future = Future()
         self._queue.put(_Call(fn, future))
         return future
+
+    def nll(self, pairs: Sequence[tuple[list[int], list[int]]]) -> Future:
+        """A future of the mean negative log-likelihood (nats/token) of each ``(prompt ids, continuation ids)``
+        continuation under the unsteered model (``nan`` for an empty one): the sweep route's coherence. Here, the
+        model in the worker thread between batches; an engine that holds the weights elsewhere scores there."""
+        return self.call(lambda: generated_nll(self.model, pairs))
 
     def queue_length(self) -> int:
         return self._queue.qsize()

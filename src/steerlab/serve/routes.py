@@ -20,7 +20,6 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from torch import nn
 
-from steerlab.engines.transformers import generated_nll
 from steerlab.errors import SteerlabError, VectorMismatchError
 from steerlab.serve import openai
 from steerlab.serve.engine import Engine, EngineBusy, Event, Job
@@ -200,8 +199,8 @@ async def sweep(body: SweepRequest, server: Served) -> dict:
     queues = [_submit(server.engine, job) for job in jobs]
     answers = [await _collect(job, q) for job, q in zip(jobs, queues, strict=True)]
     pairs = [(job.prompt_ids, job.tokens) for job in jobs]
-    # Coherence under the unsteered model, in the worker thread (the one owner of the model), between batches.
-    nlls = await asyncio.wrap_future(server.engine.call(lambda: generated_nll(server.model, pairs)))
+    # Coherence under the unsteered model, scored by the engine (which owns the model's weights).
+    nlls = await asyncio.wrap_future(server.engine.nll(pairs))
     results = [
         {"alpha": alpha, "text": text, "nll": None if math.isnan(nll) else nll, "tokens": done.completion_tokens}
         for alpha, (text, done), nll in zip(body.alphas, answers, nlls, strict=True)

@@ -14,9 +14,10 @@ A request's steering travels as the plugin's entries: each :class:`~steerlab.Int
 process or another). What the plugin cannot do is refused when the request is checked (400): condition gates and
 attention heads.
 
-The transformers model stays loaded beside vLLM: requests are checked against it (as in the built-in engine) and
-the sweep route scores coherence with it (:meth:`VLLMEngine.call`); on a GPU load it on the CPU to leave vLLM the
-device memory.
+Requests are checked against a transformers model of the same config, as in the built-in engine; it needs no
+weights (``steerlab serve --engine vllm`` loads it with ``device="meta"``), so vLLM alone holds the model in memory.
+The sweep route's coherence (:meth:`VLLMEngine.nll`) is scored by vLLM too, from the prompt log-probs of
+unsteered requests.
 
 Example:
     >>> from vllm import LLM
@@ -28,8 +29,12 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import tempfile
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +48,17 @@ from steerlab.vllm._spec import vector_digest
 __all__ = ["VLLMEngine", "open_llm"]
 
 log = logging.getLogger("steerlab.serve")
+
+
+@dataclass
+class _Scoring:
+    """Continuations to score under the unsteered model, one vLLM request each (prompt log-probs of prompt +
+    continuation); the future gets every NLL once the last request is done."""
+
+    pairs: list[tuple[list[int], list[int]]]
+    future: Future
+    nlls: list[float] = field(default_factory=list)
+    waiting: int = 0
 
 
 def open_llm(model: nn.Module, *, max_batch: int = 16, max_model_len: int | None = None, **options: Any) -> Any:
@@ -74,7 +90,8 @@ class VLLMEngine(QueuedWorker):
 
     Args:
         llm: a ``vllm.LLM`` of the same model, started with ``enforce_eager=True`` (the plugin steers eager runs).
-        model: the transformers model, for checking requests and for :meth:`call`.
+        model: a transformers model of the same config, for checking requests; it may have no weights (loaded with
+            ``device="meta"``), as everything that needs them runs in vLLM. :meth:`call` runs a function with it.
         tokenizer: its tokenizer (decoding, stop strings).
         max_queue: requests waiting to be admitted before :class:`~steerlab.serve.engine.EngineBusy`.
 
@@ -94,7 +111,15 @@ class VLLMEngine(QueuedWorker):
         self._folder = Path(tempfile.mkdtemp(prefix="steerlab-vllm-vectors-"))
         self._files: dict[int, tuple[Any, str]] = {}  # id(vector) -> (vector, file): the vector kept alive with it
         self._live: dict[str, Job] = {}
+        self._scoring: dict[str, tuple[_Scoring, int, int]] = {}  # request id -> (scoring, index, prompt length)
         self._ids = 0
+
+    def nll(self, pairs: Sequence[tuple[list[int], list[int]]]) -> Future:
+        """Like :meth:`Engine.nll <steerlab.serve.engine.QueuedWorker.nll>`, scored in vLLM: each prompt +
+        continuation as one unsteered request whose prompt log-probs give the continuation's tokens."""
+        future: Future = Future()
+        self._queue.put(_Scoring([(list(p), list(g)) for p, g in pairs], future))  # type: ignore[arg-type]
+        return future
 
     def _check(self, job: Job) -> None:
         """Refuse what the plugin cannot apply (condition gates, attention heads) before the job is queued."""
@@ -162,14 +187,17 @@ class VLLMEngine(QueuedWorker):
                 if isinstance(item, _Call):
                     self._call(item)
                     continue
+                if isinstance(item, _Scoring):
+                    self._score(item)
+                    continue
                 self._admit(item)
-            if self._live:
+            if self._live or self._scoring:
                 self._step()
 
-    def _take(self) -> list[Job | _Call | None]:
+    def _take(self) -> list[Any]:
         """Everything queued; waits for the first item only when nothing is running."""
-        items: list[Job | _Call | None] = []
-        if not self._live:
+        items: list[Any] = []
+        if not self._live and not self._scoring:
             items.append(self._queue.get())
         while True:
             try:
@@ -194,13 +222,53 @@ class VLLMEngine(QueuedWorker):
             return
         self._live[request_id] = job
 
+    def _score(self, scoring: _Scoring) -> None:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        scoring.nlls = [math.nan] * len(scoring.pairs)
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0,
+                                output_kind=RequestOutputKind.FINAL_ONLY)  # fmt: skip
+        try:
+            for index, (prompt, generated) in enumerate(scoring.pairs):
+                if not generated:
+                    continue
+                self._ids += 1
+                request_id = f"steerlab-score-{self._ids}"
+                self._engine.add_request(request_id, {"prompt_token_ids": prompt + generated}, params)
+                self._scoring[request_id] = (scoring, index, len(prompt))
+                scoring.waiting += 1
+        except Exception as error:  # noqa: BLE001 - this scoring alone fails
+            self._drop_scoring(scoring, error)
+            return
+        if scoring.waiting == 0:
+            scoring.future.set_result(scoring.nlls)
+
+    def _scored(self, output: Any) -> None:
+        scoring, index, start = self._scoring.pop(output.request_id)
+        tokens = output.prompt_token_ids
+        logprobs = [output.prompt_logprobs[j][tokens[j]].logprob for j in range(start, len(tokens))]
+        scoring.nlls[index] = -sum(logprobs) / len(logprobs)
+        scoring.waiting -= 1
+        if scoring.waiting == 0:
+            scoring.future.set_result(scoring.nlls)
+
+    def _drop_scoring(self, scoring: _Scoring, error: BaseException) -> None:
+        ids = [request_id for request_id, (s, _, _) in self._scoring.items() if s is scoring]
+        if ids:
+            self._engine.abort_request(ids)
+        for request_id in ids:
+            del self._scoring[request_id]
+        if not scoring.future.done():
+            scoring.future.set_exception(error)
+
     def _step(self) -> None:
         gone = [request_id for request_id, job in self._live.items() if job.cancelled.is_set()]
         if gone:  # clients that went away: their requests leave vLLM now, not at their next token
             self._engine.abort_request(gone)
             for request_id in gone:
                 self._live.pop(request_id)._finish("cancelled")
-            if not self._live:
+            if not self._live and not self._scoring:
                 return
         with self._lock:
             self.stats["steps_total"] += 1
@@ -215,10 +283,16 @@ class VLLMEngine(QueuedWorker):
                     self.stats["requests_failed"] += 1
                 job._fail(error)
                 self._live.pop(request_id, None)
+            for scoring in {s for s, _, _ in self._scoring.values()}:
+                self._drop_scoring(scoring, error)
             return
         finished: list[str] = []
         tokens = 0
         for output in outputs:
+            if output.request_id in self._scoring:
+                if output.finished:
+                    self._scored(output)
+                continue
             job = self._live.get(output.request_id)
             if job is None:
                 continue
@@ -252,6 +326,8 @@ class VLLMEngine(QueuedWorker):
             self.stats["active_rows"] = len(self._live)
 
     def _cancel_all(self, reason: str) -> None:
+        for scoring in {s for s, _, _ in self._scoring.values()}:
+            self._drop_scoring(scoring, RuntimeError(f"the engine stopped ({reason})."))
         if self._live:
             self._engine.abort_request(list(self._live))
         for job in self._live.values():
