@@ -153,6 +153,11 @@ for name, base, rec in cal_rows:
     )
 first = BEHAVIOURS[BEHAVIOURS.index("refusal")]
 lines += ["", f"![sweep heatmaps, {first}]({save(sweep_heatmaps(sweeps[first]), 'results-sweep-refusal.png')})", ""]
+lines += [
+    "Optimised vectors on the same behaviours: [behaviours.md](behaviours.md) (`scripts/behaviour_table.py`) "
+    "calibrates mean_diff and BiPO vectors, each beside 8 random directions, with the prompting baseline.",
+    "",
+]
 
 # ----- 2. Probes ---------------------------------------------------------------------------------------------
 log("probes")
