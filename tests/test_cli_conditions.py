@@ -222,7 +222,7 @@ def test_a_rule_of_conditions_round_trips_through_a_file(tmp_path):
     assert (short.threshold, short.layers, short.reduce) == (0.3, (2,), "last")
     _vector().save(tmp_path / "plain.safetensors")
     (tmp_path / "none.json").write_text(json.dumps({"conditions": {"p": {"vector": "plain.safetensors"}}}))
-    with pytest.raises(FormatError, match="condition 'p'.*records no condition point, so give a threshold"):
+    with pytest.raises(SteeringError, match="condition 'p'.*records no condition point, so give a threshold"):
         load_conditions(tmp_path / "none.json")
     with pytest.raises(SteerlabError, match="need a rule that combines them"):
         save_conditions(tmp_path / "two.json", {"a": a, "b": b})

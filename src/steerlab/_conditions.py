@@ -163,17 +163,21 @@ class Condition(_Combinable):
     def recorded(cls, vector: SteeringVector, **overrides: Any) -> Condition:
         """The condition point recorded in ``vector.extra["condition"]`` by
         :func:`steerlab.evaluate.find_condition_point` (layer, threshold, comparison, side, reduce); keyword
-        ``overrides`` replace single choices (e.g. a stricter ``threshold``).
+        ``overrides`` replace single choices (e.g. a stricter ``threshold``). A vector that records no point takes
+        the options given, and then needs a ``threshold``: the one rule the CLI's condition files and the server's
+        ``conditions`` share.
 
         Example:
             >>> harmful = Condition.recorded(SteeringVector.load("harmful.safetensors"))
         """
         point = vector.extra.get("condition") if isinstance(vector, SteeringVector) else None
         if not isinstance(point, dict):
-            raise SteeringError(
-                "this vector records no condition point (extra['condition']); find one with "
-                "steerlab.evaluate.find_condition_point(...), or give the threshold: Condition(vector, threshold=...)."
-            )
+            if overrides.get("threshold") is None:
+                raise SteeringError(
+                    "this vector records no condition point, so give a threshold (e.g. 0.1 for a cosine); or find "
+                    "one with steerlab.evaluate.find_condition_point(...), which records it in extra['condition']."
+                )
+            return cls(vector, **overrides)
         options = {
             "threshold": point.get("threshold"),
             "layers": [point["layer"]] if "layer" in point else None,

@@ -154,10 +154,6 @@ def _condition(path: Path, name: str, entry: Any) -> Condition:
     given = {key: entry[key] for key in _OPTIONS if entry.get(key) is not None}
     try:
         vector = SteeringVector.load(vector_path)
-        if isinstance(vector.extra.get("condition"), dict):
-            return Condition.recorded(vector, **given)
-        if "threshold" not in given:
-            raise FormatError("its vector records no condition point, so give a threshold (e.g. 0.1 for a cosine).")
-        return Condition(vector, **given)
+        return Condition.recorded(vector, **given)
     except SteerlabError as err:
         raise type(err)(f"{where}: {err}") from None

@@ -177,19 +177,16 @@ class Validator:
         }
         try:
             vector.check_fits(self.model, warn=False)
-            if isinstance(vector.extra.get("condition"), dict):
-                return Condition.recorded(vector, **given)
-            if "threshold" not in given:
-                raise ApiError(
-                    400,
-                    f"{where}: the vector '{spec.vector}' records no condition point, so the condition needs a "
-                    "threshold (e.g. 0.1 for a cosine); or find one with steerlab.evaluate.find_condition_point.",
-                    param=f"{where}.threshold",
-                    code="invalid_condition",
-                )
-            return Condition(vector, **given)
+            return Condition.recorded(vector, **given)
         except SteerlabError as error:
-            raise ApiError(400, f"{where}: {error}", param=where, code="invalid_condition") from None
+            # Name the missing field when that is what failed, so a client knows which one to add.
+            unset = "threshold" not in given and not isinstance(vector.extra.get("condition"), dict)
+            raise ApiError(
+                400,
+                f"{where}: {error}",
+                param=f"{where}.threshold" if unset else where,
+                code="invalid_condition",
+            ) from None
 
     def gate(self, rule: str | dict[str, Any], named: dict[str, Condition], where: str) -> Gate:
         """A steering entry's ``condition``: a condition given inline, a name from the request's ``conditions``, or
