@@ -9,6 +9,9 @@
 2. Linear probes on true/false statements (Geometry of Truth, RepE facts): held-out accuracy by layer and a
    transfer matrix at the best layer.
 3. Breakdown of large coefficients: KL, entropy, generation perplexity and norm growth as the added norm grows.
+
+Section 1 ends with the optimised (BiPO) vectors and the prompting baseline from docs/behaviours.jsonl, which
+scripts/behaviour_table.py measures (~100 min) and refreshes here on its own.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from behaviour_table import results_section  # noqa: E402
 
 from steerlab import Intervention, extract_vector, load_model, load_pairs  # noqa: E402
 from steerlab.datasets import balance_ab, load_statements  # noqa: E402
@@ -153,11 +159,7 @@ for name, base, rec in cal_rows:
     )
 first = BEHAVIOURS[BEHAVIOURS.index("refusal")]
 lines += ["", f"![sweep heatmaps, {first}]({save(sweep_heatmaps(sweeps[first]), 'results-sweep-refusal.png')})", ""]
-lines += [
-    "Optimised vectors on the same behaviours: [behaviours.md](behaviours.md) (`scripts/behaviour_table.py`) "
-    "calibrates mean_diff and BiPO vectors, each beside 8 random directions, with the prompting baseline.",
-    "",
-]
+lines += [*results_section(), ""]  # optimised vectors: the summary of behaviour_table.py's records
 
 # ----- 2. Probes ---------------------------------------------------------------------------------------------
 log("probes")
