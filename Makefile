@@ -39,7 +39,7 @@ VLLM_TESTS := tests/test_vllm_spec.py tests/test_vllm.py tests/test_vllm_serve.p
 # test machines share their cores).
 VLLM_ENV := VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 VLLM_CPU_OMP_THREADS_BIND=nobind
 
-.PHONY: setup demo test test-locked test-compat test-vllm lint lock lock-vllm bench clean-cache
+.PHONY: setup demo test test-locked test-shifted test-compat test-vllm lint lock lock-vllm bench clean-cache
 
 setup: $(STAMP)
 
@@ -77,18 +77,29 @@ demo: $(STAMP)
 	$(BIN)/steerlab demo
 
 # Every test on the locked install (the 25 slowest listed at the end), then the invariant tests on the newest and
-# the oldest transformers.
-# Every set-up first; then the locked suite runs on one core while the compat and vLLM runs follow each other on
-# the other (every test process uses one thread), so the whole fits CI's time on a 2-core machine. The background
-# run's output is kept in a file and shown after the foreground's; either failing fails `make test`.
-test: $(STAMP) $(LLAMA_STAMP) $(BROWSER) $(COMPAT_STAMP) $(VLLM_STAMP)
-	@$(MAKE) --no-print-directory test-locked > .test-locked.log 2>&1 & locked=$$!; \
-	$(MAKE) --no-print-directory test-compat test-vllm; others=$$?; \
+# the oldest transformers, and the vLLM plugin's.
+# Two branches, one per core (every test process uses one thread), so the whole fits CI's time on a 2-core machine:
+# one builds llama.cpp, installs Chromium and runs the locked suite; the other runs the compat checks, sets up vLLM
+# and runs its tests, then the locked tests that need neither llama.cpp nor Chromium (SHIFTED_TESTS, which evens
+# the two out). .venv and its compat copy are made first, before llama.cpp goes into .venv. The first branch's
+# output is kept in a file and shown after the second's; either failing fails `make test`.
+SHIFTED_TESTS := tests/test_real_smollm2.py tests/test_recipes.py
+PYTEST_LOCKED := OMP_NUM_THREADS=$(TEST_THREADS) STEERLAB_TEST_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -q \
+	--durations=25
+test: $(STAMP) $(COMPAT_STAMP)
+	@$(MAKE) --no-print-directory test-locked PYTEST_ARGS="$(SHIFTED_TESTS:%=--ignore=%)" > .test-locked.log 2>&1 & \
+	locked=$$!; \
+	$(MAKE) --no-print-directory test-compat test-vllm test-shifted; others=$$?; \
 	wait $$locked; mine=$$?; echo "== the locked suite (make test-locked)"; cat .test-locked.log; \
 	test $$mine -eq 0 && test $$others -eq 0
 
+# PYTEST_ARGS: the test files to run or leave out (default: all of tests/).
 test-locked: $(STAMP) $(LLAMA_STAMP) $(BROWSER)
-	OMP_NUM_THREADS=$(TEST_THREADS) STEERLAB_TEST_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -q --durations=25
+	$(PYTEST_LOCKED) $(PYTEST_ARGS)
+
+# The part of the locked suite that `make test` runs beside the vLLM tests (it needs only .venv).
+test-shifted: $(STAMP)
+	$(PYTEST_LOCKED) $(SHIFTED_TESTS)
 
 # A copy of the locked .venv (21 s here, against 112 s to install the lock again). A venv finds its prefix from the
 # pyvenv.cfg beside its python, so the copy is a venv of its own; its console scripts still name .venv's python,
