@@ -41,6 +41,19 @@ def parse_args(description: str, **extra: Any) -> argparse.Namespace:
     return args
 
 
+def proc_bytes(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (``VmRSS``: now, ``VmHWM``: peak since reset)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak() -> None:
+    """Reset the kernel's peak-RSS counter (``VmHWM``) to the current RSS."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def load(spec: str):
     from steerlab import load_model
 

@@ -14,9 +14,8 @@ import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-from _common import ROOT, finish, parse_args, table
+from _common import ROOT, finish, parse_args, proc_bytes, reset_peak, table
 
 CITIES = ROOT / "datasets" / "geometry-of-truth" / "cities.csv"
 CONTENDERS = ("steerlab mean_diff", "steerlab pca_diff", "steering-vectors mean", "repeng pca_diff")
@@ -32,13 +31,6 @@ def city_pairs(n: int) -> list[tuple[str, str]]:
     if len(pairs) < n:
         sys.exit(f"only {len(pairs)} city pairs in {CITIES}, asked for {n}")
     return pairs[:n]
-
-
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def child(contender: str, n: int, model_spec: str, threads: int) -> dict[str, float]:
@@ -75,10 +67,10 @@ def child(contender: str, n: int, model_spec: str, threads: int) -> dict[str, fl
             repeng.ControlVector.train(model, tokenizer, data, hidden_layers=layers, batch_size=32)
 
     run(pairs[:4])  # warm-up: lazy allocations and imports happen before the peak is reset
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    baseline = _status("VmRSS")
+    reset_peak()
+    baseline = proc_bytes("VmRSS")
     run(pairs)
-    peak = _status("VmHWM")
+    peak = proc_bytes("VmHWM")
     return {"peak_bytes": peak, "working_bytes": peak - baseline}
 
 

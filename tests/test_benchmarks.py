@@ -38,6 +38,7 @@ def tiny_folder(tmp_path_factory, tokenizer):
             "speedup",
         ),
         ("coherence_scoring", ["--new-tokens", "3", "--prompts", "2", "--strengths", "3"], "speedup"),
+        ("optimize_memory", ["--pairs", "4", "--steps", "1", "--batch", "4"], "working_ratio"),
     ],
 )
 def test_benchmark_script_runs(tiny_folder, tmp_path, script, options, key):

@@ -41,6 +41,9 @@ def planted(tiny, tokenizer):
 def test_promote_learns_a_vector_that_makes_the_targets_likelier(planted, tokenizer):
     model, vec, examples = planted
     before = [p.detach().clone() for p in model.parameters()]
+    model.get_input_embeddings().weight.requires_grad_(False)  # a flag of the user's own, given back exactly
+    flags = [p.requires_grad for p in model.parameters()]
+    assert any(flags) and not all(flags)
     learned = optimize_vector(model, tokenizer, examples, layer=1, objective="promote", steps=60, lr=0.2,
                               max_relative=2.5, chat=False, progress=False)  # fmt: skip
     unsteered = loss_per_token(model, tokenizer, examples)
@@ -55,6 +58,8 @@ def test_promote_learns_a_vector_that_makes_the_targets_likelier(planted, tokeni
     assert extra["best_loss"] == min(extra["losses"]) and 1 <= extra["steps"] <= 60 and learned.dataset_hash
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # frozen
     assert all(p.grad is None for p in model.parameters())  # gradients reached the vector only
+    assert [p.requires_grad for p in model.parameters()] == flags
+    model.get_input_embeddings().weight.requires_grad_(True)  # the tiny models are shared between tests
     suppressed = optimize_vector(model, tokenizer, examples, layer=1, objective="suppress", steps=30, lr=0.2,
                                  max_relative=2.5, chat=False, progress=False)  # fmt: skip
     assert loss_per_token(model, tokenizer, examples, suppressed) > unsteered + 0.2
@@ -94,7 +99,7 @@ def test_the_coherence_term_holds_kl_down(planted, tokenizer):
     assert held.extra["kl"] < free.extra["kl"] and held.extra["coherence_weight"] == 50.0
 
 
-def test_a_step_that_raises_leaves_no_hooks(planted, tokenizer, monkeypatch):
+def test_a_step_that_raises_leaves_no_hooks_and_the_weights_as_they_were(planted, tokenizer, monkeypatch):
     from steerlab import optimize
 
     model, _, examples = planted
@@ -102,6 +107,7 @@ def test_a_step_that_raises_leaves_no_hooks(planted, tokenizer, monkeypatch):
 
     def failing(*args, **kwargs):
         calls.append(1)
+        assert not any(p.requires_grad for p in model.parameters())  # no graph kept for weight gradients
         if len(calls) == 3:
             raise RuntimeError("out of memory, say")
         return real(*args, **kwargs)
@@ -110,6 +116,7 @@ def test_a_step_that_raises_leaves_no_hooks(planted, tokenizer, monkeypatch):
     monkeypatch.setattr(optimize, "_sequence_logp", failing)
     with pytest.raises(RuntimeError, match="out of memory"):
         optimize_vector(model, tokenizer, examples, layer=1, objective="promote", steps=5, chat=False)
+    assert all(p.requires_grad for p in model.parameters())  # given back also when a step raises
     # conftest's autouse guard checks that no steerlab hook is left on any model
 
 

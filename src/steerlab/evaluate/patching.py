@@ -34,7 +34,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from steerlab._forward import input_device
+from steerlab._forward import frozen_weights, input_device
 from steerlab._hooks import HookSet
 from steerlab._steer import Intervention, steer
 from steerlab._text import encode, forward_kwargs, pad_batch, pad_id
@@ -197,7 +197,7 @@ def attribution_patching(
     estimates = {key: [] for key in keys}
     corrupt_parts = []
     device = input_device(model)
-    with _eval(model):
+    with _eval(model), frozen_weights(model):  # gradients reach the taps only
         for start in range(0, run.n, batch_size):
             pair_index = torch.arange(start, min(start + batch_size, run.n))
             ids, mask = run.corrupt_ids[0][pair_index], run.corrupt_ids[1][pair_index]
