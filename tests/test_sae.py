@@ -180,9 +180,12 @@ def test_attribution_splits_the_first_order_effect_over_features(trained):
     metric = logit_diff_metric(tokenizer, " the", " a")
     prompts = ["The weather was", "She walked to the", "A report lists the"]
     vec = random_vector(model, layers=(2,), scale=1.0)
+    flags = [p.requires_grad for p in model.parameters()]
     small = sae.attribute(model, tokenizer, prompts, Intervention(vec, alpha=0.02, scale="absolute"), metric,
                           top=64, batch_size=2)  # fmt: skip
     assert small["n"] == 3 and len(small["features"]) == 64
+    assert [p.requires_grad for p in model.parameters()] == flags  # frozen for the gradient only, then given back
+    assert all(p.grad is None for p in model.parameters())
     assert sum(f["attribution"] for f in small["features"]) == pytest.approx(small["through_features"], abs=1e-6)
     assert small["through_features"] + small["error"] == pytest.approx(small["first_order"], abs=1e-9)
     # A small push: the first-order estimate is the measured change of the metric.

@@ -205,7 +205,7 @@ def attribution_patching(
             with torch.enable_grad(), run.steering("corrupted"), HookSet() as hooks:
                 for key in keys:
                     module, is_input = run.modules[key]
-                    hooks.on_hidden(module, is_input, _tap(found, key))
+                    hooks.on_hidden(module, is_input, gradient_tap(found, key))
                 logits = model(**forward_kwargs(model, ids.to(device), mask.to(device))).logits.float()
                 m = run.call_metric(logits, pair_index)
                 # autograd.grad, not backward: nothing is accumulated into any parameter's .grad.
@@ -484,8 +484,9 @@ def _keeper(parts: list[torch.Tensor]) -> Callable[[torch.Tensor], None]:
     return keep
 
 
-def _tap(found: dict, key: tuple[int, str]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Add a zero leaf to the activation: its gradient is the activation's, through every later path."""
+def gradient_tap(found: dict, key: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Add a zero leaf to the activation: its gradient is the activation's, through every later path. Stores
+    ``(activation, leaf)`` under ``key``; it works with the weights frozen (nothing else need require grad)."""
 
     def tap(hidden: torch.Tensor) -> torch.Tensor:
         zero = torch.zeros_like(hidden, requires_grad=True)

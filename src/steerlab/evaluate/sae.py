@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from steerlab._forward import input_device
+from steerlab._forward import frozen_weights, input_device
 from steerlab._hooks import HookSet
 from steerlab._models import ModelFingerprint, fingerprint, model_id
 from steerlab._record import check_texts, record
@@ -38,7 +38,7 @@ from steerlab._text import encode, forward_kwargs, pad_batch, pad_id
 from steerlab._vector import SteeringVector
 from steerlab.arch.registry import check_site, get_layout
 from steerlab.errors import ArchitectureError, DataError
-from steerlab.evaluate.patching import Metric
+from steerlab.evaluate.patching import Metric, gradient_tap
 from steerlab.evaluate.results import ResultTable
 
 __all__ = ["SparseAutoencoder", "train_sae"]
@@ -377,12 +377,15 @@ class SparseAutoencoder:
             with torch.no_grad(), HookSet() as hooks:
                 hooks.on_hidden(module, is_input, keep("plain"))
                 plain_metric = metric(model(**forward_kwargs(model, input_ids, mask)).logits, pairs).float()
-            with steer(model, steering), HookSet() as hooks:
-                hooks.on_hidden(module, is_input, keep("steered"))  # after the steering hook: sees the steered value
+            tapped: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+            # The gradient goes to the tap's leaf alone: no graph is kept for the weights.
+            with frozen_weights(model), torch.enable_grad(), steer(model, steering), HookSet() as hooks:
+                # after the steering hook: sees the steered value
+                hooks.on_hidden(module, is_input, gradient_tap(tapped, "steered"))
                 steered_metric = metric(model(**forward_kwargs(model, input_ids, mask)).logits, pairs).float()
-                (grad,) = torch.autograd.grad(steered_metric.sum(), seen["steered"])
+                (grad,) = torch.autograd.grad(steered_metric.sum(), tapped["steered"][1])
             real = mask.bool() & (mask.cumsum(-1) > 1)  # real tokens but each row's first
-            plain, steered, grad = seen["plain"].detach()[real], seen["steered"].detach()[real], grad[real].float()
+            plain, steered, grad = seen["plain"].detach()[real], tapped["steered"][0][real], grad[real].float()
             delta = self.encode(steered) - self.encode(plain)  # (tokens, width)
             along = grad.cpu() @ self.directions().T  # (tokens, width): the gradient along each decoder row
             totals["feature"] += (delta * along).sum(0).double()
