@@ -127,11 +127,17 @@ def table_lines(records: list[dict]) -> list[str]:
     return lines
 
 
+def read_records(*paths: Path) -> list[dict]:
+    """The behaviours' records from JSON-lines files, in the page's order."""
+    records = [json.loads(line) for path in paths for line in path.read_text().splitlines() if line]
+    return sorted(records, key=lambda r: BEHAVIOURS.index(r["behaviour"]))
+
+
 def results_section(records_file: Path = ROOT / "docs" / "behaviours.jsonl") -> list[str]:
     """docs/results.md's section on optimised vectors: the table from this script's records, between markers."""
     lines = [SECTION_BEGIN, "### Optimised (BiPO) vectors and prompting, beside mean_diff", ""]
     if records_file.exists():
-        records = [json.loads(line) for line in records_file.read_text().splitlines() if line]
+        records = read_records(records_file)
         settings = records[0]["settings"]
         lines += [
             f"From [behaviours.md](behaviours.md) (`scripts/behaviour_table.py`; its set-up there): layer "
@@ -207,8 +213,7 @@ def main() -> None:
     parser.add_argument("--render", type=Path, nargs="+", help="only write the page from these records files")
     args = parser.parse_args()
     if args.render:
-        records = [json.loads(line) for path in args.render for line in path.read_text().splitlines() if line]
-        records.sort(key=lambda r: BEHAVIOURS.index(r["behaviour"]))
+        records = read_records(*args.render)
         print(write_page(records, args.out, len(BEHAVIOURS)))
         return
     torch.set_num_threads(1)
